@@ -1,0 +1,8 @@
+//! DICOM data (PS3.5, PS3.6): transfer syntaxes, SOP classes, and reading the attributes we
+//! need from a dataset while it streams past.
+
+pub mod attributes;
+pub mod charset;
+pub mod extract;
+pub mod sop_class;
+pub mod transfer_syntax;

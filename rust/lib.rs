@@ -1,0 +1,12 @@
+//! oxidip's network and storage hot path: the PS3.8 upper layer, the PS3.7 DIMSE services it
+//! answers (C-ECHO, C-STORE) and streaming writes to storage. No Python runs per PDU: the
+//! Python package only configures the server and consumes batches of events.
+
+pub mod dicom;
+pub mod dimse;
+pub mod server;
+pub mod storage;
+pub mod ul;
+
+#[cfg(feature = "python")]
+mod python;

@@ -1,0 +1,1 @@
+//! The Storage SCP: listener, per-association handler, configuration and the events it emits.

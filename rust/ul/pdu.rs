@@ -1,0 +1,140 @@
+//! PS3.8 §9.3 protocol data units: their types and (in `codec`) how they are read from and
+//! written to bytes. Nothing here knows about sockets.
+
+use bytes::Bytes;
+
+/// Application context name of DICOM (PS3.7 annex A.2.1).
+pub const DICOM_APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
+
+/// One PDU as received or to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pdu {
+    AssociateRq(AssociateRq),
+    AssociateAc(AssociateAc),
+    AssociateRj(AssociateRj),
+    PData(Vec<Pdv>),
+    ReleaseRq,
+    ReleaseRp,
+    Abort(Abort),
+}
+
+/// A-ASSOCIATE-RQ (PS3.8 §9.3.2).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AssociateRq {
+    pub protocol_version: u16,
+    /// AE titles with their space padding removed (PS3.8 §9.3.2: leading and trailing spaces
+    /// are not significant).
+    pub called_ae_title: String,
+    pub calling_ae_title: String,
+    pub application_context: String,
+    pub presentation_contexts: Vec<PresentationContextRq>,
+    pub user_information: UserInformation,
+}
+
+/// Presentation context item of a request (PS3.8 §9.3.2.2).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PresentationContextRq {
+    pub id: u8,
+    pub abstract_syntax: String,
+    pub transfer_syntaxes: Vec<String>,
+}
+
+/// A-ASSOCIATE-AC (PS3.8 §9.3.3).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AssociateAc {
+    pub protocol_version: u16,
+    /// Echoed from the request, as PS3.8 §9.3.3 asks (not tested by the requestor).
+    pub called_ae_title: String,
+    pub calling_ae_title: String,
+    pub application_context: String,
+    pub presentation_contexts: Vec<PresentationContextAc>,
+    pub user_information: UserInformation,
+}
+
+/// Presentation context item of an accept (PS3.8 §9.3.3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentationContextAc {
+    pub id: u8,
+    pub result: PresentationContextResult,
+    /// The accepted transfer syntax; PS3.8 says it is not significant when the result is not
+    /// acceptance, but the sub-item is still sent.
+    pub transfer_syntax: String,
+}
+
+/// Result/reason of a presentation context (PS3.8 table 9-18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PresentationContextResult {
+    Acceptance = 0,
+    UserRejection = 1,
+    NoReason = 2,
+    AbstractSyntaxNotSupported = 3,
+    TransferSyntaxesNotSupported = 4,
+}
+
+/// User information item (PS3.8 §9.3.2.3, PS3.7 annex D.3.3). Sub-items we do not know are
+/// skipped on receipt (PS3.7 D.3.3: unknown user information sub-items are ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserInformation {
+    /// Maximum length sub-item (51H): the largest P-DATA-TF PDU length the sender of this
+    /// item accepts; 0 = unlimited.
+    pub max_pdu_length: Option<u32>,
+    pub implementation_class_uid: Option<String>,
+    pub implementation_version_name: Option<String>,
+    /// Asynchronous operations window (53H): (invoked, performed).
+    pub async_ops_window: Option<(u16, u16)>,
+    pub role_selections: Vec<RoleSelection>,
+    pub user_identity: Option<UserIdentity>,
+    /// User identity server response (5BH), only in an A-ASSOCIATE-AC.
+    pub user_identity_response: Option<Vec<u8>>,
+}
+
+/// SCP/SCU role selection sub-item (54H, PS3.7 D.3.3.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSelection {
+    pub sop_class_uid: String,
+    pub scu_role: bool,
+    pub scp_role: bool,
+}
+
+/// User identity negotiation sub-item (58H, PS3.7 D.3.3.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdentity {
+    /// 1 username, 2 username and passcode, 3 Kerberos, 4 SAML, 5 JWT.
+    pub identity_type: u8,
+    pub positive_response_requested: bool,
+    pub primary_field: Vec<u8>,
+    pub secondary_field: Vec<u8>,
+}
+
+/// A-ASSOCIATE-RJ (PS3.8 §9.3.4, table 9-21).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssociateRj {
+    /// 1 rejected-permanent, 2 rejected-transient.
+    pub result: u8,
+    /// 1 service user, 2 service provider (ACSE), 3 service provider (presentation).
+    pub source: u8,
+    pub reason: u8,
+}
+
+/// A-ABORT (PS3.8 §9.3.8, table 9-26).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abort {
+    /// 0 service user, 2 service provider.
+    pub source: u8,
+    /// Meaningful only for source 2: 0 not specified, 1 unrecognized PDU, 2 unexpected PDU,
+    /// 4 unrecognized PDU parameter, 5 unexpected PDU parameter, 6 invalid PDU parameter value.
+    pub reason: u8,
+}
+
+/// One presentation data value item of a P-DATA-TF (PS3.8 §9.3.5.1, annex E.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pdv {
+    pub context_id: u8,
+    /// Message control header bit 0.
+    pub is_command: bool,
+    /// Message control header bit 1.
+    pub is_last: bool,
+    /// The fragment; a slice of the received PDU, never copied.
+    pub data: Bytes,
+}
