@@ -1,1 +1,1026 @@
-//! (in progress)
+//! Reads the extracted `Attributes` from the leading part of a dataset while it streams past
+//! in fragments of any size, with bounded memory.
+//!
+//! Only the top-level dataset is read for values. A value with a defined length, sequences
+//! included, is skipped by counting its bytes down (PS3.5 §7.5: the length is authoritative);
+//! only undefined-length sequences and items must be walked, to find their delimitation
+//! items (PS3.5 §7.5.2). Elements come in ascending tag order (PS3.5 §7.1), so parsing stops
+//! as soon as the top-level dataset reaches `LAST_EXTRACTED_TAG`.
+
+use std::fmt;
+
+use flate2::{Decompress, FlushDecompress, Status};
+
+use crate::dicom::attributes::{is_extracted, keyword_of, Attributes, Tag, LAST_EXTRACTED_TAG};
+use crate::dicom::charset::decode_text;
+use crate::dicom::transfer_syntax::Encoding;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractError(pub String);
+
+impl fmt::Display for ExtractError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ExtractError {}
+
+fn error<T>(message: impl Into<String>) -> Result<T, ExtractError> {
+    Err(ExtractError(message.into()))
+}
+
+/// Longest extracted value we buffer. The longest text VR we extract is LO (64 characters,
+/// at most 4 bytes each): anything near this is not a real value.
+const MAX_VALUE_LENGTH: u32 = 64 * 1024;
+/// Deepest nesting of undefined-length sequences and items we follow (each counts one).
+const MAX_NESTING: usize = 2 * 64;
+/// Value Length 0xFFFFFFFF (PS3.5 §7.1.1).
+const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+
+// Item and delimitation tags (PS3.5 §7.5, table 7.5-3).
+const ITEM: Tag = 0xFFFE_E000;
+const ITEM_DELIMITATION: Tag = 0xFFFE_E00D;
+const SEQUENCE_DELIMITATION: Tag = 0xFFFE_E0DD;
+const ITEM_GROUP: u32 = 0xFFFE;
+
+const SPECIFIC_CHARACTER_SET: Tag = 0x0008_0005;
+const PIXEL_DATA: Tag = 0x7FE0_0010;
+
+/// Extracts `Attributes` from a dataset fed to it in order, in fragments of any size.
+pub struct Extractor {
+    parser: Parser,
+    /// Present for the deflated transfer syntax: the parser then reads its output.
+    inflater: Option<Box<Inflater>>,
+    /// Set by the first error: later calls report it again.
+    failure: Option<ExtractError>,
+}
+
+impl Extractor {
+    pub fn new(encoding: Encoding) -> Self {
+        let (syntax, inflater) = match encoding {
+            Encoding::ImplicitLittle => (Syntax::ImplicitLittle, None),
+            Encoding::ExplicitLittle => (Syntax::ExplicitLittle, None),
+            Encoding::ExplicitBig => (Syntax::ExplicitBig, None),
+            Encoding::DeflatedExplicitLittle => (Syntax::ExplicitLittle, Some(Box::default())),
+        };
+        Self { parser: Parser::new(syntax), inflater, failure: None }
+    }
+
+    /// Feeds the next bytes of the dataset, in order. Ok(true) once every attribute we want
+    /// has been seen (the top-level dataset went past LAST_EXTRACTED_TAG, or reached it);
+    /// later calls are then cheap no-ops returning Ok(true). Ok(false): wants more.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<bool, ExtractError> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        if self.parser.is_done() {
+            return Ok(true);
+        }
+        let fed = match &mut self.inflater {
+            None => self.parser.feed(chunk),
+            Some(inflater) => inflater.feed(chunk, &mut self.parser),
+        };
+        match fed {
+            Ok(()) => Ok(self.parser.is_done()),
+            Err(failure) => {
+                self.failure = Some(failure.clone());
+                Err(failure)
+            }
+        }
+    }
+
+    /// The dataset has ended. Ok(attributes) if it ended on an element boundary (or parsing was
+    /// already done); Err if it ended inside an element header or value (truncated).
+    pub fn finish(self) -> Result<Attributes, ExtractError> {
+        if let Some(failure) = self.failure {
+            return Err(failure);
+        }
+        if !self.parser.is_done() {
+            if self.inflater.is_some_and(|inflater| !inflater.ended) {
+                return error("deflated dataset is truncated");
+            }
+            self.parser.check_ended()?;
+        }
+        Ok(self.parser.attributes)
+    }
+}
+
+/// The byte-level encoding of the elements being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    ImplicitLittle,
+    ExplicitLittle,
+    ExplicitBig,
+}
+
+impl Syntax {
+    fn u16(self, bytes: [u8; 2]) -> u16 {
+        match self {
+            Syntax::ExplicitBig => u16::from_be_bytes(bytes),
+            _ => u16::from_le_bytes(bytes),
+        }
+    }
+
+    fn u32(self, bytes: [u8; 4]) -> u32 {
+        match self {
+            Syntax::ExplicitBig => u32::from_be_bytes(bytes),
+            _ => u32::from_le_bytes(bytes),
+        }
+    }
+}
+
+/// An open undefined-length container, closed by a delimitation item (PS3.5 §7.5.2).
+#[derive(Debug, Clone, Copy)]
+struct Container {
+    kind: ContainerKind,
+    /// Encoding of its content: that of the enclosing dataset, except in UN (PS3.5 §6.2.2).
+    syntax: Syntax,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContainerKind {
+    /// A sequence of items (PS3.5 §7.5.1).
+    Sequence,
+    /// Encapsulated pixel data: items whose content is opaque bytes (PS3.5 §A.4).
+    Fragments,
+    /// An item holding a nested dataset.
+    Item,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reading the header of the next element or item.
+    Header,
+    /// Skipping this many value bytes.
+    Skip(u32),
+    /// Buffering the value of an extracted top-level element into `Parser::value`.
+    Value { tag: Tag, remaining: u32 },
+    /// Every extracted attribute has been seen.
+    Done,
+}
+
+/// An element or item header, decoded.
+struct Header {
+    tag: Tag,
+    /// The VR of an explicit VR data element; None in implicit VR and for items.
+    vr: Option<[u8; 2]>,
+    length: u32,
+}
+
+/// The dataset parser: a state machine over the (inflated) dataset bytes.
+struct Parser {
+    /// Encoding of the top-level dataset.
+    syntax: Syntax,
+    /// Open undefined-length sequences and items, innermost last.
+    stack: Vec<Container>,
+    /// The header being read: at most tag, VR, reserved and a 4-byte length (PS3.5 §7.1.2).
+    header: [u8; 12],
+    header_len: usize,
+    state: State,
+    value: Vec<u8>,
+    attributes: Attributes,
+}
+
+impl Parser {
+    fn new(syntax: Syntax) -> Self {
+        Self {
+            syntax,
+            stack: Vec::new(),
+            header: [0; 12],
+            header_len: 0,
+            state: State::Header,
+            value: Vec::new(),
+            attributes: Attributes::default(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Ok if the dataset may end here: between two top-level elements.
+    fn check_ended(&self) -> Result<(), ExtractError> {
+        match self.state {
+            State::Header if self.header_len == 0 && self.stack.is_empty() => Ok(()),
+            State::Header if self.header_len == 0 => error("dataset ends inside a sequence"),
+            State::Header => error("dataset ends inside an element header"),
+            _ => error("dataset ends inside an element value"),
+        }
+    }
+
+    fn feed(&mut self, mut input: &[u8]) -> Result<(), ExtractError> {
+        while !input.is_empty() {
+            let used = match self.state {
+                State::Header => self.read_header(input)?,
+                State::Skip(remaining) => self.skip_value(remaining, input),
+                State::Value { tag, remaining } => self.read_value(tag, remaining, input),
+                State::Done => return Ok(()),
+            };
+            input = &input[used..];
+        }
+        Ok(())
+    }
+
+    /// Encoding of the elements at the current nesting level.
+    fn current_syntax(&self) -> Syntax {
+        self.stack.last().map_or(self.syntax, |container| container.syntax)
+    }
+
+    /// Whether the next header is an item or a sequence delimiter rather than an element.
+    fn in_sequence(&self) -> bool {
+        self.stack.last().is_some_and(|container| container.kind != ContainerKind::Item)
+    }
+
+    fn header_tag(&self) -> Tag {
+        let syntax = self.current_syntax();
+        let group = syntax.u16([self.header[0], self.header[1]]);
+        let element = syntax.u16([self.header[2], self.header[3]]);
+        (u32::from(group) << 16) | u32::from(element)
+    }
+
+    /// Copies header bytes from `input` until the header is complete, then acts on it.
+    /// Returns how many bytes it used.
+    fn read_header(&mut self, input: &[u8]) -> Result<usize, ExtractError> {
+        let mut used = 0;
+        loop {
+            if self.header_len == 4 && self.stack.is_empty() && self.header_tag() > LAST_EXTRACTED_TAG {
+                self.state = State::Done;
+                return Ok(used);
+            }
+            let size = self.header_size()?;
+            if self.header_len == size {
+                self.header_len = 0;
+                let header = self.decode_header(size);
+                self.on_header(header)?;
+                return Ok(used);
+            }
+            let n = (size - self.header_len).min(input.len() - used);
+            if n == 0 {
+                return Ok(used);
+            }
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&input[used..used + n]);
+            self.header_len += n;
+            used += n;
+        }
+    }
+
+    /// The size of the header being read, as far as its bytes so far tell: the tag first,
+    /// then in explicit VR the VR, which says whether the length has 2 or 4 bytes (PS3.5
+    /// §7.1.2).
+    fn header_size(&self) -> Result<usize, ExtractError> {
+        if self.header_len < 4 {
+            return Ok(4);
+        }
+        let tag = self.header_tag();
+        if !self.has_vr(tag) {
+            return Ok(8);
+        }
+        if self.header_len < 6 {
+            return Ok(6);
+        }
+        let vr = [self.header[4], self.header[5]];
+        explicit_header_size(vr)
+            .map_or_else(|| error(format!("invalid VR {:02X}{:02X} in {}", vr[0], vr[1], TagName(tag))), Ok)
+    }
+
+    /// Whether the header of this tag has a VR: explicit VR data elements only, not items
+    /// and delimiters (PS3.5 §7.1.2, §7.5).
+    fn has_vr(&self, tag: Tag) -> bool {
+        self.current_syntax() != Syntax::ImplicitLittle && !self.in_sequence() && tag >> 16 != ITEM_GROUP
+    }
+
+    fn decode_header(&self, size: usize) -> Header {
+        let syntax = self.current_syntax();
+        let h = &self.header;
+        let tag = self.header_tag();
+        let vr = self.has_vr(tag).then_some([h[4], h[5]]);
+        let length = match (size, vr) {
+            (8, Some(_)) => u32::from(syntax.u16([h[6], h[7]])),
+            _ => syntax.u32([h[size - 4], h[size - 3], h[size - 2], h[size - 1]]),
+        };
+        Header { tag, vr, length }
+    }
+
+    fn on_header(&mut self, header: Header) -> Result<(), ExtractError> {
+        match self.stack.last().copied() {
+            Some(container) if container.kind != ContainerKind::Item => self.on_item_header(header, container),
+            _ => self.on_element_header(header),
+        }
+    }
+
+    /// A header inside a sequence: an item or the sequence delimiter (PS3.5 §7.5.1, §7.5.2).
+    fn on_item_header(&mut self, header: Header, sequence: Container) -> Result<(), ExtractError> {
+        match header.tag {
+            ITEM if header.length == UNDEFINED_LENGTH => {
+                if sequence.kind == ContainerKind::Fragments {
+                    return error("pixel data fragment has undefined length");
+                }
+                let item = Container { kind: ContainerKind::Item, syntax: sequence.syntax };
+                self.open(item)
+            }
+            // A defined-length item is skipped whole: nothing in it is extracted.
+            ITEM => self.skip(header.length),
+            SEQUENCE_DELIMITATION => {
+                self.stack.pop();
+                Ok(())
+            }
+            // A stray item delimiter changes nothing: tolerated as other readers do.
+            ITEM_DELIMITATION => Ok(()),
+            tag => error(format!("{} in a sequence, where an item must be", TagName(tag))),
+        }
+    }
+
+    /// A header in the top-level dataset or in an item's dataset.
+    fn on_element_header(&mut self, header: Header) -> Result<(), ExtractError> {
+        match header.tag {
+            ITEM_DELIMITATION => {
+                self.stack.pop();
+                Ok(())
+            }
+            ITEM | SEQUENCE_DELIMITATION => error(format!("{} outside a sequence", TagName(header.tag))),
+            _ if header.length == UNDEFINED_LENGTH => self.open_undefined_length(&header),
+            tag if self.stack.is_empty() && is_extracted(tag) && header.vr != Some(*b"SQ") => {
+                self.start_value(tag, header.length)
+            }
+            _ => self.skip(header.length),
+        }
+    }
+
+    /// An element with undefined length is a sequence, or encapsulated pixel data (PS3.5
+    /// §7.1.2, §A.4). In implicit VR only a sequence can be (PS3.5 §7.5), pixel data aside.
+    fn open_undefined_length(&mut self, header: &Header) -> Result<(), ExtractError> {
+        let syntax = self.current_syntax();
+        let (kind, syntax) = match header.vr {
+            Some(vr) if &vr == b"SQ" => (ContainerKind::Sequence, syntax),
+            // UN of undefined length holds a sequence in implicit VR little endian (§6.2.2).
+            Some(vr) if &vr == b"UN" => (ContainerKind::Sequence, Syntax::ImplicitLittle),
+            Some(_) => (ContainerKind::Fragments, syntax),
+            None if header.tag == PIXEL_DATA => (ContainerKind::Fragments, syntax),
+            None => (ContainerKind::Sequence, syntax),
+        };
+        self.open(Container { kind, syntax })
+    }
+
+    fn open(&mut self, container: Container) -> Result<(), ExtractError> {
+        if self.stack.len() >= MAX_NESTING {
+            return error("sequences nested more than 64 deep");
+        }
+        self.stack.push(container);
+        Ok(())
+    }
+
+    fn skip(&mut self, length: u32) -> Result<(), ExtractError> {
+        if length > 0 {
+            self.state = State::Skip(length);
+        }
+        Ok(())
+    }
+
+    fn skip_value(&mut self, remaining: u32, input: &[u8]) -> usize {
+        let n = input.len().min(remaining as usize);
+        self.state = match remaining - n as u32 {
+            0 => State::Header,
+            left => State::Skip(left),
+        };
+        n
+    }
+
+    fn start_value(&mut self, tag: Tag, length: u32) -> Result<(), ExtractError> {
+        if length > MAX_VALUE_LENGTH {
+            let keyword = keyword_of(tag).unwrap_or("value");
+            return error(format!("{keyword} is longer than 64 KiB"));
+        }
+        self.value.clear();
+        // Exact, so that the buffer never grows past MAX_VALUE_LENGTH.
+        self.value.reserve_exact(length as usize);
+        self.state = State::Value { tag, remaining: length };
+        if length == 0 {
+            self.end_value(tag);
+        }
+        Ok(())
+    }
+
+    fn read_value(&mut self, tag: Tag, remaining: u32, input: &[u8]) -> usize {
+        let n = input.len().min(remaining as usize);
+        self.value.extend_from_slice(&input[..n]);
+        match remaining - n as u32 {
+            0 => self.end_value(tag),
+            left => self.state = State::Value { tag, remaining: left },
+        }
+        n
+    }
+
+    fn end_value(&mut self, tag: Tag) {
+        self.store(tag);
+        self.state = if tag >= LAST_EXTRACTED_TAG { State::Done } else { State::Header };
+    }
+
+    /// Decodes a buffered value and stores it, trimmed of the padding PS3.5 §6.2 allows.
+    /// Specific Character Set (0008,0005) sorts first, so it applies to every later value;
+    /// its own value is in the default repertoire.
+    fn store(&mut self, tag: Tag) {
+        let character_set = match tag {
+            SPECIFIC_CHARACTER_SET => None,
+            _ => self.attributes.specific_character_set.as_deref(),
+        };
+        let text = decode_text(&self.value, character_set);
+        // UI is padded with a trailing NUL, other text with a trailing space (PS3.5 §6.2);
+        // leading spaces are insignificant in most text VRs, and never valid in UI.
+        let text = text.trim_end_matches(['\0', ' ']);
+        let text = if is_uid(tag) { text } else { text.trim_start_matches(' ') };
+        // An empty value is treated as a missing one.
+        if !text.is_empty() {
+            self.attributes.set(tag, text.to_owned());
+        }
+    }
+}
+
+/// Whether an extracted attribute has VR UI.
+fn is_uid(tag: Tag) -> bool {
+    matches!(tag, 0x0008_0016 | 0x0008_0018 | 0x0020_000D | 0x0020_000E)
+}
+
+/// Header size of an explicit VR data element (PS3.5 §7.1.2, table 7.1-1 and 7.1-2): 12
+/// bytes for the VRs with a reserved field and a 4-byte length, 8 for the others. None for
+/// bytes that are not a VR.
+fn explicit_header_size(vr: [u8; 2]) -> Option<usize> {
+    match &vr {
+        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV" => {
+            Some(12)
+        }
+        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FD" | b"FL" | b"IS" | b"LO" | b"LT" | b"PN"
+        | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US" => Some(8),
+        _ => None,
+    }
+}
+
+/// Formats a tag as (gggg,eeee) for messages.
+struct TagName(Tag);
+
+impl fmt::Display for TagName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({:04X},{:04X})", self.0 >> 16, self.0 & 0xFFFF)
+    }
+}
+
+/// Inflates a deflated dataset (PS3.5 §A.5: raw deflate, RFC 1951, no zlib header) into the
+/// parser, only as far as the parser needs.
+struct Inflater {
+    decompress: Decompress,
+    output: Box<[u8]>,
+    ended: bool,
+}
+
+const INFLATE_OUTPUT_SIZE: usize = 16 * 1024;
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Self {
+            decompress: Decompress::new(false),
+            output: vec![0; INFLATE_OUTPUT_SIZE].into_boxed_slice(),
+            ended: false,
+        }
+    }
+}
+
+impl Inflater {
+    fn feed(&mut self, mut input: &[u8], parser: &mut Parser) -> Result<(), ExtractError> {
+        // Bytes after the end of the deflate stream (padding) are ignored.
+        while !self.ended && !parser.is_done() {
+            let (in_before, out_before) = (self.decompress.total_in(), self.decompress.total_out());
+            let status = self
+                .decompress
+                .decompress(input, &mut self.output, FlushDecompress::None)
+                .or_else(|_| error("deflated dataset is corrupt"))?;
+            let consumed = (self.decompress.total_in() - in_before) as usize;
+            let produced = (self.decompress.total_out() - out_before) as usize;
+            input = &input[consumed..];
+            self.ended = status == Status::StreamEnd;
+            parser.feed(&self.output[..produced])?;
+            // A full output buffer may hide more output: go on until the input is used up.
+            let stalled = consumed == 0 && produced == 0;
+            if stalled || (input.is_empty() && produced < self.output.len()) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Builds datasets in one syntax. `boundaries` records the offsets between top-level
+    /// elements: the only places a dataset may be cut without `finish` failing.
+    struct Builder {
+        syntax: Syntax,
+        bytes: Vec<u8>,
+        depth: usize,
+        boundaries: Vec<usize>,
+    }
+
+    impl Builder {
+        fn new(syntax: Syntax) -> Self {
+            Self { syntax, bytes: Vec::new(), depth: 0, boundaries: vec![0] }
+        }
+
+        fn u16(&mut self, v: u16) {
+            let bytes = match self.syntax {
+                Syntax::ExplicitBig => v.to_be_bytes(),
+                _ => v.to_le_bytes(),
+            };
+            self.bytes.extend_from_slice(&bytes);
+        }
+
+        fn u32(&mut self, v: u32) {
+            let bytes = match self.syntax {
+                Syntax::ExplicitBig => v.to_be_bytes(),
+                _ => v.to_le_bytes(),
+            };
+            self.bytes.extend_from_slice(&bytes);
+        }
+
+        fn tag(&mut self, tag: Tag) {
+            self.u16((tag >> 16) as u16);
+            self.u16(tag as u16);
+        }
+
+        fn header(&mut self, tag: Tag, vr: &[u8; 2], length: u32) {
+            self.tag(tag);
+            if self.syntax == Syntax::ImplicitLittle {
+                self.u32(length);
+            } else if explicit_header_size(*vr) == Some(12) {
+                self.bytes.extend_from_slice(vr);
+                self.bytes.extend_from_slice(&[0, 0]);
+                self.u32(length);
+            } else {
+                self.bytes.extend_from_slice(vr);
+                self.u16(length as u16);
+            }
+        }
+
+        fn boundary(&mut self) {
+            if self.depth == 0 {
+                self.boundaries.push(self.bytes.len());
+            }
+        }
+
+        fn element(&mut self, tag: Tag, vr: &[u8; 2], value: &[u8]) -> &mut Self {
+            self.header(tag, vr, value.len() as u32);
+            self.bytes.extend_from_slice(value);
+            self.boundary();
+            self
+        }
+
+        fn text(&mut self, tag: Tag, vr: &[u8; 2], value: &str) -> &mut Self {
+            let mut value = value.as_bytes().to_vec();
+            if value.len() % 2 == 1 {
+                value.push(if vr == b"UI" { 0 } else { b' ' });
+            }
+            self.element(tag, vr, &value)
+        }
+
+        /// An undefined-length sequence (VR SQ, or UN whose content is then implicit VR LE).
+        fn open_sequence(&mut self, tag: Tag, vr: &[u8; 2]) -> &mut Self {
+            self.header(tag, vr, UNDEFINED_LENGTH);
+            self.depth += 1;
+            self
+        }
+
+        fn open_item(&mut self) -> &mut Self {
+            self.tag(ITEM);
+            self.u32(UNDEFINED_LENGTH);
+            self.depth += 1;
+            self
+        }
+
+        fn close_item(&mut self) -> &mut Self {
+            self.tag(ITEM_DELIMITATION);
+            self.u32(0);
+            self.depth -= 1;
+            self
+        }
+
+        fn close_sequence(&mut self) -> &mut Self {
+            self.tag(SEQUENCE_DELIMITATION);
+            self.u32(0);
+            self.depth -= 1;
+            self.boundary();
+            self
+        }
+
+        fn defined_item(&mut self, content: &[u8]) -> &mut Self {
+            self.tag(ITEM);
+            self.u32(content.len() as u32);
+            self.bytes.extend_from_slice(content);
+            self
+        }
+
+        /// A nested dataset in this builder's syntax, for defined-length items.
+        fn nested(&self, build: impl FnOnce(&mut Builder)) -> Vec<u8> {
+            let mut nested = Builder::new(self.syntax);
+            build(&mut nested);
+            nested.bytes
+        }
+    }
+
+    fn syntax_of(encoding: Encoding) -> Syntax {
+        match encoding {
+            Encoding::ImplicitLittle => Syntax::ImplicitLittle,
+            Encoding::ExplicitBig => Syntax::ExplicitBig,
+            _ => Syntax::ExplicitLittle,
+        }
+    }
+
+    const ENCODINGS: [Encoding; 4] =
+        [Encoding::ImplicitLittle, Encoding::ExplicitLittle, Encoding::ExplicitBig, Encoding::DeflatedExplicitLittle];
+
+    fn deflate(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// The bytes on the wire for a built dataset.
+    fn wire(encoding: Encoding, dataset: &[u8]) -> Vec<u8> {
+        match encoding {
+            Encoding::DeflatedExplicitLittle => deflate(dataset),
+            _ => dataset.to_vec(),
+        }
+    }
+
+    /// Feeds the chunks in order; the result of `finish`, and whether feed ever said done.
+    fn extract(encoding: Encoding, chunks: &[&[u8]]) -> (Result<Attributes, ExtractError>, bool) {
+        let mut extractor = Extractor::new(encoding);
+        let mut done = false;
+        for chunk in chunks {
+            match extractor.feed(chunk) {
+                Ok(d) => done = d,
+                Err(e) => return (Err(e), done),
+            }
+        }
+        (extractor.finish(), done)
+    }
+
+    fn extract_whole(encoding: Encoding, bytes: &[u8]) -> Result<Attributes, ExtractError> {
+        extract(encoding, &[bytes]).0
+    }
+
+    /// Every structure the parser must walk or skip, around the extracted attributes.
+    fn sample(syntax: Syntax) -> Builder {
+        let mut b = Builder::new(syntax);
+        b.element(0x0008_0000, b"UL", &[0, 0, 0, 0]) // group length, value not checked
+            .text(0x0008_0005, b"CS", "ISO_IR 100")
+            .text(0x0008_0016, b"UI", "1.2.840.10008.5.1.4.1.1.2")
+            .text(0x0008_0018, b"UI", "1.2.3.4.5")
+            .text(0x0008_0020, b"DA", "20240131")
+            .text(0x0008_0050, b"SH", "");
+        // A defined-length sequence of one defined-length item.
+        let item = b.nested(|n| {
+            n.text(0x0008_1150, b"UI", "1.2.3").text(0x0008_1155, b"UI", "1.2.3.4");
+        });
+        let mut sequence = Vec::new();
+        sequence.extend(b.nested(|n| {
+            n.defined_item(&item);
+        }));
+        b.element(0x0008_1110, b"SQ", &sequence);
+        // An undefined-length sequence with undefined-length items, nested two deep.
+        b.open_sequence(0x0008_1115, b"SQ")
+            .open_item()
+            .text(0x0020_000E, b"UI", "9.9.9")
+            .open_sequence(0x0008_1140, b"SQ")
+            .open_item()
+            .text(0x0008_1150, b"UI", "1.2.3")
+            .close_item()
+            .defined_item(&item)
+            .close_sequence()
+            .close_item()
+            .open_item()
+            .close_item()
+            .close_sequence();
+        // Private tags, a UN of undefined length (implicit VR LE inside), a large OB.
+        b.text(0x0009_0010, b"LO", "ACME 1.0").element(0x0009_1001, b"OB", &[0xAB; 3000]);
+        let mut un = Builder::new(Syntax::ImplicitLittle);
+        un.open_item().text(0x0010_0010, b"PN", "Not^Top^Level").close_item();
+        un.tag(SEQUENCE_DELIMITATION); // part of the UN value: implicit VR LE too
+        un.u32(0);
+        b.header(0x0009_1002, b"UN", UNDEFINED_LENGTH);
+        b.bytes.extend(un.bytes);
+        b.boundary();
+        b.text(0x0010_0010, b"PN", "B\u{fc}c^J\u{e9}r\u{f4}me")
+            .text(0x0010_0020, b"LO", " P-1 ")
+            .text(0x0020_000D, b"UI", "1.2.3.4.5.6")
+            .text(0x0020_0011, b"IS", "3")
+            .element(0x0020_0012, b"US", &[1, 0]);
+        b
+    }
+
+    fn expected() -> Attributes {
+        Attributes {
+            specific_character_set: Some("ISO_IR 100".into()),
+            sop_class_uid: Some("1.2.840.10008.5.1.4.1.1.2".into()),
+            sop_instance_uid: Some("1.2.3.4.5".into()),
+            study_date: Some("20240131".into()),
+            patient_name: Some("Büc^Jérôme".into()),
+            patient_id: Some("P-1".into()),
+            study_instance_uid: Some("1.2.3.4.5.6".into()),
+            series_number: Some("3".into()),
+            ..Attributes::default()
+        }
+    }
+
+    /// The sample with its Latin-1 PatientName bytes (the builder writes `text` as UTF-8).
+    fn sample_bytes(syntax: Syntax) -> (Vec<u8>, Vec<usize>) {
+        let b = sample(syntax);
+        let utf8 = "B\u{fc}c^J\u{e9}r\u{f4}me".as_bytes();
+        let at = b.bytes.windows(utf8.len()).position(|w| w == utf8).unwrap();
+        let mut bytes = b.bytes.clone();
+        // Same length in Latin-1 once padded: 13 UTF-8 bytes + pad, 10 Latin-1 bytes + 4 spaces.
+        bytes[at..at + 14].copy_from_slice(b"B\xfcc^J\xe9r\xf4me    ");
+        (bytes, b.boundaries)
+    }
+
+    #[test]
+    fn whole_dataset_in_every_encoding() {
+        for encoding in ENCODINGS {
+            let (dataset, _) = sample_bytes(syntax_of(encoding));
+            let got = extract_whole(encoding, &wire(encoding, &dataset));
+            assert_eq!(got, Ok(expected()), "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_and_every_split_give_the_same_result() {
+        for encoding in ENCODINGS {
+            let (dataset, _) = sample_bytes(syntax_of(encoding));
+            let bytes = wire(encoding, &dataset);
+            let single: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(extract(encoding, &single).0, Ok(expected()), "{encoding:?} byte by byte");
+            for at in 0..=bytes.len() {
+                let (a, b) = bytes.split_at(at);
+                assert_eq!(extract(encoding, &[a, b]).0, Ok(expected()), "{encoding:?} split at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_is_an_error_except_between_top_level_elements() {
+        for encoding in [Encoding::ImplicitLittle, Encoding::ExplicitLittle, Encoding::ExplicitBig] {
+            let (dataset, boundaries) = sample_bytes(syntax_of(encoding));
+            for end in 0..dataset.len() {
+                let result = extract_whole(encoding, &dataset[..end]);
+                assert_eq!(result.is_ok(), boundaries.contains(&end), "{encoding:?} cut at {end}: {result:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_deflate_stream_is_an_error() {
+        let (dataset, _) = sample_bytes(Syntax::ExplicitLittle);
+        let deflated = deflate(&dataset);
+        let result = extract_whole(Encoding::DeflatedExplicitLittle, &deflated[..deflated.len() / 2]);
+        assert!(result.is_err(), "{result:?}");
+    }
+
+    #[test]
+    fn corrupt_deflate_stream_is_an_error() {
+        // Block type 3 is reserved (RFC 1951 §3.2.3).
+        let result = extract_whole(Encoding::DeflatedExplicitLittle, &[0xFF; 16]);
+        assert_eq!(result, Err(ExtractError("deflated dataset is corrupt".into())));
+    }
+
+    #[test]
+    fn stops_after_the_last_extracted_tag() {
+        for encoding in [Encoding::ImplicitLittle, Encoding::ExplicitLittle, Encoding::ExplicitBig] {
+            let mut b = Builder::new(syntax_of(encoding));
+            b.text(0x0008_0018, b"UI", "1.2").text(LAST_EXTRACTED_TAG, b"IS", "12");
+            let mut extractor = Extractor::new(encoding);
+            assert_eq!(extractor.feed(&b.bytes), Ok(true));
+            assert_eq!(extractor.feed(b"garbage that is never parsed"), Ok(true));
+            let attributes = extractor.finish().unwrap();
+            assert_eq!(attributes.number_of_series_related_instances.as_deref(), Some("12"));
+            assert_eq!(attributes.sop_instance_uid.as_deref(), Some("1.2"));
+        }
+    }
+
+    #[test]
+    fn stops_at_the_first_tag_past_the_last_extracted_one() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.text(0x0010_0020, b"LO", "P");
+        b.tag(0x0028_0010); // header cut after the tag: no more is needed
+        let (result, done) = extract(Encoding::ExplicitLittle, &[&b.bytes, b"\xFF\xFF\xFF"]);
+        assert!(done);
+        assert_eq!(result.unwrap().patient_id.as_deref(), Some("P"));
+    }
+
+    #[test]
+    fn deflated_input_stops_inflating_once_done() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.text(0x0008_0018, b"UI", "1.2").element(PIXEL_DATA, b"OW", &[7; 1 << 20]);
+        let deflated = deflate(&b.bytes);
+        let mut extractor = Extractor::new(Encoding::DeflatedExplicitLittle);
+        assert_eq!(extractor.feed(&deflated[..deflated.len() / 2]), Ok(true));
+        let inflated = extractor.inflater.as_ref().unwrap().decompress.total_out();
+        assert!(inflated <= INFLATE_OUTPUT_SIZE as u64, "inflated {inflated} bytes");
+        assert_eq!(extractor.feed(&deflated[deflated.len() / 2..]), Ok(true));
+        assert_eq!(extractor.finish().unwrap().sop_instance_uid.as_deref(), Some("1.2"));
+    }
+
+    #[test]
+    fn large_value_before_the_attributes_is_skipped_in_any_chunking() {
+        for encoding in ENCODINGS {
+            let mut b = Builder::new(syntax_of(encoding));
+            b.text(0x0007_0010, b"LO", "ACME").element(0x0007_1000, b"OB", &[0x55; 300_000]);
+            b.text(0x0010_0020, b"LO", "P1");
+            let bytes = wire(encoding, &b.bytes);
+            for size in [1, 7, 4096, 1 << 20] {
+                let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+                let got = extract(encoding, &chunks).0.unwrap();
+                assert_eq!(got.patient_id.as_deref(), Some("P1"), "{encoding:?} chunk {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn value_over_64_kib_is_an_error_naming_the_attribute() {
+        for encoding in ENCODINGS {
+            let mut b = Builder::new(syntax_of(encoding));
+            // PN has a 2-byte length in explicit VR: UN carries the long value there.
+            let vr = if encoding == Encoding::ImplicitLittle { b"PN" } else { b"UN" };
+            b.element(0x0010_0010, vr, &vec![b'A'; 70 * 1024]);
+            let error = extract_whole(encoding, &wire(encoding, &b.bytes)).unwrap_err();
+            assert!(error.to_string().contains("PatientName"), "{error}");
+            assert!(error.to_string().len() <= 64);
+        }
+    }
+
+    #[test]
+    fn empty_values_are_none() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.text(0x0008_0050, b"SH", "").text(0x0008_0060, b"CS", "  ").text(0x0010_0020, b"LO", "\0");
+        assert_eq!(extract_whole(Encoding::ExplicitLittle, &b.bytes), Ok(Attributes::default()));
+    }
+
+    #[test]
+    fn uids_are_the_extracted_attributes_named_uid() {
+        for (tag, keyword) in crate::dicom::attributes::EXTRACTED {
+            assert_eq!(is_uid(*tag), keyword.ends_with("UID"), "{keyword}");
+        }
+    }
+
+    #[test]
+    fn uid_padding_is_trimmed() {
+        let mut b = Builder::new(Syntax::ImplicitLittle);
+        b.element(0x0008_0018, b"UI", b"1.2.3\0").element(0x0020_000E, b"UI", b"1.2 ");
+        let got = extract_whole(Encoding::ImplicitLittle, &b.bytes).unwrap();
+        assert_eq!(got.sop_instance_uid.as_deref(), Some("1.2.3"));
+        assert_eq!(got.series_instance_uid.as_deref(), Some("1.2"));
+    }
+
+    #[test]
+    fn multi_byte_character_set_applies_to_later_values() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.text(0x0008_0005, b"CS", "\\ISO 2022 IR 149").element(
+            0x0010_0010,
+            b"PN",
+            b"\x1b$)C\xb1\xe8\xc8\xf1\xc1\xdf\x1b(B ",
+        );
+        let got = extract_whole(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        assert_eq!(got.patient_name.as_deref(), Some("김희중"));
+        assert_eq!(got.specific_character_set.as_deref(), Some("\\ISO 2022 IR 149"));
+    }
+
+    #[test]
+    fn tags_going_down_at_top_level_are_tolerated() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.text(0x0010_0020, b"LO", "P").text(0x0008_0060, b"CS", "CT");
+        let got = extract_whole(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        assert_eq!((got.patient_id.as_deref(), got.modality.as_deref()), (Some("P"), Some("CT")));
+    }
+
+    #[test]
+    fn encapsulated_pixel_data_inside_a_sequence_is_skipped() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.open_sequence(0x0008_1115, b"SQ").open_item();
+        b.header(PIXEL_DATA, b"OB", UNDEFINED_LENGTH);
+        b.defined_item(&[]).defined_item(&[0xFE, 0xFF, 0x00, 0xE0]); // offset table, fragment
+        b.tag(SEQUENCE_DELIMITATION);
+        b.u32(0);
+        b.close_item().close_sequence().text(0x0010_0020, b"LO", "P");
+        let got = extract_whole(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        assert_eq!(got.patient_id.as_deref(), Some("P"));
+    }
+
+    #[test]
+    fn invalid_vr_is_an_error() {
+        let error = extract_whole(Encoding::ExplicitLittle, b"\x08\x00\x20\x00\x00\x00\x02\x00AB").unwrap_err();
+        assert_eq!(error.to_string(), "invalid VR 0000 in (0008,0020)");
+    }
+
+    #[test]
+    fn element_in_a_sequence_where_an_item_must_be_is_an_error() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.open_sequence(0x0008_1115, b"SQ").text(0x0008_1150, b"UI", "1.2");
+        assert!(extract_whole(Encoding::ExplicitLittle, &b.bytes).is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut b = Builder::new(Syntax::ImplicitLittle);
+        for _ in 0..65 {
+            b.open_sequence(0x0008_1115, b"SQ").open_item();
+        }
+        let error = extract_whole(Encoding::ImplicitLittle, &b.bytes).unwrap_err();
+        assert_eq!(error.to_string(), "sequences nested more than 64 deep");
+        let mut b = Builder::new(Syntax::ImplicitLittle);
+        for _ in 0..64 {
+            b.open_sequence(0x0008_1115, b"SQ").open_item();
+        }
+        for _ in 0..64 {
+            b.close_item().close_sequence();
+        }
+        assert_eq!(extract_whole(Encoding::ImplicitLittle, &b.bytes), Ok(Attributes::default()));
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut extractor = Extractor::new(Encoding::ExplicitLittle);
+        let bad = b"\x08\x00\x20\x00zz\x02\x00";
+        let error = extractor.feed(bad).unwrap_err();
+        assert_eq!(extractor.feed(b""), Err(error.clone()));
+        assert_eq!(extractor.finish(), Err(error));
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.element(0x0010_0010, b"UN", &vec![b'A'; 64 * 1024]);
+        for _ in 0..10 {
+            b.element(0x0009_1000, b"OB", &[0; 100_000]);
+        }
+        let mut extractor = Extractor::new(Encoding::ExplicitLittle);
+        for chunk in b.bytes.chunks(999) {
+            extractor.feed(chunk).unwrap();
+            assert!(extractor.parser.value.capacity() <= MAX_VALUE_LENGTH as usize);
+        }
+    }
+
+    fn arbitrary_encoding() -> impl Strategy<Value = Encoding> {
+        prop::sample::select(ENCODINGS.to_vec())
+    }
+
+    /// Splits bytes at the given cut points (taken modulo the length).
+    fn split<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            chunks.push(&bytes[start..cut]);
+            start = cut;
+        }
+        chunks
+    }
+
+    proptest! {
+        #[test]
+        fn random_chunking_gives_the_same_result(
+            encoding in arbitrary_encoding(),
+            cuts in prop::collection::vec(any::<usize>(), 0..40),
+        ) {
+            let (dataset, _) = sample_bytes(syntax_of(encoding));
+            let bytes = wire(encoding, &dataset);
+            prop_assert_eq!(extract(encoding, &split(&bytes, &cuts)).0, Ok(expected()));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(
+            encoding in arbitrary_encoding(),
+            bytes in prop::collection::vec(any::<u8>(), 0..2000),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let _ = extract(encoding, &split(&bytes, &cuts));
+        }
+
+        #[test]
+        fn mutated_datasets_never_panic(
+            encoding in arbitrary_encoding(),
+            mutations in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let (dataset, _) = sample_bytes(syntax_of(encoding));
+            let mut bytes = wire(encoding, &dataset);
+            for (at, byte) in mutations {
+                let len = bytes.len();
+                bytes[at % len] = byte;
+            }
+            let _ = extract(encoding, &split(&bytes, &cuts));
+        }
+    }
+}

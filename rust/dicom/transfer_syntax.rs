@@ -70,7 +70,10 @@ pub const TRANSFER_SYNTAXES: &[TransferSyntax] = &[
     encapsulated("1.2.840.10008.1.2.4.111", "JPEG XL JPEG Recompression"),
     encapsulated("1.2.840.10008.1.2.4.112", "JPEG XL"),
     encapsulated("1.2.840.10008.1.2.4.201", "High-Throughput JPEG 2000 Image Compression (Lossless Only)"),
-    encapsulated("1.2.840.10008.1.2.4.202", "High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only)"),
+    encapsulated(
+        "1.2.840.10008.1.2.4.202",
+        "High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only)",
+    ),
     encapsulated("1.2.840.10008.1.2.4.203", "High-Throughput JPEG 2000 Image Compression"),
     encapsulated("1.2.840.10008.1.2.5", "RLE Lossless"),
 ];

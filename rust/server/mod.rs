@@ -1,1 +1,78 @@
 //! The Storage SCP: listener, per-association handler, configuration and the events it emits.
+
+pub mod config;
+pub mod events;
+mod handler;
+mod listener;
+mod store;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::storage::writer::Storage;
+use config::Settings;
+use events::{EventSink, EventStream};
+
+/// What every association task shares.
+pub struct Shared {
+    pub settings: Settings,
+    pub storage: Storage,
+    pub events: EventSink,
+}
+
+/// A running server: its runtime, its port, and the means to stop it.
+pub struct Server {
+    runtime: Runtime,
+    port: u16,
+    stop: Arc<Notify>,
+    grace: Arc<Mutex<Duration>>,
+}
+
+impl Server {
+    /// Opens storage, binds, and starts accepting. Events arrive on the returned stream until
+    /// the server has stopped and every association has ended.
+    pub fn start(settings: Settings) -> io::Result<(Server, EventStream)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oxidip").build()?;
+        let storage =
+            Storage::open(&settings.files_root, settings.template.clone(), settings.fsync, settings.duplicates)?;
+        let std_listener = std::net::TcpListener::bind(&settings.bind)?;
+        std_listener.set_nonblocking(true)?;
+        let port = std_listener.local_addr()?.port();
+        let (sink, stream) = events::channel(settings.event_queue_size);
+        let slots = Arc::new(Semaphore::new(settings.max_associations));
+        let shared = Arc::new(Shared { settings, storage, events: sink });
+        let stop = Arc::new(Notify::new());
+        let grace = Arc::new(Mutex::new(Duration::ZERO));
+        let (abort, _) = watch::channel(false);
+        let socket = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
+        runtime.spawn(listener.run(socket));
+        Ok((Server { runtime, port, stop, grace }, stream))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Begins a graceful shutdown and returns at once: no new associations; running ones may
+    /// finish within `grace`, then are aborted. The event stream ends when all is done.
+    pub fn stop(&self, grace: Duration) {
+        *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = grace;
+        // notify_one stores a permit, so a stop that comes before the listener waits is kept.
+        self.stop.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests;

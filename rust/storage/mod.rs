@@ -1,1 +1,16 @@
 //! Storage of received instances: Part 10 file meta, path templates, temp files and rename.
+//!
+//! Per instance the C-STORE handler calls [`Storage::begin`] (a temp file holding the
+//! preamble and file meta), [`PartialInstance::write`] for each dataset fragment, then
+//! renders the path with [`Storage::template`] and [`PartialInstance::commit`]s; dropping the
+//! `PartialInstance` instead removes the temp file. All calls are blocking `std::fs` I/O.
+
+pub mod file_meta;
+pub mod path_template;
+mod sanitize;
+mod temp;
+pub mod writer;
+
+pub use file_meta::{encode_file_meta, FileMeta, FileMetaError};
+pub use path_template::{PathContext, PathTemplate, TemplateError, DEFAULT_PATH_TEMPLATE};
+pub use writer::{CommitError, Committed, DuplicatePolicy, FsyncPolicy, PartialInstance, Storage, UnknownPolicy};

@@ -85,7 +85,7 @@ pub struct UserInformation {
     pub async_ops_window: Option<(u16, u16)>,
     pub role_selections: Vec<RoleSelection>,
     pub user_identity: Option<UserIdentity>,
-    /// User identity server response (5BH), only in an A-ASSOCIATE-AC.
+    /// User identity server response (59H, PS3.7 D.3.3.7.2), only in an A-ASSOCIATE-AC.
     pub user_identity_response: Option<Vec<u8>>,
 }
 

@@ -1,0 +1,44 @@
+"""Typed stub of the Rust extension ``oxidip._core`` (see ``rust/python.rs``).
+
+Data crosses the boundary as msgpack encoded by msgspec (configuration, in) and by serde
+(event batches, out); ``oxidip._boundary`` holds the matching msgspec structs.
+"""
+
+__version__: str
+#: oxidip's Implementation Class UID, written to (0002,0012) and sent in A-ASSOCIATE-AC.
+IMPLEMENTATION_CLASS_UID: str
+#: oxidip's Implementation Version Name, written to (0002,0013).
+IMPLEMENTATION_VERSION_NAME: str
+#: DICOM keywords of the attributes extracted from every instance, in tag order.
+EXTRACTED_KEYWORDS: list[str]
+#: The default storage path template (oxidicom's layout).
+DEFAULT_PATH_TEMPLATE: str
+
+def check_path_template(template: str) -> None:
+    """Raises ValueError with a readable reason when the template is invalid."""
+
+class Receiver:
+    """The Storage SCP. One instance serves one listening socket."""
+
+    def __init__(self, config: bytes) -> None:
+        """``config``: msgpack of ``oxidip._boundary.CoreConfig``. Raises ValueError when a
+        value is out of range (the Python layer validates first, naming the variable)."""
+
+    def start(self) -> int:
+        """Opens storage, binds and starts serving; returns the bound TCP port (useful with
+        port 0). Raises OSError when the port cannot be bound or storage is unusable."""
+
+    def next_batch(self, max_events: int, timeout: float) -> bytes | None:
+        """Waits up to ``timeout`` seconds (GIL released) for events and returns up to
+        ``max_events`` of them as msgpack of ``list[oxidip._boundary.Event]`` (an empty list
+        on timeout). Returns None once the receiver has stopped and every event was taken."""
+
+    def stop(self, timeout: float) -> None:
+        """Begins a graceful shutdown and returns at once: stops accepting, lets running
+        associations finish for up to ``timeout`` seconds, then aborts the rest (their partial
+        instances are removed). Keep taking batches: ``next_batch`` returns None once every
+        association has ended and every event was taken."""
+
+    @property
+    def queued_events(self) -> int:
+        """Events waiting to be taken: the backlog when Python falls behind."""

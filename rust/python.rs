@@ -1,0 +1,112 @@
+//! The Python extension `oxidip._core`: a thin typed layer over `server::Server`. Python
+//! calls it a few times a second (start, stop, one call per batch of events); nothing here
+//! runs per PDU. Data crosses as msgpack, decoded on the Python side by msgspec structs
+//! (`oxidip._boundary`).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::dicom::attributes::EXTRACTED;
+use crate::server::config::ServerConfig;
+use crate::server::events::EventStream;
+use crate::server::Server;
+use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::storage::path_template::{PathTemplate, DEFAULT_PATH_TEMPLATE};
+
+#[pyclass(module = "oxidip._core")]
+struct Receiver {
+    config: ServerConfig,
+    server: Mutex<Option<Server>>,
+    events: Mutex<Option<EventStream>>,
+    queued: Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[pymethods]
+impl Receiver {
+    #[new]
+    fn new(config: &[u8]) -> PyResult<Self> {
+        let config: ServerConfig =
+            rmp_serde::from_slice(config).map_err(|e| PyValueError::new_err(format!("invalid configuration: {e}")))?;
+        config.settings().map_err(PyValueError::new_err)?;
+        Ok(Receiver { config, server: Mutex::new(None), events: Mutex::new(None), queued: Mutex::new(None) })
+    }
+
+    fn start(&self, py: Python<'_>) -> PyResult<u16> {
+        let mut server = lock(&self.server);
+        if server.is_some() {
+            return Err(PyRuntimeError::new_err("receiver already started"));
+        }
+        let settings = self.config.settings().map_err(PyValueError::new_err)?;
+        let (started, events) = py.allow_threads(|| Server::start(settings)).map_err(|e| {
+            PyOSError::new_err(format!("cannot start on {}:{}: {e}", self.config.host, self.config.port))
+        })?;
+        let port = started.port();
+        *lock(&self.queued) = Some(events.queued_counter());
+        *lock(&self.events) = Some(events);
+        *server = Some(started);
+        Ok(port)
+    }
+
+    fn next_batch<'py>(
+        &self,
+        py: Python<'py>,
+        max_events: usize,
+        timeout: f64,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let timeout =
+            Duration::try_from_secs_f64(timeout).map_err(|_| PyValueError::new_err("timeout must be >= 0"))?;
+        let handle = match lock(&self.server).as_ref() {
+            Some(server) => server.runtime().handle().clone(),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        let batch = py.allow_threads(|| {
+            let mut events = lock(&self.events);
+            events.as_mut().and_then(|stream| stream.next_batch(&handle, max_events, timeout))
+        });
+        match batch {
+            None => Ok(None),
+            Some(batch) => {
+                let bytes = rmp_serde::to_vec_named(&batch).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+                Ok(Some(PyBytes::new(py, &bytes)))
+            }
+        }
+    }
+
+    fn stop(&self, timeout: f64) -> PyResult<()> {
+        let grace = Duration::try_from_secs_f64(timeout).map_err(|_| PyValueError::new_err("timeout must be >= 0"))?;
+        if let Some(server) = lock(&self.server).as_ref() {
+            server.stop(grace);
+        }
+        Ok(())
+    }
+
+    #[getter]
+    fn queued_events(&self) -> usize {
+        lock(&self.queued).as_ref().map_or(0, |q| q.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+#[pyfunction]
+fn check_path_template(template: &str) -> PyResult<()> {
+    PathTemplate::parse(template).map(|_| ()).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("IMPLEMENTATION_CLASS_UID", IMPLEMENTATION_CLASS_UID)?;
+    m.add("IMPLEMENTATION_VERSION_NAME", IMPLEMENTATION_VERSION_NAME)?;
+    m.add("EXTRACTED_KEYWORDS", EXTRACTED.iter().map(|(_, k)| *k).collect::<Vec<_>>())?;
+    m.add("DEFAULT_PATH_TEMPLATE", DEFAULT_PATH_TEMPLATE)?;
+    m.add_class::<Receiver>()?;
+    m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
+    Ok(())
+}

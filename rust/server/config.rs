@@ -1,0 +1,115 @@
+//! The server's configuration as the Python layer sends it (msgpack of
+//! `oxidip._boundary.CoreConfig`), and its checked, ready-to-use form.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::dicom::attributes::{Tag, EXTRACTED};
+use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::storage::path_template::PathTemplate;
+use crate::storage::writer::{DuplicatePolicy, FsyncPolicy};
+use crate::ul::association::AcceptorPolicy;
+
+/// Receive limit when the configured maximum is 0 ("no limit", PS3.8 §D.1) or when, outside
+/// strict mode, a peer sends more than it was told: beyond this a P-DATA-TF is refused with an
+/// A-ABORT, because buffering it would make memory per association unbounded.
+pub const HARD_PDATA_LIMIT: u32 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub aet: String,
+    pub enforce_called_aet: bool,
+    pub allowed_calling_aets: Vec<String>,
+    pub max_pdu_length: u32,
+    pub strict: bool,
+    pub promiscuous: bool,
+    pub uncompressed_only: bool,
+    pub max_associations: usize,
+    pub files_root: String,
+    pub path_template: String,
+    pub fsync: String,
+    pub duplicates: String,
+    pub required_attributes: Vec<String>,
+    pub artim_timeout: f64,
+    pub idle_timeout: f64,
+    pub event_queue_size: usize,
+}
+
+/// Everything the server needs, checked.
+#[derive(Debug)]
+pub struct Settings {
+    pub bind: String,
+    pub acceptor: AcceptorPolicy,
+    pub files_root: PathBuf,
+    pub template: PathTemplate,
+    pub fsync: FsyncPolicy,
+    pub duplicates: DuplicatePolicy,
+    /// (tag, keyword) of the attributes an instance must have to be stored.
+    pub required: Vec<(Tag, &'static str)>,
+    pub artim_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    /// The largest P-DATA-TF accepted from a peer (see HARD_PDATA_LIMIT).
+    pub receive_limit: u32,
+    pub max_associations: usize,
+    pub event_queue_size: usize,
+}
+
+impl ServerConfig {
+    /// Checks every value; the error names the field and what it accepts.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let template = PathTemplate::parse(&self.path_template).map_err(|e| format!("path_template: {e}"))?;
+        let fsync = self.fsync.parse::<FsyncPolicy>().map_err(|e| format!("fsync: {e}"))?;
+        let duplicates = self.duplicates.parse::<DuplicatePolicy>().map_err(|e| format!("duplicates: {e}"))?;
+        let required = self
+            .required_attributes
+            .iter()
+            .map(|k| {
+                EXTRACTED
+                    .iter()
+                    .find(|(_, keyword)| keyword == k)
+                    .copied()
+                    .ok_or_else(|| format!("required_attributes: {k:?} is not an extracted attribute"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.max_associations == 0 || self.event_queue_size == 0 {
+            return Err("max_associations and event_queue_size must be at least 1".into());
+        }
+        let seconds = |name: &str, s: f64| {
+            Duration::try_from_secs_f64(s).map_err(|_| format!("{name}: expected seconds >= 0, got {s}"))
+        };
+        let artim_timeout = seconds("artim_timeout", self.artim_timeout)?;
+        let idle_timeout = seconds("idle_timeout", self.idle_timeout)?;
+        let receive_limit = match (self.max_pdu_length, self.strict) {
+            (0, _) => HARD_PDATA_LIMIT,
+            (n, true) => n,
+            (n, false) => n.max(HARD_PDATA_LIMIT),
+        };
+        Ok(Settings {
+            bind: format!("{}:{}", self.host, self.port),
+            acceptor: AcceptorPolicy {
+                ae_title: self.aet.clone(),
+                enforce_called_ae_title: self.enforce_called_aet,
+                allowed_calling_ae_titles: self.allowed_calling_aets.clone(),
+                promiscuous: self.promiscuous,
+                uncompressed_only: self.uncompressed_only,
+                max_pdu_length: self.max_pdu_length,
+                implementation_class_uid: IMPLEMENTATION_CLASS_UID.to_string(),
+                implementation_version_name: IMPLEMENTATION_VERSION_NAME.to_string(),
+            },
+            files_root: PathBuf::from(&self.files_root),
+            template,
+            fsync,
+            duplicates,
+            required,
+            artim_timeout,
+            idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            receive_limit,
+            max_associations: self.max_associations,
+            event_queue_size: self.event_queue_size,
+        })
+    }
+}

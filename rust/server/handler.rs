@@ -1,0 +1,474 @@
+//! One association, from the A-ASSOCIATE-RQ to its release or abort: the PS3.8 state machine
+//! on the acceptor side, with the DIMSE messages (PS3.7) reassembled from PDV fragments.
+//!
+//! File writes happen inline with blocking std I/O: a write to the page cache takes
+//! microseconds, far less than handing each fragment to a blocking thread pool would cost.
+//! The steps that can wait on the disk (fsync, rename, directory creation) run under
+//! `block_in_place`, so other associations keep their worker thread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::events::{unix_time, AssociationClosed, Event, InstanceFailed, InstanceStored};
+use super::store::{InstanceReception, Outcome, Sender};
+use super::Shared;
+use crate::dicom::sop_class;
+use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
+use crate::dimse::status::{self, Status};
+use crate::ul::association::{self, Association};
+use crate::ul::connection::{Connection, ReadError};
+use crate::ul::pdu::{Abort, Pdu, Pdv};
+
+/// A-ABORT sources and provider reasons (PS3.8 table 9-26).
+const ABORT_SOURCE_USER: u8 = 0;
+const ABORT_SOURCE_PROVIDER: u8 = 2;
+const REASON_NOT_SPECIFIED: u8 = 0;
+const REASON_UNEXPECTED_PDU: u8 = 2;
+const REASON_INVALID_PARAMETER: u8 = 6;
+
+/// How an association ended (`outcome` of the AssociationClosed event).
+#[derive(Debug)]
+enum End {
+    Released,
+    AbortedByPeer,
+    /// We aborted on a protocol error.
+    Aborted(String),
+    Rejected(String),
+    Timeout(String),
+    ConnectionLost(String),
+    Shutdown,
+}
+
+impl End {
+    fn outcome(&self) -> (&'static str, String) {
+        match self {
+            End::Released => ("released", String::new()),
+            End::AbortedByPeer => ("aborted-by-peer", String::new()),
+            End::Aborted(d) => ("aborted", d.clone()),
+            End::Rejected(d) => ("rejected", d.clone()),
+            End::Timeout(d) => ("timeout", d.clone()),
+            End::ConnectionLost(d) => ("connection-lost", d.clone()),
+            End::Shutdown => ("shutdown", "receiver stopping".into()),
+        }
+    }
+}
+
+/// A protocol violation: answered with an A-ABORT from the service provider.
+struct Violation {
+    reason: u8,
+    detail: String,
+}
+
+fn violation(reason: u8, detail: impl Into<String>) -> Violation {
+    Violation { reason, detail: detail.into() }
+}
+
+/// The DIMSE message being reassembled (PS3.7 §8.1, PS3.8 annex E).
+enum Incoming {
+    Idle,
+    Command {
+        context_id: u8,
+        bytes: Vec<u8>,
+    },
+    Store(Box<InstanceReception>),
+    /// The data set of a request we do not perform; answered with `status` once it is in.
+    Discard {
+        context_id: u8,
+        response: CommandSet,
+    },
+}
+
+#[derive(Default)]
+struct Counters {
+    stored: u64,
+    failed: u64,
+    bytes: u64,
+}
+
+pub struct Handler {
+    conn: Connection<TcpStream>,
+    shared: Arc<Shared>,
+    id: u64,
+    peer: String,
+    abort: watch::Receiver<bool>,
+    /// From the A-ASSOCIATE-RQ, kept for the report even when the association is rejected.
+    calling_aet: String,
+    called_aet: String,
+    association: Option<Association>,
+    incoming: Incoming,
+    counters: Counters,
+}
+
+impl Handler {
+    pub fn new(stream: TcpStream, shared: Arc<Shared>, id: u64, peer: String, abort: watch::Receiver<bool>) -> Self {
+        let capacity = (shared.settings.acceptor.max_pdu_length as usize).clamp(16 * 1024, 1 << 20) + 6;
+        Handler {
+            conn: Connection::new(stream, capacity),
+            shared,
+            id,
+            peer,
+            abort,
+            calling_aet: String::new(),
+            called_aet: String::new(),
+            association: None,
+            incoming: Incoming::Idle,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Serves the association to its end and reports it.
+    pub async fn run(mut self) {
+        let started = SystemTime::now();
+        let clock = Instant::now();
+        let end = self.serve().await;
+        // Dropping an unfinished reception removes its temp file (aborts, lost connections).
+        self.incoming = Incoming::Idle;
+        self.conn.shutdown().await;
+        let (outcome, detail) = end.outcome();
+        let closed = AssociationClosed {
+            association_id: self.id,
+            calling_aet: std::mem::take(&mut self.calling_aet),
+            called_aet: std::mem::take(&mut self.called_aet),
+            peer: self.peer.clone(),
+            started_at: unix_time(started),
+            duration: clock.elapsed().as_secs_f64(),
+            instances_stored: self.counters.stored,
+            instances_failed: self.counters.failed,
+            bytes_received: self.counters.bytes,
+            outcome,
+            detail,
+        };
+        self.shared.events.send(Event::AssociationClosed(closed)).await;
+    }
+
+    async fn serve(&mut self) -> End {
+        if let Err(end) = self.establish().await {
+            return end;
+        }
+        loop {
+            let pdu = match self.next_pdu().await {
+                Ok(pdu) => pdu,
+                Err(end) => return end,
+            };
+            let result = match pdu {
+                Pdu::PData(pdvs) => self.on_pdata(pdvs).await,
+                Pdu::ReleaseRq => {
+                    // A release while a message is half received drops that message: the
+                    // peer gave up on it (PS3.8 §7.2).
+                    return match self.conn.write_pdu(&Pdu::ReleaseRp).await {
+                        Ok(()) => End::Released,
+                        Err(e) => End::ConnectionLost(e.to_string()),
+                    };
+                }
+                Pdu::Abort(_) => return End::AbortedByPeer,
+                other => {
+                    Err(violation(REASON_UNEXPECTED_PDU, format!("unexpected {} after association", pdu_name(&other))))
+                }
+            };
+            if let Err(v) = result {
+                return self.abort(v).await;
+            }
+        }
+    }
+
+    /// Reads the A-ASSOCIATE-RQ under the ARTIM timer (PS3.8 §9.1.5) and answers it.
+    async fn establish(&mut self) -> Result<(), End> {
+        let artim = self.shared.settings.artim_timeout;
+        let rq = match tokio::time::timeout(artim, self.conn.read_pdu()).await {
+            Err(_) => return Err(End::Timeout("no A-ASSOCIATE-RQ before the ARTIM timer expired".into())),
+            Ok(Ok(None)) => return Err(End::ConnectionLost("closed before A-ASSOCIATE-RQ".into())),
+            Ok(Err(e)) => return Err(self.read_failed(e).await),
+            Ok(Ok(Some(Pdu::AssociateRq(rq)))) => rq,
+            Ok(Ok(Some(other))) => {
+                let v = violation(REASON_UNEXPECTED_PDU, format!("{} before A-ASSOCIATE-RQ", pdu_name(&other)));
+                return Err(self.abort(v).await);
+            }
+        };
+        self.calling_aet = rq.calling_ae_title.clone();
+        self.called_aet = rq.called_ae_title.clone();
+        match association::negotiate(&rq, &self.shared.settings.acceptor) {
+            Ok(assoc) => {
+                let sent = self.conn.write_pdu(&Pdu::AssociateAc(assoc.accept.clone())).await;
+                self.association = Some(assoc);
+                sent.map_err(|e| End::ConnectionLost(e.to_string()))?;
+                self.conn.set_max_pdata_len(self.shared.settings.receive_limit);
+                Ok(())
+            }
+            Err(rj) => {
+                let _ = self.conn.write_pdu(&Pdu::AssociateRj(rj)).await;
+                Err(End::Rejected(format!(
+                    "called {:?} by {:?}: result {}, source {}, reason {}",
+                    rq.called_ae_title, rq.calling_ae_title, rj.result, rj.source, rj.reason
+                )))
+            }
+        }
+    }
+
+    /// The next PDU, under the idle timeout, unless the server is aborting everything.
+    async fn next_pdu(&mut self) -> Result<Pdu, End> {
+        let idle = self.shared.settings.idle_timeout;
+        let read = async {
+            match idle {
+                Some(limit) => tokio::time::timeout(limit, self.conn.read_pdu()).await.ok(),
+                None => Some(self.conn.read_pdu().await),
+            }
+        };
+        let result = tokio::select! {
+            r = read => r,
+            _ = abort_requested(&mut self.abort) => {
+                let _ = self.conn.write_pdu(&Pdu::Abort(Abort { source: ABORT_SOURCE_USER, reason: 0 })).await;
+                return Err(End::Shutdown);
+            }
+        };
+        match result {
+            None => {
+                let v = violation(REASON_NOT_SPECIFIED, "idle timeout");
+                self.abort(v).await;
+                Err(End::Timeout("idle timeout".into()))
+            }
+            Some(Ok(Some(pdu))) => Ok(pdu),
+            Some(Ok(None)) => Err(End::ConnectionLost("peer closed the connection without release".into())),
+            Some(Err(e)) => Err(self.read_failed(e).await),
+        }
+    }
+
+    async fn read_failed(&mut self, e: ReadError) -> End {
+        match e {
+            ReadError::Protocol(codec_error) => {
+                self.abort(violation(codec_error.abort_reason(), codec_error.to_string())).await
+            }
+            ReadError::Io(io) => End::ConnectionLost(io.to_string()),
+        }
+    }
+
+    /// Sends an A-ABORT from the service provider (PS3.8 §7.3.1).
+    async fn abort(&mut self, v: Violation) -> End {
+        let _ = self.conn.write_pdu(&Pdu::Abort(Abort { source: ABORT_SOURCE_PROVIDER, reason: v.reason })).await;
+        End::Aborted(v.detail)
+    }
+
+    async fn on_pdata(&mut self, pdvs: Vec<Pdv>) -> Result<(), Violation> {
+        for pdv in pdvs {
+            self.on_pdv(pdv).await?;
+        }
+        Ok(())
+    }
+
+    /// One PDV: command fragments are collected, data fragments streamed (PS3.8 annex E).
+    async fn on_pdv(&mut self, pdv: Pdv) -> Result<(), Violation> {
+        let association = self.association.as_ref().expect("established before P-DATA");
+        if association.context(pdv.context_id).is_none() {
+            return Err(violation(
+                REASON_INVALID_PARAMETER,
+                format!("PDV on presentation context {} which was not accepted", pdv.context_id),
+            ));
+        }
+        let incoming = std::mem::replace(&mut self.incoming, Incoming::Idle);
+        self.incoming = match (incoming, pdv.is_command) {
+            (Incoming::Idle, true) => self.on_command_fragment(pdv.context_id, Vec::new(), pdv).await?,
+            (Incoming::Command { context_id, bytes }, true) if context_id == pdv.context_id => {
+                self.on_command_fragment(context_id, bytes, pdv).await?
+            }
+            (Incoming::Store(mut reception), false) if reception.context_id == pdv.context_id => {
+                self.counters.bytes += pdv.data.len() as u64;
+                reception.on_fragment(&pdv.data);
+                if pdv.is_last {
+                    self.finish_store(*reception).await?;
+                    Incoming::Idle
+                } else {
+                    Incoming::Store(reception)
+                }
+            }
+            (Incoming::Discard { context_id, response }, false) if context_id == pdv.context_id => {
+                self.counters.bytes += pdv.data.len() as u64;
+                if pdv.is_last {
+                    self.send_command(context_id, &response).await?;
+                    Incoming::Idle
+                } else {
+                    Incoming::Discard { context_id, response }
+                }
+            }
+            (_, true) => return Err(violation(REASON_INVALID_PARAMETER, "command fragment where data was expected")),
+            (_, false) => return Err(violation(REASON_INVALID_PARAMETER, "data fragment without a command")),
+        };
+        Ok(())
+    }
+
+    async fn on_command_fragment(
+        &mut self,
+        context_id: u8,
+        mut bytes: Vec<u8>,
+        pdv: Pdv,
+    ) -> Result<Incoming, Violation> {
+        if bytes.len() + pdv.data.len() > MAX_COMMAND_LEN {
+            return Err(violation(REASON_INVALID_PARAMETER, "command set larger than 64 KiB"));
+        }
+        bytes.extend_from_slice(&pdv.data);
+        if !pdv.is_last {
+            return Ok(Incoming::Command { context_id, bytes });
+        }
+        let command =
+            CommandSet::decode(&bytes).map_err(|e| violation(REASON_INVALID_PARAMETER, format!("command set: {e}")))?;
+        self.dispatch(context_id, command).await
+    }
+
+    /// Starts serving a complete request (PS3.7 §9.1).
+    async fn dispatch(&mut self, context_id: u8, command: CommandSet) -> Result<Incoming, Violation> {
+        let message_id = command.message_id().unwrap_or(0);
+        let sop_class_uid = command.affected_sop_class_uid().unwrap_or_default();
+        match command.command_field() {
+            Some(field::C_ECHO_RQ) => {
+                let rsp =
+                    command::response(field::C_ECHO_RSP, message_id, sop_class::VERIFICATION, None, &Status::success());
+                self.send_command(context_id, &rsp).await?;
+                Ok(Incoming::Idle)
+            }
+            Some(field::C_STORE_RQ) if command.has_data_set() => {
+                Ok(self.begin_store(context_id, &command, message_id, sop_class_uid))
+            }
+            // C-CANCEL has no response (PS3.7 §9.3.2.3).
+            Some(0x0FFF) => Ok(Incoming::Idle),
+            other => {
+                // Unrecognized operation (PS3.7 C.4.2), answered once any data set is in.
+                let response_field = other.unwrap_or(0) | 0x8000;
+                let st = Status::failure(0x0211, "operation not supported");
+                let rsp = command::response(response_field, message_id, &sop_class_uid, None, &st);
+                if command.has_data_set() {
+                    Ok(Incoming::Discard { context_id, response: rsp })
+                } else {
+                    self.send_command(context_id, &rsp).await?;
+                    Ok(Incoming::Idle)
+                }
+            }
+        }
+    }
+
+    fn begin_store(
+        &mut self,
+        context_id: u8,
+        command: &CommandSet,
+        message_id: u16,
+        sop_class_uid: String,
+    ) -> Incoming {
+        let association = self.association.as_ref().expect("established");
+        let context = association.context(context_id).expect("checked in on_pdv");
+        let sender = Sender { calling_aet: &association.calling_ae_title, called_aet: &association.called_ae_title };
+        let sop_instance_uid = command.affected_sop_instance_uid().unwrap_or_default();
+        let mut reception = InstanceReception::begin(
+            &self.shared.storage,
+            &sender,
+            message_id,
+            context_id,
+            sop_class_uid,
+            sop_instance_uid,
+            context.transfer_syntax,
+        );
+        if reception.sop_instance_uid.is_empty() || reception.sop_class_uid.is_empty() {
+            reception
+                .reject(Status::failure(status::INVALID_COMMAND, "C-STORE-RQ lacks Affected SOP Class/Instance UID"));
+        } else if reception.sop_class_uid != context.abstract_syntax {
+            reception.reject(Status::failure(
+                status::SOP_CLASS_NOT_SUPPORTED,
+                "SOP Class differs from the presentation context",
+            ));
+        }
+        Incoming::Store(Box::new(reception))
+    }
+
+    /// The data set is complete: store it, answer, and report it.
+    async fn finish_store(&mut self, reception: InstanceReception) -> Result<(), Violation> {
+        let association = self.association.as_ref().expect("established");
+        let sender = Sender { calling_aet: &association.calling_ae_title, called_aet: &association.called_ae_title };
+        let (message_id, context_id) = (reception.message_id, reception.context_id);
+        let sop_class_uid = reception.sop_class_uid.clone();
+        let sop_instance_uid = reception.sop_instance_uid.clone();
+        let transfer_syntax = reception.transfer_syntax.uid;
+        let received_at = reception.received_at;
+        let shared = &self.shared;
+        let outcome =
+            tokio::task::block_in_place(|| reception.complete(&shared.storage, &sender, &shared.settings.required));
+        let (st, event) = match outcome {
+            Outcome::Stored { committed, attributes } => {
+                self.counters.stored += 1;
+                let event = Event::InstanceStored(Box::new(InstanceStored {
+                    association_id: self.id,
+                    path: committed.path.to_string_lossy().into_owned(),
+                    size: committed.size,
+                    attributes: *attributes,
+                    calling_aet: association.calling_ae_title.clone(),
+                    called_aet: association.called_ae_title.clone(),
+                    peer: self.peer.clone(),
+                    transfer_syntax: transfer_syntax.to_string(),
+                    received_at: unix_time(received_at),
+                    stored_at: unix_time(SystemTime::now()),
+                    duplicate: committed.duplicate,
+                }));
+                (Status::success(), event)
+            }
+            Outcome::Failed(st) => {
+                self.counters.failed += 1;
+                let event = Event::InstanceFailed(InstanceFailed {
+                    association_id: self.id,
+                    calling_aet: association.calling_ae_title.clone(),
+                    peer: self.peer.clone(),
+                    sop_class_uid: sop_class_uid.clone(),
+                    sop_instance_uid: sop_instance_uid.clone(),
+                    status: st.code,
+                    comment: st.comment.clone().unwrap_or_default(),
+                });
+                (st, event)
+            }
+        };
+        let rsp = command::response(field::C_STORE_RSP, message_id, &sop_class_uid, Some(&sop_instance_uid), &st);
+        self.send_command(context_id, &rsp).await?;
+        // After the response: a slow event consumer delays the next request, never this one.
+        self.shared.events.send(event).await;
+        Ok(())
+    }
+
+    async fn send_command(&mut self, context_id: u8, command: &CommandSet) -> Result<(), Violation> {
+        let peer_max = self.association.as_ref().map_or(0, |a| a.peer_max_pdu_length);
+        self.conn
+            .write_command(context_id, &command.encode(), peer_max)
+            .await
+            .map_err(|e| violation(REASON_NOT_SPECIFIED, format!("sending a response failed: {e}")))
+    }
+}
+
+/// Resolves once the server asks every association to abort (never, if it cannot anymore).
+async fn abort_requested(abort: &mut watch::Receiver<bool>) {
+    if abort.wait_for(|abort| *abort).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn pdu_name(pdu: &Pdu) -> &'static str {
+    match pdu {
+        Pdu::AssociateRq(_) => "A-ASSOCIATE-RQ",
+        Pdu::AssociateAc(_) => "A-ASSOCIATE-AC",
+        Pdu::AssociateRj(_) => "A-ASSOCIATE-RJ",
+        Pdu::PData(_) => "P-DATA-TF",
+        Pdu::ReleaseRq => "A-RELEASE-RQ",
+        Pdu::ReleaseRp => "A-RELEASE-RP",
+        Pdu::Abort(_) => "A-ABORT",
+    }
+}
+
+/// Sends A-ASSOCIATE-RJ (transient, presentation-related, local limit exceeded: PS3.8 table
+/// 9-21) to a peer that came when every association slot was taken. The RQ is read first
+/// (under ARTIM): a rejection answers a request.
+pub async fn reject_over_limit(stream: TcpStream, artim: Duration) {
+    let mut conn = Connection::new(stream, 16 * 1024);
+    if let Ok(Ok(Some(Pdu::AssociateRq(_)))) = tokio::time::timeout(artim, conn.read_pdu()).await {
+        let rj = crate::ul::pdu::AssociateRj {
+            result: association::REJECTED_TRANSIENT,
+            source: association::SOURCE_SERVICE_PROVIDER_PRESENTATION,
+            reason: association::REASON_LOCAL_LIMIT_EXCEEDED,
+        };
+        let _ = conn.write_pdu(&Pdu::AssociateRj(rj)).await;
+    }
+    conn.shutdown().await;
+}

@@ -1,0 +1,222 @@
+//! The server end to end over loopback, driven by our own codec: association, C-ECHO,
+//! C-STORE, failures, and protocol errors.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::config::ServerConfig;
+use super::events::{Event, EventStream};
+use super::Server;
+use crate::dimse::command::{self, field, CommandSet};
+use crate::ul::connection::Connection;
+use crate::ul::pdu::*;
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+fn config(root: &Path) -> ServerConfig {
+    ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        aet: "OXIDIP".into(),
+        enforce_called_aet: true,
+        allowed_calling_aets: vec![],
+        max_pdu_length: 16384,
+        strict: true,
+        promiscuous: false,
+        uncompressed_only: false,
+        max_associations: 4,
+        files_root: root.to_string_lossy().into_owned(),
+        path_template: "{CallingAET}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm".into(),
+        fsync: "none".into(),
+        duplicates: "overwrite".into(),
+        required_attributes: vec!["SOPInstanceUID".into(), "SeriesInstanceUID".into()],
+        artim_timeout: 5.0,
+        idle_timeout: 5.0,
+        event_queue_size: 100,
+    }
+}
+
+/// An explicit VR little endian element with a text value padded to even length.
+fn element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &str) {
+    let mut v = value.as_bytes().to_vec();
+    if v.len() % 2 == 1 {
+        v.push(if vr == b"UI" { 0 } else { b' ' });
+    }
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&elem.to_le_bytes());
+    out.extend_from_slice(vr);
+    out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    out.extend_from_slice(&v);
+}
+
+fn dataset(sop_instance_uid: &str) -> Vec<u8> {
+    let mut ds = Vec::new();
+    element(&mut ds, 0x0008, 0x0016, b"UI", CT);
+    element(&mut ds, 0x0008, 0x0018, b"UI", sop_instance_uid);
+    element(&mut ds, 0x0010, 0x0020, b"LO", "PAT1");
+    element(&mut ds, 0x0020, 0x000E, b"UI", "1.2.3.4");
+    element(&mut ds, 0x0028, 0x0010, b"US", "ab");
+    ds
+}
+
+struct Scu {
+    conn: Connection<TcpStream>,
+}
+
+impl Scu {
+    async fn associate(port: u16, called: &str) -> (Scu, Pdu) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut conn = Connection::new(stream, 16384);
+        let rq = AssociateRq {
+            protocol_version: 1,
+            called_ae_title: called.into(),
+            calling_ae_title: "TESTSCU".into(),
+            application_context: DICOM_APPLICATION_CONTEXT.into(),
+            presentation_contexts: vec![
+                PresentationContextRq {
+                    id: 1,
+                    abstract_syntax: CT.into(),
+                    transfer_syntaxes: vec![EXPLICIT_LE.into()],
+                },
+                PresentationContextRq {
+                    id: 3,
+                    abstract_syntax: "1.2.840.10008.1.1".into(),
+                    transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+                },
+            ],
+            user_information: UserInformation { max_pdu_length: Some(16384), ..Default::default() },
+        };
+        conn.write_pdu(&Pdu::AssociateRq(rq)).await.unwrap();
+        let answer = conn.read_pdu().await.unwrap().unwrap();
+        (Scu { conn }, answer)
+    }
+
+    async fn pdv(&mut self, context_id: u8, is_command: bool, is_last: bool, data: &[u8]) {
+        let pdv = Pdv { context_id, is_command, is_last, data: Bytes::copy_from_slice(data) };
+        self.conn.write_pdu(&Pdu::PData(vec![pdv])).await.unwrap();
+    }
+
+    async fn response(&mut self) -> CommandSet {
+        match self.conn.read_pdu().await.unwrap().unwrap() {
+            Pdu::PData(pdvs) => CommandSet::decode(&pdvs[0].data).unwrap(),
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    /// Sends a C-STORE with the data set in fragments of `fragment` bytes.
+    async fn store(&mut self, command_uid: &str, ds: &[u8], fragment: usize) -> CommandSet {
+        let rq = command::c_store_rq(1, CT, command_uid);
+        self.pdv(1, true, true, &rq.encode()).await;
+        let chunks: Vec<&[u8]> = ds.chunks(fragment).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.pdv(1, false, i + 1 == chunks.len(), chunk).await;
+        }
+        self.response().await
+    }
+}
+
+/// Events until `associations` associations have been reported closed.
+fn events_until_closed(server: &Server, stream: &mut EventStream, associations: usize) -> Vec<Event> {
+    let mut all = Vec::new();
+    let closed = |all: &Vec<Event>| all.iter().filter(|e| matches!(e, Event::AssociationClosed(_))).count();
+    while closed(&all) < associations {
+        let batch = stream.next_batch(server.runtime().handle(), 100, Duration::from_secs(10));
+        let batch = batch.expect("event stream ended early");
+        assert!(!batch.is_empty(), "timed out waiting for events");
+        all.extend(batch);
+    }
+    all
+}
+
+fn temp_files(root: &Path) -> usize {
+    std::fs::read_dir(root.join(".oxidip-tmp")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn echo_store_and_release() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
+    let port = server.port();
+    let stored = server.runtime().block_on(async move {
+        let (mut scu, answer) = Scu::associate(port, "OXIDIP").await;
+        let Pdu::AssociateAc(ac) = answer else { panic!("rejected: {answer:?}") };
+        assert_eq!(ac.user_information.max_pdu_length, Some(16384));
+        scu.pdv(3, true, true, &command::c_echo_rq(9).encode()).await;
+        let echo = scu.response().await;
+        assert_eq!((echo.command_field(), echo.status()), (Some(field::C_ECHO_RSP), Some(0)));
+        // Fragments of 7 bytes: boundaries fall inside tags, lengths and values.
+        let ok = scu.store("1.2.3.4.5", &dataset("1.2.3.4.5"), 7).await;
+        let mismatch = scu.store("9.9.9", &dataset("1.2.3.4.6"), 1000).await;
+        scu.conn.write_pdu(&Pdu::ReleaseRq).await.unwrap();
+        assert_eq!(scu.conn.read_pdu().await.unwrap(), Some(Pdu::ReleaseRp));
+        (ok.status(), mismatch.status())
+    });
+    assert_eq!(stored, (Some(0x0000), Some(0xA900)));
+    let path = root.path().join("TESTSCU/1.2.3.4/1.2.3.4.5.dcm");
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(&file[128..132], b"DICM");
+    assert!(file.ends_with(&dataset("1.2.3.4.5")), "data set stored byte for byte");
+    assert_eq!(temp_files(root.path()), 0);
+    let events = events_until_closed(&server, &mut events, 1);
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match e {
+            Event::InstanceStored(_) => "stored",
+            Event::InstanceFailed(_) => "failed",
+            Event::AssociationClosed(c) => c.outcome,
+        })
+        .collect();
+    assert_eq!(kinds, vec!["stored", "failed", "released"]);
+}
+
+#[test]
+fn abort_mid_instance_leaves_no_file() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
+    let port = server.port();
+    server.runtime().block_on(async move {
+        let (mut scu, _) = Scu::associate(port, "OXIDIP").await;
+        let rq = command::c_store_rq(1, CT, "1.2.3.4.5");
+        scu.pdv(1, true, true, &rq.encode()).await;
+        scu.pdv(1, false, false, &dataset("1.2.3.4.5")[..20]).await;
+        scu.conn.write_pdu(&Pdu::Abort(Abort { source: 0, reason: 0 })).await.unwrap();
+    });
+    let events = events_until_closed(&server, &mut events, 1);
+    assert!(matches!(&events[..], [Event::AssociationClosed(c)] if c.outcome == "aborted-by-peer"));
+    assert!(!root.path().join("TESTSCU").exists());
+    assert_eq!(temp_files(root.path()), 0);
+}
+
+#[test]
+fn protocol_errors_get_an_abort_and_rejections_a_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
+    let port = server.port();
+    let (rejected, oversized) = server.runtime().block_on(async move {
+        let (_, rejected) = Scu::associate(port, "SOMEONE").await;
+        let (mut scu, _) = Scu::associate(port, "OXIDIP").await;
+        // Strict mode: a P-DATA-TF over our 16384-byte limit is a protocol error.
+        scu.pdv(1, true, true, &vec![0u8; 20000]).await;
+        (rejected, scu.conn.read_pdu().await.unwrap())
+    });
+    assert_eq!(rejected, Pdu::AssociateRj(AssociateRj { result: 1, source: 1, reason: 7 }));
+    assert_eq!(oversized, Some(Pdu::Abort(Abort { source: 2, reason: 6 })));
+    let events = events_until_closed(&server, &mut events, 2);
+    let outcomes: Vec<&str> = events
+        .iter()
+        .filter_map(|e| if let Event::AssociationClosed(c) = e { Some(c.outcome) } else { None })
+        .collect();
+    assert!(outcomes.contains(&"rejected") && outcomes.contains(&"aborted"), "{outcomes:?}");
+}
+
+#[test]
+fn stop_ends_the_event_stream() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
+    server.stop(Duration::from_secs(1));
+    assert!(events.next_batch(server.runtime().handle(), 10, Duration::from_secs(10)).is_none());
+}

@@ -1,0 +1,663 @@
+//! Writing instances: each is streamed into a temp file under the storage root and moved to
+//! its final path in one atomic step once complete, so a final path only ever holds a whole
+//! file, and an aborted or failed instance leaves nothing behind.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, IoSlice, Write};
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use super::file_meta::{encode_file_meta, FileMeta};
+use super::path_template::PathTemplate;
+use super::temp::{self, Owner, TempPath, TEMP_DIR_NAME};
+
+/// Fragments are gathered up to this many bytes before a write, so small PDVs cost no
+/// syscall each; a larger fragment goes out together with the buffer in one `writev`.
+const BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// When to fsync, i.e. what a success status promises about a power failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Never: the OS writes back when it likes. Fastest; a crash may lose recent instances.
+    None,
+    /// The file's data before it is placed: never a placed file with missing contents, but
+    /// a crash may lose its directory entry (the instance is then simply not stored).
+    File,
+    /// The file, then the directories whose entries changed: a stored instance survives.
+    FileAndDirectory,
+}
+
+/// What to do when the final path already holds a file (the same instance sent again, or
+/// two instances the path template does not tell apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicatePolicy {
+    /// Replace it (atomically: readers see the old or the new file, never a mix).
+    Overwrite,
+    /// Keep the existing file and discard ours; `commit` reports `duplicate: true`.
+    KeepFirst,
+    /// Keep the existing file; `commit` fails with [`CommitError::Duplicate`].
+    Reject,
+}
+
+impl FsyncPolicy {
+    const NAMES: &'static [(Self, &'static str)] =
+        &[(Self::None, "none"), (Self::File, "file"), (Self::FileAndDirectory, "file-and-directory")];
+}
+
+impl DuplicatePolicy {
+    const NAMES: &'static [(Self, &'static str)] =
+        &[(Self::Overwrite, "overwrite"), (Self::KeepFirst, "keep-first"), (Self::Reject, "reject")];
+}
+
+/// A policy name that is not one of the accepted ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPolicy {
+    what: &'static str,
+    given: String,
+    accepted: Vec<&'static str>,
+}
+
+impl fmt::Display for UnknownPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, given) = (self.what, &self.given);
+        write!(f, "unknown {what} {given:?}; accepted: {}", self.accepted.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownPolicy {}
+
+/// Implements `FromStr` and `Display` with the names in the type's `NAMES` table.
+macro_rules! named_policy {
+    ($policy:ty, $what:literal) => {
+        impl FromStr for $policy {
+            type Err = UnknownPolicy;
+
+            fn from_str(s: &str) -> Result<Self, UnknownPolicy> {
+                Self::NAMES.iter().find(|(_, name)| *name == s).map(|(policy, _)| *policy).ok_or_else(|| {
+                    UnknownPolicy {
+                        what: $what,
+                        given: s.to_string(),
+                        accepted: Self::NAMES.iter().map(|(_, name)| *name).collect(),
+                    }
+                })
+            }
+        }
+
+        impl fmt::Display for $policy {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let (_, name) = Self::NAMES.iter().find(|(p, _)| p == self).expect("all named");
+                f.write_str(name)
+            }
+        }
+    };
+}
+
+named_policy!(FsyncPolicy, "fsync policy");
+named_policy!(DuplicatePolicy, "duplicate policy");
+
+/// The storage root: where instances are written, and how.
+#[derive(Debug)]
+pub struct Storage {
+    root: PathBuf,
+    temp_dir: PathBuf,
+    owner: Owner,
+    template: PathTemplate,
+    fsync: FsyncPolicy,
+    duplicates: DuplicatePolicy,
+}
+
+impl Storage {
+    /// Creates the root and its temp directory (`<root>/.oxidip-tmp`), removes temp files left
+    /// by processes of this host that no longer run (a crashed oxidip; another live one sharing
+    /// the root keeps its in-flight files), and checks that the root is writable, so
+    /// that a bad root fails at startup rather than on the first instance.
+    pub fn open(
+        root: &Path,
+        template: PathTemplate,
+        fsync: FsyncPolicy,
+        duplicates: DuplicatePolicy,
+    ) -> io::Result<Self> {
+        let root = std::path::absolute(root)?;
+        let temp_dir = temp::temp_dir(&root);
+        fs::create_dir_all(&temp_dir).map_err(|e| context(e, "cannot create the storage directory", &temp_dir))?;
+        let owner = Owner::current();
+        temp::sweep_stale(&temp_dir, &owner).map_err(|e| context(e, "cannot remove stale temp files in", &temp_dir))?;
+        // A probe file, removed again as it drops.
+        TempPath::create(&temp_dir, &owner)
+            .map_err(|e| context(e, "storage root is not writable: cannot create a file in", &temp_dir))?;
+        Ok(Self { root, temp_dir, owner, template, fsync, duplicates })
+    }
+
+    /// The absolute storage root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn template(&self) -> &PathTemplate {
+        &self.template
+    }
+
+    /// Starts an instance: a new temp file whose first bytes (preamble, `DICM`, file meta
+    /// group) are buffered, to go out with the first dataset bytes. A `meta` value too long
+    /// to encode is an `InvalidInput` error.
+    pub fn begin(&self, meta: &FileMeta) -> io::Result<PartialInstance> {
+        let header = encode_file_meta(meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (file, temp) = TempPath::create(&self.temp_dir, &self.owner)?;
+        let mut buffer = Vec::with_capacity(BUFFER_CAPACITY.max(header.len()));
+        buffer.extend_from_slice(&header);
+        Ok(PartialInstance { file, buffer, header_len: header.len() as u64, dataset_len: 0, temp })
+    }
+
+    /// Moves the complete temp file to `final_path` per the duplicate policy; returns whether
+    /// a file was already there.
+    fn place(&self, temp: TempPath, final_path: &Path) -> Result<bool, CommitError> {
+        let (replaced, created_dirs) = match self.duplicates {
+            DuplicatePolicy::Overwrite => self.rename_over(temp, final_path)?,
+            DuplicatePolicy::KeepFirst | DuplicatePolicy::Reject => match self.link_if_absent(temp, final_path)? {
+                Some(created_dirs) => (false, created_dirs),
+                None if self.duplicates == DuplicatePolicy::Reject => {
+                    return Err(CommitError::Duplicate(final_path.to_path_buf()))
+                }
+                None => return Ok(true),
+            },
+        };
+        if self.fsync == FsyncPolicy::FileAndDirectory {
+            sync_directories(final_path, &created_dirs)?;
+        }
+        Ok(replaced)
+    }
+
+    /// rename(2): atomic, replacing any file at `final_path`. Returns whether a file was there
+    /// and the directories created. The check is a separate stat (rename cannot tell), so two
+    /// commits racing on one path may both say "not there"; a link-first scheme would be exact
+    /// but is slower on ext4 and needs hard links, which rename does not.
+    fn rename_over(&self, temp: TempPath, final_path: &Path) -> io::Result<(bool, Vec<PathBuf>)> {
+        let replaced = final_path.symlink_metadata().is_ok();
+        let created_dirs = self.with_parent_dirs(final_path, || fs::rename(temp.path(), final_path))?;
+        temp.keep();
+        Ok((replaced, created_dirs))
+    }
+
+    /// link(2) fails if the name exists, so the check and the placement are one atomic step:
+    /// of two associations racing on one instance, exactly one places its file. Returns the
+    /// directories created, or None if a file was there. The temp name is unlinked when
+    /// `temp` drops, whatever happened.
+    fn link_if_absent(&self, temp: TempPath, final_path: &Path) -> io::Result<Option<Vec<PathBuf>>> {
+        match self.with_parent_dirs(final_path, || fs::hard_link(temp.path(), final_path)) {
+            Ok(created_dirs) => Ok(Some(created_dirs)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `place`; if it fails with NotFound (a parent directory is missing), creates the
+    /// missing directories and runs it again. Returns the directories created. Trying first
+    /// saves the directory checks for every instance after a series' first.
+    fn with_parent_dirs(&self, final_path: &Path, place: impl Fn() -> io::Result<()>) -> io::Result<Vec<PathBuf>> {
+        match place() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut created = Vec::new();
+                let parent = final_path.parent().expect("final paths are under the root");
+                create_missing_dirs(&self.root, parent, &mut created)?;
+                place()?;
+                Ok(created)
+            }
+            other => other.map(|()| Vec::new()),
+        }
+    }
+}
+
+/// Creates `dir` and its missing ancestors up to (not including) `root`, appending those it
+/// created to `created`, outermost first. Directories created meanwhile by another thread
+/// are fine.
+fn create_missing_dirs(root: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => created.push(dir.to_path_buf()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound && dir != root => {
+            let parent = dir.parent().expect("dir is under root");
+            create_missing_dirs(root, parent, created)?;
+            match fs::create_dir(dir) {
+                Ok(()) => created.push(dir.to_path_buf()),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Makes the new directory entries durable: the file's, then each created directory's.
+fn sync_directories(final_path: &Path, created_dirs: &[PathBuf]) -> io::Result<()> {
+    let parent = final_path.parent().expect("final paths are under the root");
+    let created_parents = created_dirs.iter().filter_map(|dir| dir.parent());
+    for dir in std::iter::once(parent).chain(created_parents) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Checks that a relative path from the template (or the caller) stays inside the root and
+/// out of the temp directory.
+fn check_relative(relative: &Path) -> io::Result<()> {
+    let mut components = relative.components().peekable();
+    let enters_temp_dir = components.peek().is_some_and(|c| c.as_os_str() == TEMP_DIR_NAME);
+    let all_normal = components.all(|c| matches!(c, Component::Normal(_)));
+    if relative.as_os_str().is_empty() || !all_normal || enters_temp_dir {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{relative:?} is not a file path inside the storage root (outside {TEMP_DIR_NAME})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Adds what was being done, and where, to an I/O error (for startup messages).
+fn context(e: io::Error, doing: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
+}
+
+/// An instance being received: a temp file holding the header and the dataset bytes so far.
+/// Dropped without [`PartialInstance::commit`] (association aborted, invalid dataset, write
+/// error), it removes its temp file.
+#[derive(Debug)]
+pub struct PartialInstance {
+    file: File,
+    /// Bytes not yet written to `file`; never more than `BUFFER_CAPACITY` once flushed.
+    buffer: Vec<u8>,
+    header_len: u64,
+    dataset_len: u64,
+    temp: TempPath,
+}
+
+impl PartialInstance {
+    /// Appends dataset bytes, exactly as received.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.buffer.len() + data.len() <= BUFFER_CAPACITY {
+            self.buffer.extend_from_slice(data);
+        } else {
+            write_all_pair(&mut self.file, &self.buffer, data)?;
+            self.buffer.clear();
+        }
+        self.dataset_len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Dataset bytes written so far (without the preamble and file meta).
+    pub fn bytes_written(&self) -> u64 {
+        self.dataset_len
+    }
+
+    /// Finishes the file (fsync per policy) and places it at `storage.root()/relative`,
+    /// creating parent directories, per the duplicate policy:
+    /// - Overwrite: atomic rename over any existing file;
+    /// - KeepFirst: if a file is there, it stays, ours is discarded and `duplicate` is true;
+    /// - Reject: if a file is there, ours is discarded and the error is `Duplicate`.
+    ///
+    /// With `FileAndDirectory`, the parent directory (and the parents of directories created)
+    /// are fsynced after placement. `relative` must be a relative path of normal components;
+    /// [`PathTemplate::render`] always gives one. On error the temp file is gone, and the final
+    /// path holds our file only if it was the directory fsync after placement that failed.
+    pub fn commit(mut self, storage: &Storage, relative: &Path) -> Result<Committed, CommitError> {
+        check_relative(relative)?;
+        self.file.write_all(&self.buffer)?;
+        if storage.fsync != FsyncPolicy::None {
+            // fdatasync: enough for a new file, whose size is the only metadata needed.
+            self.file.sync_data()?;
+        }
+        let path = storage.root.join(relative);
+        let duplicate = storage.place(self.temp, &path)?;
+        Ok(Committed { path, size: self.header_len + self.dataset_len, duplicate })
+    }
+}
+
+/// Writes `first` then `second`, in one `writev` unless the kernel takes less.
+fn write_all_pair(file: &mut File, mut first: &[u8], mut second: &[u8]) -> io::Result<()> {
+    while !first.is_empty() {
+        match file.write_vectored(&[IoSlice::new(first), IoSlice::new(second)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) if n < first.len() => first = &first[n..],
+            Ok(n) => {
+                second = &second[n - first.len()..];
+                first = &[];
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    file.write_all(second)
+}
+
+/// A stored (or, with KeepFirst, already present) instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Absolute final path.
+    pub path: PathBuf,
+    /// Size of our file in bytes: preamble, file meta and dataset.
+    pub size: u64,
+    /// A file was already at `path`: replaced under Overwrite, kept (and ours discarded) under
+    /// KeepFirst, in which case `size` is that of the discarded file.
+    pub duplicate: bool,
+}
+
+/// Why an instance was not stored. The temp file is gone either way.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Writing, syncing or placing failed (full disk, permissions, I/O error, or an invalid
+    /// relative path, as `InvalidInput`). The OS error is kept as is for status mapping.
+    Io(io::Error),
+    /// DuplicatePolicy::Reject, and this final path already holds a file.
+    Duplicate(PathBuf),
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "cannot store the instance: {e}"),
+            Self::Duplicate(path) => {
+                write!(f, "an instance is already stored at {} (duplicate policy: reject)", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CommitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io(e) => Some(e),
+            Self::Duplicate(_) => None,
+        }
+    }
+}
+
+impl From<io::Error> for CommitError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::path_template::DEFAULT_PATH_TEMPLATE;
+    use std::sync::{Arc, Barrier};
+
+    const META: FileMeta<'static> = FileMeta {
+        media_storage_sop_class_uid: "1.2.840.10008.5.1.4.1.1.7",
+        media_storage_sop_instance_uid: "1.2.3.4",
+        transfer_syntax_uid: "1.2.840.10008.1.2.1",
+        source_ae_title: "SCU",
+    };
+
+    fn open(root: &Path, fsync: FsyncPolicy, duplicates: DuplicatePolicy) -> Storage {
+        let template = PathTemplate::parse(DEFAULT_PATH_TEMPLATE).unwrap();
+        Storage::open(root, template, fsync, duplicates).unwrap()
+    }
+
+    /// Stores `data` at `relative`, in fragments of `fragment` bytes.
+    fn store(storage: &Storage, relative: &str, data: &[u8], fragment: usize) -> Result<Committed, CommitError> {
+        let mut partial = storage.begin(&META).unwrap();
+        for chunk in data.chunks(fragment) {
+            partial.write(chunk).unwrap();
+        }
+        assert_eq!(partial.bytes_written(), data.len() as u64);
+        partial.commit(storage, Path::new(relative))
+    }
+
+    fn expected_file(data: &[u8]) -> Vec<u8> {
+        let mut file = encode_file_meta(&META).unwrap();
+        file.extend_from_slice(data);
+        file
+    }
+
+    fn temp_files(storage: &Storage) -> Vec<PathBuf> {
+        let entries = fs::read_dir(&storage.temp_dir).unwrap();
+        entries.map(|e| e.unwrap().path()).collect()
+    }
+
+    /// Deterministic bytes that differ between `seed`s.
+    fn payload(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn file_is_preamble_meta_and_data_exactly() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::File, DuplicatePolicy::Overwrite);
+        let cases = [(0, 1), (1, 1), (1_000, 1), (100_000, 1), (300_000, 7_000), (3 << 20, 1 << 20)];
+        for (i, (len, fragment)) in cases.into_iter().enumerate() {
+            let data = payload(len, i as u8);
+            let relative = format!("a/b/{i}.dcm");
+            let committed = store(&storage, &relative, &data, fragment.max(1)).unwrap();
+            let expected = expected_file(&data);
+            assert_eq!(committed.path, root.path().join(&relative));
+            assert_eq!(committed.size, expected.len() as u64);
+            assert!(!committed.duplicate);
+            assert!(fs::read(&committed.path).unwrap() == expected, "case {i}");
+        }
+        assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn fragments_of_mixed_sizes_cross_the_buffer() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        let data = payload(1 << 20, 3);
+        let mut partial = storage.begin(&META).unwrap();
+        let (mut at, mut step) = (0, 1);
+        while at < data.len() {
+            let end = (at + step).min(data.len());
+            partial.write(&data[at..end]).unwrap();
+            at = end;
+            step = step * 3 % 100_003 + 1;
+        }
+        let committed = partial.commit(&storage, Path::new("x.dcm")).unwrap();
+        assert!(fs::read(committed.path).unwrap() == expected_file(&data));
+    }
+
+    #[test]
+    fn rendered_template_path_is_committed_under_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::FileAndDirectory, DuplicatePolicy::Reject);
+        let attributes = crate::dicom::attributes::Attributes {
+            sop_instance_uid: Some("1.2.3.4".into()),
+            patient_id: Some("../../etc".into()),
+            ..Default::default()
+        };
+        let ctx = crate::storage::PathContext { attributes: &attributes, calling_aet: "..", called_aet: "OXIDIP" };
+        let relative = storage.template().render(&ctx);
+        let mut partial = storage.begin(&META).unwrap();
+        partial.write(b"dataset").unwrap();
+        let committed = partial.commit(&storage, &relative).unwrap();
+        assert!(committed.path.starts_with(storage.root()));
+        let patient_dir = root.path().join("_/.._.._etc-PatientName-PatientBirthDate");
+        assert!(committed.path.starts_with(patient_dir));
+        assert!(fs::read(&committed.path).unwrap().ends_with(b"dataset"));
+    }
+
+    #[test]
+    fn drop_without_commit_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        let mut partial = storage.begin(&META).unwrap();
+        partial.write(&payload(200_000, 1)).unwrap();
+        assert_eq!(temp_files(&storage).len(), 1);
+        drop(partial);
+        assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn paths_outside_the_root_or_into_the_temp_dir_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        for bad in ["", "../x.dcm", "a/../../x.dcm", "/etc/x.dcm", ".oxidip-tmp/x.dcm"] {
+            let err = store(&storage, bad, b"data", 4).unwrap_err();
+            let CommitError::Io(e) = err else { panic!("{bad}: {err}") };
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}");
+        }
+        assert!(temp_files(&storage).is_empty());
+        assert!(!root.path().parent().unwrap().join("x.dcm").exists());
+    }
+
+    #[test]
+    fn overwrite_replaces_and_reports_the_duplicate() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::FileAndDirectory, DuplicatePolicy::Overwrite);
+        assert!(!store(&storage, "s/1.dcm", b"first", 2).unwrap().duplicate);
+        let second = store(&storage, "s/1.dcm", b"second", 2).unwrap();
+        assert!(second.duplicate);
+        assert!(fs::read(second.path).unwrap() == expected_file(b"second"));
+        assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn keep_first_discards_ours_and_reports_the_duplicate() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::File, DuplicatePolicy::KeepFirst);
+        assert!(!store(&storage, "s/1.dcm", b"first", 2).unwrap().duplicate);
+        let second = store(&storage, "s/1.dcm", b"second", 2).unwrap();
+        assert!(second.duplicate);
+        assert!(fs::read(second.path).unwrap() == expected_file(b"first"));
+        assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn reject_fails_and_keeps_the_first() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Reject);
+        store(&storage, "s/1.dcm", b"first", 2).unwrap();
+        let err = store(&storage, "s/1.dcm", b"second", 2).unwrap_err();
+        let CommitError::Duplicate(path) = &err else { panic!("{err}") };
+        assert_eq!(path, &root.path().join("s/1.dcm"));
+        assert!(err.to_string().contains("already stored"));
+        assert!(fs::read(path).unwrap() == expected_file(b"first"));
+        assert!(temp_files(&storage).is_empty());
+    }
+
+    /// `threads` threads store different contents at one path at the same moment; returns
+    /// the results and the contents they wrote.
+    fn race(storage: &Storage, threads: u8) -> (Vec<Result<Committed, CommitError>>, Vec<Vec<u8>>) {
+        let barrier = Arc::new(Barrier::new(threads.into()));
+        let contents: Vec<Vec<u8>> = (0..threads).map(|i| payload(100_000, i)).collect();
+        let results = std::thread::scope(|scope| {
+            let handles: Vec<_> = contents
+                .iter()
+                .map(|data| {
+                    let barrier = Arc::clone(&barrier);
+                    scope.spawn(move || {
+                        let mut partial = storage.begin(&META).unwrap();
+                        partial.write(data).unwrap();
+                        barrier.wait();
+                        partial.commit(storage, Path::new("p/s/race.dcm"))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        (results, contents)
+    }
+
+    fn assert_one_of(path: &Path, contents: &[Vec<u8>]) {
+        let stored = fs::read(path).unwrap();
+        assert!(contents.iter().any(|data| stored == expected_file(data)));
+    }
+
+    #[test]
+    fn concurrent_commits_have_exactly_one_winner_unless_overwriting() {
+        for policy in [DuplicatePolicy::KeepFirst, DuplicatePolicy::Reject, DuplicatePolicy::Overwrite] {
+            let root = tempfile::tempdir().unwrap();
+            let storage = open(root.path(), FsyncPolicy::None, policy);
+            let (results, contents) = race(&storage, 8);
+            let winners = results.iter().filter(|r| matches!(r, Ok(c) if !c.duplicate)).count();
+            match policy {
+                DuplicatePolicy::KeepFirst => {
+                    assert_eq!(winners, 1);
+                    assert!(results.iter().all(Result::is_ok));
+                }
+                DuplicatePolicy::Reject => {
+                    assert_eq!(winners, 1);
+                    let rejected = results.iter().filter(|r| matches!(r, Err(CommitError::Duplicate(_)))).count();
+                    assert_eq!(rejected, 7);
+                }
+                // Which commits saw the file is up to the race; all of them placed theirs.
+                DuplicatePolicy::Overwrite => assert!(results.iter().all(Result::is_ok)),
+            }
+            assert_one_of(&root.path().join("p/s/race.dcm"), &contents);
+            assert!(temp_files(&storage).is_empty());
+        }
+    }
+
+    #[test]
+    fn open_sweeps_stale_temp_files_but_not_live_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let temp_dir = temp::temp_dir(root.path());
+        fs::create_dir_all(&temp_dir).unwrap();
+        let me = Owner::current();
+        let (pid, start_time, host) = (me.process.pid, me.process.start_time, &me.host);
+        let live = temp_dir.join(format!("{pid}-{start_time}-999.{host}.tmp"));
+        let stale = temp_dir.join(format!("5000000-12-0.{host}.tmp"));
+        fs::write(&live, b"in flight").unwrap();
+        fs::write(&stale, b"left by a crash").unwrap();
+        open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        assert!(live.exists());
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn root_that_cannot_be_created_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let template = PathTemplate::parse(DEFAULT_PATH_TEMPLATE).unwrap();
+        let err = Storage::open(&file.join("root"), template, FsyncPolicy::None, DuplicatePolicy::Reject).unwrap_err();
+        assert!(err.to_string().contains("cannot create the storage directory"), "{err}");
+    }
+
+    #[test]
+    fn read_only_root_is_an_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        // Earlier runs left the temp directory; only creating files there can fail now.
+        let temp_dir = temp::temp_dir(root.path());
+        fs::create_dir_all(&temp_dir).unwrap();
+        fs::set_permissions(&temp_dir, fs::Permissions::from_mode(0o555)).unwrap();
+        if fs::write(temp_dir.join("privileged"), b"").is_ok() {
+            eprintln!("skipped: running with CAP_DAC_OVERRIDE (root), permissions are not enforced");
+            return;
+        }
+        let template = PathTemplate::parse(DEFAULT_PATH_TEMPLATE).unwrap();
+        let err = Storage::open(root.path(), template, FsyncPolicy::None, DuplicatePolicy::Reject).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(err.to_string().contains("not writable"), "{err}");
+        fs::set_permissions(&temp_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn policies_parse_from_their_names() {
+        for (policy, name) in FsyncPolicy::NAMES {
+            assert_eq!(name.parse::<FsyncPolicy>().unwrap(), *policy);
+            assert_eq!(policy.to_string(), *name);
+        }
+        for (policy, name) in DuplicatePolicy::NAMES {
+            assert_eq!(name.parse::<DuplicatePolicy>().unwrap(), *policy);
+            assert_eq!(policy.to_string(), *name);
+        }
+        let err = "always".parse::<FsyncPolicy>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown fsync policy \"always\"; accepted: none, file, file-and-directory");
+        let err = "keep".parse::<DuplicatePolicy>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown duplicate policy \"keep\"; accepted: overwrite, keep-first, reject");
+    }
+
+    #[test]
+    fn oversized_file_meta_is_invalid_input() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Reject);
+        let huge = "9".repeat(100_000);
+        let meta = FileMeta { media_storage_sop_instance_uid: &huge, ..META };
+        let err = storage.begin(&meta).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(temp_files(&storage).is_empty());
+    }
+}
