@@ -3,7 +3,8 @@
 //! runs per PDU. Data crosses as msgpack, decoded on the Python side by msgspec structs
 //! (`oxidip._boundary`).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
@@ -22,7 +23,8 @@ struct Receiver {
     config: ServerConfig,
     server: Mutex<Option<Server>>,
     events: Mutex<Option<EventStream>>,
-    queued: Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>>,
+    /// The event backlog counter, readable without waiting for `events`.
+    queued: OnceLock<Arc<AtomicUsize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -36,7 +38,7 @@ impl Receiver {
         let config: ServerConfig =
             rmp_serde::from_slice(config).map_err(|e| PyValueError::new_err(format!("invalid configuration: {e}")))?;
         config.settings().map_err(PyValueError::new_err)?;
-        Ok(Receiver { config, server: Mutex::new(None), events: Mutex::new(None), queued: Mutex::new(None) })
+        Ok(Receiver { config, server: Mutex::new(None), events: Mutex::new(None), queued: OnceLock::new() })
     }
 
     fn start(&self, py: Python<'_>) -> PyResult<u16> {
@@ -49,7 +51,7 @@ impl Receiver {
             PyOSError::new_err(format!("cannot start on {}:{}: {e}", self.config.host, self.config.port))
         })?;
         let port = started.port();
-        *lock(&self.queued) = Some(events.queued_counter());
+        let _ = self.queued.set(events.queued_counter());
         *lock(&self.events) = Some(events);
         *server = Some(started);
         Ok(port)
@@ -90,7 +92,7 @@ impl Receiver {
 
     #[getter]
     fn queued_events(&self) -> usize {
-        lock(&self.queued).as_ref().map_or(0, |q| q.load(std::sync::atomic::Ordering::Relaxed))
+        self.queued.get().map_or(0, |q| q.load(Ordering::Relaxed))
     }
 }
 

@@ -180,6 +180,8 @@ struct Parser {
     state: State,
     value: Vec<u8>,
     attributes: Attributes,
+    /// No header has been decoded yet (see `detect_implicit_vr`).
+    at_start: bool,
 }
 
 impl Parser {
@@ -192,6 +194,7 @@ impl Parser {
             state: State::Header,
             value: Vec::new(),
             attributes: Attributes::default(),
+            at_start: true,
         }
     }
 
@@ -248,9 +251,11 @@ impl Parser {
                 self.state = State::Done;
                 return Ok(used);
             }
+            self.detect_implicit_vr();
             let size = self.header_size()?;
             if self.header_len == size {
                 self.header_len = 0;
+                self.at_start = false;
                 let header = self.decode_header(size);
                 self.on_header(header)?;
                 return Ok(used);
@@ -262,6 +267,19 @@ impl Parser {
             self.header[self.header_len..self.header_len + n].copy_from_slice(&input[used..used + n]);
             self.header_len += n;
             used += n;
+        }
+    }
+
+    /// Some writers label implicit VR datasets as explicit VR little endian. Like dcmtk and
+    /// pydicom, read such a dataset as implicit VR when its very first element has no valid
+    /// VR where explicit VR puts one (PS3.5 §7.1.2), instead of refusing the instance.
+    fn detect_implicit_vr(&mut self) {
+        if self.at_start
+            && self.header_len == 6
+            && self.syntax == Syntax::ExplicitLittle
+            && explicit_header_size([self.header[4], self.header[5]]).is_none()
+        {
+            self.syntax = Syntax::ImplicitLittle;
         }
     }
 
@@ -756,6 +774,17 @@ mod tests {
     }
 
     #[test]
+    fn implicit_vr_labelled_explicit_is_read_as_implicit() {
+        let (dataset, _) = sample_bytes(Syntax::ImplicitLittle);
+        assert_eq!(extract_whole(Encoding::ExplicitLittle, &dataset), Ok(expected()));
+        // Only at the start: a bad VR later on is still an error.
+        let (mut explicit, _) = sample_bytes(Syntax::ExplicitLittle);
+        let first_header = 8 + 4; // (0008,0000) UL with a 4-byte value
+        explicit[first_header + 4..first_header + 6].copy_from_slice(b"\x01\x02");
+        assert!(extract_whole(Encoding::ExplicitLittle, &explicit).is_err());
+    }
+
+    #[test]
     fn byte_by_byte_and_every_split_give_the_same_result() {
         for encoding in ENCODINGS {
             let (dataset, _) = sample_bytes(syntax_of(encoding));
@@ -919,7 +948,9 @@ mod tests {
 
     #[test]
     fn invalid_vr_is_an_error() {
-        let error = extract_whole(Encoding::ExplicitLittle, b"\x08\x00\x20\x00\x00\x00\x02\x00AB").unwrap_err();
+        // After a valid first element (at the very start, a missing VR means implicit VR).
+        let dataset = b"\x08\x00\x05\x00CS\x00\x00\x08\x00\x20\x00\x00\x00\x02\x00AB";
+        let error = extract_whole(Encoding::ExplicitLittle, dataset).unwrap_err();
         assert_eq!(error.to_string(), "invalid VR 0000 in (0008,0020)");
     }
 

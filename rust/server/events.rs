@@ -121,11 +121,6 @@ impl EventStream {
         Some(batch)
     }
 
-    /// Events waiting to be taken.
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-
     /// A counter readable without holding the stream.
     pub fn queued_counter(&self) -> Arc<AtomicUsize> {
         self.queued.clone()
