@@ -1,0 +1,512 @@
+"""oxidip's configuration, read from ``OXIDIP_*`` environment variables.
+
+The variables are declared once, in ``VARIABLES``: name, default, parser (which knows what it
+accepts) and a one-line description. ``Config`` has one field per variable, named after it
+(``OXIDIP_LISTENER_PORT`` -> ``listener_port``). To add a variable, add a ``Variable`` to the
+table and the matching field to ``Config``.
+"""
+
+import difflib
+import ipaddress
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from oxidip import _core
+from oxidip._boundary import CoreConfig
+
+__all__ = [
+    "PREFIX",
+    "VARIABLES",
+    "Config",
+    "ConfigError",
+    "Variable",
+    "unknown_variables",
+    "warn_unknown_variables",
+]
+
+PREFIX = "OXIDIP_"
+
+log = logging.getLogger("oxidip.config")
+
+
+class ConfigError(ValueError):
+    """One or more variables have invalid values. ``problems`` holds one message per variable,
+    each naming the variable, the bad value and what it accepts."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class Invalid(Exception):
+    """Raised by a parser. The message, possibly empty, says what is wrong with the value; the
+    caller adds the variable, the value and what the parser accepts."""
+
+
+# --- parsers -----------------------------------------------------------------------------
+# Each parser turns the raw text of a variable into a value and knows how to describe what it
+# accepts (``accepts``, used in error messages, ``--help`` and the README table).
+
+
+@dataclass(frozen=True)
+class Integer:
+    minimum: int
+    maximum: int
+    #: An extra accepted value outside the range, with its meaning (e.g. 0 = no limit).
+    special: tuple[int, str] | None = None
+    #: Meaning of a value inside the range worth spelling out, e.g. "0 = any free port".
+    note: str = ""
+
+    @property
+    def accepts(self) -> str:
+        text = f"an integer from {self.minimum} to {self.maximum}"
+        if self.special is not None:
+            value, meaning = self.special
+            text = f"{value} ({meaning}) or {text}"
+        if self.note:
+            text += f" ({self.note})"
+        return text
+
+    def __call__(self, raw: str) -> int:
+        text = raw.strip()
+        if not re.fullmatch(r"-?[0-9]+", text, re.ASCII):
+            raise Invalid()
+        try:
+            value = int(text)
+        except ValueError:  # more digits than int() converts
+            raise Invalid() from None
+        if self.special is not None and value == self.special[0]:
+            return value
+        if not self.minimum <= value <= self.maximum:
+            raise Invalid()
+        return value
+
+
+@dataclass(frozen=True)
+class Seconds:
+    """A non-negative decimal number of seconds (no exponent, no inf/nan)."""
+
+    maximum: float
+    zero: str | None = None  # meaning of 0, when 0 is allowed
+
+    @property
+    def accepts(self) -> str:
+        if self.zero is None:
+            return f"a number of seconds greater than 0 and at most {self.maximum:g}"
+        return f"a number of seconds from 0 to {self.maximum:g} (0 = {self.zero})"
+
+    def __call__(self, raw: str) -> float:
+        text = raw.strip()
+        if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text, re.ASCII):
+            raise Invalid()
+        value = float(text)
+        if not math.isfinite(value) or value > self.maximum:
+            raise Invalid()
+        if value == 0 and self.zero is None:
+            raise Invalid()
+        return value
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+@dataclass(frozen=True)
+class Boolean:
+    accepts: str = "a boolean: true/false, 1/0, yes/no or on/off"
+
+    def __call__(self, raw: str) -> bool:
+        text = raw.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise Invalid()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of words, matched case-insensitively; returns the canonical one."""
+
+    options: tuple[str, ...]
+
+    @property
+    def accepts(self) -> str:
+        return "one of " + ", ".join(self.options)
+
+    def __call__(self, raw: str) -> str:
+        text = raw.strip().lower()
+        for option in self.options:
+            if option.lower() == text:
+                return option
+        raise Invalid()
+
+
+@dataclass(frozen=True)
+class IpAddress:
+    accepts: str = "an IPv4 or IPv6 address, e.g. 0.0.0.0, 127.0.0.1 or ::"
+
+    def __call__(self, raw: str) -> str:
+        try:
+            return str(ipaddress.ip_address(raw.strip()))
+        except ValueError:
+            raise Invalid() from None
+
+
+def _check_ae_title(raw: str) -> str:
+    """Validates one AE title (PS3.5 AE VR) and returns it without the non-significant leading
+    and trailing spaces."""
+    for char in raw:
+        if char == "\\":
+            raise Invalid("contains a backslash")
+        if not " " <= char <= "~":
+            raise Invalid(f"contains {char!r}, which is not a printable ASCII character")
+    title = raw.strip(" ")
+    if not title:
+        raise Invalid("empty or only spaces")
+    if len(title) > 16:
+        raise Invalid(f"{len(title)} characters long, at most 16 allowed")
+    return title
+
+
+_AE_ACCEPTS = "1 to 16 printable ASCII characters, no backslash, not only spaces"
+
+
+@dataclass(frozen=True)
+class AeTitle:
+    accepts: str = f"an AE title: {_AE_ACCEPTS}"
+
+    def __call__(self, raw: str) -> str:
+        return _check_ae_title(raw)
+
+
+def _split_list(raw: str) -> list[str]:
+    """Comma-separated items, surrounding whitespace removed; empty text is an empty list;
+    an empty item ("A,,B", "A,") is an error. Duplicates are dropped, order kept."""
+    if not raw.strip():
+        return []
+    items: list[str] = []
+    for position, item in enumerate(raw.split(","), start=1):
+        item = item.strip()
+        if not item:
+            raise Invalid(f"item {position} is empty")
+        if item not in items:
+            items.append(item)
+    return items
+
+
+@dataclass(frozen=True)
+class AeTitleList:
+    accepts: str = f"comma-separated AE titles ({_AE_ACCEPTS}), or empty"
+
+    def __call__(self, raw: str) -> tuple[str, ...]:
+        titles: list[str] = []
+        for item in _split_list(raw):
+            try:
+                title = _check_ae_title(item)
+            except Invalid as error:
+                raise Invalid(f"AE title {item!r}: {error}") from None
+            if title not in titles:
+                titles.append(title)
+        return tuple(titles)
+
+
+@dataclass(frozen=True)
+class KeywordList:
+    keywords: tuple[str, ...]
+
+    @property
+    def accepts(self) -> str:
+        return "comma-separated keywords (or empty for none) from: " + ", ".join(self.keywords)
+
+    def __call__(self, raw: str) -> tuple[str, ...]:
+        items = _split_list(raw)
+        for item in items:
+            if item not in self.keywords:
+                close = difflib.get_close_matches(item, self.keywords, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise Invalid(f"{item!r} is not an extracted attribute{hint}")
+        return tuple(items)
+
+
+@dataclass(frozen=True)
+class DirectoryPath:
+    accepts: str = "a directory path, absolute or relative to the working directory"
+
+    def __call__(self, raw: str) -> str:
+        if not raw.strip():
+            raise Invalid("empty")
+        if "\0" in raw:
+            raise Invalid("contains a NUL character")
+        return raw
+
+
+@dataclass(frozen=True)
+class PathTemplate:
+    accepts: str = "a path template (see README: Path template)"
+
+    def __call__(self, raw: str) -> str:
+        try:
+            _core.check_path_template(raw)
+        except ValueError as error:
+            raise Invalid(f"invalid path template: {error}") from None
+        return raw
+
+
+class Parser(Protocol):
+    """Turns the raw text of a variable into its value, or raises Invalid."""
+
+    @property
+    def accepts(self) -> str:
+        """What the parser accepts, as a phrase that follows "expected"."""
+        ...
+
+    def __call__(self, raw: str, /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: its name, default (as text, parsed like any other value),
+    parser and a short description."""
+
+    name: str
+    default: str
+    parse: Parser
+    help: str
+
+    @property
+    def field(self) -> str:
+        """The ``Config`` field: the name without the prefix, lower case."""
+        return self.name.removeprefix(PREFIX).lower()
+
+    @property
+    def accepts(self) -> str:
+        return self.parse.accepts
+
+    def read(self, raw: str) -> Any:
+        """Parses ``raw``; raises ConfigError naming the variable, the value and what it
+        accepts."""
+        try:
+            return self.parse(raw)
+        except Invalid as error:
+            reason = f"{error}; " if str(error) else ""
+            raise ConfigError([f"{self.name}={raw!r}: {reason}expected {self.accepts}"]) from None
+
+
+_MAX_SECONDS = 7 * 24 * 3600.0
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("OXIDIP_LISTENER_HOST", "0.0.0.0", IpAddress(), "Address to listen on."),
+    Variable(
+        "OXIDIP_LISTENER_PORT",
+        "11111",
+        Integer(0, 65535, note="0 = any free port"),
+        "TCP port to listen on.",
+    ),
+    Variable("OXIDIP_SCP_AET", "OXIDIP", AeTitle(), "Our AE title."),
+    Variable(
+        "OXIDIP_SCP_ENFORCE_AET",
+        "false",
+        Boolean(),
+        "Reject associations whose called AE title is not ours"
+        " (A-ASSOCIATE-RJ permanent, source 1, reason 7).",
+    ),
+    Variable(
+        "OXIDIP_ALLOWED_CALLING_AETS",
+        "",
+        AeTitleList(),
+        "Calling AE titles allowed to associate; others are rejected"
+        " (A-ASSOCIATE-RJ permanent, source 1, reason 3). Empty: anyone.",
+    ),
+    Variable("OXIDIP_FILES_ROOT", "./data", DirectoryPath(), "Directory files are stored under."),
+    Variable(
+        "OXIDIP_SCP_MAX_PDU_LENGTH",
+        "262144",
+        Integer(4096, 134217728, special=(0, "no limit")),
+        "Maximum PDU length we announce (A-ASSOCIATE-AC maximum length sub-item) and accept.",
+    ),
+    Variable(
+        "OXIDIP_SCP_STRICT",
+        "false",
+        Boolean(),
+        "Refuse (A-ABORT) a P-DATA-TF PDU longer than the maximum we announce;"
+        " when false, tolerate up to 64 MiB.",
+    ),
+    Variable(
+        "OXIDIP_SCP_PROMISCUOUS",
+        "false",
+        Boolean(),
+        "Accept presentation contexts of unknown SOP classes.",
+    ),
+    Variable(
+        "OXIDIP_SCP_UNCOMPRESSED_ONLY",
+        "false",
+        Boolean(),
+        "Accept only uncompressed transfer syntaxes.",
+    ),
+    Variable(
+        "OXIDIP_MAX_ASSOCIATIONS",
+        "1000",
+        Integer(1, 100000),
+        "Associations served at the same time; more are rejected.",
+    ),
+    Variable(
+        "OXIDIP_PATH_TEMPLATE",
+        _core.DEFAULT_PATH_TEMPLATE,
+        PathTemplate(),
+        "Where each instance is stored, relative to OXIDIP_FILES_ROOT.",
+    ),
+    Variable(
+        "OXIDIP_FSYNC",
+        "none",
+        Choice(("none", "file", "directory")),
+        "Durability before answering success: none, fsync the file, or the file and its directory.",
+    ),
+    Variable(
+        "OXIDIP_DUPLICATES",
+        "overwrite",
+        Choice(("overwrite", "keep-first", "reject")),
+        "What to do when a file is already at an instance's path.",
+    ),
+    Variable(
+        "OXIDIP_REQUIRED_ATTRIBUTES",
+        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID,PatientID",
+        KeywordList(tuple(_core.EXTRACTED_KEYWORDS)),
+        "Instances without a value for any of these are refused (C001) and not stored.",
+    ),
+    Variable(
+        "OXIDIP_ARTIM_TIMEOUT",
+        "30",
+        Seconds(_MAX_SECONDS),
+        "ARTIM timer (PS3.8): how long to wait for an A-ASSOCIATE-RQ after a connection"
+        " opens, and for the peer to close after release or abort.",
+    ),
+    Variable(
+        "OXIDIP_IDLE_TIMEOUT",
+        "300",
+        Seconds(_MAX_SECONDS, zero="no idle timeout"),
+        "An association that sends nothing for this long is aborted.",
+    ),
+    Variable(
+        "OXIDIP_SHUTDOWN_TIMEOUT",
+        "30",
+        Seconds(_MAX_SECONDS, zero="abort at once"),
+        "On SIGTERM/SIGINT, how long running associations may continue before being aborted.",
+    ),
+    Variable(
+        "OXIDIP_EVENT_QUEUE",
+        "10000",
+        Integer(1, 1000000),
+        "Events (stored, failed, association closed) buffered between the receiver and Python.",
+    ),
+    Variable(
+        "OXIDIP_LOG_LEVEL",
+        "INFO",
+        Choice(("DEBUG", "INFO", "WARNING", "ERROR")),
+        "Log level (case-insensitive).",
+    ),
+    Variable(
+        "OXIDIP_LOG_FORMAT",
+        "text",
+        Choice(("text", "json")),
+        "Log format on stderr: text lines or one JSON object per line.",
+    ),
+)
+
+_BY_NAME: dict[str, Variable] = {variable.name: variable for variable in VARIABLES}
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """The validated configuration. Build it with ``Config.from_env``."""
+
+    listener_host: str
+    listener_port: int
+    scp_aet: str
+    scp_enforce_aet: bool
+    allowed_calling_aets: tuple[str, ...]
+    files_root: str
+    scp_max_pdu_length: int
+    scp_strict: bool
+    scp_promiscuous: bool
+    scp_uncompressed_only: bool
+    max_associations: int
+    path_template: str
+    fsync: str
+    duplicates: str
+    required_attributes: tuple[str, ...]
+    artim_timeout: float
+    idle_timeout: float
+    shutdown_timeout: float
+    event_queue: int
+    log_level: str
+    log_format: str
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, warn_unknown: bool = True
+    ) -> "Config":
+        """Reads every variable of ``VARIABLES`` from ``environ`` (default ``os.environ``),
+        using the default for those not set. Raises ConfigError listing every invalid value.
+        With ``warn_unknown``, logs a warning naming unknown ``OXIDIP_*`` variables (the CLI
+        turns it off and calls ``warn_unknown_variables`` once logging is set up)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for variable in VARIABLES:
+            raw = env.get(variable.name)
+            try:
+                values[variable.field] = variable.read(variable.default if raw is None else raw)
+            except ConfigError as error:
+                problems.extend(error.problems)
+        if problems:
+            raise ConfigError(problems)
+        if warn_unknown:
+            warn_unknown_variables(env)
+        return cls(**values)
+
+    def core(self) -> CoreConfig:
+        """The part the Rust receiver needs, with ``files_root`` made absolute."""
+        return CoreConfig(
+            host=self.listener_host,
+            port=self.listener_port,
+            aet=self.scp_aet,
+            enforce_called_aet=self.scp_enforce_aet,
+            allowed_calling_aets=list(self.allowed_calling_aets),
+            max_pdu_length=self.scp_max_pdu_length,
+            strict=self.scp_strict,
+            promiscuous=self.scp_promiscuous,
+            uncompressed_only=self.scp_uncompressed_only,
+            max_associations=self.max_associations,
+            files_root=os.path.abspath(self.files_root),
+            path_template=self.path_template,
+            fsync=self.fsync,
+            duplicates=self.duplicates,
+            required_attributes=list(self.required_attributes),
+            artim_timeout=self.artim_timeout,
+            idle_timeout=self.idle_timeout,
+            event_queue_size=self.event_queue,
+        )
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Names of ``OXIDIP_*`` variables in ``environ`` that oxidip does not know, sorted."""
+    env = os.environ if environ is None else environ
+    return sorted(name for name in env if name.startswith(PREFIX) and name not in _BY_NAME)
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Logs one warning per unknown ``OXIDIP_*`` variable: most likely a typo, which would
+    otherwise silently leave the setting at its default."""
+    for name in unknown_variables(environ):
+        fields: dict[str, str] = {"variable": name}
+        close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+        if close:
+            fields["did_you_mean"] = close[0]
+        log.warning("unknown configuration variable ignored", extra=fields)

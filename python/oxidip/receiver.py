@@ -1,0 +1,85 @@
+"""Typed wrapper around the Rust ``_core.Receiver``: takes a ``Config``, yields decoded events."""
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Self
+
+import msgspec
+
+from oxidip import _core
+from oxidip._boundary import Event
+from oxidip.config import Config
+
+__all__ = ["Receiver"]
+
+# Built once: decoding a batch is then a single call into msgspec's compiled decoder.
+_DECODER: msgspec.msgpack.Decoder[list[Event]] = msgspec.msgpack.Decoder(list[Event])
+
+
+class Receiver:
+    """The DICOM Storage SCP configured by ``config``.
+
+    ``start()`` binds and serves in Rust threads; the caller takes events with
+    ``next_batch``/``batches`` until they end after ``stop()``. Usable as a context manager
+    (start on enter, stop on exit).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._core = _core.Receiver(msgspec.msgpack.encode(config.core()))
+        self._port: int | None = None
+
+    def start(self) -> None:
+        """Opens storage and binds the listening socket. Raises OSError when the port cannot
+        be bound or storage is unusable."""
+        self._port = self._core.start()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the real one when configured with port 0)."""
+        if self._port is None:
+            raise RuntimeError("Receiver.port is only known after start()")
+        return self._port
+
+    def next_batch(self, max_events: int = 1000, timeout: float = 0.5) -> list[Event] | None:
+        """Waits up to ``timeout`` seconds for events and returns up to ``max_events`` of them
+        (an empty list on timeout); None once the receiver has stopped and every event was
+        taken."""
+        raw = self._core.next_batch(max_events, timeout)
+        if raw is None:
+            return None
+        return _DECODER.decode(raw)
+
+    def batches(self, max_events: int = 1000, timeout: float = 0.5) -> Iterator[list[Event]]:
+        """Yields non-empty batches until the receiver has stopped and every event was taken.
+        Empty waits are skipped, so a loop that must do something between waits (check a
+        flag, a timer) should call ``next_batch`` instead."""
+        while True:
+            batch = self.next_batch(max_events, timeout)
+            if batch is None:
+                return
+            if batch:
+                yield batch
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful shutdown: stops accepting; running associations may finish within
+        ``timeout`` seconds (default: ``config.shutdown_timeout``), then are aborted. Keep
+        taking events: ``next_batch`` returns None once all is done and drained."""
+        self._core.stop(self.config.shutdown_timeout if timeout is None else timeout)
+
+    @property
+    def queued_events(self) -> int:
+        """Events waiting to be taken: the backlog when Python falls behind."""
+        return self._core.queued_events
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,114 @@
+"""``python -m oxidip serve`` as a subprocess: started with an environment, ready once it
+logs ``listening`` (JSON logs carry the bound port), always killed at the end."""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Self
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str], *, cwd: Path | None = None) -> None:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
+        full_env.update(env)
+        full_env.setdefault("OXIDIP_LOG_FORMAT", "json")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oxidip", "serve"],
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port: int | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The JSON log records so far (other lines skipped)."""
+        out = []
+        for line in list(self.lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
+    def wait_for_record(self, msg: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Waits for the first JSON record whose ``msg`` is ``msg`` (already logged or not)."""
+        deadline = time.monotonic() + timeout
+        for record in self.records():
+            if record.get("msg") == msg:
+                return record
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {msg!r} log record within {timeout} s:\n{self.output()}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait(5)
+                raise AssertionError(
+                    f"server exited ({self.proc.returncode}) before {msg!r}:\n{self.output()}"
+                )
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("msg") == msg:
+                return record
+
+    def wait_listening(self, timeout: float = 30.0) -> int:
+        record = self.wait_for_record("listening", timeout)
+        self.port = int(record["port"])
+        return self.port
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then waits for the exit; returns the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"no exit within {timeout} s of SIGTERM:\n{self.output()}"
+            ) from None
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-50:])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

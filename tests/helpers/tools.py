@@ -1,0 +1,57 @@
+"""External tools (dcmtk): found on PATH, skipped outside CI when missing, a failure in CI.
+
+Debian's dcmtk 3.6.7 waits for a delayed ACK (~40 ms) per message unless ``TCP_NODELAY=1``
+is in its environment, so every dcmtk process gets it.
+"""
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+import pytest
+
+INSTALL_HINT = {
+    "storescu": "apt-get install dcmtk",
+    "echoscu": "apt-get install dcmtk",
+    "storescp": "apt-get install dcmtk",
+    "findscu": "apt-get install dcmtk",
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def require_tool(name: str) -> str:
+    """The absolute path of ``name``. When missing: fails the test in CI (where every test
+    must run), skips it elsewhere with what to install."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    hint = INSTALL_HINT.get(name, f"install {name}")
+    message = f"{name} not found on PATH ({hint})"
+    if in_ci():
+        pytest.fail(f"{message}; CI must run every test", pytrace=False)
+    pytest.skip(message)
+
+
+def dcmtk_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_dcmtk(args: Sequence[str], *, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Runs a dcmtk tool to completion (killed after ``timeout``), output captured."""
+    tool = require_tool(args[0])
+    return subprocess.run(
+        [tool, *args[1:]],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -1,0 +1,422 @@
+"""Configuration from OXIDIP_* variables, and the CLI's handling of it."""
+
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from oxidip import _core
+from oxidip._boundary import Attributes, CoreConfig
+from oxidip.config import VARIABLES, Config, ConfigError, unknown_variables
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+DEFAULTS: dict[str, Any] = {
+    "listener_host": "0.0.0.0",
+    "listener_port": 11111,
+    "scp_aet": "OXIDIP",
+    "scp_enforce_aet": False,
+    "allowed_calling_aets": (),
+    "files_root": "./data",
+    "scp_max_pdu_length": 262144,
+    "scp_strict": False,
+    "scp_promiscuous": False,
+    "scp_uncompressed_only": False,
+    "max_associations": 1000,
+    "path_template": _core.DEFAULT_PATH_TEMPLATE,
+    "fsync": "none",
+    "duplicates": "overwrite",
+    "required_attributes": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"),
+    "artim_timeout": 30.0,
+    "idle_timeout": 300.0,
+    "shutdown_timeout": 30.0,
+    "event_queue": 10000,
+    "log_level": "INFO",
+    "log_format": "text",
+}
+
+BOOLEANS = [
+    "OXIDIP_SCP_ENFORCE_AET",
+    "OXIDIP_SCP_STRICT",
+    "OXIDIP_SCP_PROMISCUOUS",
+    "OXIDIP_SCP_UNCOMPRESSED_ONLY",
+]
+
+GOOD: list[tuple[str, str, Any]] = [
+    ("OXIDIP_LISTENER_HOST", "127.0.0.1", "127.0.0.1"),
+    ("OXIDIP_LISTENER_HOST", "::", "::"),
+    ("OXIDIP_LISTENER_HOST", " 10.0.0.1 ", "10.0.0.1"),
+    ("OXIDIP_LISTENER_PORT", "0", 0),
+    ("OXIDIP_LISTENER_PORT", "104", 104),
+    ("OXIDIP_LISTENER_PORT", "65535", 65535),
+    ("OXIDIP_SCP_AET", "A", "A"),
+    ("OXIDIP_SCP_AET", "ABCDEFGHIJKLMNOP", "ABCDEFGHIJKLMNOP"),
+    ("OXIDIP_SCP_AET", "  MY AE  ", "MY AE"),  # leading/trailing spaces are not significant
+    ("OXIDIP_SCP_AET", "lower-case_ok.1", "lower-case_ok.1"),
+    ("OXIDIP_ALLOWED_CALLING_AETS", "", ()),
+    ("OXIDIP_ALLOWED_CALLING_AETS", "PACS", ("PACS",)),
+    ("OXIDIP_ALLOWED_CALLING_AETS", "PACS, CT_1 ,MR", ("PACS", "CT_1", "MR")),
+    ("OXIDIP_ALLOWED_CALLING_AETS", "PACS,PACS", ("PACS",)),
+    ("OXIDIP_FILES_ROOT", "/srv/dicom", "/srv/dicom"),
+    ("OXIDIP_FILES_ROOT", "relative/dir", "relative/dir"),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "0", 0),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "4096", 4096),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "16384", 16384),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "134217728", 134217728),
+    ("OXIDIP_MAX_ASSOCIATIONS", "1", 1),
+    ("OXIDIP_MAX_ASSOCIATIONS", "100000", 100000),
+    ("OXIDIP_PATH_TEMPLATE", "{SOPInstanceUID}.dcm", "{SOPInstanceUID}.dcm"),
+    ("OXIDIP_FSYNC", "none", "none"),
+    ("OXIDIP_FSYNC", "file", "file"),
+    ("OXIDIP_FSYNC", "Directory", "directory"),
+    ("OXIDIP_DUPLICATES", "overwrite", "overwrite"),
+    ("OXIDIP_DUPLICATES", "keep-first", "keep-first"),
+    ("OXIDIP_DUPLICATES", "REJECT", "reject"),
+    ("OXIDIP_REQUIRED_ATTRIBUTES", "", ()),
+    ("OXIDIP_REQUIRED_ATTRIBUTES", "SOPInstanceUID", ("SOPInstanceUID",)),
+    (
+        "OXIDIP_REQUIRED_ATTRIBUTES",
+        "PatientID, StudyDate,NumberOfSeriesRelatedInstances",
+        ("PatientID", "StudyDate", "NumberOfSeriesRelatedInstances"),
+    ),
+    ("OXIDIP_ARTIM_TIMEOUT", "0.5", 0.5),
+    ("OXIDIP_ARTIM_TIMEOUT", "120", 120.0),
+    ("OXIDIP_IDLE_TIMEOUT", "0", 0.0),
+    ("OXIDIP_IDLE_TIMEOUT", "3600", 3600.0),
+    ("OXIDIP_SHUTDOWN_TIMEOUT", "0", 0.0),
+    ("OXIDIP_SHUTDOWN_TIMEOUT", "2.5", 2.5),
+    ("OXIDIP_EVENT_QUEUE", "1", 1),
+    ("OXIDIP_EVENT_QUEUE", "1000000", 1000000),
+    ("OXIDIP_LOG_LEVEL", "debug", "DEBUG"),
+    ("OXIDIP_LOG_LEVEL", "Warning", "WARNING"),
+    ("OXIDIP_LOG_LEVEL", "ERROR", "ERROR"),
+    ("OXIDIP_LOG_FORMAT", "json", "json"),
+    ("OXIDIP_LOG_FORMAT", "TEXT", "text"),
+]
+GOOD += [(name, raw, True) for name in BOOLEANS for raw in ("true", "1", "yes", "on", "TRUE")]
+GOOD += [(name, raw, False) for name in BOOLEANS for raw in ("false", "0", "no", "off", "Off")]
+
+BAD: list[tuple[str, str]] = [
+    ("OXIDIP_LISTENER_HOST", ""),
+    ("OXIDIP_LISTENER_HOST", "localhost"),
+    ("OXIDIP_LISTENER_HOST", "256.0.0.1"),
+    ("OXIDIP_LISTENER_PORT", "abc"),
+    ("OXIDIP_LISTENER_PORT", ""),
+    ("OXIDIP_LISTENER_PORT", "-1"),
+    ("OXIDIP_LISTENER_PORT", "65536"),
+    ("OXIDIP_LISTENER_PORT", "11111.0"),
+    ("OXIDIP_LISTENER_PORT", "1e3"),
+    ("OXIDIP_SCP_AET", ""),
+    ("OXIDIP_SCP_AET", "    "),
+    ("OXIDIP_SCP_AET", "ABCDEFGHIJKLMNOPQ"),
+    ("OXIDIP_SCP_AET", "BACK\\SLASH"),
+    ("OXIDIP_SCP_AET", "TAB\tAE"),
+    ("OXIDIP_SCP_AET", "ÄRZTE"),
+    ("OXIDIP_ALLOWED_CALLING_AETS", "PACS,,CT"),
+    ("OXIDIP_ALLOWED_CALLING_AETS", "PACS,"),
+    ("OXIDIP_ALLOWED_CALLING_AETS", "PACS,THIS_IS_WAY_TOO_LONG"),
+    ("OXIDIP_FILES_ROOT", ""),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "4095"),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "1"),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "134217729"),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "-5"),
+    ("OXIDIP_SCP_MAX_PDU_LENGTH", "16k"),
+    ("OXIDIP_MAX_ASSOCIATIONS", "0"),
+    ("OXIDIP_MAX_ASSOCIATIONS", "100001"),
+    ("OXIDIP_MAX_ASSOCIATIONS", "many"),
+    ("OXIDIP_PATH_TEMPLATE", "{SOPInstanceUID"),
+    ("OXIDIP_FSYNC", "always"),
+    ("OXIDIP_FSYNC", ""),
+    ("OXIDIP_DUPLICATES", "keep_first"),
+    ("OXIDIP_DUPLICATES", "skip"),
+    ("OXIDIP_REQUIRED_ATTRIBUTES", "PatientId"),
+    ("OXIDIP_REQUIRED_ATTRIBUTES", "PixelData"),
+    ("OXIDIP_REQUIRED_ATTRIBUTES", "SOPInstanceUID,,PatientID"),
+    ("OXIDIP_ARTIM_TIMEOUT", "0"),
+    ("OXIDIP_ARTIM_TIMEOUT", "-1"),
+    ("OXIDIP_ARTIM_TIMEOUT", "30s"),
+    ("OXIDIP_ARTIM_TIMEOUT", "inf"),
+    ("OXIDIP_ARTIM_TIMEOUT", "nan"),
+    ("OXIDIP_IDLE_TIMEOUT", "-0.5"),
+    ("OXIDIP_IDLE_TIMEOUT", "1e400"),
+    ("OXIDIP_IDLE_TIMEOUT", "99999999999"),
+    ("OXIDIP_SHUTDOWN_TIMEOUT", "soon"),
+    ("OXIDIP_EVENT_QUEUE", "0"),
+    ("OXIDIP_EVENT_QUEUE", "1000001"),
+    ("OXIDIP_LOG_LEVEL", "TRACE"),
+    ("OXIDIP_LOG_LEVEL", "WARN"),
+    ("OXIDIP_LOG_FORMAT", "yaml"),
+]
+BAD += [(name, raw) for name in BOOLEANS for raw in ("", "maybe", "2", "y", "enabled")]
+
+
+def field(name: str) -> str:
+    return name.removeprefix("OXIDIP_").lower()
+
+
+def test_defaults() -> None:
+    config = Config.from_env({})
+    assert msgspec.structs.asdict(config) == DEFAULTS
+
+
+def test_every_variable_has_a_field_and_a_default_test() -> None:
+    names = {variable.name for variable in VARIABLES}
+    assert {field(name) for name in names} == set(msgspec.structs.asdict(Config.from_env({})))
+    assert {variable.field for variable in VARIABLES} == set(DEFAULTS)
+    assert names == {name for name, _, _ in GOOD} == {name for name, _ in BAD}
+
+
+@pytest.mark.parametrize(("name", "raw", "expected"), GOOD)
+def test_good_value(name: str, raw: str, expected: Any) -> None:
+    config = Config.from_env({name: raw})
+    assert getattr(config, field(name)) == expected
+
+
+@pytest.mark.parametrize(("name", "raw"), BAD)
+def test_bad_value_names_variable_value_and_what_it_accepts(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({name: raw})
+    message = str(caught.value)
+    assert caught.value.problems == [message]
+    assert message.startswith(f"{name}={raw!r}: ")
+    assert "expected " in message
+
+
+def test_port_message() -> None:
+    with pytest.raises(ConfigError, match="^OXIDIP_LISTENER_PORT='abc': expected an integer"):
+        Config.from_env({"OXIDIP_LISTENER_PORT": "abc"})
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"OXIDIP_LISTENER_PORT": "abc"})
+    assert "from 0 to 65535" in str(caught.value)
+
+
+def test_helpful_details() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'PatientID'"):
+        Config.from_env({"OXIDIP_REQUIRED_ATTRIBUTES": "PatientId"})
+    with pytest.raises(ConfigError, match="17 characters long, at most 16"):
+        Config.from_env({"OXIDIP_SCP_AET": "ABCDEFGHIJKLMNOPQ"})
+    with pytest.raises(ConfigError, match=r"0 \(no limit\) or an integer from 4096 to 134217728"):
+        Config.from_env({"OXIDIP_SCP_MAX_PDU_LENGTH": "100"})
+    with pytest.raises(ConfigError, match="one of overwrite, keep-first, reject"):
+        Config.from_env({"OXIDIP_DUPLICATES": "skip"})
+
+
+def test_all_problems_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"OXIDIP_LISTENER_PORT": "x", "OXIDIP_FSYNC": "y", "OXIDIP_SCP_AET": "A"})
+    problems = caught.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith("OXIDIP_LISTENER_PORT=")
+    assert problems[1].startswith("OXIDIP_FSYNC=")
+
+
+def test_other_environment_variables_are_ignored() -> None:
+    assert Config.from_env({"PATH": "/bin", "OXIDIPX": "1", "oxidip_listener_port": "x"}) == (
+        Config.from_env({})
+    )
+
+
+def test_unknown_oxidip_variables_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    env = {"OXIDIP_LISTNER_PORT": "104", "OXIDIP_SCP_AET": "A", "OXIDIP_ZZZ": "1"}
+    assert unknown_variables(env) == ["OXIDIP_LISTNER_PORT", "OXIDIP_ZZZ"]
+    with caplog.at_level(logging.WARNING, logger="oxidip.config"):
+        config = Config.from_env(env)
+    assert config.listener_port == 11111
+    warned = {record.__dict__["variable"]: record for record in caplog.records}
+    assert set(warned) == {"OXIDIP_LISTNER_PORT", "OXIDIP_ZZZ"}
+    assert warned["OXIDIP_LISTNER_PORT"].__dict__["did_you_mean"] == "OXIDIP_LISTENER_PORT"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="oxidip.config"):
+        Config.from_env(env, warn_unknown=False)
+    assert not caplog.records
+
+
+def test_core_config() -> None:
+    config = Config.from_env(
+        {
+            "OXIDIP_LISTENER_HOST": "127.0.0.1",
+            "OXIDIP_LISTENER_PORT": "0",
+            "OXIDIP_SCP_AET": "ME",
+            "OXIDIP_SCP_ENFORCE_AET": "yes",
+            "OXIDIP_ALLOWED_CALLING_AETS": "A,B",
+            "OXIDIP_FILES_ROOT": "rel",
+            "OXIDIP_SCP_MAX_PDU_LENGTH": "0",
+            "OXIDIP_SCP_STRICT": "1",
+            "OXIDIP_FSYNC": "file",
+            "OXIDIP_DUPLICATES": "reject",
+            "OXIDIP_REQUIRED_ATTRIBUTES": "SOPInstanceUID",
+            "OXIDIP_IDLE_TIMEOUT": "0",
+            "OXIDIP_EVENT_QUEUE": "5",
+        }
+    )
+    core = config.core()
+    assert core == CoreConfig(
+        host="127.0.0.1",
+        port=0,
+        aet="ME",
+        enforce_called_aet=True,
+        allowed_calling_aets=["A", "B"],
+        max_pdu_length=0,
+        strict=True,
+        promiscuous=False,
+        uncompressed_only=False,
+        max_associations=1000,
+        files_root=os.path.join(os.getcwd(), "rel"),
+        path_template=_core.DEFAULT_PATH_TEMPLATE,
+        fsync="file",
+        duplicates="reject",
+        required_attributes=["SOPInstanceUID"],
+        artim_timeout=30.0,
+        idle_timeout=0.0,
+        event_queue_size=5,
+    )
+    encoded = msgspec.msgpack.encode(core)
+    assert msgspec.msgpack.decode(encoded, type=CoreConfig) == core
+    # Keys are the Rust field names, floats stay floats even when whole.
+    raw = msgspec.msgpack.decode(encoded)
+    assert list(raw) == list(msgspec.structs.asdict(core))
+    assert isinstance(raw["artim_timeout"], float) and isinstance(raw["idle_timeout"], float)
+
+
+def test_every_config_is_accepted_by_the_core() -> None:
+    _core.Receiver(msgspec.msgpack.encode(Config.from_env({}).core()))
+    for name, raw, _ in GOOD:
+        _core.Receiver(msgspec.msgpack.encode(Config.from_env({name: raw}).core()))
+
+
+def test_attributes_struct_matches_extracted_keywords() -> None:
+    assert list(Attributes.__struct_fields__) == list(_core.EXTRACTED_KEYWORDS)
+
+
+def test_readme_documents_every_variable() -> None:
+    text = README.read_text()
+    for variable in VARIABLES:
+        assert f"`{variable.name}`" in text, variable.name
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OXIDIP_")}
+    env.update(overrides)
+    return env
+
+
+def oxidip(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oxidip", *args],
+        env=env,
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that is bound and listening for the duration of the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_version(tmp_path: Path) -> None:
+    result = oxidip("--version", env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"oxidip {_core.__version__}"
+
+
+def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port: int) -> None:
+    env = clean_env(
+        OXIDIP_LISTENER_HOST="127.0.0.1",
+        OXIDIP_LISTENER_PORT=str(busy_port),
+        OXIDIP_SCP_MAX_PDU_LENGTH="12",
+    )
+    result = oxidip("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "oxidip: configuration error: OXIDIP_SCP_MAX_PDU_LENGTH='12': "
+    ), result.stderr
+    assert result.stderr.count("\n") == 1
+    # It never tried the (busy) port, nor created the storage directory.
+    assert "in use" not in result.stderr.lower() and "listening" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_serve_on_busy_port_fails_to_start(tmp_path: Path, busy_port: int) -> None:
+    """The control for the test above: with a good configuration the busy port is noticed."""
+    env = clean_env(OXIDIP_LISTENER_HOST="127.0.0.1", OXIDIP_LISTENER_PORT=str(busy_port))
+    result = oxidip("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "cannot start" in result.stderr
+    assert f"port={busy_port}" in result.stderr
+
+
+def read_lines(stream: Any, lines: "queue.Queue[str | None]") -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_json_logs_listening_and_stops_on_signal(tmp_path: Path, stop_signal: int) -> None:
+    env = clean_env(
+        OXIDIP_LISTENER_HOST="127.0.0.1",
+        OXIDIP_LISTENER_PORT="0",
+        OXIDIP_LOG_FORMAT="json",
+        OXIDIP_SHUTDOWN_TIMEOUT="5",
+        OXIDIP_TYPO_VARIABLE="1",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oxidip", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=read_lines, args=(process.stderr, lines), daemon=True).start()
+    try:
+        records: list[dict[str, Any]] = []
+        while True:
+            line = lines.get(timeout=30)
+            assert line is not None, f"exited early: {records}"
+            records.append(json.loads(line))
+            if records[-1]["msg"] == "listening":
+                break
+        listening = records[-1]
+        assert isinstance(listening["port"], int) and listening["port"] > 0
+        assert listening["aet"] == "OXIDIP"
+        assert listening["files_root"] == str(tmp_path / "data")
+        assert {"ts", "level"} <= set(listening)
+        assert any(r.get("variable") == "OXIDIP_TYPO_VARIABLE" for r in records[:-1])
+        with socket.create_connection(("127.0.0.1", listening["port"]), timeout=5):
+            pass
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=30) == 0
+        while (line := lines.get(timeout=5)) is not None:
+            records.append(json.loads(line))
+        assert records[-1]["msg"] == "stopped"
+        assert process.stdout is not None and process.stdout.read() == ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
