@@ -5,7 +5,7 @@
 # the runtime stage, so the wheel's glibc and CPython ABI match.
 FROM rust:1-slim-bookworm AS build
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/maturin && /opt/maturin/bin/pip install --no-cache-dir 'maturin>=1.7,<2'
 WORKDIR /src

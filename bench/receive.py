@@ -1,12 +1,15 @@
 """Receive benchmark: the same synthetic series pushed by dcmtk ``storescu`` (one association,
 ``--scan-directories``, TCP_NODELAY=1) to every registered receiver, alternating receivers in
-each repetition, each time into a fresh storage directory on the same filesystem.
+each repetition, each time into a fresh storage directory on the same filesystem (kept until
+the end of the run: deleting thousands of files slows the next file creations for seconds on a
+filesystem mounted with ``discard``, so a run costs about repeats x receivers x 270 MB of disk).
 
 Workloads (generated once per run into a temporary directory, fresh UIDs):
   small  --small N instances (default 5000) of ~2 KB: Secondary Capture, 32x32 8-bit
   ct     --ct N instances (default 500) of CT 512x512 16-bit (~514 KB)
 
-Timing: from storescu's start to its exit (every instance acknowledged). Each run is checked:
+Timing: from storescu's start to its exit (every instance acknowledged), after an ``os.sync()``
+so that no run pays for the previous run's writeback. Each run is checked:
 storescu exits 0 and the receiver holds exactly N files. Reports, per workload and receiver,
 the median instances/s and MB/s (MB = 10^6 bytes of the source files), min/max instances/s
 and the ratio to dcmtk storescp, as a markdown table on stdout and in
@@ -15,14 +18,17 @@ and the ratio to dcmtk storescp, as a markdown table on stdout and in
     .venv/bin/python bench/receive.py                      # the full benchmark
     .venv/bin/python bench/receive.py --small 50 --ct 5 --repeats 1   # smoke test, seconds
 
-Receivers are registered in ``RECEIVERS`` (name -> how to start it on a port with a storage
-directory); adding one is a function and a decorator, e.g. dicom-rs's storescp:
+Receivers are registered in ``RECEIVERS`` (name -> how to start it with a storage directory
+and where to send); adding one is a decorated function. dicom-rs's storescp, for instance
+(check its ``--help`` for the exact flags of the installed version):
 
-    @receiver("dicom-rs", needs=("dicom-storescp",))
+    @receiver("dicom-rs storescp", needs=("dicom-storescp", "echoscu"), aet="DICOM-RS")
     def dicom_rs(ctx: RunContext) -> Running:
         port = free_port()
-        return start_command(["dicom-storescp", "-p", str(port), "-o", str(ctx.storage)],
-                             port=port, log=ctx.log)
+        return start_command(
+            [need("dicom-storescp"), "--port", str(port), "--out-dir", str(ctx.storage)],
+            port=port, aet=ctx.aet, log=ctx.log,
+        )
 """
 
 import argparse
@@ -59,6 +65,25 @@ RESULTS = HERE / "results"
 HOST = "127.0.0.1"
 READY_TIMEOUT = 60.0
 STORESCU_TIMEOUT = 3600.0
+
+
+def tool(name: str) -> str | None:
+    """An executable on PATH, never from the running virtual environment's ``bin``: pynetdicom
+    installs its own ``storescu``, ``echoscu``, ``storescp`` there."""
+    skip = {Path(sys.prefix, "bin").resolve()} if sys.prefix != sys.base_prefix else set()
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if directory and Path(directory).resolve() not in skip:
+            path = shutil.which(name, path=directory)
+            if path is not None:
+                return path
+    return None
+
+
+def need(name: str) -> str:
+    path = tool(name)
+    if path is None:
+        raise RuntimeError(f"{name} not found on PATH (apt-get install dcmtk)")
+    return path
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -199,7 +224,7 @@ class ReceiverSpec:
     aet: str
 
     def missing(self) -> list[str]:
-        return [tool for tool in self.needs if shutil.which(tool) is None]
+        return [name for name in self.needs if tool(name) is None]
 
 
 RECEIVERS: dict[str, ReceiverSpec] = {}
@@ -239,7 +264,7 @@ def _echo_ready(port: int, aet: str, deadline: float, proc: subprocess.Popen[byt
         if proc.poll() is not None:
             raise RuntimeError(f"receiver exited with {proc.returncode} before it was ready")
         result = subprocess.run(
-            ["echoscu", "-to", "2", "-aec", aet, HOST, str(port)],
+            [need("echoscu"), "-to", "2", "-aec", aet, HOST, str(port)],
             env=dcmtk_env(),
             capture_output=True,
             timeout=30,
@@ -370,7 +395,7 @@ def dcmtk_storescp(ctx: RunContext) -> Running:
     class dcmtk knows, writes Part 10 files into ``-od``), TCP_NODELAY=1."""
     port = free_port()
     return start_command(
-        ["storescp", "-aet", ctx.aet, "-od", str(ctx.storage), str(port)],
+        [need("storescp"), "-aet", ctx.aet, "-od", str(ctx.storage), str(port)],
         port=port,
         aet=ctx.aet,
         log=ctx.log,
@@ -440,7 +465,7 @@ def measure(
     running = spec.start(RunContext(storage=storage, log=log, aet=spec.aet))
     try:
         args = [
-            "storescu",
+            need("storescu"),
             "-aet",
             "BENCHSCU",
             "-aec",
@@ -450,6 +475,9 @@ def measure(
             str(running.port),
             str(workload.directory),
         ]
+        # Start every run with no dirty pages left by the previous one (its files, their
+        # deletion), so one run's writeback does not slow the next.
+        os.sync()
         started = time.perf_counter()
         result = subprocess.run(
             args,
@@ -490,8 +518,10 @@ def _versions() -> dict[str, str]:
         versions["pynetdicom"] = pynetdicom.__version__
     except ImportError:
         pass
-    if shutil.which("storescu"):
-        out = subprocess.run(["storescu", "--version"], capture_output=True, text=True, check=False)
+    if tool("storescu"):
+        out = subprocess.run(
+            [need("storescu"), "--version"], capture_output=True, text=True, check=False
+        )
         first = out.stdout.splitlines()[0] if out.stdout else ""
         versions["dcmtk"] = first.replace("$dcmtk: ", "").rstrip(" $")
     return versions
@@ -527,7 +557,8 @@ def report(
         (
             "Sender: dcmtk `storescu --scan-directories`, one association, TCP_NODELAY=1; "
             "time from its start to its exit. Repetitions: "
-            f"{args.repeats}, receivers alternating, fresh storage directory each run."
+            f"{args.repeats} (after {args.warmup} untimed warm-up run(s) per receiver), "
+            "receivers alternating, fresh storage directory each run."
         ),
         "",
         "Workloads: "
@@ -570,6 +601,10 @@ def report(
 # --- main -----------------------------------------------------------------------------------
 
 
+def _slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -579,6 +614,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=5000, help="small instances (0: skip)")
     parser.add_argument("--ct", type=int, default=500, help="CT 512x512 instances (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per receiver")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="untimed runs per receiver and workload first (page cache, filesystem state)",
+    )
     parser.add_argument(
         "--receivers",
         default=",".join(RECEIVERS),
@@ -603,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in RECEIVERS]
     if unknown:
         parser.error(f"unknown receivers {unknown}; registered: {list(RECEIVERS)}")
-    if shutil.which("storescu") is None:
+    if tool("storescu") is None:
         parser.error("storescu not found: apt-get install dcmtk")
     for name in names:
         missing = RECEIVERS[name].missing()
@@ -625,15 +666,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         measurements: list[Measurement] = []
         with log_path.open("w") as log:
+            for warmup in range(args.warmup):
+                for workload in workloads:
+                    for name in names:
+                        storage = workdir / f"warmup-{warmup}-{workload.name}-{_slug(name)}"
+                        m = measure(RECEIVERS[name], workload, storage, log, -1 - warmup)
+                        print(
+                            f"warm-up {workload.name:5} {name:15} {m.seconds:7.2f} s (not counted)",
+                            file=sys.stderr,
+                        )
             for rep in range(args.repeats):
                 # Rotate the order each repetition so no receiver always runs first.
                 order = names[rep % len(names) :] + names[: rep % len(names)]
                 for workload in workloads:
                     for name in order:
-                        storage = workdir / f"store-{rep}-{workload.name}-{name.replace(' ', '_')}"
+                        storage = workdir / f"store-{rep}-{workload.name}-{_slug(name)}"
                         m = measure(RECEIVERS[name], workload, storage, log, rep)
                         measurements.append(m)
-                        shutil.rmtree(storage)
+                        # Storage directories are only deleted at the end: on a filesystem
+                        # mounted with `discard` (ext4 here), creating files right after
+                        # deleting thousands was 3-4x slower, which would punish whichever
+                        # receiver runs next.
                         print(
                             f"rep {rep} {workload.name:5} {name:15} {m.seconds:7.2f} s "
                             f"{m.per_second:9.0f} inst/s {m.mb_per_second:8.1f} MB/s",

@@ -24,6 +24,8 @@ def test_receive_benchmark_smoke(tmp_path: Path) -> None:
             "2",
             "--repeats",
             "1",
+            "--warmup",
+            "0",
             "--workdir",
             str(tmp_path),
             "--output",

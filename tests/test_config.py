@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -79,7 +79,7 @@ GOOD: list[tuple[str, str, Any]] = [
     ("OXIDIP_PATH_TEMPLATE", "{SOPInstanceUID}.dcm", "{SOPInstanceUID}.dcm"),
     ("OXIDIP_FSYNC", "none", "none"),
     ("OXIDIP_FSYNC", "file", "file"),
-    ("OXIDIP_FSYNC", "Directory", "directory"),
+    ("OXIDIP_FSYNC", "File-And-Directory", "file-and-directory"),
     ("OXIDIP_DUPLICATES", "overwrite", "overwrite"),
     ("OXIDIP_DUPLICATES", "keep-first", "keep-first"),
     ("OXIDIP_DUPLICATES", "REJECT", "reject"),
@@ -420,3 +420,40 @@ def test_serve_json_logs_listening_and_stops_on_signal(tmp_path: Path, stop_sign
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+class FakeReceiver:
+    """Stands in for ``oxidip.Receiver`` in ``consume``: a scripted sequence of batches."""
+
+    def __init__(self, batches: list[list[Any]]) -> None:
+        self.batches = batches
+        self.stopped_with: list[float] = []
+
+    def next_batch(self, max_events: int, timeout: float) -> list[Any] | None:
+        if self.batches:
+            return self.batches.pop(0)
+        return None if self.stopped_with else []
+
+    def stop(self, timeout: float) -> None:
+        self.stopped_with.append(timeout)
+
+
+def test_consume_stops_once_drains_and_survives_a_failing_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from oxidip.cli import consume
+
+    fake = FakeReceiver([[1], [], [2, 3]])
+    seen: list[Any] = []
+
+    def broken(batch: list[Any]) -> None:
+        raise RuntimeError("boom")
+
+    stop = threading.Event()
+    stop.set()
+    with caplog.at_level(logging.INFO, logger="oxidip"):
+        requested = consume(cast(Any, fake), [broken, seen.extend], stop, 7.0, poll=0.01)
+    assert requested
+    assert fake.stopped_with == [7.0]
+    assert seen == [1, 2, 3]
+    assert [r.msg for r in caplog.records].count("event handler failed") == 2

@@ -22,8 +22,22 @@ def test_echoscu(receiver: RunningReceiver) -> None:
 
 
 def test_echoscu_repeated_in_one_association(receiver: RunningReceiver) -> None:
-    result = run_dcmtk(["echoscu", "--repeat", "20", receiver.host, str(receiver.port)], timeout=60)
+    since = receiver.mark()
+    result = run_dcmtk(
+        ["echoscu", "-v", "--repeat", "20", receiver.host, str(receiver.port)], timeout=60
+    )
     assert result.returncode == 0, result.stderr
+    assert result.stderr.count("Received Echo Response (Success)") == 20, result.stderr
+    (closed,) = receiver.wait_closed(1, since=since)
+    assert closed.outcome == "released", closed
+
+
+def test_echoscu_abort(receiver: RunningReceiver) -> None:
+    since = receiver.mark()
+    result = run_dcmtk(["echoscu", "--abort", receiver.host, str(receiver.port)], timeout=60)
+    assert result.returncode == 0, result.stderr
+    (closed,) = receiver.wait_closed(1, since=since)
+    assert closed.outcome == "aborted-by-peer", closed
 
 
 def test_pynetdicom_echo(receiver: RunningReceiver) -> None:

@@ -20,6 +20,7 @@ from tests.helpers.dicom import (
     SIMPLE_TEMPLATE,
     encode_dataset,
     make_dataset,
+    read_part10,
     stored_files,
     temp_files,
 )
@@ -44,6 +45,7 @@ from tests.helpers.pdu import (
     pdu,
     pdv,
     release_rq,
+    user_item,
 )
 from tests.helpers.receiver import RunningReceiver
 
@@ -484,3 +486,129 @@ def test_association_limit(start_receiver) -> None:
     finally:
         first.close()
         second.close()
+
+
+# --- negotiation items and fragmentation the receiver must take in its stride ---------------
+
+
+def test_associate_rq_with_every_user_information_sub_item(receiver: RunningReceiver) -> None:
+    """Asynchronous operations window, SCP/SCU role selection, SOP class extended
+    negotiation, user identity (username + passcode, positive response requested) and an
+    unknown sub-item: the A-ASSOCIATE-RQ is parsed and accepted, and the association works."""
+    role = struct.pack(">H", len(SECONDARY_CAPTURE)) + SECONDARY_CAPTURE.encode() + b"\x01\x00"
+    extended = struct.pack(">H", len(SECONDARY_CAPTURE)) + SECONDARY_CAPTURE.encode() + b"\x01"
+    identity = b"\x02\x01" + struct.pack(">H", 4) + b"user" + struct.pack(">H", 6) + b"secret"
+    extra = (
+        user_item(0x53, struct.pack(">HH", 4, 4))
+        + user_item(0x54, role)
+        + user_item(0x56, extended)
+        + user_item(0x58, identity)
+        + user_item(0x7E, b"unknown sub-item")
+    )
+    ds = make_dataset()
+    with RawClient(receiver.host, receiver.port) as client:
+        ac = client.associate_ok(
+            contexts=[Context(1, VERIFICATION), Context(3, SECONDARY_CAPTURE)],
+            extra_user_items=extra,
+        )
+        assert ac.contexts[1].result == 0 and ac.contexts[3].result == 0
+        assert client.c_echo(1).status == 0
+        rsp = client.c_store(3, SECONDARY_CAPTURE, ds.SOPInstanceUID, encode_dataset(ds))
+        assert rsp.status == 0
+        client.release()
+
+
+def _store_fragmented(
+    client: RawClient,
+    sop_instance: str,
+    data: bytes,
+    *,
+    fragment: int,
+    per_pdu: int,
+    with_command: bool,
+) -> None:
+    """Sends the command in 3-byte fragments, then the data set in ``fragment``-byte PDVs,
+    ``per_pdu`` PDVs per P-DATA-TF (the first data PDVs sharing the command's last PDU when
+    ``with_command``)."""
+    command = c_store_rq(1, SECONDARY_CAPTURE, sop_instance)
+    command_pdvs = [
+        pdv(1, command[i : i + 3], command=True, last=i + 3 >= len(command))
+        for i in range(0, len(command), 3)
+    ]
+    data_pdvs = [
+        pdv(1, data[i : i + fragment], command=False, last=i + fragment >= len(data))
+        for i in range(0, len(data), fragment)
+    ]
+    if with_command:
+        client.send(p_data(*command_pdvs[:-1]))
+        data_pdvs[0:0] = [command_pdvs[-1]]
+    else:
+        client.send(p_data(*command_pdvs))
+    for i in range(0, len(data_pdvs), per_pdu):
+        client.send(p_data(*data_pdvs[i : i + per_pdu]))
+
+
+@pytest.mark.parametrize(
+    ("fragment", "per_pdu", "with_command"),
+    [(7, 1, False), (1, 64, False), (333, 5, True), (4096, 3, True)],
+)
+def test_fragmentation(
+    receiver: RunningReceiver, fragment: int, per_pdu: int, with_command: bool
+) -> None:
+    """Tiny odd-sized fragments that split element headers, several PDVs per PDU, the
+    command's last fragment and the first data fragments in one PDU: stored byte for byte,
+    attributes extracted."""
+    ds = make_dataset(pixel_bytes=3000, patient_id="FRAG01")
+    data = encode_dataset(ds)
+    with RawClient(receiver.host, receiver.port) as client:
+        client.associate_ok(contexts=[Context(1, SECONDARY_CAPTURE)])
+        _store_fragmented(
+            client,
+            ds.SOPInstanceUID,
+            data,
+            fragment=fragment,
+            per_pdu=per_pdu,
+            with_command=with_command,
+        )
+        rsp = client.read_response()
+        assert rsp.status == 0x0000, rsp
+        client.release()
+    (event,) = receiver.wait_stored(1)
+    assert event.attributes.PatientID == "FRAG01"
+    assert event.attributes.SOPInstanceUID == ds.SOPInstanceUID
+    assert read_part10(event.path).dataset == data
+
+
+def test_several_instances_in_one_association(receiver: RunningReceiver) -> None:
+    """Message IDs are echoed and each response follows its request."""
+    datasets = [make_dataset(pixel_bytes=100) for _ in range(20)]
+    with RawClient(receiver.host, receiver.port) as client:
+        client.associate_ok(contexts=[Context(1, SECONDARY_CAPTURE)])
+        for n, ds in enumerate(datasets, start=100):
+            rsp = client.c_store(
+                1, SECONDARY_CAPTURE, ds.SOPInstanceUID, encode_dataset(ds), message_id=n
+            )
+            assert (rsp.status, rsp.message_id_responded_to) == (0, n)
+            assert rsp.affected_sop_instance == ds.SOPInstanceUID
+        client.release()
+    assert len(receiver.wait_stored(20)) == 20
+
+
+def test_large_instance_streams_through(receiver: RunningReceiver) -> None:
+    """A 24 MB data set in maximum-size PDUs: stored byte for byte."""
+    ds = make_dataset(pixel_bytes=0)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = 4096, 3072
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes(range(256)) * (4096 * 3072 * 2 // 256)
+    data = encode_dataset(ds)
+    with RawClient(receiver.host, receiver.port, timeout=60) as client:
+        client.associate_ok(contexts=[Context(1, SECONDARY_CAPTURE)])
+        rsp = client.c_store(1, SECONDARY_CAPTURE, ds.SOPInstanceUID, data)
+        assert rsp.status == 0x0000, rsp
+        client.release()
+    (event,) = receiver.wait_stored(1)
+    assert read_part10(event.path).dataset == data

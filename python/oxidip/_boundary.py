@@ -35,7 +35,7 @@ class CoreConfig(msgspec.Struct, frozen=True):
     max_associations: int
     files_root: str
     path_template: str
-    #: "none" | "file" | "directory"
+    #: "none" | "file" | "file-and-directory"
     fsync: str
     #: "overwrite" | "keep-first" | "reject"
     duplicates: str

@@ -6,6 +6,7 @@ list of handlers, each called with every batch (see ``event_handlers``).
 """
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -121,7 +122,7 @@ def consume(
         batch = receiver.next_batch(max_events, poll)
         if batch is None:
             return stopping
-        for handler in handlers:
+        for handler in handlers if batch else ():
             try:
                 handler(batch)
             except Exception:
@@ -191,6 +192,8 @@ def serve(args: argparse.Namespace) -> int:
             )
         except Exception:
             log.exception("receiver failed")
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                receiver.stop(0)
             return EXIT_FAILURE
         uptime = round(time.monotonic() - started, 3)
         if not requested:

@@ -366,7 +366,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "OXIDIP_FSYNC",
         "none",
-        Choice(("none", "file", "directory")),
+        Choice(("none", "file", "file-and-directory")),
         "Durability before answering success: none, fsync the file, or the file and its directory.",
     ),
     Variable(

@@ -37,9 +37,11 @@ impl Listener {
         let ids = AtomicU64::new(1);
         let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
         loop {
+            // Biased: once a stop is asked for, no further connection is accepted.
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                biased;
                 _ = self.stop.notified() => break,
+                accepted = listener.accept() => accepted,
             };
             let Ok((stream, peer)) = accepted else {
                 // Accept errors are per connection (e.g. EMFILE, a reset before accept);

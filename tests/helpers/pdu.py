@@ -59,6 +59,11 @@ def pdu(pdu_type: int, body: bytes, *, length: int | None = None) -> bytes:
     return struct.pack(">BBI", pdu_type, 0, len(body) if length is None else length) + body
 
 
+def user_item(item_type: int, value: bytes) -> bytes:
+    """A user information sub-item (PS3.7 annex D.3.3): type, reserved, 2-byte length."""
+    return _item(item_type, value)
+
+
 def _item(item_type: int, value: bytes) -> bytes:
     return struct.pack(">BBH", item_type, 0, len(value)) + value
 
@@ -87,6 +92,7 @@ def associate_rq(
     max_pdu: int | None = 16384,
     protocol_version: int = 1,
     application_context: str = APPLICATION_CONTEXT,
+    extra_user_items: bytes = b"",
 ) -> bytes:
     """An A-ASSOCIATE-RQ (PS3.8 §9.3.2) with the given presentation contexts and a user
     information item (maximum length, implementation class UID and version name)."""
@@ -104,6 +110,7 @@ def associate_rq(
         user += _item(0x51, struct.pack(">I", max_pdu))
     user += _item(0x52, TEST_IMPLEMENTATION_CLASS_UID.encode("ascii"))
     user += _item(0x55, TEST_IMPLEMENTATION_VERSION.encode("ascii"))
+    user += extra_user_items
     body += _item(0x50, user)
     return pdu(ASSOCIATE_RQ, body)
 

@@ -1,5 +1,8 @@
 """External tools (dcmtk): found on PATH, skipped outside CI when missing, a failure in CI.
 
+pynetdicom installs its own ``storescu``, ``echoscu``, ``storescp``... into the virtual
+environment's ``bin``; those are never picked (an activated venv would put them first).
+
 Debian's dcmtk 3.6.7 waits for a delayed ACK (~40 ms) per message unless ``TCP_NODELAY=1``
 is in its environment, so every dcmtk process gets it.
 """
@@ -7,7 +10,9 @@ is in its environment, so every dcmtk process gets it.
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -23,10 +28,24 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH, skipping the running virtual environment's ``bin`` (pynetdicom's
+    same-named scripts)."""
+    in_venv = sys.prefix != sys.base_prefix
+    skip = {Path(sys.prefix, "bin").resolve()} if in_venv else set()
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        if not directory or Path(directory).resolve() in skip:
+            continue
+        path = shutil.which(name, path=directory)
+        if path is not None:
+            return path
+    return None
+
+
 def require_tool(name: str) -> str:
     """The absolute path of ``name``. When missing: fails the test in CI (where every test
     must run), skips it elsewhere with what to install."""
-    path = shutil.which(name)
+    path = find_tool(name)
     if path is not None:
         return path
     hint = INSTALL_HINT.get(name, f"install {name}")
