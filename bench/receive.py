@@ -367,9 +367,9 @@ def _oxidip_port(line: str) -> int | None:
     return None
 
 
-@receiver("oxidip", aet="OXIDIP")
-def oxidip(ctx: RunContext) -> Running:
-    """``python -m oxidip serve`` on its defaults (default path template, no fsync)."""
+def start_oxidip(ctx: RunContext, settings: dict[str, str]) -> Running:
+    """``python -m oxidip serve`` on its defaults (default path template, no fsync), changed
+    by ``settings`` (OXIDIP_* variables)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
     env.update(
         {
@@ -378,6 +378,7 @@ def oxidip(ctx: RunContext) -> Running:
             "OXIDIP_FILES_ROOT": str(ctx.storage),
             "OXIDIP_SCP_AET": ctx.aet,
             "OXIDIP_LOG_FORMAT": "json",
+            **settings,
         }
     )
     return start_announcing(
@@ -387,6 +388,20 @@ def oxidip(ctx: RunContext) -> Running:
         env=env,
         parse_port=_oxidip_port,
     )
+
+
+@receiver("oxidip", aet="OXIDIP")
+def oxidip(ctx: RunContext) -> Running:
+    return start_oxidip(ctx, {})
+
+
+def register_oxidip_max_pdu(length: int) -> str:
+    """Registers oxidip announcing ``length`` as its maximum PDU (to choose the default)."""
+    name = f"oxidip pdu={length}"
+    receiver(name, aet="OXIDIP")(
+        lambda ctx: start_oxidip(ctx, {"OXIDIP_SCP_MAX_PDU_LENGTH": str(length)})
+    )
+    return name
 
 
 @receiver("dcmtk storescp", needs=("storescp", "echoscu"), aet="STORESCP")
@@ -626,6 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated receiver names (default: all registered)",
     )
     parser.add_argument(
+        "--oxidip-max-pdu",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=[],
+        help="also run oxidip announcing each of these maximum PDU lengths (comma-separated)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=None,
@@ -641,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.receivers.split(",") if n.strip()]
+    names += [register_oxidip_max_pdu(n) for n in args.oxidip_max_pdu]
     unknown = [n for n in names if n not in RECEIVERS]
     if unknown:
         parser.error(f"unknown receivers {unknown}; registered: {list(RECEIVERS)}")
