@@ -468,7 +468,9 @@ class Measurement:
 
 def count_files(root: Path) -> int:
     return sum(
-        1 for p in root.rglob("*") if p.is_file() and ".oxidip-tmp" not in p.relative_to(root).parts
+        1
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).parts[0].startswith(".oxidip")
     )
 
 

@@ -17,6 +17,8 @@ use crate::server::events::EventStream;
 use crate::server::Server;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::{PathTemplate, DEFAULT_PATH_TEMPLATE};
+use crate::storage::{journal, read_back};
+use std::path::Path;
 
 #[pyclass(module = "oxidip._core")]
 struct Receiver {
@@ -82,6 +84,18 @@ impl Receiver {
         }
     }
 
+    /// Python's word on journal entries: registered (their entries may go; with
+    /// `ack=registered` their senders get success) or not.
+    fn acknowledge(&self, py: Python<'_>, seqs: Vec<u64>, registered: bool) -> PyResult<()> {
+        match lock(&self.server).as_ref() {
+            Some(server) => {
+                py.allow_threads(|| server.acknowledge(&seqs, registered));
+                Ok(())
+            }
+            None => Err(PyRuntimeError::new_err("receiver not started")),
+        }
+    }
+
     fn stop(&self, timeout: f64) -> PyResult<()> {
         let grace = Duration::try_from_secs_f64(timeout).map_err(|_| PyValueError::new_err("timeout must be >= 0"))?;
         if let Some(server) = lock(&self.server).as_ref() {
@@ -101,6 +115,24 @@ fn check_path_template(template: &str) -> PyResult<()> {
     PathTemplate::parse(template).map(|_| ()).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+/// Journal segments left by dead oxidip processes of this host, to replay.
+#[pyfunction]
+fn orphan_journals(files_root: &str) -> PyResult<Vec<String>> {
+    let found = journal::orphans(Path::new(files_root)).map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(found.into_iter().map(|p| p.to_string_lossy().into_owned()).collect())
+}
+
+/// A stored Part 10 file's meta and extracted attributes, as msgpack of
+/// `oxidip._boundary.StoredInstance`.
+#[pyfunction]
+fn read_instance<'py>(py: Python<'py>, path: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let stored = py
+        .allow_threads(|| read_back::read_stored(Path::new(path)))
+        .map_err(|e| PyValueError::new_err(format!("{path}: {e}")))?;
+    let bytes = rmp_serde::to_vec_named(&stored).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -110,5 +142,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_PATH_TEMPLATE", DEFAULT_PATH_TEMPLATE)?;
     m.add_class::<Receiver>()?;
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
+    m.add_function(wrap_pyfunction!(orphan_journals, m)?)?;
+    m.add_function(wrap_pyfunction!(read_instance, m)?)?;
     Ok(())
 }

@@ -42,6 +42,18 @@ DEFAULTS: dict[str, Any] = {
     "idle_timeout": 300.0,
     "shutdown_timeout": 30.0,
     "event_queue": 10000,
+    "ack": "stored",
+    "db_connection": None,
+    "db_pool": 4,
+    "pacs_address": "",
+    "cfind_timeout": 10.0,
+    "cfind_retries": 2,
+    "series_idle_timeout": 60.0,
+    "hooks": None,
+    "hook_queue": 10000,
+    "nats_address": None,
+    "nats_root_subject": "",
+    "progress_interval": 0.5,
     "log_level": "INFO",
     "log_format": "text",
 }
@@ -104,6 +116,22 @@ GOOD: list[tuple[str, str, Any]] = [
     ("OXIDIP_LOG_FORMAT", "json", "json"),
     ("OXIDIP_LOG_FORMAT", "TEXT", "text"),
 ]
+GOOD += [
+    ("OXIDIP_ACK", "Registered", "registered"),
+    ("OXIDIP_DB_CONNECTION", "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db"),
+    ("OXIDIP_DB_CONNECTION", " ", None),
+    ("OXIDIP_DB_POOL", "16", 16),
+    ("OXIDIP_PACS_ADDRESS", "PACS=10.0.0.5:104", "PACS=10.0.0.5:104"),
+    ("OXIDIP_CFIND_TIMEOUT", "2.5", 2.5),
+    ("OXIDIP_CFIND_RETRIES", "0", 0),
+    ("OXIDIP_SERIES_IDLE_TIMEOUT", "0", 0.0),
+    ("OXIDIP_HOOKS", "my_site.hooks", "my_site.hooks"),
+    ("OXIDIP_HOOK_QUEUE", "100", 100),
+    ("OXIDIP_NATS_ADDRESS", "nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+    ("OXIDIP_NATS_ADDRESS", "localhost:4222", "localhost:4222"),
+    ("OXIDIP_NATS_ROOT_SUBJECT", "chris.pacs", "chris.pacs"),
+    ("OXIDIP_PROGRESS_INTERVAL", "1", 1.0),
+]
 GOOD += [(name, raw, True) for name in BOOLEANS for raw in ("true", "1", "yes", "on", "TRUE")]
 GOOD += [(name, raw, False) for name in BOOLEANS for raw in ("false", "0", "no", "off", "Off")]
 
@@ -157,6 +185,20 @@ BAD: list[tuple[str, str]] = [
     ("OXIDIP_LOG_LEVEL", "TRACE"),
     ("OXIDIP_LOG_LEVEL", "WARN"),
     ("OXIDIP_LOG_FORMAT", "yaml"),
+]
+BAD += [
+    ("OXIDIP_ACK", "committed"),
+    ("OXIDIP_DB_CONNECTION", "mysql://x"),
+    ("OXIDIP_DB_POOL", "0"),
+    ("OXIDIP_PACS_ADDRESS", "PACS=host"),
+    ("OXIDIP_CFIND_TIMEOUT", "0"),
+    ("OXIDIP_CFIND_RETRIES", "11"),
+    ("OXIDIP_SERIES_IDLE_TIMEOUT", "-1"),
+    ("OXIDIP_HOOKS", "my-site/hooks"),
+    ("OXIDIP_HOOK_QUEUE", "0"),
+    ("OXIDIP_NATS_ADDRESS", "http://x y"),
+    ("OXIDIP_NATS_ROOT_SUBJECT", "a..b"),
+    ("OXIDIP_PROGRESS_INTERVAL", "x"),
 ]
 BAD += [(name, raw) for name in BOOLEANS for raw in ("", "maybe", "2", "y", "enabled")]
 
@@ -280,6 +322,7 @@ def test_core_config() -> None:
         artim_timeout=30.0,
         idle_timeout=0.0,
         event_queue_size=5,
+        ack="stored",
     )
     encoded = msgspec.msgpack.encode(core)
     assert msgspec.msgpack.decode(encoded, type=CoreConfig) == core

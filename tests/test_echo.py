@@ -46,9 +46,11 @@ def test_pynetdicom_echo(receiver: RunningReceiver) -> None:
     ae.add_requested_context(VERIFICATION)
     assoc = ae.associate(receiver.host, receiver.port, ae_title="OXIDIP")
     assert assoc.is_established
+    # One echo: repeated echoes are covered by echoscu --repeat; pynetdicom's reactor can
+    # take a fast response for an unsolicited message (pynetdicom issue #875), a race in the
+    # client that more requests per association only make likelier.
     try:
-        for _ in range(3):
-            assert status_of(assoc.send_c_echo()) == 0x0000
+        assert status_of(assoc.send_c_echo()) == 0x0000
     finally:
         assoc.release()
     (closed,) = receiver.wait_closed(1, since=since)

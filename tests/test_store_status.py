@@ -289,7 +289,9 @@ def test_hostile_values_stay_inside_the_root(start_receiver) -> None:
     rel = assert_inside(rx.root, event.path)
     _check_components(rel)
     assert rel.parts[0] == "HOSTILE"
-    assert rel.parts[1] == f"{clean['PatientID']}-{clean['PatientName']}-19700101"
+    patient = f"{clean['PatientID']}-{clean['PatientName']}-19700101"
+    assert rel.parts[1] == safe_component(patient)
+    assert not rel.parts[1].startswith(".")
     assert rel.parts[2] == f"{clean['StudyDescription']}-{clean['AccessionNumber']}-20240102"
     assert rel.parts[3] == f"00001-{'A' * 64}-{hash7(str(ds.SeriesInstanceUID))}"
     assert rel.parts[4] == f"0001-{ds.SOPInstanceUID}.dcm"

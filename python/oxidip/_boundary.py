@@ -45,6 +45,8 @@ class CoreConfig(msgspec.Struct, frozen=True):
     #: Seconds; 0 means no idle timeout.
     idle_timeout: float
     event_queue_size: int
+    #: "stored" | "registered"
+    ack: str
 
 
 class Attributes(msgspec.Struct):
@@ -94,6 +96,9 @@ class InstanceStored(msgspec.Struct, tag_field="kind", tag="instance"):
     stored_at: float
     #: A file was already at the path (overwritten or kept, per the duplicates policy).
     duplicate: bool
+    #: Its journal entry: acknowledge it (``Receiver.acknowledge``) once registered. Instances
+    #: read back from storage (journal replay, reconcile) have none.
+    journal_seq: int | None = None
 
 
 class InstanceFailed(msgspec.Struct, tag_field="kind", tag="failure"):
@@ -132,3 +137,19 @@ class AssociationClosed(msgspec.Struct, tag_field="kind", tag="association"):
 
 
 Event: TypeAlias = InstanceStored | InstanceFailed | AssociationClosed
+
+
+class StoredInstance(msgspec.Struct, frozen=True):
+    """A stored Part 10 file read back (``_core.read_instance``): for journal replay after a
+    crash and for ``oxidip reconcile``."""
+
+    path: str
+    size: int
+    attributes: Attributes
+    transfer_syntax: str
+    #: Source Application Entity Title (0002,0016): the calling AE that sent it.
+    source_aet: str
+    media_storage_sop_class_uid: str
+    media_storage_sop_instance_uid: str
+    #: Unix seconds.
+    modified_at: float

@@ -17,6 +17,15 @@ DEFAULT_PATH_TEMPLATE: str
 def check_path_template(template: str) -> None:
     """Raises ValueError with a readable reason when the template is invalid."""
 
+def orphan_journals(files_root: str) -> list[str]:
+    """Journal segments left by oxidip processes of this host that no longer run: each line
+    is the path (relative to ``files_root``) of an instance that was acknowledged, maybe not
+    registered. Register them, then delete the segment."""
+
+def read_instance(path: str) -> bytes:
+    """msgpack of ``oxidip._boundary.StoredInstance`` for a stored Part 10 file. Raises
+    ValueError when the file is not a Part 10 file oxidip can read."""
+
 class Receiver:
     """The Storage SCP. One instance serves one listening socket."""
 
@@ -32,6 +41,11 @@ class Receiver:
         """Waits up to ``timeout`` seconds (GIL released) for events and returns up to
         ``max_events`` of them as msgpack of ``list[oxidip._boundary.Event]`` (an empty list
         on timeout). Returns None once the receiver has stopped and every event was taken."""
+
+    def acknowledge(self, seqs: list[int], registered: bool) -> None:
+        """Python's word on journal entries (``InstanceStored.journal_seq``): registered
+        (the entries may go; with ``ack=registered`` their senders get success) or not
+        (kept for replay at the next start; with ``ack=registered`` the senders get A700)."""
 
     def stop(self, timeout: float) -> None:
         """Begins a graceful shutdown and returns at once: stops accepting, lets running

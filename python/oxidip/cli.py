@@ -2,27 +2,39 @@
 
 Each subcommand is registered by a function in ``SUBCOMMANDS`` that adds its parser and sets
 ``func`` (returning the exit status). ``serve`` runs the receiver; what happens to events is a
-list of handlers, each called with every batch (see ``event_handlers``).
+list of handlers, each called with every batch: the log, then the pipeline (registration, series
+states, hooks, notifications; see ``oxidip.pipeline``).
 """
 
 import argparse
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TypeAlias
 
+import psycopg
+
 from oxidip import __version__, logs
 from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceStored
+from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import VARIABLES, Config, ConfigError, warn_unknown_variables
+from oxidip.hooks import HookError, Hooks
+from oxidip.notify import NatsNotifier, Notifier, NotifierError, NullNotifier
+from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
+from oxidip.reconcile import reconcile, replay_journals
+from oxidip.registry import open_registry
 
-__all__ = ["EventHandler", "build_parser", "consume", "event_handlers", "log_events", "main"]
+__all__ = ["EventHandler", "build_parser", "build_pipeline", "consume", "log_events", "main"]
 
 log = logging.getLogger("oxidip")
 
@@ -93,26 +105,22 @@ def log_events(batch: list[Event]) -> None:
             )
 
 
-def event_handlers(config: Config) -> list[EventHandler]:
-    """The handlers ``serve`` passes every batch to, in order. Later features (registration,
-    hooks, notifications) add theirs here."""
-    return [log_events]
-
-
 def consume(
     receiver: Receiver,
     handlers: Sequence[EventHandler],
     stop_requested: threading.Event,
     shutdown_timeout: float,
     *,
+    tick: Callable[[], None] = lambda: None,
     max_events: int = 1000,
     poll: float = 0.5,
 ) -> bool:
     """Passes every batch of events to every handler until the receiver has stopped and all
-    events were taken. Once ``stop_requested`` is set (checked at least every ``poll``
-    seconds), stops the receiver gracefully and keeps draining. A handler that raises is
-    logged and does not stop the loop. Returns whether the receiver stopped because it was
-    asked to (False: it stopped by itself)."""
+    events were taken, calling ``tick`` after every wait (with or without events). Once
+    ``stop_requested`` is set (checked at least every ``poll`` seconds), stops the receiver
+    gracefully and keeps draining. A handler that raises is logged and does not stop the
+    loop. Returns whether the receiver stopped because it was asked to (False: it stopped by
+    itself)."""
     stopping = False
     while True:
         if not stopping and stop_requested.is_set():
@@ -127,6 +135,10 @@ def consume(
                 handler(batch)
             except Exception:
                 log.exception("event handler failed", extra={"handler": _name(handler)})
+        try:
+            tick()
+        except Exception:
+            log.exception("event handler failed", extra={"handler": _name(tick)})
 
 
 def _name(handler: EventHandler) -> str:
@@ -134,6 +146,46 @@ def _name(handler: EventHandler) -> str:
 
 
 # --- serve -------------------------------------------------------------------------------
+
+
+def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline:
+    """Opens the registry (migrating it, replaying journals of dead processes), the expected
+    count lookup and the notifier."""
+    node = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    files_root = config.core().files_root
+    registry = None
+    if not hooks.replaces_registry:
+        registry = open_registry(
+            config.db_connection, files_root, pool_size=config.db_pool, duplicates=config.duplicates
+        )
+        registry.migrate()
+        replayed = replay_journals(files_root, registry, node)
+        if replayed:
+            log.info(
+                "registered instances from journals of stopped processes", extra={"count": replayed}
+            )
+    lookup = ExpectedCountLookup(
+        parse_pacs_addresses(config.pacs_address),
+        config.scp_aet,
+        timeout=config.cfind_timeout,
+        retries=config.cfind_retries,
+    )
+    notifier: Notifier = NullNotifier()
+    if config.nats_address is not None:
+        notifier = NatsNotifier(
+            config.nats_address,
+            root_subject=config.nats_root_subject or config.scp_aet,
+            progress_interval=config.progress_interval,
+        )
+    return Pipeline(
+        receiver=receiver,
+        registry=registry,
+        lookup=lookup,
+        hooks=hooks,
+        notifier=notifier,
+        node=node,
+        series_idle_timeout=config.series_idle_timeout,
+    )
 
 
 def _config_error(problems: Sequence[str]) -> int:
@@ -152,8 +204,17 @@ def serve(args: argparse.Namespace) -> int:
     warn_unknown_variables()
     try:
         receiver = Receiver(config)
+        hooks = Hooks.load(config.hooks, queue_size=config.hook_queue)
+    except HookError as error:
+        return _config_error([f"OXIDIP_HOOKS={config.hooks!r}: {error}"])
     except ValueError as error:  # the core's own range checks; Config should catch all first
         return _config_error([str(error)])
+    try:
+        pipeline = build_pipeline(config, receiver, hooks)
+    except (OSError, ValueError, NotifierError, psycopg.Error) as error:
+        hooks.close(0)
+        log.error("cannot start", extra={"error": f"{type(error).__name__}: {error}"})
+        return EXIT_FAILURE
 
     stop_requested = threading.Event()
 
@@ -188,13 +249,19 @@ def serve(args: argparse.Namespace) -> int:
         )
         try:
             requested = consume(
-                receiver, event_handlers(config), stop_requested, config.shutdown_timeout
+                receiver,
+                [log_events, pipeline.handle],
+                stop_requested,
+                config.shutdown_timeout,
+                tick=pipeline.tick,
             )
         except Exception:
             log.exception("receiver failed")
             with contextlib.suppress(Exception):  # the first error is the one to report
                 receiver.stop(0)
             return EXIT_FAILURE
+        finally:
+            pipeline.close(config.shutdown_timeout)
         uptime = round(time.monotonic() - started, 3)
         if not requested:
             log.error("receiver stopped unexpectedly", extra={"uptime": uptime})
@@ -229,8 +296,43 @@ def _add_serve(subparsers: Subparsers) -> None:
     parser.set_defaults(func=serve)
 
 
+def run_reconcile(args: argparse.Namespace) -> int:
+    """Registers every file of the storage tree; reports files it could not read and
+    registered instances whose file is gone."""
+    try:
+        config = Config.from_env(warn_unknown=False)
+    except ConfigError as error:
+        return _config_error(error.problems)
+    logs.configure(config.log_level, config.log_format)
+    files_root = config.core().files_root
+    registry = open_registry(
+        config.db_connection, files_root, pool_size=config.db_pool, duplicates=config.duplicates
+    )
+    try:
+        registry.migrate()
+        node = f"{socket.gethostname()}-{os.getpid()}-reconcile"
+        report = reconcile(files_root, registry, node)
+    finally:
+        registry.close()
+    print(f"registered {report.registered} files, {report.unreadable} unreadable")
+    for path in report.missing_files:
+        print(f"registered but missing: {path}")
+    return EXIT_OK if report.unreadable == 0 and not report.missing_files else EXIT_FAILURE
+
+
+def _add_reconcile(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reconcile",
+        help="register every file of the storage tree",
+        description="Reads every stored file under OXIDIP_FILES_ROOT and registers it"
+        " (idempotent); lists registered instances whose file is missing. Exit status 1 when"
+        " a file could not be read or a file is missing.",
+    )
+    parser.set_defaults(func=run_reconcile)
+
+
 #: Adds one subcommand each; the parser built sets ``func`` to its handler.
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_serve]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_serve, _add_reconcile]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -260,6 +260,72 @@ class PathTemplate:
         return raw
 
 
+@dataclass(frozen=True)
+class DatabaseUrl:
+    accepts: str = "empty (SQLite under the storage root) or a postgresql:// URL"
+
+    def __call__(self, raw: str) -> str | None:
+        text = raw.strip()
+        if not text:
+            return None
+        if not text.startswith(("postgresql://", "postgres://")):
+            raise Invalid()
+        return text
+
+
+@dataclass(frozen=True)
+class PacsAddresses:
+    accepts: str = "empty, or comma-separated AET=host:port pairs, e.g. PACS=10.0.0.5:104"
+
+    def __call__(self, raw: str) -> str:
+        from oxidip.completeness import parse_pacs_addresses
+
+        try:
+            parse_pacs_addresses(raw)
+        except ValueError as error:
+            raise Invalid(str(error)) from None
+        return raw.strip()
+
+
+@dataclass(frozen=True)
+class ModulePath:
+    accepts: str = "empty, or an importable Python module path such as mypackage.hooks"
+
+    def __call__(self, raw: str) -> str | None:
+        text = raw.strip()
+        if not text:
+            return None
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", text, re.ASCII):
+            raise Invalid()
+        return text
+
+
+@dataclass(frozen=True)
+class NatsAddress:
+    accepts: str = "empty (no notifications), or a NATS server such as nats://127.0.0.1:4222"
+
+    def __call__(self, raw: str) -> str | None:
+        text = raw.strip()
+        if not text:
+            return None
+        if not re.fullmatch(r"(nats|tls)://[^\s/]+", text) and not re.fullmatch(
+            r"[^\s/:]+:[0-9]+", text
+        ):
+            raise Invalid()
+        return text
+
+
+@dataclass(frozen=True)
+class Subject:
+    accepts: str = "empty (our AE title), or a NATS subject: tokens of letters, digits, - and _"
+
+    def __call__(self, raw: str) -> str:
+        text = raw.strip()
+        if text and not re.fullmatch(r"[\w-]+(\.[\w-]+)*", text, re.ASCII):
+            raise Invalid()
+        return text
+
+
 class Parser(Protocol):
     """Turns the raw text of a variable into its value, or raises Invalid."""
 
@@ -407,6 +473,70 @@ VARIABLES: tuple[Variable, ...] = (
         "Events (stored, failed, association closed) buffered between the receiver and Python.",
     ),
     Variable(
+        "OXIDIP_ACK",
+        "stored",
+        Choice(("stored", "registered")),
+        "When success is sent: once the file is in place (registration follows, journaled),"
+        " or only once it is also registered in the database.",
+    ),
+    Variable(
+        "OXIDIP_DB_CONNECTION",
+        "",
+        DatabaseUrl(),
+        "Where instances and series are registered: empty = SQLite under the storage root.",
+    ),
+    Variable("OXIDIP_DB_POOL", "4", Integer(1, 100), "PostgreSQL connection pool size."),
+    Variable(
+        "OXIDIP_PACS_ADDRESS",
+        "",
+        PacsAddresses(),
+        "Where to ask (C-FIND) for a series' expected instance count, by calling AE title.",
+    ),
+    Variable(
+        "OXIDIP_CFIND_TIMEOUT",
+        "10",
+        Seconds(3600.0),
+        "Timeout of one C-FIND attempt (association and answer).",
+    ),
+    Variable("OXIDIP_CFIND_RETRIES", "2", Integer(0, 10), "C-FIND attempts after the first."),
+    Variable(
+        "OXIDIP_SERIES_IDLE_TIMEOUT",
+        "60",
+        Seconds(_MAX_SECONDS, zero="never"),
+        "A series that received nothing for this long is finalized (incomplete or"
+        " finalized-unknown) even if its association is still open.",
+    ),
+    Variable(
+        "OXIDIP_HOOKS",
+        "",
+        ModulePath(),
+        "Python module with on_instance, on_series_complete, on_series_finalized, register.",
+    ),
+    Variable(
+        "OXIDIP_HOOK_QUEUE",
+        "10000",
+        Integer(1, 1000000),
+        "Hook calls queued before the receiver waits for the hooks (back-pressure).",
+    ),
+    Variable(
+        "OXIDIP_NATS_ADDRESS",
+        "",
+        NatsAddress(),
+        "NATS server for per-series progress, completion and error messages.",
+    ),
+    Variable(
+        "OXIDIP_NATS_ROOT_SUBJECT",
+        "",
+        Subject(),
+        "First token of NATS subjects ({root}.{calling AE}.{SeriesInstanceUID}).",
+    ),
+    Variable(
+        "OXIDIP_PROGRESS_INTERVAL",
+        "0.5",
+        Seconds(3600.0),
+        "At most one progress message per series per this many seconds.",
+    ),
+    Variable(
         "OXIDIP_LOG_LEVEL",
         "INFO",
         Choice(("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -445,6 +575,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout: float
     shutdown_timeout: float
     event_queue: int
+    ack: str
+    db_connection: str | None
+    db_pool: int
+    pacs_address: str
+    cfind_timeout: float
+    cfind_retries: int
+    series_idle_timeout: float
+    hooks: str | None
+    hook_queue: int
+    nats_address: str | None
+    nats_root_subject: str
+    progress_interval: float
     log_level: str
     log_format: str
 
@@ -492,6 +634,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             artim_timeout=self.artim_timeout,
             idle_timeout=self.idle_timeout,
             event_queue_size=self.event_queue,
+            ack=self.ack,
         )
 
 

@@ -61,6 +61,12 @@ class Receiver:
             if batch:
                 yield batch
 
+    def acknowledge(self, seqs: list[int], *, registered: bool) -> None:
+        """Tells the receiver these instances (``InstanceStored.journal_seq``) are registered,
+        or that their registration failed (see ``_core.Receiver.acknowledge``)."""
+        if seqs:
+            self._core.acknowledge(seqs, registered)
+
     def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stops accepting; running associations may finish within
         ``timeout`` seconds (default: ``config.shutdown_timeout``), then are aborted. Keep

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub artim_timeout: f64,
     pub idle_timeout: f64,
     pub event_queue_size: usize,
+    /// "stored": answer success once the file is in place (registration follows);
+    /// "registered": also wait for Python to confirm its registration.
+    pub ack: String,
 }
 
 /// Everything the server needs, checked.
@@ -56,6 +59,8 @@ pub struct Settings {
     pub receive_limit: u32,
     pub max_associations: usize,
     pub event_queue_size: usize,
+    /// Answer success only once Python has registered the instance (`ack = "registered"`).
+    pub ack_registered: bool,
 }
 
 impl ServerConfig {
@@ -80,6 +85,11 @@ impl ServerConfig {
         }
         let seconds = |name: &str, s: f64| {
             Duration::try_from_secs_f64(s).map_err(|_| format!("{name}: expected seconds >= 0, got {s}"))
+        };
+        let ack_registered = match self.ack.as_str() {
+            "stored" => false,
+            "registered" => true,
+            other => return Err(format!("ack: expected \"stored\" or \"registered\", got {other:?}")),
         };
         let artim_timeout = seconds("artim_timeout", self.artim_timeout)?;
         let idle_timeout = seconds("idle_timeout", self.idle_timeout)?;
@@ -110,6 +120,7 @@ impl ServerConfig {
             receive_limit,
             max_associations: self.max_associations,
             event_queue_size: self.event_queue_size,
+            ack_registered,
         })
     }
 }

@@ -37,6 +37,8 @@ pub struct InstanceStored {
     pub received_at: f64,
     pub stored_at: f64,
     pub duplicate: bool,
+    /// Its entry in the journal: acknowledge it once registered (`Receiver.acknowledge`).
+    pub journal_seq: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

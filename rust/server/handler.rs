@@ -15,9 +15,11 @@ use tokio::sync::watch;
 use super::events::{unix_time, AssociationClosed, Event, InstanceFailed, InstanceStored};
 use super::store::{InstanceReception, Outcome, Sender};
 use super::Shared;
+use crate::dicom::attributes::Attributes;
 use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
+use crate::storage::writer::Committed;
 use crate::ul::association::{self, Association};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::{Abort, Pdu, Pdv};
@@ -378,21 +380,23 @@ impl Handler {
         Incoming::Store(Box::new(reception))
     }
 
-    /// The data set is complete: store it, answer, and report it.
+    /// The data set is complete: store it, journal it, answer, and report it. With
+    /// `ack=registered` the answer also waits for Python to register the instance.
     async fn finish_store(&mut self, reception: InstanceReception) -> Result<(), Violation> {
-        let association = self.association.as_ref().expect("established");
-        let sender = Sender { calling_aet: &association.calling_ae_title, called_aet: &association.called_ae_title };
         let (message_id, context_id) = (reception.message_id, reception.context_id);
         let sop_class_uid = reception.sop_class_uid.clone();
         let sop_instance_uid = reception.sop_instance_uid.clone();
         let transfer_syntax = reception.transfer_syntax.uid;
         let received_at = reception.received_at;
-        let shared = &self.shared;
-        let outcome =
-            tokio::task::block_in_place(|| reception.complete(&shared.storage, &sender, &shared.settings.required));
-        let (st, event) = match outcome {
-            Outcome::Stored { committed, attributes } => {
-                self.counters.stored += 1;
+        let shared = self.shared.clone();
+        let association = self.association.as_ref().expect("established");
+        let sender = Sender { calling_aet: &association.calling_ae_title, called_aet: &association.called_ae_title };
+        let outcome = tokio::task::block_in_place(|| {
+            let outcome = reception.complete(&shared.storage, &sender, &shared.settings.required);
+            journaled(outcome, &shared)
+        });
+        let (st, event, registration) = match outcome {
+            Journaled::Stored { committed, attributes, seq } => {
                 let event = Event::InstanceStored(Box::new(InstanceStored {
                     association_id: self.id,
                     path: committed.path.to_string_lossy().into_owned(),
@@ -405,11 +409,12 @@ impl Handler {
                     received_at: unix_time(received_at),
                     stored_at: unix_time(SystemTime::now()),
                     duplicate: committed.duplicate,
+                    journal_seq: seq,
                 }));
-                (Status::success(), event)
+                let registration = shared.settings.ack_registered.then(|| shared.journal.registration_of(seq));
+                (Status::success(), event, registration)
             }
-            Outcome::Failed(st) => {
-                self.counters.failed += 1;
+            Journaled::Failed(st) => {
                 let event = Event::InstanceFailed(InstanceFailed {
                     association_id: self.id,
                     calling_aet: association.calling_ae_title.clone(),
@@ -419,13 +424,41 @@ impl Handler {
                     status: st.code,
                     comment: st.comment.clone().unwrap_or_default(),
                 });
-                (st, event)
+                (st, event, None)
             }
         };
-        let rsp = command::response(field::C_STORE_RSP, message_id, &sop_class_uid, Some(&sop_instance_uid), &st);
-        self.send_command(context_id, &rsp).await?;
-        // After the response: a slow event consumer delays the next request, never this one.
-        self.shared.events.send(event).await;
+        let reply =
+            Reply { context_id, message_id, sop_class_uid: &sop_class_uid, sop_instance_uid: &sop_instance_uid };
+        let Some(registered) = registration else {
+            self.answer(&reply, &st).await?;
+            // After the response: a slow event consumer delays the next request, not this one.
+            shared.events.send(event).await;
+            return Ok(());
+        };
+        // The event must reach Python before the answer can: registration comes first.
+        shared.events.send(event).await;
+        let st = match registered.await {
+            Ok(true) => st,
+            _ => Status::failure(status::OUT_OF_RESOURCES, "stored, but registration failed"),
+        };
+        self.answer(&reply, &st).await
+    }
+
+    /// Sends the C-STORE-RSP and counts the outcome.
+    async fn answer(&mut self, reply: &Reply<'_>, st: &Status) -> Result<(), Violation> {
+        let rsp = command::response(
+            field::C_STORE_RSP,
+            reply.message_id,
+            reply.sop_class_uid,
+            Some(reply.sop_instance_uid),
+            st,
+        );
+        self.send_command(reply.context_id, &rsp).await?;
+        if st.is_success() {
+            self.counters.stored += 1;
+        } else {
+            self.counters.failed += 1;
+        }
         Ok(())
     }
 
@@ -435,6 +468,35 @@ impl Handler {
             .write_command(context_id, &command.encode(), peer_max)
             .await
             .map_err(|e| violation(REASON_NOT_SPECIFIED, format!("sending a response failed: {e}")))
+    }
+}
+
+/// What a C-STORE-RSP answers.
+struct Reply<'a> {
+    context_id: u8,
+    message_id: u16,
+    sop_class_uid: &'a str,
+    sop_instance_uid: &'a str,
+}
+
+/// A completed reception, with its journal entry when stored.
+enum Journaled {
+    Stored { committed: Committed, attributes: Box<Attributes>, seq: u64 },
+    Failed(Status),
+}
+
+/// Journals a stored instance before anything is answered (see `storage::journal`). If the
+/// journal cannot be written the sender is told the store failed; the file stays where it is,
+/// for `oxidip reconcile` to find.
+fn journaled(outcome: Outcome, shared: &Shared) -> Journaled {
+    match outcome {
+        Outcome::Stored { committed, attributes } => match shared.journal.append(&committed.path) {
+            Ok(seq) => Journaled::Stored { committed, attributes, seq },
+            Err(e) => {
+                Journaled::Failed(Status::failure(status::OUT_OF_RESOURCES, format!("journal write failed: {e}")))
+            }
+        },
+        Outcome::Failed(st) => Journaled::Failed(st),
     }
 }
 

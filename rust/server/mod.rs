@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify, Semaphore};
 
-use crate::storage::writer::Storage;
+use crate::storage::journal::Journal;
+use crate::storage::writer::{FsyncPolicy, Storage};
 use config::Settings;
 use events::{EventSink, EventStream};
 
@@ -21,6 +22,7 @@ use events::{EventSink, EventStream};
 pub struct Shared {
     pub settings: Settings,
     pub storage: Storage,
+    pub journal: Arc<Journal>,
     pub events: EventSink,
 }
 
@@ -30,6 +32,7 @@ pub struct Server {
     port: u16,
     stop: Arc<Notify>,
     grace: Arc<Mutex<Duration>>,
+    journal: Arc<Journal>,
 }
 
 impl Server {
@@ -39,12 +42,13 @@ impl Server {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oxidip").build()?;
         let storage =
             Storage::open(&settings.files_root, settings.template.clone(), settings.fsync, settings.duplicates)?;
+        let journal = Arc::new(Journal::open(&settings.files_root, settings.fsync != FsyncPolicy::None)?);
         let std_listener = std::net::TcpListener::bind(&settings.bind)?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let (sink, stream) = events::channel(settings.event_queue_size);
         let slots = Arc::new(Semaphore::new(settings.max_associations));
-        let shared = Arc::new(Shared { settings, storage, events: sink });
+        let shared = Arc::new(Shared { settings, storage, journal: journal.clone(), events: sink });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (abort, _) = watch::channel(false);
@@ -54,7 +58,7 @@ impl Server {
         };
         let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(socket));
-        Ok((Server { runtime, port, stop, grace }, stream))
+        Ok((Server { runtime, port, stop, grace, journal }, stream))
     }
 
     pub fn port(&self) -> u16 {
@@ -63,6 +67,11 @@ impl Server {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// Python's word on journal entries (`InstanceStored::journal_seq`): registered or not.
+    pub fn acknowledge(&self, seqs: &[u64], registered: bool) {
+        self.journal.acknowledge(seqs, registered);
     }
 
     /// Begins a graceful shutdown and returns at once: no new associations; running ones may

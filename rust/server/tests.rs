@@ -37,6 +37,7 @@ fn config(root: &Path) -> ServerConfig {
         artim_timeout: 5.0,
         idle_timeout: 5.0,
         event_queue_size: 100,
+        ack: "stored".into(),
     }
 }
 
@@ -219,4 +220,28 @@ fn stop_ends_the_event_stream() {
     let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
     server.stop(Duration::from_secs(1));
     assert!(events.next_batch(server.runtime().handle(), 10, Duration::from_secs(10)).is_none());
+}
+
+#[test]
+fn ack_registered_answers_after_python_confirms() {
+    let root = tempfile::tempdir().unwrap();
+    let config = ServerConfig { ack: "registered".into(), ..config(root.path()) };
+    let (server, mut events) = Server::start(config.settings().unwrap()).unwrap();
+    let port = server.port();
+    let handle = server.runtime().handle().clone();
+    let scu = handle.spawn(async move {
+        let (mut scu, _) = Scu::associate(port, "OXIDIP").await;
+        let first = scu.store("1.2.3.4.5", &dataset("1.2.3.4.5"), 1000).await.status();
+        let second = scu.store("1.2.3.4.6", &dataset("1.2.3.4.6"), 1000).await.status();
+        (first, second)
+    });
+    for registered in [true, false] {
+        let batch = events.next_batch(&handle, 10, Duration::from_secs(10)).unwrap();
+        let [Event::InstanceStored(stored)] = &batch[..] else { panic!("expected one stored instance: {batch:?}") };
+        // The sender is still waiting for its answer: it can only come after ours.
+        assert!(!scu.is_finished());
+        server.acknowledge(&[stored.journal_seq], registered);
+    }
+    let (first, second) = handle.block_on(scu).unwrap();
+    assert_eq!((first, second), (Some(0x0000), Some(0xA700)));
 }

@@ -6,7 +6,9 @@
 //! `PartialInstance` instead removes the temp file. All calls are blocking `std::fs` I/O.
 
 pub mod file_meta;
+pub mod journal;
 pub mod path_template;
+pub mod read_back;
 mod sanitize;
 mod temp;
 pub mod writer;

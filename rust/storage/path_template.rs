@@ -545,8 +545,8 @@ mod tests {
     }
 
     #[test]
-    fn dotted_literals_that_are_not_whole_components_are_fine() {
+    fn components_never_start_with_a_dot() {
         let a = attributes(&[("SOPInstanceUID", "1")]);
-        assert_eq!(render("..x/.{SOPInstanceUID}", &a), Path::new("..x/.1"));
+        assert_eq!(render("..x/.{SOPInstanceUID}", &a), Path::new("_.x/_1"));
     }
 }

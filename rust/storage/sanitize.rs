@@ -44,7 +44,9 @@ pub fn push_sanitized(out: &mut String, value: &str) -> bool {
 }
 
 /// Makes `path[start..]`, one rendered path component, safe to create: at most
-/// [`MAX_COMPONENT_LEN`] bytes, and never empty, `.` or `..`.
+/// [`MAX_COMPONENT_LEN`] bytes, never empty, `.` or `..`, and never starting with a dot: that
+/// keeps stored files visible and out of oxidip's own `.oxidip*` directories under the root
+/// (a peer may well call itself `.oxidip-journal`).
 ///
 /// An over-long component keeps its *end*: that is where the file name's `{SOPInstanceUID}`
 /// and extension are in any sensible template (and must be, for uniqueness), while the
@@ -62,6 +64,8 @@ pub fn make_component_safe(path: &mut String, start: usize) {
     if matches!(&path[start..], "" | "." | "..") {
         path.truncate(start);
         path.push_str(SAFE_COMPONENT);
+    } else if path[start..].starts_with('.') {
+        path.replace_range(start..start + 1, "_");
     }
 }
 
@@ -134,8 +138,9 @@ mod tests {
         assert_eq!(safe_component(".."), "_");
         assert_eq!(safe_component("."), "_");
         assert_eq!(safe_component(""), "_");
-        assert_eq!(safe_component("..."), "...");
-        assert_eq!(safe_component(".hidden"), ".hidden");
+        assert_eq!(safe_component("..."), "_..");
+        assert_eq!(safe_component(".hidden"), "_hidden");
+        assert_eq!(safe_component(".oxidip-journal"), "_oxidip-journal");
     }
 
     #[test]

@@ -85,16 +85,28 @@ impl Owner {
         Self { process: ProcessId::current(), host }
     }
 
-    fn temp_name(&self, sequence: u64) -> String {
+    /// `<pid>-<start time>-<sequence>.<host><suffix>`: a file this process owns.
+    pub fn file_name(&self, sequence: u64, suffix: &str) -> String {
         let ProcessId { pid, start_time } = self.process;
-        format!("{pid}-{start_time}-{sequence}.{}{TEMP_SUFFIX}", self.host)
+        format!("{pid}-{start_time}-{sequence}.{}{suffix}", self.host)
+    }
+
+    fn temp_name(&self, sequence: u64) -> String {
+        self.file_name(sequence, TEMP_SUFFIX)
+    }
+
+    /// Whether a file named by [`Owner::file_name`] with `suffix` belongs to a process of our
+    /// host that no longer runs. False whenever that cannot be proven.
+    pub fn is_orphan(&self, name: &str, suffix: &str) -> bool {
+        liveness_observable()
+            && parse_file_name(name, suffix).is_some_and(|(process, host)| host == self.host && !process.is_running())
     }
 }
 
-/// The process and host of a file named by [`Owner::temp_name`]; None for any other name.
+/// The process and host of a file named by [`Owner::file_name`]; None for any other name.
 /// The host may contain dots, the numbers before it do not.
-fn parse_temp_name(name: &str) -> Option<(ProcessId, &str)> {
-    let (numbers, host) = name.strip_suffix(TEMP_SUFFIX)?.split_once('.')?;
+fn parse_file_name<'a>(name: &'a str, suffix: &str) -> Option<(ProcessId, &'a str)> {
+    let (numbers, host) = name.strip_suffix(suffix)?.split_once('.')?;
     let mut fields = numbers.splitn(3, '-');
     let pid = fields.next()?.parse().ok()?;
     let start_time = fields.next()?.parse().ok()?;
@@ -111,16 +123,9 @@ pub fn temp_dir(root: &Path) -> PathBuf {
 /// many.
 pub fn sweep_stale(dir: &Path, us: &Owner) -> io::Result<usize> {
     let mut removed = 0;
-    if !liveness_observable() {
-        return Ok(removed);
-    }
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let Some((process, host)) = name.to_str().and_then(parse_temp_name) else {
-            continue;
-        };
-        if host == us.host && !process.is_running() {
+        if entry.file_name().to_str().is_some_and(|name| us.is_orphan(name, TEMP_SUFFIX)) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
                 // Another oxidip's sweep got there first.
@@ -191,9 +196,12 @@ mod tests {
     fn temp_names_round_trip() {
         let o = owner(42, 123, "node-1.example.org");
         assert_eq!(o.temp_name(7), "42-123-7.node-1.example.org.tmp");
-        assert_eq!(parse_temp_name("42-123-7.node-1.example.org.tmp"), Some((o.process, "node-1.example.org")));
+        assert_eq!(
+            parse_file_name("42-123-7.node-1.example.org.tmp", TEMP_SUFFIX),
+            Some((o.process, "node-1.example.org"))
+        );
         for other in ["42-123.h.tmp", "42-123-7.h", "42-123-7.tmp", "a-1-2.h.tmp", "1-2-3-4.h.tmp", "probe"] {
-            assert_eq!(parse_temp_name(other), None, "{other}");
+            assert_eq!(parse_file_name(other, TEMP_SUFFIX), None, "{other}");
         }
     }
 

@@ -472,8 +472,8 @@ mod tests {
         partial.write(b"dataset").unwrap();
         let committed = partial.commit(&storage, &relative).unwrap();
         assert!(committed.path.starts_with(storage.root()));
-        let patient_dir = root.path().join("_/.._.._etc-PatientName-PatientBirthDate");
-        assert!(committed.path.starts_with(patient_dir));
+        let patient_dir = root.path().join("_/_._.._etc-PatientName-PatientBirthDate");
+        assert!(committed.path.starts_with(&patient_dir), "{:?} not in {patient_dir:?}", committed.path);
         assert!(fs::read(&committed.path).unwrap().ends_with(b"dataset"));
     }
 

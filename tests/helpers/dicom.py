@@ -403,7 +403,10 @@ def safe_component(component: str) -> str:
     raw = component.encode()
     if len(raw) > MAX_COMPONENT_LEN:
         component = raw[len(raw) - MAX_COMPONENT_LEN :].decode("utf-8", "ignore")
-    return "_" if component in ("", ".", "..") else component
+    if component in ("", ".", ".."):
+        return "_"
+    # No component starts with a dot: stored files stay visible and out of .oxidip* dirs.
+    return "_" + component[1:] if component.startswith(".") else component
 
 
 def simple_path(calling_aet: str, attributes: Mapping[str, str | None]) -> str:
@@ -480,9 +483,12 @@ def seahash(buf: bytes) -> int:
 
 
 def stored_files(root: Path) -> list[Path]:
-    """Every regular file under the storage root outside the temporary directory."""
+    """Every regular file under the storage root outside oxidip's own directories (temp
+    files, journal, registry), which all start with ``.oxidip``."""
     return sorted(
-        p for p in root.rglob("*") if p.is_file() and TEMP_DIR_NAME not in p.relative_to(root).parts
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).parts[0].startswith(".oxidip")
     )
 
 

@@ -1,0 +1,372 @@
+"""User hooks: Python called as instances are stored and series are finalized.
+
+``OXIDIP_HOOKS=module.path`` names an importable module (installed, or on ``PYTHONPATH``)
+defining any of:
+
+- ``on_instance(event: InstanceStored) -> None``: once per stored instance;
+- ``on_series_complete(series: SeriesRow) -> None``: a series reached ``complete``
+  (received == expected);
+- ``on_series_finalized(series: SeriesRow) -> None``: a series left ``receiving`` for any final
+  state: ``complete``, ``incomplete``, ``overfull`` or ``finalized-unknown`` (so a complete
+  series gets ``on_series_complete`` then ``on_series_finalized``, when both are defined);
+- ``register(instances: list[InstanceStored]) -> None`` with an optional module constant
+  ``REGISTER_MODE``: ``"add"`` (default) calls it after each batch is registered in the
+  database; ``"replace"`` calls it *instead of* the database (registration in another backend).
+
+``register`` runs synchronously on the registration path, and its exceptions propagate to the
+caller, which decides (retry, log): a registration is never silently lost. The three
+notification hooks run in order on one worker thread, fed by one bounded queue
+(``queue_size`` items, an item being one instance or one series): they never run on the
+network path, and when a slow hook lets the queue fill up, the producers wait (back-pressure:
+registration, then the receiver's event queue, then TCP to the senders), so memory stays
+bounded. A backlog over half the queue is logged as a WARNING (at most every 10 s). An
+exception in a notification hook is logged at ERROR with its traceback, the hook and the UIDs
+it concerns, and the next item is processed.
+"""
+
+import collections
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
+
+from oxidip._boundary import InstanceStored
+
+__all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "SeriesLike"]
+
+log = logging.getLogger("oxidip.hooks")
+
+#: The functions a hooks module may define.
+HOOK_NAMES = ("on_instance", "on_series_complete", "on_series_finalized", "register")
+
+#: Seconds between two "hooks backlog" warnings.
+BACKLOG_WARNING_INTERVAL = 10.0
+
+RegisterMode: TypeAlias = Literal["add", "replace"]
+
+
+class SeriesLike(Protocol):
+    """What the hooks machinery reads of a series (``oxidip.registry.SeriesRow`` has it all);
+    the hook functions receive the whole row."""
+
+    @property
+    def series_instance_uid(self) -> str: ...
+
+    @property
+    def calling_aet(self) -> str: ...
+
+
+class HookError(Exception):
+    """The hooks module cannot be used: it does not import, defines no hook, or defines one
+    wrongly. The message says which and why."""
+
+
+InstanceHook: TypeAlias = Callable[[InstanceStored], object]
+SeriesHook: TypeAlias = Callable[[Any], object]
+RegisterHook: TypeAlias = Callable[[list[InstanceStored]], object]
+
+
+class _Call(NamedTuple):
+    """One queued hook call."""
+
+    hook: Callable[[Any], object]
+    name: str
+    arg: InstanceStored | SeriesLike
+
+
+class Hooks:
+    """The hooks of one module (or none). Build it with ``Hooks.load``; ``close`` it at the
+    end. Safe to call from several threads."""
+
+    def __init__(
+        self,
+        module_name: str | None = None,
+        *,
+        on_instance: InstanceHook | None = None,
+        on_series_complete: SeriesHook | None = None,
+        on_series_finalized: SeriesHook | None = None,
+        register: RegisterHook | None = None,
+        register_mode: RegisterMode = "add",
+        queue_size: int = 10000,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        if register_mode == "replace" and register is None:
+            raise ValueError('register_mode "replace" needs a register hook')
+        self.module_name = module_name
+        self._on_instance = on_instance
+        self._on_series_complete = on_series_complete
+        self._on_series_finalized = on_series_finalized
+        self._register = register
+        #: True when ``register`` replaces the database registration (``REGISTER_MODE``).
+        self.replaces_registry: bool = register_mode == "replace"
+        self.queue_size = queue_size
+
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._busy = False  # the worker is running a hook
+        self._closing = False  # no more items accepted
+        self._stopped = False  # the worker must stop, even with items left
+        self._peak = 0
+        self._dropped = 0
+        self._producers_waited = 0
+        self._last_warning = -float("inf")
+        self._worker: threading.Thread | None = None
+        if on_instance or on_series_complete or on_series_finalized:
+            self._worker = threading.Thread(target=self._work, name="oxidip-hooks", daemon=True)
+            self._worker.start()
+
+    # --- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, module_path: str | None, *, queue_size: int = 10000) -> "Hooks":
+        """The hooks of module ``module_path``; no hooks (every call a no-op) when it is None
+        or blank. Raises ``HookError`` when the module cannot be imported, defines none of
+        ``HOOK_NAMES``, defines one that is not callable, or has an invalid
+        ``REGISTER_MODE``."""
+        if module_path is None or not module_path.strip():
+            return cls(queue_size=queue_size)
+        name = module_path.strip()
+        module = _import(name)
+        found: dict[str, Callable[..., object]] = {}
+        for hook in HOOK_NAMES:
+            value = getattr(module, hook, None)
+            if value is None:
+                continue
+            if not callable(value):
+                raise HookError(
+                    f"hooks module {name!r}: {hook} must be a function, not {type(value).__name__}"
+                )
+            found[hook] = value
+        if not found:
+            raise HookError(
+                f"hooks module {name!r} ({_origin(module)}) defines none of {', '.join(HOOK_NAMES)}"
+            )
+        mode: RegisterMode = getattr(module, "REGISTER_MODE", "add")
+        if mode not in ("add", "replace"):
+            raise HookError(
+                f'hooks module {name!r}: REGISTER_MODE must be "add" or "replace", not {mode!r}'
+            )
+        if mode == "replace" and "register" not in found:
+            raise HookError(
+                f'hooks module {name!r}: REGISTER_MODE is "replace" but there is no register'
+                " function to register instances instead of the database"
+            )
+        hooks = cls(
+            name,
+            on_instance=found.get("on_instance"),
+            on_series_complete=found.get("on_series_complete"),
+            on_series_finalized=found.get("on_series_finalized"),
+            register=found.get("register"),
+            register_mode=mode,
+            queue_size=queue_size,
+        )
+        log.info(
+            "hooks loaded",
+            extra={
+                "hooks_module": name,
+                "hooks": ",".join(found),
+                "register_mode": mode if "register" in found else "",
+                "queue_size": queue_size,
+            },
+        )
+        return hooks
+
+    @property
+    def names(self) -> list[str]:
+        """The hooks defined, among ``HOOK_NAMES``."""
+        present = (
+            self._on_instance,
+            self._on_series_complete,
+            self._on_series_finalized,
+            self._register,
+        )
+        return [name for name, hook in zip(HOOK_NAMES, present, strict=True) if hook is not None]
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def register(self, instances: list[InstanceStored]) -> None:
+        """Calls the ``register`` hook, if any, in the caller's thread; its exceptions
+        propagate."""
+        if self._register is not None and instances:
+            self._register(instances)
+
+    def instance_stored(self, events: list[InstanceStored]) -> None:
+        """Queues one ``on_instance`` call per event (blocks while the queue is full)."""
+        hook = self._on_instance
+        if hook is not None and events:
+            name = self._qualified("on_instance")
+            self._put(_Call(hook, name, event) for event in events)
+
+    def series_complete(self, series: SeriesLike) -> None:
+        """Queues an ``on_series_complete`` call (blocks while the queue is full)."""
+        if self._on_series_complete is not None:
+            call = _Call(self._on_series_complete, self._qualified("on_series_complete"), series)
+            self._put((call,))
+
+    def series_finalized(self, series: SeriesLike) -> None:
+        """Queues an ``on_series_finalized`` call (blocks while the queue is full)."""
+        if self._on_series_finalized is not None:
+            call = _Call(self._on_series_finalized, self._qualified("on_series_finalized"), series)
+            self._put((call,))
+
+    @property
+    def backlog(self) -> int:
+        """Hook calls queued and not started yet (at most ``queue_size``)."""
+        return len(self._queue)
+
+    @property
+    def peak_backlog(self) -> int:
+        """The largest backlog seen so far."""
+        return self._peak
+
+    @property
+    def producers_waited(self) -> int:
+        """How many times a producer had to wait for room in the queue."""
+        return self._producers_waited
+
+    @property
+    def dropped(self) -> int:
+        """Hook calls never made: still queued when ``close`` gave up, or queued after it."""
+        return self._dropped
+
+    def close(self, timeout: float) -> None:
+        """Stops accepting calls, runs what is queued for at most ``timeout`` seconds, then
+        stops the worker; calls still queued are dropped (logged as a WARNING). Producers
+        blocked on a full queue are released (their remaining calls dropped). Idempotent."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            while (self._queue or self._busy) and self._worker is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            left = len(self._queue)
+            busy = self._busy
+            self._dropped += left
+            self._queue.clear()
+            self._stopped = True
+            self._cond.notify_all()
+        worker = self._worker
+        if worker is not None:
+            worker.join(max(deadline - time.monotonic(), 0.1))
+        if left or busy:
+            log.warning(
+                "hooks closed before the backlog was done",
+                extra={
+                    "hooks_module": self.module_name or "",
+                    "dropped": left,
+                    "hook_still_running": busy,
+                    "timeout": timeout,
+                },
+            )
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _qualified(self, hook: str) -> str:
+        return f"{self.module_name}.{hook}" if self.module_name else hook
+
+    def _put(self, calls: Iterable[_Call]) -> None:
+        """Appends the calls in order, waiting for room whenever the queue is full."""
+        capacity = self.queue_size
+        queue = self._queue
+        with self._cond:
+            for call in calls:
+                if len(queue) >= capacity and not self._closing:
+                    self._producers_waited += 1
+                    self._maybe_warn()
+                    while len(queue) >= capacity and not self._closing:
+                        self._cond.wait()
+                if self._closing:
+                    self._dropped += 1
+                    continue
+                was_empty = not queue
+                queue.append(call)
+                self._peak = max(self._peak, len(queue))
+                if was_empty:
+                    self._cond.notify_all()
+            if len(queue) * 2 > capacity:
+                self._maybe_warn()
+
+    def _maybe_warn(self) -> None:
+        """Logs the backlog, at most every ``BACKLOG_WARNING_INTERVAL`` s. Called locked."""
+        now = time.monotonic()
+        if now - self._last_warning < BACKLOG_WARNING_INTERVAL:
+            return
+        self._last_warning = now
+        log.warning(
+            "hooks backlog",
+            extra={
+                "hooks_module": self.module_name or "",
+                "backlog": len(self._queue),
+                "queue_size": self.queue_size,
+            },
+        )
+
+    def _work(self) -> None:
+        queue = self._queue
+        capacity = self.queue_size
+        while True:
+            with self._cond:
+                self._busy = False
+                if not queue:
+                    self._cond.notify_all()  # close() waits for an idle, empty queue
+                while not queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                was_full = len(queue) >= capacity
+                call = queue.popleft()
+                self._busy = True
+                if was_full:
+                    self._cond.notify_all()  # producers wait for room
+            self._run(call)
+
+    def _run(self, call: _Call) -> None:
+        try:
+            call.hook(call.arg)
+        except (Exception, SystemExit):  # a hook must never stop the worker
+            log.exception("hook failed", extra={"hook": call.name, **_uids(call.arg)})
+
+
+def _uids(arg: InstanceStored | SeriesLike) -> dict[str, str]:
+    """The UIDs (and AE) a hook call concerns, for its log record."""
+    if isinstance(arg, InstanceStored):
+        attributes = arg.attributes
+        return {
+            "series_instance_uid": attributes.SeriesInstanceUID or "",
+            "sop_instance_uid": attributes.SOPInstanceUID or "",
+            "calling_aet": arg.calling_aet,
+            "path": arg.path,
+        }
+    return {
+        "series_instance_uid": str(getattr(arg, "series_instance_uid", "")),
+        "calling_aet": str(getattr(arg, "calling_aet", "")),
+    }
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (name == error.name or name.startswith(error.name + ".")):
+            raise HookError(
+                f"hooks module {name!r} not found (it must be importable: installed, or in a"
+                " directory on PYTHONPATH)"
+            ) from error
+        raise HookError(
+            f"importing hooks module {name!r} failed: {type(error).__name__}: {error}"
+        ) from error
+    except (Exception, SystemExit) as error:  # SyntaxError, anything raised by module code
+        raise HookError(
+            f"importing hooks module {name!r} failed: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _origin(module: ModuleType) -> str:
+    return getattr(module, "__file__", None) or "no file"

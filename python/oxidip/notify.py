@@ -1,0 +1,687 @@
+"""Series notifications published to NATS, the successor of oxidicom's LONK messages.
+
+Enabled by ``OXIDIP_NATS_ADDRESS`` (``host:port``, ``nats://host:port``, or several of them
+separated by commas); without it every notification is a no-op (``NullNotifier``).
+
+Subjects
+--------
+``{root_subject}.{calling_aet}.{SeriesInstanceUID}``, like oxidicom's
+``{root_subject}.{pacs_name}.{SeriesInstanceUID}``. In the calling AE title and the UID, as in
+oxidicom, ``' '``, ``'.'``, ``'*'`` and ``'>'`` become ``'_'`` and NULs are removed; beyond
+oxidicom, any other whitespace or control character also becomes ``'_'`` (NATS rejects them)
+and an empty part becomes ``'_'``. So ``1.2.840.1`` from AE ``MY PACS`` is published on
+``oxidip.MY_PACS.1_2_840_1``; subscribe to ``oxidip.>`` for everything, or to
+``oxidip.MY_PACS.*`` for one PACS. The original values are in the message.
+
+Messages (version 1)
+--------------------
+One JSON object per message (UTF-8, encoded with msgspec), internally tagged by ``kind``::
+
+    {"kind": "progress", "v": 1, "series_instance_uid": "1.2.840.1", "calling_aet": "MY PACS",
+     "time": "2026-11-23T10:00:00.123456Z", "study_instance_uid": "1.2.840",
+     "received": 42, "expected": 120, "expected_status": "known", "expected_detail": "",
+     "state": "receiving"}
+
+- ``kind``: ``"progress"``, ``"complete"``, ``"finalized"`` or ``"error"``;
+- ``v``: the format version, 1; fields may be added to version 1 (ignore those you do not
+  know), anything else changes the version;
+- ``series_instance_uid``, ``calling_aet``: as received, not sanitised;
+- ``time``: when oxidip saw the state reported (RFC 3339, UTC).
+
+``progress``, ``complete`` and ``finalized`` also carry the series as registered:
+``study_instance_uid``; ``received`` (instances registered); ``expected`` (the PACS's
+NumberOfSeriesRelatedInstances, ``null`` when unknown); ``expected_status`` and
+``expected_detail`` (how the expected count was obtained, or why it is unknown);
+``state``: ``receiving``, ``complete``, ``incomplete``, ``overfull`` or
+``finalized-unknown``.
+
+- ``progress``: instances keep arriving. At most one per series per ``progress_interval``
+  (``OXIDIP_NATS_PROGRESS_INTERVAL``, like oxidicom's ``PROGRESS_INTERVAL``); the latest
+  count held back by the limit is sent when the interval has passed, so a series that pauses
+  still shows its real count. Under overload (more than ``queue_size`` messages waiting for
+  NATS), progress messages are dropped and counted; the others never are.
+- ``complete``: the series reached ``complete`` (received == expected). Its ``received`` is
+  the final count, whatever progress messages were held back or dropped.
+- ``finalized``: the series reached a final state (``state`` says which, ``complete``
+  included): every series gets one when it stops receiving, after its ``complete`` when it
+  has one. This is the equivalent of LONK's "done". A series sent again later (say, after an
+  abort) gets new messages.
+- ``error``: something went wrong for this series; ``message`` says what. It has no series
+  fields.
+
+Publishing never holds up the caller for long: messages are handed to a background thread
+running the NATS client through a bounded queue; only when it is full do ``complete``,
+``finalized`` and ``error`` wait for room, for at most ``block_timeout`` seconds (after which
+the message is logged as lost). When the connection drops, the client reconnects forever,
+buffering what is published meanwhile (up to its own limit; beyond it messages fail and are
+counted). ``close`` flushes what is queued.
+"""
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol, TypeAlias
+
+import msgspec
+import nats.aio.client
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Complete",
+    "Error",
+    "Finalized",
+    "Message",
+    "NatsNotifier",
+    "Notifier",
+    "NotifierError",
+    "NullNotifier",
+    "Progress",
+    "SeriesLike",
+    "decode_message",
+    "encode_message",
+    "open_notifier",
+    "sanitize_subject_part",
+    "subject_of",
+]
+
+log = logging.getLogger("oxidip.notify")
+
+#: The ``v`` of every message this module publishes.
+FORMAT_VERSION = 1
+
+#: Seconds between two warnings about the same kind of NATS trouble.
+_WARNING_INTERVAL = 10.0
+
+
+# --- message format ----------------------------------------------------------------------
+
+
+class _Base(msgspec.Struct, tag_field="kind", kw_only=True):
+    v: int = FORMAT_VERSION
+    series_instance_uid: str
+    calling_aet: str
+    time: datetime
+
+
+class _SeriesMessage(_Base, kw_only=True):
+    study_instance_uid: str
+    received: int
+    expected: int | None
+    expected_status: str
+    expected_detail: str
+    state: str
+
+
+class Progress(_SeriesMessage, tag="progress", kw_only=True):
+    """Instances of the series keep arriving (rate-limited per series)."""
+
+
+class Complete(_SeriesMessage, tag="complete", kw_only=True):
+    """The series reached ``complete``; ``received`` is the final count."""
+
+
+class Finalized(_SeriesMessage, tag="finalized", kw_only=True):
+    """The series reached a final state (``state``)."""
+
+
+class Error(_Base, tag="error", kw_only=True):
+    """Something went wrong for the series."""
+
+    message: str
+
+
+Message: TypeAlias = Progress | Complete | Finalized | Error
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+
+
+def encode_message(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_message(data: bytes) -> Message:
+    """Parses a message published by oxidip (raises ``msgspec.ValidationError`` otherwise)."""
+    message: Message = _decoder.decode(data)
+    return message
+
+
+class SeriesLike(Protocol):
+    """What a notification reads of a series (``oxidip.registry.SeriesRow`` has it all)."""
+
+    @property
+    def series_instance_uid(self) -> str: ...
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def calling_aet(self) -> str: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def expected(self) -> int | None: ...
+    @property
+    def expected_status(self) -> str: ...
+    @property
+    def expected_detail(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
+def _series_message(
+    kind: type[Progress] | type[Complete] | type[Finalized], series: SeriesLike, at: datetime
+) -> Progress | Complete | Finalized:
+    return kind(
+        series_instance_uid=series.series_instance_uid,
+        calling_aet=series.calling_aet,
+        time=at,
+        study_instance_uid=series.study_instance_uid,
+        received=series.received,
+        expected=series.expected,
+        expected_status=series.expected_status,
+        expected_detail=series.expected_detail or "",
+        state=series.state,
+    )
+
+
+# --- subjects ----------------------------------------------------------------------------
+
+_REPLACED = frozenset(" .*>")
+
+
+def sanitize_subject_part(text: str) -> str:
+    """One token of a subject: ``' '``, ``'.'``, ``'*'``, ``'>'``, other whitespace and
+    control characters become ``'_'``, NULs are removed, and an empty result is ``'_'``."""
+    out = []
+    for char in text:
+        if char == "\0":
+            continue
+        if char in _REPLACED or char.isspace() or not char.isprintable():
+            out.append("_")
+        else:
+            out.append(char)
+    return "".join(out) or "_"
+
+
+def subject_of(root_subject: str, calling_aet: str, series_instance_uid: str) -> str:
+    return (
+        f"{root_subject}.{sanitize_subject_part(calling_aet)}"
+        f".{sanitize_subject_part(series_instance_uid)}"
+    )
+
+
+def check_root_subject(root_subject: str) -> str:
+    """``root_subject`` when it is usable as the start of a subject: dot-separated non-empty
+    tokens without whitespace, control characters or wildcards; ``ValueError`` otherwise."""
+    tokens = root_subject.split(".")
+    for token in tokens:
+        if (
+            not token
+            or "*" in token
+            or ">" in token
+            or any(c.isspace() or not c.isprintable() for c in token)
+        ):
+            raise ValueError(
+                f"invalid NATS root subject {root_subject!r}: it must be dot-separated"
+                " non-empty tokens without spaces, control characters, '*' or '>'"
+            )
+    return root_subject
+
+
+# --- notifiers ---------------------------------------------------------------------------
+
+
+class NotifierError(Exception):
+    """The notifier cannot work, e.g. NATS cannot be reached at startup."""
+
+
+class Notifier(Protocol):
+    def progress(self, series: SeriesLike) -> None: ...
+    def complete(self, series: SeriesLike) -> None: ...
+    def finalized(self, series: SeriesLike) -> None: ...
+    def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullNotifier:
+    """Notifications disabled (no ``OXIDIP_NATS_ADDRESS``)."""
+
+    def progress(self, series: SeriesLike) -> None:
+        pass
+
+    def complete(self, series: SeriesLike) -> None:
+        pass
+
+    def finalized(self, series: SeriesLike) -> None:
+        pass
+
+    def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Outgoing(NamedTuple):
+    subject: str
+    payload: bytes
+    kind: str
+
+
+class _Held(NamedTuple):
+    """The latest progress of a series held back by the rate limit."""
+
+    series: SeriesLike
+    at: datetime
+
+
+class NatsNotifier:
+    """Publishes to the NATS server(s) at ``address``; connects in the constructor and raises
+    ``NotifierError`` when that fails within ``connect_timeout`` seconds.
+
+    Thread-safe. The NATS client (nats-py, asyncio) runs its own event loop in a daemon
+    thread; the methods hand encoded messages over through a queue of ``queue_size``
+    messages (see the module docstring for what happens when it is full)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        root_subject: str = "oxidip",
+        progress_interval: float = 0.5,
+        connect_timeout: float = 5.0,
+        queue_size: int = 10000,
+        block_timeout: float = 5.0,
+    ) -> None:
+        servers = [part.strip() for part in address.split(",") if part.strip()]
+        if not servers:
+            raise NotifierError(f"no NATS server address in {address!r}")
+        if progress_interval < 0:
+            raise ValueError(f"progress_interval must be >= 0, not {progress_interval}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, not {queue_size}")
+        self.address = address
+        self.root_subject = check_root_subject(root_subject)
+        self.progress_interval = progress_interval
+        self.queue_size = queue_size
+        self.block_timeout = block_timeout
+
+        # Shared between the callers and the loop thread, under _cond.
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: collections.deque[_Outgoing] = collections.deque()
+        self._last_progress: dict[str, float] = {}  # series UID -> monotonic time of the last
+        self._held: dict[str, _Held] = {}  # series UID -> latest progress held back
+        self._closing = False
+        self._published = 0
+        self._dropped_progress = 0
+        self._lost = 0
+        self._failed = 0
+        self._last_warnings: dict[str, float] = {}
+
+        self._connected = False
+        self._last_error: BaseException | None = None
+        self._loop = asyncio.new_event_loop()
+        self._wake: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._release_task: asyncio.Task[None] | None = None
+        self._nc = nats.aio.client.Client()
+        self._thread = threading.Thread(target=self._run_loop, name="oxidip-nats", daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(servers, connect_timeout), self._loop)
+        try:
+            future.result(connect_timeout + 5)
+        except Exception as error:
+            self._stop_loop()
+            cause = self._last_error if isinstance(error, TimeoutError) else error
+            detail = _describe(cause) if cause is not None else "no answer"
+            raise NotifierError(
+                f"cannot connect to NATS at {address} within {connect_timeout:g} s: {detail}"
+            ) from error
+        log.info(
+            "nats connected",
+            extra={
+                "address": address,
+                "server": self._server(),
+                "root_subject": root_subject,
+                "progress_interval": progress_interval,
+            },
+        )
+
+    # --- the Notifier interface ------------------------------------------------------------
+
+    def progress(self, series: SeriesLike) -> None:
+        """Publishes the count of ``series`` unless one was published for it less than
+        ``progress_interval`` ago; then the latest count is held and published once the
+        interval has passed (unless ``complete``/``finalized`` come first). Never blocks."""
+        uid = series.series_instance_uid
+        now = time.monotonic()
+        at = datetime.now(UTC)
+        with self._cond:
+            if self._closing:
+                return
+            last = self._last_progress.get(uid)
+            if last is not None and now - last < self.progress_interval:
+                self._held[uid] = _Held(series, at)
+                return
+            self._last_progress[uid] = now
+            self._held.pop(uid, None)
+            self._append_locked(self._outgoing(_series_message(Progress, series, at)))
+
+    def complete(self, series: SeriesLike) -> None:
+        """Publishes that ``series`` is complete, with its final count (held-back progress of
+        the series is dropped: this carries a newer count)."""
+        self._final(Complete, series)
+
+    def finalized(self, series: SeriesLike) -> None:
+        """Publishes that ``series`` reached a final state, with its final count."""
+        self._final(Finalized, series)
+
+    def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None:
+        """Publishes an error about a series."""
+        error = Error(
+            series_instance_uid=series_instance_uid,
+            calling_aet=calling_aet,
+            time=datetime.now(UTC),
+            message=message,
+        )
+        with self._cond:
+            self._append_locked(self._outgoing(error))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publishes what is queued (held-back progress included) and flushes it to the server
+        for at most ``timeout`` seconds, then disconnects. Idempotent."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify_all()  # callers waiting for room give up
+        unsent = 0
+        if self._thread.is_alive():
+            future = asyncio.run_coroutine_threadsafe(self._shutdown(timeout), self._loop)
+            try:
+                unsent = future.result(timeout + 2)
+            except Exception as error:  # noqa: BLE001 - report, then stop anyway
+                log.warning("nats close failed", extra={"error": _describe(error)})
+            self._stop_loop()
+        log.info(
+            "nats closed",
+            extra={
+                "published": self._published,
+                "dropped_progress": self._dropped_progress,
+                "lost": self._lost + unsent,
+                "failed": self._failed,
+            },
+        )
+
+    # --- statistics ------------------------------------------------------------------------
+
+    @property
+    def published(self) -> int:
+        """Messages handed to the NATS client."""
+        return self._published
+
+    @property
+    def dropped_progress(self) -> int:
+        """Progress messages dropped because the queue was full."""
+        return self._dropped_progress
+
+    @property
+    def lost(self) -> int:
+        """Other messages dropped: no room within ``block_timeout``, or unsent at close."""
+        return self._lost
+
+    @property
+    def failed(self) -> int:
+        """Messages the NATS client refused (e.g. disconnected and its buffer full)."""
+        return self._failed
+
+    @property
+    def backlog(self) -> int:
+        """Messages queued and not yet handed to the NATS client."""
+        return len(self._queue)
+
+    # --- callers' side ---------------------------------------------------------------------
+
+    def _outgoing(self, message: Message) -> _Outgoing:
+        subject = subject_of(self.root_subject, message.calling_aet, message.series_instance_uid)
+        return _Outgoing(subject, encode_message(message), type(message).__name__.lower())
+
+    def _final(self, kind: type[Complete] | type[Finalized], series: SeriesLike) -> None:
+        message = _series_message(kind, series, datetime.now(UTC))
+        uid = series.series_instance_uid
+        with self._cond:
+            self._held.pop(uid, None)
+            self._last_progress.pop(uid, None)
+            self._append_locked(self._outgoing(message))
+
+    def _append_locked(self, outgoing: _Outgoing) -> None:
+        """Queues a message (``_cond`` held): a progress message is dropped when the queue is
+        full; others wait for room for at most ``block_timeout`` s."""
+        queue = self._queue
+        if self._closing:
+            self._lost += 1
+            return
+        if len(queue) >= self.queue_size:
+            if outgoing.kind == "progress":
+                self._dropped_progress += 1
+                self._warn_locked("queue full: progress dropped", subject=outgoing.subject)
+                return
+            deadline = time.monotonic() + self.block_timeout
+            while len(queue) >= self.queue_size and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if len(queue) >= self.queue_size or self._closing:
+                self._lost += 1
+                log.error(
+                    "nats message lost",
+                    extra={
+                        "kind": outgoing.kind,
+                        "subject": outgoing.subject,
+                        "reason": "closing" if self._closing else "queue full",
+                        "queue_size": self.queue_size,
+                    },
+                )
+                return
+        queue.append(outgoing)
+        if len(queue) == 1:
+            self._loop.call_soon_threadsafe(self._wake_up)
+
+    def _warn_locked(self, what: str, **fields: object) -> None:
+        """A WARNING "nats {what}", at most every 10 s for each ``what`` (``_cond`` held)."""
+        now = time.monotonic()
+        if now - self._last_warnings.get(what, -_WARNING_INTERVAL) < _WARNING_INTERVAL:
+            return
+        self._last_warnings[what] = now
+        extra: dict[str, object] = {
+            **fields,
+            "dropped_progress": self._dropped_progress,
+            "failed": self._failed,
+            "backlog": len(self._queue),
+        }
+        log.warning(f"nats {what}", extra=extra)
+
+    # --- the loop thread -------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                pending = asyncio.all_tasks(self._loop)
+                for task in pending:
+                    task.cancel()
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self._loop.close()
+
+    def _stop_loop(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # already closed
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+
+    def _wake_up(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _server(self) -> str:
+        uri = self._nc.connected_url
+        return uri.netloc.rsplit("@", 1)[-1] if uri is not None else ""
+
+    async def _start(self, servers: list[str], connect_timeout: float) -> None:
+        self._wake = asyncio.Event()
+        connect = self._nc.connect(
+            servers,
+            name="oxidip",
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,  # reconnect forever once connected
+            reconnect_time_wait=1,
+            connect_timeout=max(1, round(min(connect_timeout, 2.0))),
+        )
+        try:
+            await asyncio.wait_for(connect, connect_timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            raise
+        self._connected = True
+        self._pump_task = asyncio.create_task(self._pump(), name="oxidip-nats-pump")
+        if self.progress_interval > 0:
+            self._release_task = asyncio.create_task(self._release(), name="oxidip-nats-release")
+
+    async def _on_error(self, error: Exception) -> None:
+        self._last_error = error
+        if self._connected and not self._closing:
+            with self._cond:
+                self._warn_locked("error", error=_describe(error))
+
+    async def _on_disconnected(self) -> None:
+        if self._connected and not self._closing:
+            log.warning("nats disconnected", extra={"address": self.address})
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats reconnected", extra={"server": self._server()})
+
+    async def _pump(self) -> None:
+        """Hands queued messages to the NATS client, in order; returns once closing and
+        everything is handed over."""
+        assert self._wake is not None
+        queue = self._queue
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._cond:
+                    if not queue:
+                        if self._closing:
+                            return
+                        break
+                    was_full = len(queue) >= self.queue_size
+                    outgoing = queue.popleft()
+                    if was_full:
+                        self._cond.notify_all()
+                try:
+                    await self._nc.publish(outgoing.subject, outgoing.payload)
+                    self._published += 1
+                except Exception as error:  # noqa: BLE001 - count, warn, go on
+                    self._last_error = error
+                    with self._cond:
+                        self._failed += 1
+                        self._warn_locked(
+                            "publish failed", subject=outgoing.subject, error=_describe(error)
+                        )
+
+    async def _release(self) -> None:
+        """Queues held-back progress whose interval has passed; forgets idle series."""
+        tick = min(max(self.progress_interval / 4, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            self._release_due(time.monotonic(), everything=False)
+
+    def _release_due(self, now: float, *, everything: bool) -> None:
+        interval = self.progress_interval
+        with self._cond:
+            for uid, last in list(self._last_progress.items()):
+                if now - last < interval and not everything:
+                    continue
+                held = self._held.pop(uid, None)
+                if held is None:
+                    del self._last_progress[uid]  # idle: the next progress goes out at once
+                    continue
+                self._last_progress[uid] = now
+                outgoing = self._outgoing(_series_message(Progress, held.series, held.at))
+                if len(self._queue) >= self.queue_size:
+                    self._dropped_progress += 1
+                    continue
+                self._queue.append(outgoing)
+            if self._queue:
+                self._wake_up()
+
+    async def _shutdown(self, timeout: float) -> int:
+        """Runs in the loop: sends held progress and the queue, flushes, closes. Returns how
+        many messages could not be handed to the client in time."""
+        deadline = time.monotonic() + timeout
+        if self._release_task is not None:
+            self._release_task.cancel()
+            await asyncio.gather(self._release_task, return_exceptions=True)
+        # _closing is set, so nothing more comes in: the held progress goes last.
+        self._release_due(time.monotonic(), everything=True)
+        self._wake_up()
+        unsent = 0
+        pump = self._pump_task
+        if pump is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(pump), max(deadline - time.monotonic(), 0))
+            except TimeoutError:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+                with self._cond:
+                    unsent = len(self._queue)
+                    self._queue.clear()
+        if self._nc.is_connected:
+            remaining = max(deadline - time.monotonic(), 0.1)
+            try:
+                await _with_timeout(self._nc.flush(timeout=max(1, round(remaining))), remaining)
+            except Exception as error:  # noqa: BLE001 - closing anyway
+                log.warning("nats flush failed", extra={"error": _describe(error)})
+        self._connected = False
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+        return unsent
+
+
+async def _with_timeout(awaitable: Awaitable[None], timeout: float) -> None:
+    await asyncio.wait_for(awaitable, timeout)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+def open_notifier(
+    address: str | None,
+    *,
+    root_subject: str = "oxidip",
+    progress_interval: float = 0.5,
+    connect_timeout: float = 5.0,
+) -> "Notifier":
+    """A ``NatsNotifier`` for ``address``, or a ``NullNotifier`` when it is None or blank."""
+    if address is None or not address.strip():
+        return NullNotifier()
+    return NatsNotifier(
+        address,
+        root_subject=root_subject,
+        progress_interval=progress_interval,
+        connect_timeout=connect_timeout,
+    )

@@ -1,0 +1,156 @@
+"""What happens to the receiver's events in Python: registration, expected counts, series
+states, hooks and notifications.
+
+Per batch of events (taken from the receiver's bounded queue, never on the network path):
+
+1. Stored instances are registered in one transaction (group commit), then acknowledged to
+   the receiver, which drops their journal entries (and, with ``OXIDIP_ACK=registered``,
+   only now answers their senders). A failed registration is acknowledged as failed: the
+   journal keeps the entries and the next start registers them again.
+2. Series seen for the first time get their expected count looked up (C-FIND, in worker
+   threads); answers arrive on later ticks and are stored with ``set_expected``.
+3. Every state change of a series (computed by the registry, in the database) goes to the
+   hooks and to NATS: ``complete`` fires ``on_series_complete``; any state other than
+   ``receiving`` fires ``on_series_finalized``.
+4. A closed association finalizes the series it was delivering; ``tick`` also finalizes
+   series idle for ``OXIDIP_SERIES_IDLE_TIMEOUT``.
+
+Hooks and NATS have bounded queues of their own: when they fall behind, ``handle`` waits,
+the receiver's event queue fills, and TCP pushes back on the senders. Memory stays bounded.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from oxidip._boundary import AssociationClosed, Event, InstanceStored
+from oxidip.completeness import ExpectedCountLookup
+from oxidip.hooks import Hooks
+from oxidip.notify import Notifier
+from oxidip.receiver import Receiver
+from oxidip.registry import ExpectedStatus, Registry, SeriesState, Transition
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger("oxidip.pipeline")
+
+#: How often idle series are looked for, at most (seconds).
+IDLE_CHECK_INTERVAL = 1.0
+
+
+class Pipeline:
+    """Called with every batch of events (``handle``) and between batches (``tick``)."""
+
+    def __init__(
+        self,
+        *,
+        receiver: Receiver,
+        registry: Registry | None,
+        lookup: ExpectedCountLookup,
+        hooks: Hooks,
+        notifier: Notifier,
+        node: str,
+        series_idle_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.receiver = receiver
+        self.registry = registry
+        self.lookup = lookup
+        self.hooks = hooks
+        self.notifier = notifier
+        self.node = node
+        self.series_idle_timeout = series_idle_timeout
+        self.clock = clock
+        self._last_idle_check = 0.0
+
+    def handle(self, batch: Sequence[Event]) -> None:
+        stored = [event for event in batch if isinstance(event, InstanceStored)]
+        if stored:
+            self._register(stored)
+        for event in batch:
+            if isinstance(event, AssociationClosed) and self.registry is not None:
+                self._apply(self.registry.association_ended(self.node, event.association_id))
+        self.tick()
+
+    def tick(self) -> None:
+        """Stores expected counts that arrived and finalizes idle series."""
+        if self.registry is None:
+            return
+        for answer in self.lookup.poll():
+            transitions = self.registry.set_expected(
+                answer.series_instance_uid,
+                answer.expected,
+                ExpectedStatus(answer.status),
+                answer.detail,
+            )
+            self._apply(transitions)
+        now = self.clock()
+        if self.series_idle_timeout > 0 and now - self._last_idle_check >= IDLE_CHECK_INTERVAL:
+            self._last_idle_check = now
+            self._apply(self.registry.finalize_idle(self.series_idle_timeout, now))
+
+    def _register(self, stored: list[InstanceStored]) -> None:
+        seqs = [event.journal_seq for event in stored if event.journal_seq is not None]
+        try:
+            result = None
+            if self.registry is not None and not self.hooks.replaces_registry:
+                result = self.registry.register(stored, self.node)
+            self.hooks.register(stored)
+        except Exception:
+            log.exception(
+                "registration failed; kept in the journal for the next start",
+                extra={
+                    "instances": len(stored),
+                    "first_sop_instance_uid": stored[0].attributes.SOPInstanceUID or "",
+                },
+            )
+            self.receiver.acknowledge(seqs, registered=False)
+            series = {(e.attributes.SeriesInstanceUID or "", e.calling_aet) for e in stored}
+            for series_instance_uid, calling_aet in sorted(series):
+                self.notifier.error(series_instance_uid, calling_aet, "registration failed")
+            return
+        self.receiver.acknowledge(seqs, registered=True)
+        self.hooks.instance_stored(stored)
+        if result is None:
+            return
+        for series in result.new_series:
+            self.lookup.request(
+                series.calling_aet, series.study_instance_uid, series.series_instance_uid
+            )
+        self._apply(result.transitions)
+        for series in result.touched:
+            self.notifier.progress(series)
+
+    def _apply(self, transitions: Sequence[Transition]) -> None:
+        for transition in transitions:
+            series = transition.series
+            if series.state == transition.previous:
+                continue
+            log.info(
+                "series state",
+                extra={
+                    "series_instance_uid": series.series_instance_uid,
+                    "calling_aet": series.calling_aet,
+                    "state": series.state,
+                    "previous": transition.previous or "",
+                    "received": series.received,
+                    "expected": "" if series.expected is None else series.expected,
+                    "expected_status": series.expected_status,
+                },
+            )
+            if series.state == SeriesState.COMPLETE:
+                self.hooks.series_complete(series)
+                self.notifier.complete(series)
+            if series.state != SeriesState.RECEIVING:
+                self.hooks.series_finalized(series)
+                self.notifier.finalized(series)
+
+    def close(self, timeout: float) -> None:
+        """Last answers and idle checks, then stops the helpers (hooks drain up to
+        ``timeout``)."""
+        self.tick()
+        self.lookup.close()
+        self.hooks.close(timeout)
+        self.notifier.close()
+        if self.registry is not None:
+            self.registry.close()

@@ -1,0 +1,150 @@
+"""The registry: every stored instance registered in a database, and the state of every series.
+
+Backends
+    ``open_registry(None, files_root)`` opens the embedded SQLite database
+    ``files_root/.oxidip/registry.sqlite3`` (WAL, synchronous=NORMAL; several processes may
+    open it, their writes take turns). ``open_registry("postgresql://...", files_root)`` uses
+    PostgreSQL through a ``psycopg_pool.ConnectionPool``; any number of oxidip processes may
+    share the database. The tables have plain names (below): give oxidip its own database, or
+    its own schema with ``?options=-csearch_path%3Dname`` in the URL.
+
+Schema (version 1; ``oxidip_schema_version`` lists the migrations applied)
+    - ``patients(patient_id PK, patient_name, patient_birth_date, patient_sex)``
+    - ``studies(study_instance_uid PK, patient_id -> patients, study_date, study_time,
+      accession_number, study_description)``
+    - ``series(series_instance_uid PK, study_instance_uid -> studies, calling_aet, modality,
+      series_description, series_number, expected, expected_status, expected_detail, received,
+      state, first_received_at, last_received_at, finalized_at)``
+    - ``instances(sop_instance_uid PK, series_instance_uid -> series, sop_class_uid,
+      instance_number, transfer_syntax, path, size, node, association_id, received_at,
+      stored_at)``
+    - ``series_activity(series_instance_uid, node, association_id)``: the associations
+      currently delivering each series (primary key the three columns).
+
+    DICOM UIDs are globally unique, so they are the primary keys (no surrogate ids to look up
+    when inserting a batch); lookups by Study, Series and SOP Instance UID use those keys, and
+    secondary indexes cover studies by patient, series by study, state (with
+    last_received_at) and calling AE, instances by series and activity by association.
+    Patient and study attributes are those of the first instance registered (PatientID is
+    taken as the patient's key, whatever its issuer). Times are unix seconds in the API
+    (``REAL`` in SQLite, ``timestamptz`` in PostgreSQL).
+
+Registration (``register``: one transaction per batch, the group commit)
+    Patients, studies and series are created when first seen; a series starts with
+    ``expected_status`` "pending" and is returned in ``new_series`` so the caller can start
+    its C-FIND. Instances are keyed by SOP Instance UID: an instance sent again never counts
+    twice. With the duplicates policy "overwrite" its row is updated (path, size, transfer
+    syntax, times, node and association); with "keep-first" (and "reject", whose duplicates
+    the receiver refuses before they get here) the existing row stays as it is. An instance
+    stays in the series it was first registered in, even if sent again with another Series
+    Instance UID. Instances without a Study, Series or SOP Instance UID cannot be registered;
+    they are logged and skipped. Each (series, node, association) of the batch is recorded as
+    activity. ``received`` is then recounted (distinct instances of the series) and the state
+    rule applied, in the same transaction.
+
+    ``node`` identifies one oxidip process (a random id per start): association ids are per
+    process, so (node, association_id) is the global key of an association. Register an
+    association's instances before calling ``association_ended`` for it.
+
+State rule (applied to every series a call affects, inside its transaction)
+    1. expected known and received == expected -> ``complete``
+    2. expected known and received > expected -> ``overfull``
+    3. otherwise, an association is delivering the series (activity) -> ``receiving``
+    4. otherwise ``incomplete`` when expected is known, ``finalized-unknown`` when it is not
+       (status pending, unknown or error).
+
+    "Expected known" means status "known", the only status that comes with a count.
+    ``finalized_at`` is when the series reached its current state other than ``receiving``:
+    set whenever the state changes to another one (leaving ``receiving``, but also
+    incomplete -> complete, complete -> overfull), cleared when it returns to ``receiving``. A series is never frozen: an aborted series (incomplete) that is later re-sent
+    becomes receiving, then complete; a count that arrives late (``set_expected``) turns a
+    finalized-unknown series into complete, incomplete or overfull.
+
+    - ``association_ended(node, id)`` removes that association's activity and recomputes its
+      series (expected 10, 6 received, association ended -> incomplete).
+    - ``finalize_idle(idle_seconds, now)`` removes the activity of series that received nothing
+      since ``now - idle_seconds`` (an idle association, or a process that crashed: its
+      activity is never ended otherwise) and recomputes them.
+    - ``set_expected(uid, expected, status, detail)`` stores what the C-FIND said and
+      recomputes; a count must come with status "known" and only with it (ValueError).
+
+    Every call returns the state changes it made (``Transition``: the series after the change
+    and its previous state, None for a series created by the call).
+
+Concurrency
+    The state lives in the database only. PostgreSQL: a write locks the series rows it changes
+    in Series Instance UID order (``FOR UPDATE``, or the series upsert of ``register``), so two
+    processes registering parts of the same series take turns and the last one sees every
+    instance; deadlocks and serialization failures are retried. SQLite: every write is
+    ``BEGIN IMMEDIATE``. Migrations run under a lock (``pg_advisory_xact_lock``, or SQLite's
+    write lock), so processes starting together migrate once.
+"""
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from oxidip.registry._model import (
+    DUPLICATES,
+    ExpectedStatus,
+    RegisterResult,
+    Registry,
+    SeriesRow,
+    SeriesState,
+    Transition,
+)
+
+__all__ = [
+    "ExpectedStatus",
+    "RegisterResult",
+    "Registry",
+    "SeriesRow",
+    "SeriesState",
+    "Transition",
+    "open_registry",
+    "sqlite_path",
+]
+
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def sqlite_path(files_root: Path | str) -> Path:
+    """Where the embedded SQLite registry of a storage root lives."""
+    return Path(files_root).absolute() / ".oxidip" / "registry.sqlite3"
+
+
+def open_registry(
+    connection: str | None,
+    files_root: Path | str,
+    *,
+    pool_size: int = 4,
+    duplicates: str = "overwrite",
+) -> Registry:
+    """Opens the registry: SQLite under ``files_root`` when ``connection`` is None (its
+    directory is created), PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL with a
+    pool of ``pool_size`` connections. ``duplicates`` is the receiver's policy ("overwrite",
+    "keep-first" or "reject"). Call ``migrate`` before anything else. Raises ValueError for
+    anything else, and psycopg's OperationalError when PostgreSQL cannot be reached."""
+    if duplicates not in DUPLICATES:
+        raise ValueError(
+            f"unknown duplicates policy {duplicates!r}: expected one of {', '.join(DUPLICATES)}"
+        )
+    policy = DUPLICATES[duplicates]
+    if connection is None:
+        from oxidip.registry._sqlite import SqliteRegistry
+
+        path = sqlite_path(files_root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteRegistry(path, policy)
+    scheme = urlsplit(connection.strip()).scheme.lower() if "://" in connection else ""
+    if scheme not in _POSTGRES_SCHEMES:
+        # The value may hold a password: only its scheme is repeated.
+        what = f"a {scheme}:// URL" if scheme else "not a URL"
+        raise ValueError(
+            f"unsupported database connection ({what}): expected a postgresql:// (or"
+            " postgres://) URL, or none for the embedded SQLite database under the files root"
+        )
+    if pool_size < 1:
+        raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+    from oxidip.registry._postgres import PostgresRegistry
+
+    return PostgresRegistry(connection.strip(), pool_size, policy)

@@ -1,0 +1,276 @@
+"""The registry's types, its interface, the state rule and what both backends share."""
+
+import enum
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import msgspec
+
+from oxidip._boundary import InstanceStored
+
+__all__ = [
+    "DUPLICATES",
+    "ExpectedStatus",
+    "Incoming",
+    "RegisterResult",
+    "Registry",
+    "SeriesRow",
+    "SeriesState",
+    "Transition",
+    "check_expected",
+    "prepare",
+    "state_sql",
+]
+
+log = logging.getLogger("oxidip.registry")
+
+
+class SeriesState(enum.StrEnum):
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    OVERFULL = "overfull"
+    FINALIZED_UNKNOWN = "finalized-unknown"
+
+
+class ExpectedStatus(enum.StrEnum):
+    #: The C-FIND has not answered yet.
+    PENDING = "pending"
+    #: The PACS answered with a count.
+    KNOWN = "known"
+    #: The PACS answered without a count, the calling AE is unknown, or no PACS is configured.
+    UNKNOWN = "unknown"
+    #: The C-FIND failed (timeout, refused, failure status) after its retries.
+    ERROR = "error"
+
+
+class SeriesRow(msgspec.Struct, frozen=True):
+    """One series as stored; times are unix seconds. Also the ``oxidip series --json`` line."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    calling_aet: str
+    patient_id: str | None
+    modality: str | None
+    series_description: str | None
+    series_number: str | None
+    #: The count the PACS gave; None unless ``expected_status`` is "known".
+    expected: int | None
+    #: An ``ExpectedStatus`` value.
+    expected_status: str
+    #: Why the count is what it is (e.g. the C-FIND error); "" when there is nothing to say.
+    expected_detail: str
+    #: Distinct SOP instances registered for the series.
+    received: int
+    #: A ``SeriesState`` value.
+    state: str
+    first_received_at: float
+    last_received_at: float
+    #: When the series last left "receiving"; None while receiving.
+    finalized_at: float | None
+
+
+class Transition(msgspec.Struct, frozen=True):
+    #: The series after the change.
+    series: SeriesRow
+    #: Its previous state; None for a series first seen in this call.
+    previous: str | None
+
+
+class RegisterResult(msgspec.Struct, frozen=True):
+    #: Series this call created (their first instance anywhere): the caller starts their C-FIND.
+    new_series: list[SeriesRow]
+    #: Every series whose state changed, new ones included (``previous`` None).
+    transitions: list[Transition]
+    #: Every series this batch added instances to (duplicates included), after the change.
+    touched: list[SeriesRow]
+
+
+class Registry(Protocol):
+    """Where instances are registered and series states kept (see the package docstring).
+    Every method is one transaction and may be called from any thread."""
+
+    def migrate(self) -> None:
+        """Creates or upgrades the schema; idempotent, safe when two processes do it at once."""
+        ...
+
+    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
+        """Registers a batch of stored instances in one transaction (group commit)."""
+        ...
+
+    def set_expected(
+        self, series_instance_uid: str, expected: int | None, status: ExpectedStatus, detail: str
+    ) -> list[Transition]:
+        """Stores the expected count of a series and what the C-FIND said, recomputes."""
+        ...
+
+    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+        """The association no longer delivers anything: its series are recomputed."""
+        ...
+
+    def finalize_idle(self, idle_seconds: float, now: float) -> list[Transition]:
+        """Series receiving nothing since ``now - idle_seconds`` lose their activity and are
+        recomputed."""
+        ...
+
+    def list_series(
+        self,
+        *,
+        state: str | None = None,
+        calling_aet: str | None = None,
+        study_instance_uid: str | None = None,
+    ) -> list[SeriesRow]:
+        """Series matching every filter given, oldest first."""
+        ...
+
+    def instance_paths(self) -> Iterator[tuple[str, str]]:
+        """(SOP Instance UID, path) of every registered instance."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: Accepted duplicates policies -> what happens to an existing instance row.
+DUPLICATES: dict[str, str] = {
+    "overwrite": "overwrite",
+    "keep-first": "keep-first",
+    # The receiver refuses duplicates (0111) and reports them failed, so they never get here;
+    # one that does (a race, a replay) finds the first file kept, as with keep-first.
+    "reject": "keep-first",
+}
+
+
+def state_sql(*, expected: str, received: str, active: str) -> str:
+    """The state rule as an SQL CASE expression over the given expressions (valid in SQLite and
+    PostgreSQL). The package docstring explains it."""
+    return (
+        f"CASE WHEN {expected} IS NOT NULL AND {received} = {expected} THEN 'complete'"
+        f" WHEN {expected} IS NOT NULL AND {received} > {expected} THEN 'overfull'"
+        f" WHEN {active} THEN 'receiving'"
+        f" WHEN {expected} IS NOT NULL THEN 'incomplete'"
+        " ELSE 'finalized-unknown' END"
+    )
+
+
+def check_expected(expected: int | None, status: ExpectedStatus | str) -> ExpectedStatus:
+    """Validates the arguments of ``set_expected``: a count goes with "known" and only with it."""
+    checked = ExpectedStatus(status)
+    if checked is ExpectedStatus.KNOWN:
+        if expected is None or expected < 0:
+            raise ValueError(f"expected status 'known' needs a count >= 0, got {expected!r}")
+    elif expected is not None:
+        raise ValueError(f"expected status {checked.value!r} cannot have a count ({expected!r})")
+    return checked
+
+
+class Incoming(msgspec.Struct, array_like=True):
+    """One instance to register, flattened; the column order of the backends' inserts."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    patient_id: str | None
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    study_date: str | None
+    study_time: str | None
+    accession_number: str | None
+    study_description: str | None
+    modality: str | None
+    series_description: str | None
+    series_number: str | None
+    calling_aet: str
+    sop_class_uid: str | None
+    instance_number: str | None
+    transfer_syntax: str
+    path: str
+    size: int
+    node: str
+    association_id: int
+    received_at: float
+    stored_at: float
+
+
+INCOMING_COLUMNS: tuple[str, ...] = tuple(Incoming.__struct_fields__)
+
+
+def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> list[Incoming]:
+    """Flattens a batch, sorted by SOP Instance UID (the order rows are locked in), with one
+    row per SOP instance: the last one with "overwrite", the first with "keep-first".
+    Instances without a Study, Series or SOP Instance UID cannot be registered: logged and
+    left out."""
+    rows: dict[str, Incoming] = {}
+    for instance in instances:
+        a = instance.attributes
+        if not (a.SOPInstanceUID and a.SeriesInstanceUID and a.StudyInstanceUID):
+            missing = [
+                name
+                for name, value in (
+                    ("StudyInstanceUID", a.StudyInstanceUID),
+                    ("SeriesInstanceUID", a.SeriesInstanceUID),
+                    ("SOPInstanceUID", a.SOPInstanceUID),
+                )
+                if not value
+            ]
+            log.warning(
+                "instance not registered",
+                extra={
+                    "reason": "missing " + ",".join(missing),
+                    "path": instance.path,
+                    "calling_aet": instance.calling_aet,
+                    "association_id": instance.association_id,
+                },
+            )
+            continue
+        if duplicates == "keep-first" and a.SOPInstanceUID in rows:
+            continue
+        rows[a.SOPInstanceUID] = Incoming(
+            sop_instance_uid=a.SOPInstanceUID,
+            series_instance_uid=a.SeriesInstanceUID,
+            study_instance_uid=a.StudyInstanceUID,
+            patient_id=a.PatientID or None,
+            patient_name=a.PatientName or None,
+            patient_birth_date=a.PatientBirthDate or None,
+            patient_sex=a.PatientSex or None,
+            study_date=a.StudyDate or None,
+            study_time=a.StudyTime or None,
+            accession_number=a.AccessionNumber or None,
+            study_description=a.StudyDescription or None,
+            modality=a.Modality or None,
+            series_description=a.SeriesDescription or None,
+            series_number=a.SeriesNumber or None,
+            calling_aet=instance.calling_aet,
+            sop_class_uid=a.SOPClassUID or None,
+            instance_number=a.InstanceNumber or None,
+            transfer_syntax=instance.transfer_syntax,
+            path=instance.path,
+            size=instance.size,
+            node=node,
+            association_id=instance.association_id,
+            received_at=instance.received_at,
+            stored_at=instance.stored_at,
+        )
+    return [rows[uid] for uid in sorted(rows)]
+
+
+def result_of(
+    rows: Sequence[SeriesRow], previous: dict[str, str | None], touched: set[str]
+) -> RegisterResult:
+    """Builds a ``RegisterResult`` from the series rows after the change and their states
+    before it (None: created by this call)."""
+    return RegisterResult(
+        new_series=[row for row in rows if previous[row.series_instance_uid] is None],
+        transitions=transitions_of(rows, previous),
+        touched=[row for row in rows if row.series_instance_uid in touched],
+    )
+
+
+def transitions_of(rows: Sequence[SeriesRow], previous: dict[str, str | None]) -> list[Transition]:
+    """The rows whose state differs from ``previous`` (missing from it: unchanged)."""
+    return [
+        Transition(row, previous[row.series_instance_uid])
+        for row in rows
+        if row.series_instance_uid in previous and previous[row.series_instance_uid] != row.state
+    ]

@@ -1,0 +1,483 @@
+"""The PostgreSQL registry: psycopg 3 with a ``psycopg_pool.ConnectionPool``; a batch is
+COPied into a per-connection temporary table, then upserted from it set-wise.
+
+Locking: every write locks the series rows it changes, always in Series Instance UID order,
+before touching their instances or activity (``register`` takes them with its series upsert,
+whose rows are sorted; the others with ``SELECT ... ORDER BY ... FOR UPDATE``). Patients and
+studies are inserted in key order with ``ON CONFLICT DO NOTHING`` (no lock on existing rows,
+so series of one study received by two processes do not wait for each other), and instances
+in SOP Instance UID order. A deadlock, should one still happen, is retried.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, LiteralString, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import errors
+
+from oxidip._boundary import InstanceStored
+from oxidip.registry._model import (
+    INCOMING_COLUMNS,
+    ExpectedStatus,
+    RegisterResult,
+    SeriesRow,
+    Transition,
+    check_expected,
+    prepare,
+    result_of,
+    state_sql,
+    transitions_of,
+)
+
+__all__ = ["MIGRATIONS", "PostgresRegistry"]
+
+log = logging.getLogger("oxidip.registry")
+
+T = TypeVar("T")
+
+#: pg_advisory_xact_lock key serialising migrations ("oxidip" + 1).
+_MIGRATION_LOCK = 0x6F7869646970_01
+
+#: Attempts of a transaction that hit a deadlock or a serialization failure.
+_ATTEMPTS = 5
+
+#: (version, statements): applied in order, each version once, in one transaction.
+MIGRATIONS: tuple[tuple[int, tuple[LiteralString, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE patients (
+                patient_id text PRIMARY KEY,
+                patient_name text,
+                patient_birth_date text,
+                patient_sex text
+            )""",
+            """CREATE TABLE studies (
+                study_instance_uid text PRIMARY KEY,
+                patient_id text REFERENCES patients (patient_id),
+                study_date text,
+                study_time text,
+                accession_number text,
+                study_description text
+            )""",
+            "CREATE INDEX studies_patient_id ON studies (patient_id)",
+            """CREATE TABLE series (
+                series_instance_uid text PRIMARY KEY,
+                study_instance_uid text NOT NULL REFERENCES studies (study_instance_uid),
+                calling_aet text NOT NULL,
+                modality text,
+                series_description text,
+                series_number text,
+                expected integer CHECK (expected >= 0),
+                expected_status text NOT NULL
+                    CHECK (expected_status IN ('pending', 'known', 'unknown', 'error')),
+                expected_detail text NOT NULL,
+                received integer NOT NULL,
+                state text NOT NULL CHECK (state IN
+                    ('receiving', 'complete', 'incomplete', 'overfull', 'finalized-unknown')),
+                first_received_at timestamptz NOT NULL,
+                last_received_at timestamptz NOT NULL,
+                finalized_at timestamptz
+            )""",
+            "CREATE INDEX series_study_instance_uid ON series (study_instance_uid)",
+            "CREATE INDEX series_state ON series (state, last_received_at)",
+            "CREATE INDEX series_calling_aet ON series (calling_aet)",
+            """CREATE TABLE instances (
+                sop_instance_uid text PRIMARY KEY,
+                series_instance_uid text NOT NULL REFERENCES series (series_instance_uid),
+                sop_class_uid text,
+                instance_number text,
+                transfer_syntax text NOT NULL,
+                path text NOT NULL,
+                size bigint NOT NULL,
+                node text NOT NULL,
+                association_id bigint NOT NULL,
+                received_at timestamptz NOT NULL,
+                stored_at timestamptz NOT NULL
+            )""",
+            "CREATE INDEX instances_series_instance_uid ON instances (series_instance_uid)",
+            """CREATE TABLE series_activity (
+                series_instance_uid text NOT NULL REFERENCES series (series_instance_uid),
+                node text NOT NULL,
+                association_id bigint NOT NULL,
+                PRIMARY KEY (series_instance_uid, node, association_id)
+            )""",
+            "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1][0]
+
+_INCOMING_TABLE = """CREATE TEMPORARY TABLE IF NOT EXISTS oxidip_incoming (
+    sop_instance_uid text NOT NULL,
+    series_instance_uid text NOT NULL,
+    study_instance_uid text NOT NULL,
+    patient_id text,
+    patient_name text,
+    patient_birth_date text,
+    patient_sex text,
+    study_date text,
+    study_time text,
+    accession_number text,
+    study_description text,
+    modality text,
+    series_description text,
+    series_number text,
+    calling_aet text NOT NULL,
+    sop_class_uid text,
+    instance_number text,
+    transfer_syntax text NOT NULL,
+    path text NOT NULL,
+    size bigint NOT NULL,
+    node text NOT NULL,
+    association_id bigint NOT NULL,
+    received_at float8 NOT NULL,
+    stored_at float8 NOT NULL
+) ON COMMIT DELETE ROWS"""
+
+_COPY = f"COPY oxidip_incoming ({', '.join(INCOMING_COLUMNS)}) FROM STDIN"
+
+_PATIENTS = """INSERT INTO patients (patient_id, patient_name, patient_birth_date, patient_sex)
+    SELECT DISTINCT ON (patient_id) patient_id, patient_name, patient_birth_date, patient_sex
+    FROM oxidip_incoming WHERE patient_id IS NOT NULL ORDER BY patient_id, stored_at
+    ON CONFLICT (patient_id) DO NOTHING"""
+
+_STUDIES = """INSERT INTO studies (study_instance_uid, patient_id, study_date, study_time,
+        accession_number, study_description)
+    SELECT DISTINCT ON (study_instance_uid) study_instance_uid, patient_id, study_date,
+        study_time, accession_number, study_description
+    FROM oxidip_incoming ORDER BY study_instance_uid, stored_at
+    ON CONFLICT (study_instance_uid) DO NOTHING"""
+
+# Creates the new series and locks the existing ones, in UID order; RETURNING says which were
+# created (xmax = 0: no updater, so inserted) and the state before this call.
+_SERIES = """INSERT INTO series (series_instance_uid, study_instance_uid, calling_aet, modality,
+        series_description, series_number, expected, expected_status, expected_detail,
+        received, state, first_received_at, last_received_at, finalized_at)
+    SELECT DISTINCT ON (series_instance_uid) series_instance_uid, study_instance_uid,
+        calling_aet, modality, series_description, series_number, NULL, 'pending', '', 0,
+        'receiving', to_timestamp(min(received_at) OVER w), to_timestamp(max(stored_at) OVER w),
+        NULL
+    FROM oxidip_incoming WINDOW w AS (PARTITION BY series_instance_uid)
+    ORDER BY series_instance_uid, stored_at
+    ON CONFLICT (series_instance_uid) DO UPDATE SET
+        modality = coalesce(series.modality, excluded.modality),
+        series_description = coalesce(series.series_description, excluded.series_description),
+        series_number = coalesce(series.series_number, excluded.series_number),
+        first_received_at = least(series.first_received_at, excluded.first_received_at),
+        last_received_at = greatest(series.last_received_at, excluded.last_received_at)
+    RETURNING series_instance_uid, state, xmax = 0"""
+
+_INSTANCES = """INSERT INTO instances (sop_instance_uid, series_instance_uid, sop_class_uid,
+        instance_number, transfer_syntax, path, size, node, association_id, received_at,
+        stored_at)
+    SELECT sop_instance_uid, series_instance_uid, sop_class_uid, instance_number,
+        transfer_syntax, path, size, node, association_id, to_timestamp(received_at),
+        to_timestamp(stored_at)
+    FROM oxidip_incoming ORDER BY sop_instance_uid
+    ON CONFLICT (sop_instance_uid) DO """
+
+_ON_DUPLICATE: dict[str, LiteralString] = {
+    "overwrite": """UPDATE SET sop_class_uid = excluded.sop_class_uid,
+        instance_number = excluded.instance_number, transfer_syntax = excluded.transfer_syntax,
+        path = excluded.path, size = excluded.size, node = excluded.node,
+        association_id = excluded.association_id, received_at = excluded.received_at,
+        stored_at = excluded.stored_at""",
+    "keep-first": "NOTHING",
+}
+
+_ACTIVITY = """INSERT INTO series_activity (series_instance_uid, node, association_id)
+    SELECT DISTINCT series_instance_uid, node, association_id FROM oxidip_incoming
+    ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING"""
+
+_RULE = state_sql(expected="c.expected", received="c.received", active="c.active")
+
+_SERIES_COLUMNS = """u.series_instance_uid, u.study_instance_uid, u.calling_aet, st.patient_id,
+    u.modality, u.series_description, u.series_number, u.expected, u.expected_status,
+    u.expected_detail, u.received, u.state, extract(epoch FROM u.first_received_at)::float8,
+    extract(epoch FROM u.last_received_at)::float8, extract(epoch FROM u.finalized_at)::float8"""
+
+_SELECT_SERIES = f"""SELECT {_SERIES_COLUMNS} FROM series u
+    JOIN studies st ON st.study_instance_uid = u.study_instance_uid"""
+
+# Recounts the given (locked) series and applies the state rule, in one statement.
+_RECOMPUTE = f"""WITH c AS (
+        SELECT s.series_instance_uid, s.expected,
+            (SELECT count(*) FROM instances i
+                WHERE i.series_instance_uid = s.series_instance_uid)::integer AS received,
+            EXISTS (SELECT 1 FROM series_activity a
+                WHERE a.series_instance_uid = s.series_instance_uid) AS active
+        FROM series s WHERE s.series_instance_uid = ANY(%(uids)s)
+    ), decided AS (
+        SELECT c.series_instance_uid, c.received, {_RULE} AS state FROM c
+    ), u AS (
+        UPDATE series s SET received = d.received, state = d.state,
+            finalized_at = CASE WHEN d.state = 'receiving' THEN NULL
+                WHEN s.state <> d.state OR s.finalized_at IS NULL THEN to_timestamp(%(now)s)
+                ELSE s.finalized_at END
+        FROM decided d WHERE s.series_instance_uid = d.series_instance_uid
+        RETURNING s.*
+    )
+    SELECT {_SERIES_COLUMNS} FROM u JOIN studies st ON st.study_instance_uid = u.study_instance_uid
+    ORDER BY u.series_instance_uid"""
+
+_LOCK_SERIES = """SELECT series_instance_uid, state FROM series
+    WHERE series_instance_uid = ANY(%s) ORDER BY series_instance_uid FOR UPDATE"""
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+def _configure(conn: Connection) -> None:
+    """Run by the pool on every new connection."""
+    conn.execute(_INCOMING_TABLE)
+    conn.commit()
+
+
+def _series_rows(cursor: psycopg.Cursor[tuple[Any, ...]]) -> list[SeriesRow]:
+    return [SeriesRow(*row) for row in cursor.fetchall()]
+
+
+class PostgresRegistry:
+    """``Registry`` on PostgreSQL; any number of processes may share the database."""
+
+    def __init__(self, conninfo: str, pool_size: int, duplicates: str) -> None:
+        self._duplicates = duplicates
+        self._instances_sql: LiteralString = _INSTANCES + _ON_DUPLICATE[duplicates]
+        # One plain connection first: its error says why (the pool's would only time out).
+        psycopg.connect(conninfo, connect_timeout=10).close()
+        self._pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
+            conninfo,
+            min_size=pool_size,
+            max_size=pool_size,
+            open=False,
+            configure=_configure,
+            name="oxidip-registry",
+        )
+        self._pool.open(wait=True, timeout=30)
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """Runs ``work`` in one transaction on a pooled connection (committed when it returns,
+        rolled back when it raises); retried on deadlock or serialization failure."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                with self._pool.connection() as conn:
+                    return work(conn)
+            except (errors.DeadlockDetected, errors.SerializationFailure) as error:
+                if attempt == _ATTEMPTS:
+                    raise
+                log.warning(
+                    "registry transaction retried",
+                    extra={"attempt": attempt, "error": str(error).strip()},
+                )
+                time.sleep(0.01 * attempt)
+        raise AssertionError("unreachable")
+
+    # --- schema -------------------------------------------------------------------------
+
+    def _version(self, conn: Connection) -> int:
+        row = conn.execute("SELECT to_regclass('oxidip_schema_version') IS NOT NULL").fetchone()
+        if row is None or not row[0]:
+            return 0
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM oxidip_schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def migrate(self) -> None:
+        # Up to date: nothing to lock or create (also works with a user without CREATE rights).
+        if self._run(self._version) == LATEST:
+            return
+
+        def work(conn: Connection) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS oxidip_schema_version"
+                " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = self._version(conn)
+            if current > LATEST:
+                raise RuntimeError(
+                    f"the registry database has schema version {current}, newer than this"
+                    f" oxidip knows ({LATEST}): upgrade oxidip"
+                )
+            for version, statements in MIGRATIONS:
+                if version > current:
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO oxidip_schema_version (version) VALUES (%s)", (version,)
+                    )
+                    log.info("registry schema migrated", extra={"version": version})
+
+        self._run(work)
+
+    # --- state --------------------------------------------------------------------------
+
+    @staticmethod
+    def _recompute(conn: Connection, uids: Sequence[str], now: float) -> list[SeriesRow]:
+        if not uids:
+            return []
+        return _series_rows(conn.execute(_RECOMPUTE, {"uids": list(uids), "now": now}))
+
+    @staticmethod
+    def _lock(conn: Connection, uids: Sequence[str]) -> dict[str, str | None]:
+        """Locks the series (UID order); returns their states."""
+        rows = conn.execute(_LOCK_SERIES, (list(uids),)).fetchall()
+        return {uid: state for uid, state in rows}
+
+    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
+        rows = prepare(instances, node, self._duplicates)
+        if not rows:
+            return RegisterResult([], [], [])
+        now = time.time()
+
+        def work(conn: Connection) -> RegisterResult:
+            with conn.cursor() as cursor:
+                with cursor.copy(_COPY) as copy:
+                    for row in rows:
+                        copy.write_row(
+                            (
+                                row.sop_instance_uid,
+                                row.series_instance_uid,
+                                row.study_instance_uid,
+                                row.patient_id,
+                                row.patient_name,
+                                row.patient_birth_date,
+                                row.patient_sex,
+                                row.study_date,
+                                row.study_time,
+                                row.accession_number,
+                                row.study_description,
+                                row.modality,
+                                row.series_description,
+                                row.series_number,
+                                row.calling_aet,
+                                row.sop_class_uid,
+                                row.instance_number,
+                                row.transfer_syntax,
+                                row.path,
+                                row.size,
+                                row.node,
+                                row.association_id,
+                                row.received_at,
+                                row.stored_at,
+                            )
+                        )
+                cursor.execute(_PATIENTS)
+                cursor.execute(_STUDIES)
+                cursor.execute(_SERIES)
+                previous: dict[str, str | None] = {
+                    uid: None if inserted else state for uid, state, inserted in cursor.fetchall()
+                }
+                cursor.execute(self._instances_sql)
+                cursor.execute(_ACTIVITY)
+            uids = sorted(previous)
+            return result_of(self._recompute(conn, uids, now), previous, set(uids))
+
+        return self._run(work)
+
+    def set_expected(
+        self, series_instance_uid: str, expected: int | None, status: ExpectedStatus, detail: str
+    ) -> list[Transition]:
+        checked = check_expected(expected, status)
+
+        def work(conn: Connection) -> list[Transition]:
+            previous = self._lock(conn, [series_instance_uid])
+            if not previous:
+                return []
+            conn.execute(
+                "UPDATE series SET expected = %s, expected_status = %s, expected_detail = %s"
+                " WHERE series_instance_uid = %s",
+                (expected, checked.value, detail, series_instance_uid),
+            )
+            return transitions_of(self._recompute(conn, list(previous), time.time()), previous)
+
+        return self._run(work)
+
+    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+        def work(conn: Connection) -> list[Transition]:
+            previous = {
+                uid: state
+                for uid, state in conn.execute(
+                    """SELECT series_instance_uid, state FROM series
+                    WHERE series_instance_uid IN (SELECT series_instance_uid
+                        FROM series_activity WHERE node = %s AND association_id = %s)
+                    ORDER BY series_instance_uid FOR UPDATE""",
+                    (node, association_id),
+                )
+            }
+            if not previous:
+                return []
+            uids = list(previous)
+            conn.execute(
+                "DELETE FROM series_activity WHERE node = %s AND association_id = %s"
+                " AND series_instance_uid = ANY(%s)",
+                (node, association_id, uids),
+            )
+            return transitions_of(self._recompute(conn, uids, time.time()), previous)
+
+        return self._run(work)
+
+    def finalize_idle(self, idle_seconds: float, now: float) -> list[Transition]:
+        cutoff = now - idle_seconds
+
+        def work(conn: Connection) -> list[Transition]:
+            # SKIP LOCKED: a series locked right now is being registered, so it is not idle.
+            previous = {
+                uid: state
+                for uid, state in conn.execute(
+                    """SELECT series_instance_uid, state FROM series
+                    WHERE last_received_at < to_timestamp(%(cutoff)s)
+                        AND series_instance_uid IN (
+                            SELECT series_instance_uid FROM series WHERE state = 'receiving'
+                                AND last_received_at < to_timestamp(%(cutoff)s)
+                            UNION SELECT series_instance_uid FROM series_activity)
+                    ORDER BY series_instance_uid FOR UPDATE SKIP LOCKED""",
+                    {"cutoff": cutoff},
+                )
+            }
+            if not previous:
+                return []
+            uids = list(previous)
+            conn.execute("DELETE FROM series_activity WHERE series_instance_uid = ANY(%s)", (uids,))
+            return transitions_of(self._recompute(conn, uids, now), previous)
+
+        return self._run(work)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def list_series(
+        self,
+        *,
+        state: str | None = None,
+        calling_aet: str | None = None,
+        study_instance_uid: str | None = None,
+    ) -> list[SeriesRow]:
+        conditions: list[LiteralString] = []
+        params: list[str] = []
+        if state is not None:
+            conditions.append("u.state = %s")
+            params.append(state)
+        if calling_aet is not None:
+            conditions.append("u.calling_aet = %s")
+            params.append(calling_aet)
+        if study_instance_uid is not None:
+            conditions.append("u.study_instance_uid = %s")
+            params.append(study_instance_uid)
+        where: LiteralString = " WHERE " + " AND ".join(conditions) if conditions else ""
+        query = f"{_SELECT_SERIES}{where} ORDER BY u.first_received_at, u.series_instance_uid"
+        return self._run(lambda conn: _series_rows(conn.execute(query, params)))
+
+    def instance_paths(self) -> Iterator[tuple[str, str]]:
+        with (
+            self._pool.connection() as conn,
+            conn.cursor(name="oxidip_instance_paths") as cursor,
+        ):
+            cursor.itersize = 10000
+            cursor.execute("SELECT sop_instance_uid, path FROM instances")
+            yield from ((uid, path) for uid, path in cursor)
+
+    def close(self) -> None:
+        self._pool.close()

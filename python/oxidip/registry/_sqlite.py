@@ -1,0 +1,436 @@
+"""The embedded registry: one SQLite file (WAL, synchronous=NORMAL), every write transaction
+``BEGIN IMMEDIATE`` so that writers, threads or processes, take turns."""
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from oxidip._boundary import InstanceStored
+from oxidip.registry._model import (
+    ExpectedStatus,
+    Incoming,
+    RegisterResult,
+    SeriesRow,
+    Transition,
+    check_expected,
+    prepare,
+    result_of,
+    state_sql,
+    transitions_of,
+)
+
+__all__ = ["MIGRATIONS", "SqliteRegistry"]
+
+#: (version, statements): applied in order, each version once, in one transaction.
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        1,
+        (
+            """CREATE TABLE patients (
+                patient_id TEXT PRIMARY KEY,
+                patient_name TEXT,
+                patient_birth_date TEXT,
+                patient_sex TEXT
+            )""",
+            """CREATE TABLE studies (
+                study_instance_uid TEXT PRIMARY KEY,
+                patient_id TEXT REFERENCES patients (patient_id),
+                study_date TEXT,
+                study_time TEXT,
+                accession_number TEXT,
+                study_description TEXT
+            )""",
+            "CREATE INDEX studies_patient_id ON studies (patient_id)",
+            """CREATE TABLE series (
+                series_instance_uid TEXT PRIMARY KEY,
+                study_instance_uid TEXT NOT NULL REFERENCES studies (study_instance_uid),
+                calling_aet TEXT NOT NULL,
+                modality TEXT,
+                series_description TEXT,
+                series_number TEXT,
+                expected INTEGER CHECK (expected >= 0),
+                expected_status TEXT NOT NULL
+                    CHECK (expected_status IN ('pending', 'known', 'unknown', 'error')),
+                expected_detail TEXT NOT NULL,
+                received INTEGER NOT NULL,
+                state TEXT NOT NULL CHECK (state IN
+                    ('receiving', 'complete', 'incomplete', 'overfull', 'finalized-unknown')),
+                first_received_at REAL NOT NULL,
+                last_received_at REAL NOT NULL,
+                finalized_at REAL
+            )""",
+            "CREATE INDEX series_study_instance_uid ON series (study_instance_uid)",
+            "CREATE INDEX series_state ON series (state, last_received_at)",
+            "CREATE INDEX series_calling_aet ON series (calling_aet)",
+            """CREATE TABLE instances (
+                sop_instance_uid TEXT PRIMARY KEY,
+                series_instance_uid TEXT NOT NULL REFERENCES series (series_instance_uid),
+                sop_class_uid TEXT,
+                instance_number TEXT,
+                transfer_syntax TEXT NOT NULL,
+                path TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                node TEXT NOT NULL,
+                association_id INTEGER NOT NULL,
+                received_at REAL NOT NULL,
+                stored_at REAL NOT NULL
+            )""",
+            "CREATE INDEX instances_series_instance_uid ON instances (series_instance_uid)",
+            """CREATE TABLE series_activity (
+                series_instance_uid TEXT NOT NULL REFERENCES series (series_instance_uid),
+                node TEXT NOT NULL,
+                association_id INTEGER NOT NULL,
+                PRIMARY KEY (series_instance_uid, node, association_id)
+            )""",
+            "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1][0]
+
+_IN_UIDS = "series_instance_uid IN (SELECT value FROM json_each(?))"
+
+_SERIES_COLUMNS = """s.series_instance_uid, s.study_instance_uid, s.calling_aet, st.patient_id,
+    s.modality, s.series_description, s.series_number, s.expected, s.expected_status,
+    s.expected_detail, s.received, s.state, s.first_received_at, s.last_received_at,
+    s.finalized_at"""
+
+_SELECT_SERIES = f"""SELECT {_SERIES_COLUMNS} FROM series s
+    JOIN studies st ON st.study_instance_uid = s.study_instance_uid"""
+
+_ACTIVE = (
+    "EXISTS (SELECT 1 FROM series_activity a"
+    " WHERE a.series_instance_uid = series.series_instance_uid)"
+)
+_RULE = state_sql(expected="expected", received="received", active=_ACTIVE)
+
+_COUNT = f"""UPDATE series SET received = (SELECT count(*) FROM instances i
+    WHERE i.series_instance_uid = series.series_instance_uid) WHERE {_IN_UIDS}"""
+
+_DECIDE = f"""UPDATE series SET state = d.state,
+    finalized_at = CASE WHEN d.state = 'receiving' THEN NULL
+        WHEN series.state <> d.state OR series.finalized_at IS NULL THEN ?
+        ELSE series.finalized_at END
+    FROM (SELECT series_instance_uid AS uid, {_RULE} AS state FROM series WHERE {_IN_UIDS}) d
+    WHERE series.series_instance_uid = d.uid"""
+
+_PATIENT = """INSERT INTO patients (patient_id, patient_name, patient_birth_date, patient_sex)
+    VALUES (?, ?, ?, ?) ON CONFLICT (patient_id) DO NOTHING"""
+
+_STUDY = """INSERT INTO studies (study_instance_uid, patient_id, study_date, study_time,
+    accession_number, study_description) VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (study_instance_uid) DO NOTHING"""
+
+_SERIES = """INSERT INTO series (series_instance_uid, study_instance_uid, calling_aet, modality,
+    series_description, series_number, expected, expected_status, expected_detail, received,
+    state, first_received_at, last_received_at, finalized_at)
+    VALUES (?, ?, ?, ?, ?, ?, NULL, 'pending', '', 0, 'receiving', ?, ?, NULL)
+    ON CONFLICT (series_instance_uid) DO UPDATE SET
+        modality = coalesce(series.modality, excluded.modality),
+        series_description = coalesce(series.series_description, excluded.series_description),
+        series_number = coalesce(series.series_number, excluded.series_number),
+        first_received_at = min(series.first_received_at, excluded.first_received_at),
+        last_received_at = max(series.last_received_at, excluded.last_received_at)"""
+
+_INSTANCE = """INSERT INTO instances (sop_instance_uid, series_instance_uid, sop_class_uid,
+    instance_number, transfer_syntax, path, size, node, association_id, received_at, stored_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_instance_uid) DO """
+
+_ON_DUPLICATE = {
+    "overwrite": """UPDATE SET sop_class_uid = excluded.sop_class_uid,
+        instance_number = excluded.instance_number, transfer_syntax = excluded.transfer_syntax,
+        path = excluded.path, size = excluded.size, node = excluded.node,
+        association_id = excluded.association_id, received_at = excluded.received_at,
+        stored_at = excluded.stored_at""",
+    "keep-first": "NOTHING",
+}
+
+_ACTIVITY = """INSERT INTO series_activity (series_instance_uid, node, association_id)
+    VALUES (?, ?, ?) ON CONFLICT DO NOTHING"""
+
+
+def _uids(uids: Sequence[str]) -> bytes:
+    return msgspec.json.encode(list(uids))
+
+
+def _series_row(row: Sequence[Any]) -> SeriesRow:
+    return SeriesRow(*row)
+
+
+class SqliteRegistry:
+    """``Registry`` on one SQLite file. One connection, used by one thread at a time; other
+    processes may open the same file (SQLite's locking makes their writes take turns)."""
+
+    def __init__(self, path: Path, duplicates: str) -> None:
+        self.path = path
+        self._duplicates = duplicates
+        self._instance_sql = _INSTANCE + _ON_DUPLICATE[duplicates]
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+        # Persistent for the file; needs a moment without other writers, hence the busy timeout.
+        self._conn.execute("PRAGMA journal_mode = WAL")
+
+    def _connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        if read_only:
+            conn = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=60
+            )
+        else:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=60
+            )
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking SQLite's write lock at once (BEGIN IMMEDIATE)."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # --- schema -------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS oxidip_schema_version"
+                " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            (current,) = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM oxidip_schema_version"
+            ).fetchone()
+            if current > LATEST:
+                raise RuntimeError(
+                    f"registry {self.path} has schema version {current}, newer than this"
+                    f" oxidip knows ({LATEST}): upgrade oxidip"
+                )
+            for version, statements in MIGRATIONS:
+                if version > current:
+                    for statement in statements:
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO oxidip_schema_version (version, applied_at) VALUES (?, ?)",
+                        (version, time.time()),
+                    )
+
+    # --- state --------------------------------------------------------------------------
+
+    def _recompute(
+        self, conn: sqlite3.Connection, uids: Sequence[str], now: float
+    ) -> list[SeriesRow]:
+        """Recounts and re-decides the state of ``uids`` (already write-locked); returns them
+        sorted by Series Instance UID."""
+        if not uids:
+            return []
+        encoded = _uids(uids)
+        conn.execute(_COUNT, (encoded,))
+        conn.execute(_DECIDE, (now, encoded))
+        rows = conn.execute(
+            f"{_SELECT_SERIES} WHERE s.{_IN_UIDS} ORDER BY s.series_instance_uid", (encoded,)
+        )
+        return [_series_row(row) for row in rows]
+
+    def _states(self, conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, str]:
+        rows = conn.execute(
+            f"SELECT series_instance_uid, state FROM series WHERE {_IN_UIDS}", (_uids(uids),)
+        )
+        return dict(rows.fetchall())
+
+    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
+        rows = prepare(instances, node, self._duplicates)
+        if not rows:
+            return RegisterResult([], [], [])
+        patients: dict[str, Incoming] = {}
+        studies: dict[str, Incoming] = {}
+        series: dict[str, tuple[Incoming, float, float]] = {}
+        activity: set[tuple[str, str, int]] = set()
+        for row in rows:
+            if row.patient_id is not None:
+                patients.setdefault(row.patient_id, row)
+            studies.setdefault(row.study_instance_uid, row)
+            first, earliest, latest = series.get(
+                row.series_instance_uid, (row, row.received_at, row.stored_at)
+            )
+            series[row.series_instance_uid] = (
+                first,
+                min(earliest, row.received_at),
+                max(latest, row.stored_at),
+            )
+            activity.add((row.series_instance_uid, row.node, row.association_id))
+        uids = sorted(series)
+        now = time.time()
+        with self._write() as conn:
+            previous: dict[str, str | None] = dict.fromkeys(uids)
+            previous.update(self._states(conn, uids))
+            conn.executemany(
+                _PATIENT,
+                [
+                    (r.patient_id, r.patient_name, r.patient_birth_date, r.patient_sex)
+                    for r in patients.values()
+                ],
+            )
+            conn.executemany(
+                _STUDY,
+                [
+                    (
+                        r.study_instance_uid,
+                        r.patient_id,
+                        r.study_date,
+                        r.study_time,
+                        r.accession_number,
+                        r.study_description,
+                    )
+                    for r in studies.values()
+                ],
+            )
+            conn.executemany(
+                _SERIES,
+                [
+                    (
+                        uid,
+                        r.study_instance_uid,
+                        r.calling_aet,
+                        r.modality,
+                        r.series_description,
+                        r.series_number,
+                        earliest,
+                        latest,
+                    )
+                    for uid, (r, earliest, latest) in series.items()
+                ],
+            )
+            conn.executemany(
+                self._instance_sql,
+                [
+                    (
+                        r.sop_instance_uid,
+                        r.series_instance_uid,
+                        r.sop_class_uid,
+                        r.instance_number,
+                        r.transfer_syntax,
+                        r.path,
+                        r.size,
+                        r.node,
+                        r.association_id,
+                        r.received_at,
+                        r.stored_at,
+                    )
+                    for r in rows
+                ],
+            )
+            conn.executemany(_ACTIVITY, sorted(activity))
+            after = self._recompute(conn, uids, now)
+        return result_of(after, previous, set(uids))
+
+    def set_expected(
+        self, series_instance_uid: str, expected: int | None, status: ExpectedStatus, detail: str
+    ) -> list[Transition]:
+        checked = check_expected(expected, status)
+        with self._write() as conn:
+            previous = self._states(conn, [series_instance_uid])
+            if not previous:
+                return []
+            conn.execute(
+                "UPDATE series SET expected = ?, expected_status = ?, expected_detail = ?"
+                " WHERE series_instance_uid = ?",
+                (expected, checked.value, detail, series_instance_uid),
+            )
+            after = self._recompute(conn, [series_instance_uid], time.time())
+        return transitions_of(after, dict(previous))
+
+    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+        with self._write() as conn:
+            uids = [
+                uid
+                for (uid,) in conn.execute(
+                    "SELECT series_instance_uid FROM series_activity"
+                    " WHERE node = ? AND association_id = ? ORDER BY series_instance_uid",
+                    (node, association_id),
+                )
+            ]
+            if not uids:
+                return []
+            previous = self._states(conn, uids)
+            conn.execute(
+                "DELETE FROM series_activity WHERE node = ? AND association_id = ?",
+                (node, association_id),
+            )
+            after = self._recompute(conn, uids, time.time())
+        return transitions_of(after, dict(previous))
+
+    def finalize_idle(self, idle_seconds: float, now: float) -> list[Transition]:
+        cutoff = now - idle_seconds
+        with self._write() as conn:
+            uids = [
+                uid
+                for (uid,) in conn.execute(
+                    """SELECT series_instance_uid FROM series
+                    WHERE last_received_at < ? AND series_instance_uid IN (
+                        SELECT series_instance_uid FROM series
+                            WHERE state = 'receiving' AND last_received_at < ?
+                        UNION SELECT series_instance_uid FROM series_activity)
+                    ORDER BY series_instance_uid""",
+                    (cutoff, cutoff),
+                )
+            ]
+            if not uids:
+                return []
+            previous = self._states(conn, uids)
+            conn.execute(f"DELETE FROM series_activity WHERE {_IN_UIDS}", (_uids(uids),))
+            after = self._recompute(conn, uids, now)
+        return transitions_of(after, dict(previous))
+
+    # --- reading ------------------------------------------------------------------------
+
+    def list_series(
+        self,
+        *,
+        state: str | None = None,
+        calling_aet: str | None = None,
+        study_instance_uid: str | None = None,
+    ) -> list[SeriesRow]:
+        conditions: list[str] = []
+        params: list[str] = []
+        for column, value in (
+            ("s.state", state),
+            ("s.calling_aet", calling_aet),
+            ("s.study_instance_uid", study_instance_uid),
+        ):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        query = f"{_SELECT_SERIES}{where} ORDER BY s.first_received_at, s.series_instance_uid"
+        with self._lock:
+            rows = self._conn.execute(query, params).fetchall()
+        return [_series_row(row) for row in rows]
+
+    def instance_paths(self) -> Iterator[tuple[str, str]]:
+        # Its own read-only connection: the caller may register while it iterates.
+        conn = self._connect(read_only=True)
+        try:
+            cursor = conn.execute("SELECT sop_instance_uid, path FROM instances")
+            while chunk := cursor.fetchmany(10000):
+                yield from ((uid, path) for uid, path in chunk)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,169 @@
+"""``oxidip series``: the series of the registry with their expected and received counts and
+state, as an aligned table for people or (``--json``) one JSON object per line for scripts.
+
+The registry is the one ``oxidip serve`` uses with the same environment: SQLite under
+``OXIDIP_FILES_ROOT``, or the PostgreSQL database of ``OXIDIP_DB_CONNECTION``.
+"""
+
+import argparse
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from typing import TypeAlias
+
+import msgspec
+import psycopg
+
+from oxidip.config import Config, ConfigError
+from oxidip.registry import SeriesRow, SeriesState, open_registry, sqlite_path
+
+__all__ = ["add_parser", "format_age", "format_table", "run"]
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+#: Longest series description shown in the table (longer ones are cut, ending with "...").
+_DESCRIPTION_WIDTH = 32
+
+_HEADERS = (
+    "SERIES INSTANCE UID",
+    "AE",
+    "STUDY INSTANCE UID",
+    "MODALITY",
+    "DESCRIPTION",
+    "EXPECTED",
+    "RECEIVED",
+    "STATE",
+    "AGE",
+)
+#: Columns aligned to the right (numbers).
+_RIGHT = frozenset({"EXPECTED", "RECEIVED", "AGE"})
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Registers ``oxidip series``; the parser sets ``func`` to ``run``."""
+    parser = subparsers.add_parser(
+        "series",
+        help="list series with their expected and received counts and state",
+        description="Lists the series of the registry (the one `oxidip serve` uses with the"
+        " same environment), oldest first: expected count (from the sending PACS; '?' with"
+        " the reason when unknown), instances received, state and time since the last"
+        " instance arrived.",
+        epilog="states: receiving, complete (received == expected), incomplete (finished"
+        " with fewer), overfull (more than expected), finalized-unknown (finished, expected"
+        " count unknown).",
+    )
+    parser.add_argument(
+        "--state",
+        choices=[state.value for state in SeriesState],
+        help="only series in this state",
+    )
+    parser.add_argument("--aet", metavar="AET", help="only series sent by this calling AE title")
+    parser.add_argument("--study", metavar="UID", help="only series of this Study Instance UID")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per series and line (fields: those of the registry's series)",
+    )
+    parser.set_defaults(func=run)
+
+
+def format_age(seconds: float) -> str:
+    """A short duration: 42s, 5m, 3h, 2d (rounded down; negative counts as 0)."""
+    value = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= size:
+            return f"{value // size}{unit}"
+    return f"{value}s"
+
+
+def _expected(row: SeriesRow) -> str:
+    return str(row.expected) if row.expected is not None else f"? ({row.expected_status})"
+
+
+def _description(text: str | None) -> str:
+    text = (text or "").replace("\n", " ")
+    if len(text) > _DESCRIPTION_WIDTH:
+        return text[: _DESCRIPTION_WIDTH - 3] + "..."
+    return text
+
+
+def format_table(rows: Sequence[SeriesRow], now: float) -> str:
+    """The rows as an aligned table with a header line (no trailing spaces)."""
+    lines = [list(_HEADERS)]
+    for row in rows:
+        lines.append(
+            [
+                row.series_instance_uid,
+                row.calling_aet,
+                row.study_instance_uid,
+                row.modality or "",
+                _description(row.series_description),
+                _expected(row),
+                str(row.received),
+                row.state,
+                format_age(now - row.last_received_at),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADERS))]
+    out = []
+    for line in lines:
+        cells = [
+            cell.rjust(width) if header in _RIGHT else cell.ljust(width)
+            for cell, width, header in zip(line, widths, _HEADERS, strict=True)
+        ]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"oxidip series: {message}", file=sys.stderr)
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prints the series; returns the exit status."""
+    try:
+        config = Config.from_env(warn_unknown=False)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"oxidip: configuration error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    # Until Config has them (OXIDIP_DB_CONNECTION, OXIDIP_DB_POOL): SQLite.
+    connection: str | None = getattr(config, "db_connection", None)
+    if connection is None and not sqlite_path(config.files_root).exists():
+        # Do not create a database under a files root that may be the wrong one.
+        print(
+            f"oxidip series: no registry at {sqlite_path(config.files_root)}: nothing"
+            " registered under this OXIDIP_FILES_ROOT yet",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    try:
+        registry = open_registry(connection, config.files_root, pool_size=1)
+    except ValueError as error:
+        return _fail(str(error), EXIT_CONFIG)
+    except (psycopg.Error, sqlite3.Error, OSError) as error:
+        return _fail(f"cannot open the registry: {error}", EXIT_FAILURE)
+    try:
+        registry.migrate()
+        rows = registry.list_series(
+            state=args.state, calling_aet=args.aet, study_instance_uid=args.study
+        )
+    except (psycopg.Error, sqlite3.Error, OSError, RuntimeError) as error:
+        return _fail(f"cannot read the registry: {error}", EXIT_FAILURE)
+    finally:
+        registry.close()
+    if args.json:
+        encoder = msgspec.json.Encoder()
+        for row in rows:
+            sys.stdout.write(encoder.encode(row).decode() + "\n")
+    elif rows:
+        print(format_table(rows, time.time()))
+    else:
+        print("no series", file=sys.stderr)
+    return EXIT_OK
