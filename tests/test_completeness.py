@@ -4,6 +4,7 @@ or not at all. Timing assertions are bounds derived from the configured timeout 
 concurrent, not serial; non-blocking), not benchmarks."""
 
 import functools
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -140,6 +141,24 @@ def test_known_count_and_the_query_sent() -> None:
         assert "NumberOfSeriesRelatedInstances" in query
         assert query.NumberOfSeriesRelatedInstances in (None, "")
     assert STUDY_ROOT_FIND == "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_ipv6_pacs_address() -> None:
+    if not ipv6_loopback():
+        pytest.skip("no IPv6 loopback (::1) on this machine")
+    with QueryScp({SERIES: 9}, host="::1") as scp:
+        addresses = parse_pacs_addresses(f"{SENDER}=[::1]:{scp.port}")
+        result = lookup_once(addresses[SENDER])
+    assert (result.status, result.expected) == ("known", 9)
 
 
 def test_zero_is_a_known_count() -> None:

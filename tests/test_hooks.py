@@ -406,16 +406,19 @@ def test_backlog_warning_repeats_after_the_interval(
     name = make_module(RECORDING)
     gate = module_gate(name)
     gate.clear()
-    hooks = Hooks.load(name, queue_size=4)
+    hooks = Hooks.load(name, queue_size=6)
     opened.append(hooks)
     with caplog.at_level(logging.WARNING, logger="oxidip.hooks"):
-        hooks.instance_stored([instance(str(i)) for i in range(4)])
-        hooks.instance_stored([instance("a")])
+        hooks.instance_stored([instance(str(i)) for i in range(5)])  # the worker holds one
+        wait_until(lambda: hooks.backlog == 4)  # over 3: warned
+        hooks.instance_stored([instance("a")])  # too soon for another
         time.sleep(0.3)
-        hooks.instance_stored([instance("b")])
+        hooks.instance_stored([instance("b")])  # warning again
     warnings = [r for r in caplog.records if r.getMessage() == "hooks backlog"]
     assert len(warnings) == 2, caplog.text
+    assert warnings[-1].__dict__["backlog"] == 6
     gate.set()
+    hooks.close(5)
 
 
 def test_close_drains_the_queue(make_module: MakeModule, opened: list[Hooks]) -> None:

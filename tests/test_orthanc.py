@@ -153,8 +153,8 @@ def test_orthanc_pushes_series_to_the_receiver(
     loaded = load_series(orthanc, [[3, 4], [6]])
     rx = start_receiver()
     orthanc.add_modality("receiver", OUR_AET, rx.host, rx.port)
-    assert orthanc.echo("receiver")
     since = rx.mark()
+    assert orthanc.echo("receiver")
     for s in loaded:
         answer = orthanc.store_series("receiver", s.orthanc_id)
         assert answer["InstancesCount"] == len(s.sop_instance_uids), answer

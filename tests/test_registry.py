@@ -418,7 +418,7 @@ def test_list_series_filters(registry: Registry) -> None:
     registry.association_ended("node-a", 2)
 
     def uids(**filters: str) -> list[str]:
-        return [row.series_instance_uid for row in registry.list_series(**filters)]  # type: ignore[arg-type]
+        return [row.series_instance_uid for row in registry.list_series(**filters)]
 
     assert uids() == [a, b, c]
     assert uids(calling_aet="CT1") == [a, c]
@@ -503,6 +503,27 @@ def test_two_processes_split_series_concurrently(open_store: OpenRegistry) -> No
             s: (per_series, "complete") for s in series
         }
     assert len(dict(processes[1].instance_paths())) == 3 * per_series
+
+
+def test_postgres_connections_lost_are_replaced(
+    postgres_database: str, postgres_url: str, tmp_path: Path
+) -> None:
+    """A server restart (here: every connection of the registry terminated) fails no call:
+    the pool checks a connection before lending it."""
+    registry = open_registry(postgres_url, tmp_path, pool_size=2)
+    try:
+        registry.migrate()
+        series = uid()
+        registry.register(batch(series, 2), "node-a")
+        with psycopg.connect(_url(postgres_database), autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        registry.register([stored(uid(), series)], "node-a")
+        assert one(registry, series).received == 3
+    finally:
+        registry.close()
 
 
 # --- schema -----------------------------------------------------------------------------

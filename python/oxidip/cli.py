@@ -23,7 +23,7 @@ from typing import TypeAlias
 
 import psycopg
 
-from oxidip import __version__, logs
+from oxidip import __version__, logs, series_cli
 from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceStored
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import VARIABLES, Config, ConfigError, warn_unknown_variables
@@ -332,7 +332,11 @@ def _add_reconcile(subparsers: Subparsers) -> None:
 
 
 #: Adds one subcommand each; the parser built sets ``func`` to its handler.
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [_add_serve, _add_reconcile]
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
+    _add_serve,
+    series_cli.add_parser,
+    _add_reconcile,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,10 +230,12 @@ class ExpectedCountLookup:
 
     ``addresses`` maps calling AE titles to PACS addresses (``parse_pacs_addresses``);
     ``calling_aet`` is the AE title the C-FINDs are sent from (the receiver's: the PACS must
-    know it, Orthanc only answers AE titles listed in its DicomModalities). Each attempt waits at most ``timeout`` seconds for the
-    connection, for the association to be accepted and for each response; a failed attempt
-    is retried ``retries`` times after a short backoff. At most ``max_pending`` lookups wait
-    or run at once; past that, ``request`` answers "lookup queue full" at once.
+    know it, Orthanc only answers AE titles listed in its DicomModalities). Each attempt
+    waits at most ``timeout`` seconds for the connection, for the association to be
+    accepted and for each response; a failed attempt is retried ``retries`` times after a
+    short backoff. At most ``max_pending`` lookups wait or run at once; past that,
+    ``request`` answers "lookup queue full" at once. Each request gets its own result: the
+    caller asks once per series.
     """
 
     #: Seconds slept before retry n (1-based): ``backoff * n``, at most ``max_backoff``.

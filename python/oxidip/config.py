@@ -346,6 +346,8 @@ class Variable:
     default: str
     parse: Parser
     help: str
+    #: The value may hold a password: error messages do not repeat it.
+    secret: bool = False
 
     @property
     def field(self) -> str:
@@ -363,7 +365,8 @@ class Variable:
             return self.parse(raw)
         except Invalid as error:
             reason = f"{error}; " if str(error) else ""
-            raise ConfigError([f"{self.name}={raw!r}: {reason}expected {self.accepts}"]) from None
+            shown = "(value not shown: it may hold a password)" if self.secret else repr(raw)
+            raise ConfigError([f"{self.name}={shown}: {reason}expected {self.accepts}"]) from None
 
 
 _MAX_SECONDS = 7 * 24 * 3600.0
@@ -484,6 +487,7 @@ VARIABLES: tuple[Variable, ...] = (
         "",
         DatabaseUrl(),
         "Where instances and series are registered: empty = SQLite under the storage root.",
+        secret=True,
     ),
     Variable("OXIDIP_DB_POOL", "4", Integer(1, 100), "PostgreSQL connection pool size."),
     Variable(

@@ -88,7 +88,7 @@ def _expected(row: SeriesRow) -> str:
 def _description(text: str | None) -> str:
     text = (text or "").replace("\n", " ")
     if len(text) > _DESCRIPTION_WIDTH:
-        return text[: _DESCRIPTION_WIDTH - 3] + "..."
+        return text[: _DESCRIPTION_WIDTH - 3].rstrip() + "..."
     return text
 
 
@@ -133,8 +133,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in error.problems:
             print(f"oxidip: configuration error: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    # Until Config has them (OXIDIP_DB_CONNECTION, OXIDIP_DB_POOL): SQLite.
-    connection: str | None = getattr(config, "db_connection", None)
+    connection = config.db_connection
     if connection is None and not sqlite_path(config.files_root).exists():
         # Do not create a database under a files root that may be the wrong one.
         print(

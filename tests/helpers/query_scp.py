@@ -37,7 +37,7 @@ class QueryScp:
       implicit VR transfer syntaxes do not put on the wire);
     - ``several``: two matches, counts ``counts[uid]`` then ``counts[uid] + 1``.
 
-    ``delay`` seconds are slept before answering each C-FIND (a slow PACS; ``close`` cuts
+    It listens on ``host`` (``"::1"`` for IPv6). ``delay`` seconds are slept before answering each C-FIND (a slow PACS; ``close`` cuts
     the sleep short). ``associations`` counts A-ASSOCIATE-RQs received, ``finds`` the C-FIND
     requests (``queries`` keeps their identifiers, ``calling_aets`` who sent them).
     """
@@ -51,6 +51,7 @@ class QueryScp:
         value: str = "abc",
         delay: float = 0.0,
         aet: str = "PACS",
+        host: str = HOST,
     ) -> None:
         self.counts = dict(counts or {})
         self.mode = mode
@@ -58,7 +59,7 @@ class QueryScp:
         self.value = value
         self.delay = delay
         self.aet = aet
-        self.host = HOST
+        self.host = host
         self.associations = 0
         self.finds = 0
         self.queries: list[Dataset] = []
@@ -68,7 +69,7 @@ class QueryScp:
         self.ae = AE(ae_title=aet)
         self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         server = self.ae.start_server(
-            (HOST, 0),
+            (host, 0),
             block=False,
             evt_handlers=[
                 (evt.EVT_REQUESTED, self._on_requested),

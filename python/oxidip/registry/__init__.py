@@ -69,7 +69,11 @@ State rule (applied to every series a call affects, inside its transaction)
       recomputes; a count must come with status "known" and only with it (ValueError).
 
     Every call returns the state changes it made (``Transition``: the series after the change
-    and its previous state, None for a series created by the call).
+    and its previous state, None for a series created by the call). All calls are idempotent
+    (registering a batch again changes nothing more), but a series is in ``new_series`` of
+    the one call that committed its creation only: a caller that retries a batch after an
+    error whose outcome it cannot know (connection lost during the commit) should also treat
+    touched series still "pending" that it never asked about as new.
 
 Concurrency
     The state lives in the database only. PostgreSQL: a write locks the series rows it changes
@@ -77,7 +81,8 @@ Concurrency
     processes registering parts of the same series take turns and the last one sees every
     instance; deadlocks and serialization failures are retried. SQLite: every write is
     ``BEGIN IMMEDIATE``. Migrations run under a lock (``pg_advisory_xact_lock``, or SQLite's
-    write lock), so processes starting together migrate once.
+    write lock), so processes starting together migrate once. Pooled PostgreSQL connections
+    are checked before each transaction, so a server restart costs no failed call.
 """
 
 from pathlib import Path

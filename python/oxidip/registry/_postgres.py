@@ -255,6 +255,9 @@ class PostgresRegistry:
             max_size=pool_size,
             open=False,
             configure=_configure,
+            # One round trip per transaction (not per instance): a connection broken by a
+            # server restart is replaced instead of failing a batch.
+            check=psycopg_pool.ConnectionPool.check_connection,
             name="oxidip-registry",
         )
         self._pool.open(wait=True, timeout=30)
