@@ -161,10 +161,12 @@ def test_ipv6_pacs_address() -> None:
     assert (result.status, result.expected) == ("known", 9)
 
 
-def test_zero_is_a_known_count() -> None:
+def test_zero_is_unknown() -> None:
+    """We only ask about series we are receiving: a PACS counting 0 does not hold it."""
     with QueryScp({SERIES: 0}) as scp:
         result = lookup_once(scp.address)
-    assert (result.status, result.expected) == ("known", 0)
+    assert (result.status, result.expected) == ("unknown", None)
+    assert "NumberOfSeriesRelatedInstances=0" in result.detail
 
 
 def test_several_matches_use_the_first() -> None:

@@ -380,3 +380,44 @@ def test_complete_lost_after_block_timeout_is_logged(
         assert lost and lost[0].__dict__["kind"] == "complete"
     finally:
         release.set()
+
+
+def test_survives_a_server_restart(caplog: pytest.LogCaptureFixture, root: str) -> None:
+    server = NatsServer()
+    n: NatsNotifier | None = None
+    try:
+        with Subscriber(server.url, f"{root}.>", reconnect=True) as sub:
+            with caplog.at_level(logging.INFO, logger="oxidip.notify"):
+                n = NatsNotifier(server.address, root_subject=root)
+                n.complete(Row(series_instance_uid="1.1", state="complete"))
+                sub.wait_for(1)
+
+                server.stop()
+                wait_for_record(caplog, "nats disconnected")
+                started = time.monotonic()
+                n.progress(Row(series_instance_uid="1.2", received=1))  # never blocks or raises
+                n.complete(Row(series_instance_uid="1.2", state="complete"))
+                assert time.monotonic() - started < 0.5
+
+                server = NatsServer(port=server.port)
+                wait_for_record(caplog, "nats reconnected")
+                assert sub.reconnected.wait(10)
+            n.complete(Row(series_instance_uid="1.3", state="complete"))
+            sub.wait_for(2)
+            received = decoded(sub.settle(0.5))
+            # What was published during the outage may or may not have reached this
+            # subscriber (NATS core delivers at most once, to whoever is subscribed then).
+            assert received[0][1].series_instance_uid == "1.1"
+            assert received[-1][1].series_instance_uid == "1.3"
+    finally:
+        if n is not None:
+            n.close(2)
+        server.stop()
+
+
+def wait_for_record(caplog: pytest.LogCaptureFixture, msg: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r.getMessage() == msg for r in caplog.records):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {msg!r} log record within {timeout} s: {caplog.text}")
+        time.sleep(0.02)

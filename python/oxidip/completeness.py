@@ -565,6 +565,10 @@ class ExpectedCountLookup:
                 detail = f"PACS {pacs} answered NumberOfSeriesRelatedInstances={count}"
                 if len(matches) > 1:
                     detail += several if index else f" ({len(matches)} matches, used the first)"
+                if count == 0:
+                    # We are receiving instances of this series: a PACS that counts none does
+                    # not hold it (yet); 0 as "expected" would make it overfull at once.
+                    return _Attempt(ExpectedCount(series, None, "unknown", detail), False)
                 return _Attempt(ExpectedCount(series, count, "known", detail), False)
         first = texts[0]
         if first is None:

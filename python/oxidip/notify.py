@@ -315,7 +315,8 @@ class NatsNotifier:
         self._queue: collections.deque[_Outgoing] = collections.deque()
         self._last_progress: dict[str, float] = {}  # series UID -> monotonic time of the last
         self._held: dict[str, _Held] = {}  # series UID -> latest progress held back
-        self._closing = False
+        self._closing = False  # close() called: nothing more is accepted
+        self._finishing = False  # (loop thread) the pump returns once the queue is empty
         self._published = 0
         self._dropped_progress = 0
         self._lost = 0
@@ -582,7 +583,7 @@ class NatsNotifier:
             while True:
                 with self._cond:
                     if not queue:
-                        if self._closing:
+                        if self._finishing:
                             return
                         break
                     was_full = len(queue) >= self.queue_size
@@ -635,6 +636,7 @@ class NatsNotifier:
             await asyncio.gather(self._release_task, return_exceptions=True)
         # _closing is set, so nothing more comes in: the held progress goes last.
         self._release_due(time.monotonic(), everything=True)
+        self._finishing = True
         self._wake_up()
         unsent = 0
         pump = self._pump_task

@@ -67,11 +67,15 @@ def _answers(port: int) -> bool:
 class NatsServer:
     """``nats-server -a 127.0.0.1 -p PORT`` until ``stop`` (or the end of a ``with``)."""
 
-    def __init__(self, *, timeout: float = 10.0, attempts: int = 3) -> None:
+    def __init__(
+        self, *, port: int | None = None, timeout: float = 10.0, attempts: int = 3
+    ) -> None:
+        """On ``port``, or a free one (retried: it may be taken between choosing and
+        binding)."""
         binary = require_nats_server()
         last_output = ""
-        for _ in range(attempts):  # the free port may be taken between choosing and binding
-            self.port = free_port()
+        for _ in range(attempts if port is None else 1):
+            self.port = free_port() if port is None else port
             self.proc = subprocess.Popen(
                 [binary, "-a", "127.0.0.1", "-p", str(self.port)],
                 stdin=subprocess.DEVNULL,
@@ -132,9 +136,12 @@ class Received:
 class Subscriber:
     """A nats-py client subscribed to ``subject`` on ``url``, in a thread of its own."""
 
-    def __init__(self, url: str, subject: str) -> None:
+    def __init__(self, url: str, subject: str, *, reconnect: bool = False) -> None:
         self.url = url
         self.subject = subject
+        self.reconnect = reconnect
+        #: Set (and cleared by the caller) each time the client reconnects.
+        self.reconnected = threading.Event()
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._loop = asyncio.new_event_loop()
@@ -164,7 +171,22 @@ class Subscriber:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         nc = nats.aio.client.Client()
-        await nc.connect(self.url, allow_reconnect=False, connect_timeout=5)
+
+        async def on_reconnected() -> None:
+            self.reconnected.set()
+
+        async def on_error(error: Exception) -> None:
+            pass  # reconnection attempts while the server is down
+
+        await nc.connect(
+            self.url,
+            allow_reconnect=self.reconnect,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            connect_timeout=5,
+            reconnected_cb=on_reconnected,
+            error_cb=on_error,
+        )
 
         async def on_message(msg: nats.aio.msg.Msg) -> None:
             with self._cond:
@@ -188,8 +210,8 @@ class Subscriber:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AssertionError(
-                        f"{len(self.messages)} messages within {timeout} s, expected {count}:"
-                        f" {self.messages}"
+                        f"{len(self.messages)} messages within {timeout} s, expected {count};"
+                        f" the last ones: {self.messages[-5:]}"
                     )
                 self._cond.wait(remaining)
             return list(self.messages)
