@@ -298,7 +298,7 @@ def test_slow_lookups_run_concurrently() -> None:
     """N lookups against a PACS that answers each C-FIND after ``delay`` all end in about one
     delay with N workers, far below the N delays a serial lookup would take."""
     n, delay = 8, 1.0
-    counts = {f"{SERIES}.{i}": i for i in range(n)}
+    counts = {f"{SERIES}.{i}": i + 1 for i in range(n)}
     with QueryScp(counts, delay=delay) as scp:
         lookup = ExpectedCountLookup(
             {SENDER: scp.address}, OUR_AET, timeout=delay * 10, retries=0, workers=n

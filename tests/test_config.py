@@ -231,7 +231,12 @@ def test_bad_value_names_variable_value_and_what_it_accepts(name: str, raw: str)
         Config.from_env({name: raw})
     message = str(caught.value)
     assert caught.value.problems == [message]
-    assert message.startswith(f"{name}={raw!r}: ")
+    if name == "OXIDIP_DB_CONNECTION":
+        # A database URL may hold a password: never repeated.
+        assert message.startswith(f"{name}=(value not shown")
+        assert raw not in message
+    else:
+        assert message.startswith(f"{name}={raw!r}: ")
     assert "expected " in message
 
 

@@ -6,12 +6,13 @@ separated by commas); without it every notification is a no-op (``NullNotifier``
 Subjects
 --------
 ``{root_subject}.{calling_aet}.{SeriesInstanceUID}``, like oxidicom's
-``{root_subject}.{pacs_name}.{SeriesInstanceUID}``. In the calling AE title and the UID, as in
+``{root_subject}.{pacs_name}.{SeriesInstanceUID}``; the root subject is
+``OXIDIP_NATS_ROOT_SUBJECT`` (by default our AE title). In the calling AE title and the UID, as in
 oxidicom, ``' '``, ``'.'``, ``'*'`` and ``'>'`` become ``'_'`` and NULs are removed; beyond
 oxidicom, any other whitespace or control character also becomes ``'_'`` (NATS rejects them)
-and an empty part becomes ``'_'``. So ``1.2.840.1`` from AE ``MY PACS`` is published on
-``oxidip.MY_PACS.1_2_840_1``; subscribe to ``oxidip.>`` for everything, or to
-``oxidip.MY_PACS.*`` for one PACS. The original values are in the message.
+and an empty part becomes ``'_'``. So, with root ``OXIDIP``, ``1.2.840.1`` from AE ``MY PACS``
+is published on ``OXIDIP.MY_PACS.1_2_840_1``; subscribe to ``OXIDIP.>`` for everything, or to
+``OXIDIP.MY_PACS.*`` for one PACS. The original values are in the message.
 
 Messages (version 1)
 --------------------
@@ -36,7 +37,7 @@ NumberOfSeriesRelatedInstances, ``null`` when unknown); ``expected_status`` and
 ``finalized-unknown``.
 
 - ``progress``: instances keep arriving. At most one per series per ``progress_interval``
-  (``OXIDIP_NATS_PROGRESS_INTERVAL``, like oxidicom's ``PROGRESS_INTERVAL``); the latest
+  (``OXIDIP_PROGRESS_INTERVAL``, like oxidicom's ``PROGRESS_INTERVAL``); the latest
   count held back by the limit is sent when the interval has passed, so a series that pauses
   still shows its real count. Under overload (more than ``queue_size`` messages waiting for
   NATS), progress messages are dropped and counted; the others never are.
@@ -53,8 +54,10 @@ Publishing never holds up the caller for long: messages are handed to a backgrou
 running the NATS client through a bounded queue; only when it is full do ``complete``,
 ``finalized`` and ``error`` wait for room, for at most ``block_timeout`` seconds (after which
 the message is logged as lost). When the connection drops, the client reconnects forever,
-buffering what is published meanwhile (up to its own limit; beyond it messages fail and are
-counted). ``close`` flushes what is queued.
+buffering what is published meanwhile (up to its own limit of 2 MiB; beyond it messages fail
+and are counted). ``close`` flushes what is queued; what is still buffered because the server
+is unreachable then is lost (logged). Delivery is NATS core's: at most once, to the
+subscribers present at the time.
 """
 
 import asyncio
@@ -82,6 +85,7 @@ __all__ = [
     "NullNotifier",
     "Progress",
     "SeriesLike",
+    "check_root_subject",
     "decode_message",
     "encode_message",
     "open_notifier",
@@ -655,6 +659,11 @@ class NatsNotifier:
                 await _with_timeout(self._nc.flush(timeout=max(1, round(remaining))), remaining)
             except Exception as error:  # noqa: BLE001 - closing anyway
                 log.warning("nats flush failed", extra={"error": _describe(error)})
+        elif self._nc.pending_data_size:
+            log.warning(
+                "nats closed while disconnected: buffered messages are lost",
+                extra={"address": self.address, "bytes": self._nc.pending_data_size},
+            )
         self._connected = False
         with contextlib.suppress(Exception):
             await self._nc.close()

@@ -13,6 +13,8 @@ answered to every instance.
 - ``RegistryView``: the registry the server uses, opened by the test to read series states
   and registered instances; ``wait_series`` polls it with a deadline.
 - ``tcp_nodelay``: pynetdicom without delayed-ACK waits (monkeypatched for one test).
+- ``registration_stalled``: the test holds the registry's write lock, so the server stores
+  and acknowledges but cannot register.
 - ``send``: one association, every dataset C-STOREd, the status of each recorded (None when
   no answer came), optionally aborted after some.
 """
@@ -21,6 +23,7 @@ import contextlib
 import os
 import secrets
 import socket
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -35,7 +38,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from oxidip.registry import Registry, SeriesRow, open_registry
+from oxidip.registry import Registry, SeriesRow, open_registry, sqlite_path
 from tests.helpers.dicom import SIMPLE_TEMPLATE, make_dataset, simple_path, stored_files
 from tests.helpers.pdu import SECONDARY_CAPTURE
 from tests.helpers.process import ServerProcess
@@ -222,6 +225,27 @@ def counts_are(
         return True
 
     return check
+
+
+@contextlib.contextmanager
+def registration_stalled(root: Path, db: str | None) -> Iterator[None]:
+    """Holds the registry's write lock (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: ``LOCK TABLE
+    series IN EXCLUSIVE MODE``, which lets plain reads through) until the end of the block:
+    a server stores and acknowledges instances (``OXIDIP_ACK=stored``) but cannot register
+    them, as with a database that stalls."""
+    if db is None:
+        conn = sqlite3.connect(sqlite_path(root), isolation_level=None, timeout=30)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        return
+    with psycopg.connect(db, connect_timeout=5) as pg:
+        pg.execute("LOCK TABLE series IN EXCLUSIVE MODE")
+        yield
+        pg.rollback()
 
 
 # --- instances ----------------------------------------------------------------------------

@@ -1,0 +1,315 @@
+"""Crash safety with real processes: ``oxidip serve`` is killed with SIGKILL while several
+associations push, and restarted on the same storage root and database. Every instance it
+answered 0000 must be on disk at its final path and registered, no registered row may point
+to a missing file, and the series counts must be right.
+
+- ``test_kill_9_while_pushing``: 4 pynetdicom senders, each pushing its own series of 100
+  small instances and recording the status of every C-STORE; the server is killed at random
+  moments (after a random number of further acknowledgements; seeded, the seed is printed and
+  ``OXIDIP_CRASH_SEED`` repeats it) and restarted, 4 times, while the senders send again
+  what was not acknowledged. After every restart (the journal is replayed before
+  ``listening``), everything acknowledged before the kill is registered; at the end
+  everything is, every series is complete, and a clean stop leaves no temp file nor journal.
+- ``test_kill_9_while_registration_stalls``: the test holds the database's write lock, so the
+  server acknowledges instances it cannot register; killed then, the restart registers them
+  from the journal, and their series (one complete, one half sent) end complete: the
+  expected count is asked for series first registered from a journal too.
+"""
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+
+from oxidip.registry import SeriesRow
+from tests.helpers.dicom import temp_files
+from tests.helpers.e2e import (
+    HOST,
+    Oxidip,
+    RegistryView,
+    Series,
+    counts_are,
+    describe,
+    final_path,
+    instances_on_disk,
+    journal_files,
+    make_series,
+    postgres_database,
+    registration_stalled,
+    send,
+    tcp_nodelay,
+)
+from tests.helpers.pdu import SECONDARY_CAPTURE
+from tests.helpers.query_scp import QueryScp
+from tests.helpers.senders import scu, status_of
+
+SENDERS = 4
+INSTANCES = 100
+KILLS = 4
+#: Further acknowledgements (all senders together) before each kill: a random number in this
+#: range. KILLS * max stays below SENDERS * INSTANCES, so every kill hits a running push.
+KILL_AFTER_ACKS = (1, 60)
+#: Bound on the whole push, restarts included.
+DEADLINE = 90.0
+
+
+@pytest.fixture(autouse=True)
+def _fast_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    tcp_nodelay(monkeypatch)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    if request.param == "sqlite":
+        yield None
+        return
+    with postgres_database() as url:
+        yield url
+
+
+# --- senders that survive the server -------------------------------------------------------
+
+
+class Target:
+    """Where the server is now: its generation (0 for the first process, +1 per restart) and
+    port. Also counts acknowledgements, for the main thread to kill after some."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.generation = -1
+        self.port = 0
+        self.acks = 0
+        self._cond = threading.Condition()
+
+    def publish(self, generation: int, port: int) -> None:
+        with self._cond:
+            self.generation, self.port = generation, port
+            self._cond.notify_all()
+
+    def server(self, at_least: int) -> tuple[int, int] | None:
+        """(generation, port) of a server of generation ``at_least`` or later; None past
+        the deadline."""
+        with self._cond:
+            while self.generation < at_least:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self.generation, self.port
+
+    def acknowledged(self) -> None:
+        with self._cond:
+            self.acks += 1
+            self._cond.notify_all()
+
+    def wait_acks(self, count: int, done: threading.Event, timeout: float) -> bool:
+        """Waits until ``count`` acknowledgements in all (True) or the senders are done or
+        ``timeout`` passed (False)."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self.acks < count:
+                remaining = end - time.monotonic()
+                if remaining <= 0 or done.is_set():
+                    return False
+                self._cond.wait(min(remaining, 0.1))
+            return True
+
+
+class Sender(threading.Thread):
+    """Pushes one series until every instance was answered 0000, reconnecting to each new
+    server generation after a failure. ``acked`` maps each acknowledged SOP Instance UID to
+    the generation that acknowledged it; ``other`` counts the other answers (None: no
+    answer, the server died)."""
+
+    def __init__(self, aet: str, series: Series, target: Target) -> None:
+        super().__init__(name=f"sender-{aet}", daemon=True)
+        self.aet = aet
+        self.series = series
+        self.target = target
+        self.acked: dict[str, int] = {}
+        self.other: Counter[int | None] = Counter()
+        self.associations = 0
+        self.error: BaseException | None = None
+
+    @property
+    def pending(self) -> list[Dataset]:
+        return [ds for ds in self.series.datasets if str(ds.SOPInstanceUID) not in self.acked]
+
+    def run(self) -> None:
+        try:
+            self._push()
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            self.error = error
+
+    def _push(self) -> None:
+        ae = scu(self.aet)
+        ae.add_requested_context(SECONDARY_CAPTURE)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+        need = 0
+        while self.pending:
+            found = self.target.server(need)
+            if found is None:
+                return
+            generation, port = found
+            self.associations += 1
+            assoc = ae.associate(HOST, port, ae_title="OXIDIP")
+            if not assoc.is_established:
+                need = generation + 1
+                continue
+            for ds in self.pending:
+                try:
+                    status = status_of(assoc.send_c_store(ds))
+                except (RuntimeError, OSError):
+                    status = None
+                if status != 0:
+                    # No answer (the server died) or a failure: a new association, to this
+                    # server if it still accepts, else to the next one.
+                    self.other[status] += 1
+                    break
+                self.acked[str(ds.SOPInstanceUID)] = generation
+                self.target.acknowledged()
+            if assoc.is_established:
+                if self.pending:
+                    assoc.abort()
+                else:
+                    assoc.release()
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def check_acknowledged(
+    root: Path, view: RegistryView, senders: list[Sender], before: int, context: str
+) -> None:
+    """Every instance acknowledged by a server of a generation below ``before`` is
+    registered at its final path, which holds it."""
+    registered = view.instance_paths()
+    problems = []
+    for sender in senders:
+        for ds in sender.series.datasets:
+            sop = str(ds.SOPInstanceUID)
+            generation = sender.acked.get(sop)
+            if generation is None or generation >= before:
+                continue
+            path = final_path(root, sender.aet, ds)
+            if not path.is_file():
+                problems.append(f"{sop} ({sender.aet}, acked by #{generation}): no file {path}")
+            if sop not in registered:
+                problems.append(f"{sop} ({sender.aet}, acked by #{generation}): not registered")
+            elif registered[sop] != str(path):
+                problems.append(f"{sop}: registered at {registered[sop]}, stored at {path}")
+    assert not problems, f"{context}:\n" + "\n".join(problems[:20]) + f"\n({len(problems)})"
+
+
+def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
+    seed = int(os.environ.get("OXIDIP_CRASH_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"crash test seed {seed} (OXIDIP_CRASH_SEED={seed} repeats it)")
+    rng = random.Random(seed)
+    root = tmp_path / "storage"
+    all_series = [make_series(INSTANCES, patient_id=f"CRASH{i}") for i in range(SENDERS)]
+    counts = {s.series_instance_uid: len(s) for s in all_series}
+    target = Target(time.monotonic() + DEADLINE)
+    senders = [Sender(f"CRASH{i}", s, target) for i, s in enumerate(all_series)]
+    done = threading.Event()
+    servers: list[Oxidip] = []
+    kills: list[str] = []
+    view: RegistryView | None = None
+
+    with QueryScp(counts, aet="PACS") as pacs:
+        address = {sender.aet: (pacs.host, pacs.port) for sender in senders}
+
+        def start() -> Oxidip:
+            server = Oxidip(root, db=db, pacs=address)
+            servers.append(server)
+            return server
+
+        try:
+            for sender in senders:
+                sender.start()
+            for generation in range(KILLS + 1):
+                server = start()
+                if view is None:
+                    view = RegistryView(root, db)
+                else:
+                    # The journal is replayed before "listening", so all is registered by now.
+                    check_acknowledged(
+                        root, view, senders, generation, f"seed {seed}, after restart {generation}"
+                    )
+                target.publish(generation, server.port)
+                if generation == KILLS:
+                    break
+                threshold = target.acks + rng.randint(*KILL_AFTER_ACKS)
+                if not target.wait_acks(threshold, done, timeout=30):
+                    kills.append(f"#{generation}: the senders were done before {threshold} acks")
+                server.kill()
+                kills.append(f"#{generation} killed at {target.acks} acks (aimed at {threshold})")
+            for sender in senders:
+                sender.join(max(target.deadline - time.monotonic(), 1))
+            done.set()
+            report = f"seed {seed}; {'; '.join(kills)}; senders: " + ", ".join(
+                f"{s.aet} acked {len(s.acked)}, other answers {dict(s.other)},"
+                f" {s.associations} associations"
+                for s in senders
+            )
+            print(report)
+            assert all(s.error is None for s in senders), [s.error for s in senders]
+            assert all(not s.pending for s in senders), f"senders not done: {report}"
+
+            rows = view.wait_series(counts_are(counts), server=servers[-1], timeout=30)
+            check_acknowledged(root, view, senders, KILLS + 1, f"{report}, at the end")
+            registered = view.instance_paths()
+            missing = [path for path in registered.values() if not os.path.isfile(path)]
+            assert missing == [], f"registered, no file: {missing[:10]} ({report})"
+            on_disk = instances_on_disk(root)
+            assert set(on_disk) == set(registered), report
+            per_series = Counter(path.parent.name for path in on_disk.values())
+            assert per_series == {uid: row.received for uid, row in rows.items()}, report
+            servers[-1].stop()
+        finally:
+            done.set()
+            if view is not None:
+                view.close()
+            target.publish(10**6, 0)  # releases senders still waiting for a server
+            for server in servers:
+                server.kill()
+    assert temp_files(root) == [], "temp files left after the final clean stop"
+    assert journal_files(root) == [], "journal left after the final clean stop"
+    errors = [record for server in servers for record in server.errors()]
+    assert errors == [], errors[:5]
+
+
+def test_kill_9_while_registration_stalls(db: str | None, tmp_path: Path) -> None:
+    whole, half = make_series(8), make_series(10)
+    counts = {whole.series_instance_uid: 8, half.series_instance_uid: 10}
+    root = tmp_path / "storage"
+    with QueryScp(counts, aet="PACS") as pacs:
+        address = {"MODALITY": (pacs.host, pacs.port)}
+        with Oxidip(root, db=db, pacs=address) as server, registration_stalled(root, db):
+            statuses = send(server.port, whole.datasets, calling_aet="MODALITY")
+            statuses |= send(server.port, half.datasets[:5], calling_aet="MODALITY")
+            assert set(statuses.values()) == {0}, statuses
+            server.kill()
+        acknowledged = [*whole.datasets, *half.datasets[:5]]
+        with Oxidip(root, db=db, pacs=address) as server, RegistryView(root, db) as view:
+            registered = view.instance_paths()
+            for ds in acknowledged:
+                path = final_path(root, "MODALITY", ds)
+                assert path.is_file(), path
+                assert registered.get(str(ds.SOPInstanceUID)) == str(path), server.output()
+            statuses = send(server.port, half.datasets[5:], calling_aet="MODALITY")
+            assert set(statuses.values()) == {0}, statuses
+            rows: dict[str, SeriesRow] = view.wait_series(
+                counts_are(counts), server=server, timeout=30
+            )
+            assert all(row.calling_aet == "MODALITY" for row in rows.values()), [
+                describe(row) for row in rows.values()
+            ]
+            server.stop()
+    assert temp_files(root) == []
+    assert journal_files(root) == []
