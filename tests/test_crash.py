@@ -3,7 +3,7 @@ associations push, and restarted on the same storage root and database. Every in
 answered 0000 must be on disk at its final path and registered, no registered row may point
 to a missing file, and the series counts must be right.
 
-- ``test_kill_9_while_pushing``: 4 pynetdicom senders, each pushing its own series of 100
+- ``test_kill_9_while_pushing``: 4 senders (raw DICOM clients in threads), each pushing its own series of 100
   small instances and recording the status of every C-STORE; the server is killed at random
   moments (after a random number of further acknowledgements; seeded, the seed is printed and
   ``OXIDIP_CRASH_SEED`` repeats it) and restarted, 4 times, while the senders send again
@@ -16,6 +16,7 @@ to a missing file, and the series counts must be right.
   expected count is asked for series first registered from a journal too.
 """
 
+import contextlib
 import os
 import random
 import threading
@@ -25,10 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
 
 from oxidip.registry import SeriesRow
-from tests.helpers.dicom import temp_files
+from tests.helpers.dicom import encode_dataset, temp_files
 from tests.helpers.e2e import (
     HOST,
     Oxidip,
@@ -43,11 +43,9 @@ from tests.helpers.e2e import (
     postgres_database,
     registration_stalled,
     send,
-    tcp_nodelay,
 )
-from tests.helpers.pdu import SECONDARY_CAPTURE
+from tests.helpers.pdu import EXPLICIT_LE, SECONDARY_CAPTURE, ConnectionClosed, Context, RawClient
 from tests.helpers.query_scp import QueryScp
-from tests.helpers.senders import scu, status_of
 
 SENDERS = 4
 INSTANCES = 100
@@ -57,11 +55,6 @@ KILLS = 4
 KILL_AFTER_ACKS = (1, 60)
 #: Bound on the whole push, restarts included.
 DEADLINE = 90.0
-
-
-@pytest.fixture(autouse=True)
-def _fast_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> None:
-    tcp_nodelay(monkeypatch)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -122,24 +115,26 @@ class Target:
 
 
 class Sender(threading.Thread):
-    """Pushes one series until every instance was answered 0000, reconnecting to each new
-    server generation after a failure. ``acked`` maps each acknowledged SOP Instance UID to
-    the generation that acknowledged it; ``other`` counts the other answers (None: no
-    answer, the server died)."""
+    """Pushes one series (``RawClient``: exact per-instance statuses, every wait bounded)
+    until every instance was answered 0000, reconnecting after a failure, to the next server
+    generation once the current one refuses connections. ``acked`` maps each acknowledged SOP
+    Instance UID to the generation that acknowledged it; ``other`` counts the other outcomes
+    (a status, or what went wrong)."""
 
     def __init__(self, aet: str, series: Series, target: Target) -> None:
         super().__init__(name=f"sender-{aet}", daemon=True)
         self.aet = aet
         self.series = series
         self.target = target
+        self.encoded = {str(ds.SOPInstanceUID): encode_dataset(ds) for ds in series.datasets}
         self.acked: dict[str, int] = {}
-        self.other: Counter[int | None] = Counter()
+        self.other: Counter[str] = Counter()
         self.associations = 0
         self.error: BaseException | None = None
 
     @property
-    def pending(self) -> list[Dataset]:
-        return [ds for ds in self.series.datasets if str(ds.SOPInstanceUID) not in self.acked]
+    def pending(self) -> list[str]:
+        return [uid for uid in self.encoded if uid not in self.acked]
 
     def run(self) -> None:
         try:
@@ -148,37 +143,48 @@ class Sender(threading.Thread):
             self.error = error
 
     def _push(self) -> None:
-        ae = scu(self.aet)
-        ae.add_requested_context(SECONDARY_CAPTURE)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
         need = 0
         while self.pending:
             found = self.target.server(need)
             if found is None:
                 return
             generation, port = found
-            self.associations += 1
-            assoc = ae.associate(HOST, port, ae_title="OXIDIP")
-            if not assoc.is_established:
-                need = generation + 1
+            try:
+                client = RawClient(HOST, port, timeout=20)
+            except OSError:
+                need = generation + 1  # refused: that server is dead
                 continue
-            for ds in self.pending:
+            self.associations += 1
+            with client:
                 try:
-                    status = status_of(assoc.send_c_store(ds))
-                except (RuntimeError, OSError):
-                    status = None
-                if status != 0:
-                    # No answer (the server died) or a failure: a new association, to this
-                    # server if it still accepts, else to the next one.
-                    self.other[status] += 1
-                    break
-                self.acked[str(ds.SOPInstanceUID)] = generation
-                self.target.acknowledged()
-            if assoc.is_established:
-                if self.pending:
-                    assoc.abort()
-                else:
-                    assoc.release()
+                    client.associate_ok(
+                        calling=self.aet, contexts=[Context(1, SECONDARY_CAPTURE, [EXPLICIT_LE])]
+                    )
+                except _FAILURES as error:
+                    self.other[f"association: {type(error).__name__}"] += 1
+                    continue
+                for message_id, uid in enumerate(self.pending, start=1):
+                    try:
+                        rsp = client.c_store(
+                            1, SECONDARY_CAPTURE, uid, self.encoded[uid], message_id=message_id
+                        )
+                    except _FAILURES as error:
+                        self.other[f"no answer: {type(error).__name__}"] += 1
+                        break
+                    if rsp.status != 0:
+                        self.other[f"status {rsp.status:04X}"] += 1
+                        break
+                    self.acked[uid] = generation
+                    self.target.acknowledged()
+                with contextlib.suppress(*_FAILURES):
+                    if self.pending:
+                        client.abort()
+                    else:
+                        client.release()
+
+
+#: What a server killed under a client looks like to it.
+_FAILURES = (OSError, ConnectionClosed, TimeoutError, AssertionError)
 
 
 # --- checks -----------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ right state with the right counts.
 
 - Orthanc (Debian's ``orthanc``) plays the hospital PACS: series loaded into it through its
   REST API are pushed to oxidip (``/modalities/{name}/store``) while oxidip C-FINDs it.
-- With a pynetdicom query SCP (``tests.helpers.query_scp``) as the PACS, pynetdicom sends:
-  a series split over two associations, instances sent again, an aborted series sent again
-  later, and two oxidip processes sharing one PostgreSQL database, each receiving half of a
+- With a pynetdicom query SCP (``tests.helpers.query_scp``) as the PACS, dcmtk's storescu and
+  a raw DICOM client (``tests.helpers.e2e.send``) send: a series split over two
+  associations, instances sent again, an aborted series sent again later, and two oxidip
+  processes sharing one PostgreSQL database and storage root, each receiving half of a
   series.
 
 Each test starts its own ``oxidip serve`` and, for PostgreSQL, creates its own database
@@ -23,7 +24,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.helpers.dicom import temp_files
+from tests.helpers.dicom import temp_files, write_part10
 from tests.helpers.e2e import (
     HOST,
     Oxidip,
@@ -37,18 +38,13 @@ from tests.helpers.e2e import (
     make_series,
     postgres_database,
     send,
-    tcp_nodelay,
 )
 from tests.helpers.orthanc import OrthancServer
 from tests.helpers.query_scp import QueryScp
+from tests.helpers.senders import storescu
 
 OUR_AET = "OXIDIP"
 MODALITY = "MODALITY"
-
-
-@pytest.fixture(autouse=True)
-def _fast_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> None:
-    tcp_nodelay(monkeypatch)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -146,16 +142,23 @@ def test_orthanc_pushes_series_that_end_complete(
 
 
 def test_series_split_over_two_associations_ends_complete(db: str | None, tmp_path: Path) -> None:
+    """The first part with dcmtk's storescu, the rest in a second association."""
     s = make_series(10)
     uid = s.series_instance_uid
     root = tmp_path / "storage"
+    files = []
+    for ds in s.datasets[:4]:
+        path = tmp_path / "to-send" / f"{ds.SOPInstanceUID}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        write_part10(path, ds)
+        files.append(path)
     with (
         QueryScp({uid: len(s)}, aet=MODALITY) as pacs,
         Oxidip(root, db=db, pacs={MODALITY: (pacs.host, pacs.port)}) as server,
         RegistryView(root, db) as view,
     ):
-        first = send(server.port, s.datasets[:4], calling_aet=MODALITY)
-        assert set(first.values()) == {0}, first
+        result = storescu(HOST, server.port, files, calling_aet=MODALITY, timeout=60)
+        assert result.returncode == 0, result.stderr
         # The association ended with 4 of 10: incomplete, until the rest comes.
         rows = view.wait_series(counts_are({uid: 4}, "incomplete"), server=server)
         assert rows[uid].expected == 10, describe(rows[uid])

@@ -28,7 +28,13 @@ from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceS
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import VARIABLES, Config, ConfigError, warn_unknown_variables
 from oxidip.hooks import HookError, Hooks
-from oxidip.notify import NatsNotifier, Notifier, NotifierError, NullNotifier
+from oxidip.notify import (
+    NatsNotifier,
+    Notifier,
+    NotifierError,
+    NullNotifier,
+    sanitize_subject_part,
+)
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
 from oxidip.reconcile import reconcile, replay_journals
@@ -141,7 +147,7 @@ def consume(
             log.exception("event handler failed", extra={"handler": _name(tick)})
 
 
-def _name(handler: EventHandler) -> str:
+def _name(handler: Callable[..., None]) -> str:
     return getattr(handler, "__qualname__", None) or repr(handler)
 
 
@@ -174,7 +180,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
     if config.nats_address is not None:
         notifier = NatsNotifier(
             config.nats_address,
-            root_subject=config.nats_root_subject or config.scp_aet,
+            root_subject=config.nats_root_subject or sanitize_subject_part(config.scp_aet),
             progress_interval=config.progress_interval,
         )
     return Pipeline(

@@ -105,8 +105,8 @@ class Pipeline:
                 },
             )
             self.receiver.acknowledge(seqs, registered=False)
-            series = {(e.attributes.SeriesInstanceUID or "", e.calling_aet) for e in stored}
-            for series_instance_uid, calling_aet in sorted(series):
+            failed = {(e.attributes.SeriesInstanceUID or "", e.calling_aet) for e in stored}
+            for series_instance_uid, calling_aet in sorted(failed):
                 self.notifier.error(series_instance_uid, calling_aet, "registration failed")
             return
         self.receiver.acknowledge(seqs, registered=True)

@@ -1,6 +1,6 @@
 """End to end: ``oxidip serve`` processes with their registry, a PostgreSQL database of the
-test's own, series of small instances and a pynetdicom sender that records what oxidip
-answered to every instance.
+test's own, series of small instances and a sender that records what oxidip answered to
+every instance.
 
 - ``postgres_database()``: creates ``oxidip_e2e_<random>`` (``TEST_POSTGRES_URL`` is the
   admin URL, default ``postgresql://postgres@127.0.0.1:5432/postgres``), yields its URL and
@@ -12,17 +12,15 @@ answered to every instance.
   zombie whose journal it must not replay).
 - ``RegistryView``: the registry the server uses, opened by the test to read series states
   and registered instances; ``wait_series`` polls it with a deadline.
-- ``tcp_nodelay``: pynetdicom without delayed-ACK waits (monkeypatched for one test).
 - ``registration_stalled``: the test holds the registry's write lock, so the server stores
   and acknowledges but cannot register.
-- ``send``: one association, every dataset C-STOREd, the status of each recorded (None when
-  no answer came), optionally aborted after some.
+- ``send``: one association, every dataset C-STOREd, the status of each recorded,
+  optionally aborted after some.
 """
 
 import contextlib
 import os
 import secrets
-import socket
 import sqlite3
 import time
 import urllib.parse
@@ -36,13 +34,17 @@ import pytest
 from psycopg import sql
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from oxidip.registry import Registry, SeriesRow, open_registry, sqlite_path
-from tests.helpers.dicom import SIMPLE_TEMPLATE, make_dataset, simple_path, stored_files
-from tests.helpers.pdu import SECONDARY_CAPTURE
+from tests.helpers.dicom import (
+    SIMPLE_TEMPLATE,
+    encode_dataset,
+    make_dataset,
+    simple_path,
+    stored_files,
+)
+from tests.helpers.pdu import EXPLICIT_LE, SECONDARY_CAPTURE, Context, RawClient
 from tests.helpers.process import ServerProcess
-from tests.helpers.senders import scu, status_of
 from tests.helpers.tools import in_ci
 
 HOST = "127.0.0.1"
@@ -312,19 +314,6 @@ def instances_on_disk(root: Path) -> dict[str, Path]:
 # --- sending ------------------------------------------------------------------------------
 
 
-def tcp_nodelay(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Makes pynetdicom's requestor sockets TCP_NODELAY for the test: without it each C-STORE
-    waits for a delayed ACK (~40 ms), and sending is about 15 times slower."""
-    create = AssociationSocket._create_socket
-
-    def create_nodelay(self: AssociationSocket, address: AddressInformation) -> socket.socket:
-        sock = create(self, address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    monkeypatch.setattr(AssociationSocket, "_create_socket", create_nodelay)
-
-
 def send(
     port: int,
     datasets: Sequence[Dataset],
@@ -332,22 +321,29 @@ def send(
     calling_aet: str,
     called_aet: str = "OXIDIP",
     abort_after: int | None = None,
-) -> dict[str, int | None]:
-    """One association: C-STOREs ``datasets`` in order (the first ``abort_after`` only, then
-    aborts) and returns the status of each, by SOP Instance UID (None: no answer)."""
-    ae = scu(calling_aet)
-    ae.add_requested_context(SECONDARY_CAPTURE)
-    assoc = ae.associate(HOST, port, ae_title=called_aet)
-    assert assoc.is_established, f"association to 127.0.0.1:{port} as {calling_aet} refused"
-    statuses: dict[str, int | None] = {}
-    try:
+    timeout: float = 30.0,
+) -> dict[str, int]:
+    """One association (``RawClient``: exact statuses, every wait bounded; pynetdicom's
+    requestor sometimes misses a response under load, see ``tests/test_concurrency.py``):
+    C-STOREs ``datasets`` in order, explicit VR little endian, and releases, or aborts after
+    the first ``abort_after``. Returns the status of each, by SOP Instance UID."""
+    statuses: dict[str, int] = {}
+    with RawClient(HOST, port, timeout=timeout) as client:
+        client.associate_ok(
+            calling=calling_aet,
+            called=called_aet,
+            contexts=[Context(1, SECONDARY_CAPTURE, [EXPLICIT_LE])],
+        )
         for index, ds in enumerate(datasets):
             if abort_after is not None and index >= abort_after:
                 break
-            statuses[str(ds.SOPInstanceUID)] = status_of(assoc.send_c_store(ds))
-    finally:
-        if abort_after is not None:
-            assoc.abort()
-        elif assoc.is_established:
-            assoc.release()
+            uid = str(ds.SOPInstanceUID)
+            rsp = client.c_store(
+                1, SECONDARY_CAPTURE, uid, encode_dataset(ds), message_id=index + 1
+            )
+            statuses[uid] = rsp.status
+        if abort_after is None:
+            client.release()
+        else:
+            client.abort()
     return statuses
