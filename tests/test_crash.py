@@ -3,13 +3,15 @@ associations push, and restarted on the same storage root and database. Every in
 answered 0000 must be on disk at its final path and registered, no registered row may point
 to a missing file, and the series counts must be right.
 
-- ``test_kill_9_while_pushing``: 4 senders (raw DICOM clients in threads), each pushing its own series of 100
-  small instances and recording the status of every C-STORE; the server is killed at random
-  moments (after a random number of further acknowledgements; seeded, the seed is printed and
-  ``OXIDIP_CRASH_SEED`` repeats it) and restarted, 4 times, while the senders send again
-  what was not acknowledged. After every restart (the journal is replayed before
-  ``listening``), everything acknowledged before the kill is registered; at the end
-  everything is, every series is complete, and a clean stop leaves no temp file nor journal.
+- ``test_kill_9_while_pushing``: 4 senders (raw DICOM clients in threads), each pushing its
+  own series of 100 small instances and recording the status of every C-STORE; the server
+  is killed at random moments (after a random number of further acknowledgements; seeded,
+  the seed is printed and ``OXIDIP_CRASH_SEED`` repeats it) and restarted, 5 times, while the
+  senders send again what was not acknowledged; about half of the restarts are themselves
+  killed once they replayed a journal (between registering its entries and deleting it),
+  before listening. After every restart (the journal is replayed before ``listening``),
+  everything acknowledged before the kill is registered; at the end everything is, every
+  series is complete, and a clean stop leaves no temp file nor journal.
 - ``test_kill_9_while_registration_stalls``: the test holds the database's write lock, so the
   server acknowledges instances it cannot register; killed then, the restart registers them
   from the journal, and their series (one complete, one half sent) end complete: the
@@ -49,7 +51,7 @@ from tests.helpers.query_scp import QueryScp
 
 SENDERS = 4
 INSTANCES = 100
-KILLS = 4
+KILLS = 5
 #: Further acknowledgements (all senders together) before each kill: a random number in this
 #: range. KILLS * max stays below SENDERS * INSTANCES, so every kill hits a running push.
 KILL_AFTER_ACKS = (1, 60)
@@ -239,6 +241,13 @@ def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
             for sender in senders:
                 sender.start()
             for generation in range(KILLS + 1):
+                if generation > 0 and rng.random() < 0.5:
+                    # Also killed while replaying the journal (before "listening").
+                    early = Oxidip(root, db=db, pacs=address, wait=False)
+                    servers.append(early)
+                    early.process.wait_for_record("journal replayed")
+                    early.kill()
+                    kills.append("a restart killed while replaying")
                 server = start()
                 if view is None:
                     view = RegistryView(root, db)

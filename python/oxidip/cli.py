@@ -38,7 +38,7 @@ from oxidip.notify import (
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
 from oxidip.reconcile import reconcile, replay_journals
-from oxidip.registry import open_registry
+from oxidip.registry import SeriesRow, SeriesState, open_registry
 
 __all__ = ["EventHandler", "build_parser", "build_pipeline", "consume", "log_events", "main"]
 
@@ -160,16 +160,21 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
     node = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     files_root = config.core().files_root
     registry = None
+    pending: list[SeriesRow] = []
     if not hooks.replaces_registry:
         registry = open_registry(
             config.db_connection, files_root, pool_size=config.db_pool, duplicates=config.duplicates
         )
         registry.migrate()
         replayed = replay_journals(files_root, registry, node)
-        if replayed:
+        if replayed.registered:
             log.info(
-                "registered instances from journals of stopped processes", extra={"count": replayed}
+                "registered instances from journals of stopped processes",
+                extra={"count": replayed.registered},
             )
+        # Series whose expected count is still pending: those of the journals, and those
+        # being received (a lookup that died with a killed process is never answered).
+        pending = replayed.series + registry.list_series(state=SeriesState.RECEIVING)
     lookup = ExpectedCountLookup(
         parse_pacs_addresses(config.pacs_address),
         config.scp_aet,
@@ -183,7 +188,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
             root_subject=config.nats_root_subject or sanitize_subject_part(config.scp_aet),
             progress_interval=config.progress_interval,
         )
-    return Pipeline(
+    pipeline = Pipeline(
         receiver=receiver,
         registry=registry,
         lookup=lookup,
@@ -192,6 +197,8 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         node=node,
         series_idle_timeout=config.series_idle_timeout,
     )
+    pipeline.request_expected(pending)
+    return pipeline
 
 
 def _config_error(problems: Sequence[str]) -> int:

@@ -92,5 +92,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # pynetdicom logs every PDU at INFO/DEBUG; keep it to warnings unless we debug.
-    logging.getLogger("pynetdicom").setLevel(level if level == "DEBUG" else "WARNING")
+    # pynetdicom (our C-FIND client) logs every PDU at INFO/DEBUG and every failed attempt
+    # at ERROR; the expected-count lookup reports each outcome per series itself (state,
+    # expected_detail), so pynetdicom is heard only when we debug.
+    logging.getLogger("pynetdicom").setLevel(level if level == "DEBUG" else "CRITICAL")

@@ -7,8 +7,12 @@ Per batch of events (taken from the receiver's bounded queue, never on the netwo
    the receiver, which drops their journal entries (and, with ``OXIDIP_ACK=registered``,
    only now answers their senders). A failed registration is acknowledged as failed: the
    journal keeps the entries and the next start registers them again.
-2. Series seen for the first time get their expected count looked up (C-FIND, in worker
-   threads); answers arrive on later ticks and are stored with ``set_expected``.
+2. Series whose expected count is still "pending" get it looked up (C-FIND, in worker
+   threads), once per process until the answer comes; answers arrive on later ticks and are
+   stored with ``set_expected``. That is new series, but also series whose lookup died with
+   the process that asked (kill -9) or that were first registered from a dead process's
+   journal: asked again when they get instances, change state (``finalize_idle``), or at
+   start (``request_expected``), so a series never stays "pending" for good.
 3. Every state change of a series (computed by the registry, in the database) goes to the
    hooks and to NATS: ``complete`` fires ``on_series_complete``; any state other than
    ``receiving`` fires ``on_series_finalized``.
@@ -21,14 +25,14 @@ the receiver's event queue fills, and TCP pushes back on the senders. Memory sta
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from oxidip._boundary import AssociationClosed, Event, InstanceStored
 from oxidip.completeness import ExpectedCountLookup
 from oxidip.hooks import Hooks
 from oxidip.notify import Notifier
 from oxidip.receiver import Receiver
-from oxidip.registry import ExpectedStatus, Registry, SeriesState, Transition
+from oxidip.registry import ExpectedStatus, Registry, SeriesRow, SeriesState, Transition
 
 __all__ = ["Pipeline"]
 
@@ -62,6 +66,8 @@ class Pipeline:
         self.series_idle_timeout = series_idle_timeout
         self.clock = clock
         self._last_idle_check = 0.0
+        #: Series whose expected count this process asked for and has no answer for yet.
+        self._looking_up: set[str] = set()
 
     def handle(self, batch: Sequence[Event]) -> None:
         stored = [event for event in batch if isinstance(event, InstanceStored)]
@@ -77,6 +83,7 @@ class Pipeline:
         if self.registry is None:
             return
         for answer in self.lookup.poll():
+            self._looking_up.discard(answer.series_instance_uid)
             transitions = self.registry.set_expected(
                 answer.series_instance_uid,
                 answer.expected,
@@ -113,15 +120,23 @@ class Pipeline:
         self.hooks.instance_stored(stored)
         if result is None:
             return
-        for series in result.new_series:
-            self.lookup.request(
-                series.calling_aet, series.study_instance_uid, series.series_instance_uid
-            )
+        self.request_expected(result.touched)
         self._apply(result.transitions)
         for series in result.touched:
             self.notifier.progress(series)
 
+    def request_expected(self, series: Iterable[SeriesRow]) -> None:
+        """Looks up the expected count of those ``series`` whose count is still pending and
+        that this process is not already asking about."""
+        for row in series:
+            uid = row.series_instance_uid
+            if row.expected_status != ExpectedStatus.PENDING or uid in self._looking_up:
+                continue
+            self._looking_up.add(uid)
+            self.lookup.request(row.calling_aet, row.study_instance_uid, uid)
+
     def _apply(self, transitions: Sequence[Transition]) -> None:
+        self.request_expected(transition.series for transition in transitions)
         for transition in transitions:
             series = transition.series
             if series.state == transition.previous:

@@ -7,7 +7,8 @@ every instance.
   drops it (``WITH (FORCE)``: a killed oxidip may leave sessions behind). Without a server
   the test is skipped, except in CI, where it fails.
 - ``Oxidip``: one ``oxidip serve`` subprocess (``tests.helpers.process.ServerProcess``) on
-  127.0.0.1 and a free port, with the exact-path template, ready once it logs ``listening``;
+  127.0.0.1 and a free port, with the exact-path template, ready once it logs ``listening``
+  (unless ``wait=False``);
   ``kill`` is SIGKILL (and waits for it, so that the next start sees a dead process, not a
   zombie whose journal it must not replay).
 - ``RegistryView``: the registry the server uses, opened by the test to read series states
@@ -92,6 +93,7 @@ class Oxidip:
         pacs: Mapping[str, tuple[str, int]] | None = None,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 30.0,
+        wait: bool = True,
     ) -> None:
         self.root = root
         self.db = db
@@ -113,6 +115,9 @@ class Oxidip:
             )
         full_env.update(env or {})
         self.process = ServerProcess(full_env)
+        self.port = 0
+        if not wait:
+            return
         try:
             self.port = self.process.wait_listening(startup_timeout)
         except BaseException:
