@@ -11,7 +11,8 @@ to a missing file, and the series counts must be right.
   killed once they replayed a journal (between registering its entries and deleting it),
   before listening. After every restart (the journal is replayed before ``listening``),
   everything acknowledged before the kill is registered; at the end everything is, every
-  series is complete, and a clean stop leaves no temp file nor journal.
+  series is complete, and a clean stop leaves no temp file nor journal. With
+  ``OXIDIP_ACK=stored`` (0000 once the file is in place and journaled) and ``registered``.
 - ``test_kill_9_while_registration_stalls``: the test holds the database's write lock, so the
   server acknowledges instances it cannot register; killed then, the restart registers them
   from the journal, and their series (one complete, one half sent) end complete: the
@@ -80,6 +81,7 @@ class Target:
         self.generation = -1
         self.port = 0
         self.acks = 0
+        self.closed = False
         self._cond = threading.Condition()
 
     def publish(self, generation: int, port: int) -> None:
@@ -87,30 +89,36 @@ class Target:
             self.generation, self.port = generation, port
             self._cond.notify_all()
 
-    def server(self, at_least: int) -> tuple[int, int] | None:
-        """(generation, port) of a server of generation ``at_least`` or later; None past
-        the deadline."""
+    def close(self) -> None:
+        """No more servers: senders stop."""
         with self._cond:
-            while self.generation < at_least:
+            self.closed = True
+            self._cond.notify_all()
+
+    def server(self, at_least: int) -> tuple[int, int] | None:
+        """(generation, port) of a server of generation ``at_least`` or later; None once
+        closed or past the deadline."""
+        with self._cond:
+            while self.generation < at_least and not self.closed:
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            return self.generation, self.port
+            return None if self.closed else (self.generation, self.port)
 
     def acknowledged(self) -> None:
         with self._cond:
             self.acks += 1
             self._cond.notify_all()
 
-    def wait_acks(self, count: int, done: threading.Event, timeout: float) -> bool:
-        """Waits until ``count`` acknowledgements in all (True) or the senders are done or
-        ``timeout`` passed (False)."""
+    def wait_acks(self, count: int, timeout: float) -> bool:
+        """Waits until ``count`` acknowledgements in all (True) or ``timeout`` passed
+        (False)."""
         end = time.monotonic() + timeout
         with self._cond:
             while self.acks < count:
                 remaining = end - time.monotonic()
-                if remaining <= 0 or done.is_set():
+                if remaining <= 0:
                     return False
                 self._cond.wait(min(remaining, 0.1))
             return True
@@ -215,7 +223,8 @@ def check_acknowledged(
     assert not problems, f"{context}:\n" + "\n".join(problems[:20]) + f"\n({len(problems)})"
 
 
-def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ack", ["stored", "registered"])
+def test_kill_9_while_pushing(db: str | None, ack: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("OXIDIP_CRASH_SEED") or random.SystemRandom().randrange(2**32))
     print(f"crash test seed {seed} (OXIDIP_CRASH_SEED={seed} repeats it)")
     rng = random.Random(seed)
@@ -224,7 +233,6 @@ def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
     counts = {s.series_instance_uid: len(s) for s in all_series}
     target = Target(time.monotonic() + DEADLINE)
     senders = [Sender(f"CRASH{i}", s, target) for i, s in enumerate(all_series)]
-    done = threading.Event()
     servers: list[Oxidip] = []
     kills: list[str] = []
     view: RegistryView | None = None
@@ -233,7 +241,7 @@ def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
         address = {sender.aet: (pacs.host, pacs.port) for sender in senders}
 
         def start() -> Oxidip:
-            server = Oxidip(root, db=db, pacs=address)
+            server = Oxidip(root, db=db, pacs=address, env={"OXIDIP_ACK": ack})
             servers.append(server)
             return server
 
@@ -243,7 +251,7 @@ def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
             for generation in range(KILLS + 1):
                 if generation > 0 and rng.random() < 0.5:
                     # Also killed while replaying the journal (before "listening").
-                    early = Oxidip(root, db=db, pacs=address, wait=False)
+                    early = Oxidip(root, db=db, pacs=address, env={"OXIDIP_ACK": ack}, wait=False)
                     servers.append(early)
                     early.process.wait_for_record("journal replayed")
                     early.kill()
@@ -260,13 +268,13 @@ def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
                 if generation == KILLS:
                     break
                 threshold = target.acks + rng.randint(*KILL_AFTER_ACKS)
-                if not target.wait_acks(threshold, done, timeout=30):
-                    kills.append(f"#{generation}: the senders were done before {threshold} acks")
+                threshold = min(threshold, SENDERS * INSTANCES)
+                if not target.wait_acks(threshold, timeout=30):
+                    kills.append(f"#{generation}: not {threshold} acks within 30 s")
                 server.kill()
                 kills.append(f"#{generation} killed at {target.acks} acks (aimed at {threshold})")
             for sender in senders:
                 sender.join(max(target.deadline - time.monotonic(), 1))
-            done.set()
             report = f"seed {seed}; {'; '.join(kills)}; senders: " + ", ".join(
                 f"{s.aet} acked {len(s.acked)}, other answers {dict(s.other)},"
                 f" {s.associations} associations"
@@ -276,6 +284,7 @@ def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
             assert all(s.error is None for s in senders), [s.error for s in senders]
             assert all(not s.pending for s in senders), f"senders not done: {report}"
 
+            assert view is not None
             rows = view.wait_series(counts_are(counts), server=servers[-1], timeout=30)
             check_acknowledged(root, view, senders, KILLS + 1, f"{report}, at the end")
             registered = view.instance_paths()
@@ -287,10 +296,9 @@ def test_kill_9_while_pushing(db: str | None, tmp_path: Path) -> None:
             assert per_series == {uid: row.received for uid, row in rows.items()}, report
             servers[-1].stop()
         finally:
-            done.set()
             if view is not None:
                 view.close()
-            target.publish(10**6, 0)  # releases senders still waiting for a server
+            target.close()
             for server in servers:
                 server.kill()
     assert temp_files(root) == [], "temp files left after the final clean stop"
@@ -328,3 +336,43 @@ def test_kill_9_while_registration_stalls(db: str | None, tmp_path: Path) -> Non
             server.stop()
     assert temp_files(root) == []
     assert journal_files(root) == []
+
+
+def test_series_cut_by_a_kill_ends_incomplete(db: str | None, tmp_path: Path) -> None:
+    """The killed process never ends its association: the series it was receiving is
+    finalized by the idle timeout of the next process (incomplete, not receiving for ever),
+    and completes when the rest comes."""
+    s = make_series(10)
+    uid = s.series_instance_uid
+    root = tmp_path / "storage"
+    env = {"OXIDIP_SERIES_IDLE_TIMEOUT": "1"}
+    with QueryScp({uid: 10}, aet="PACS") as pacs:
+        address = {"MODALITY": (pacs.host, pacs.port)}
+        with (
+            Oxidip(root, db=db, pacs=address, env=env) as server,
+            RawClient(HOST, server.port, timeout=20) as client,
+        ):
+            client.associate_ok(
+                calling="MODALITY", contexts=[Context(1, SECONDARY_CAPTURE, [EXPLICIT_LE])]
+            )
+            for message_id, ds in enumerate(s.datasets[:5], start=1):
+                sop = str(ds.SOPInstanceUID)
+                rsp = client.c_store(
+                    1, SECONDARY_CAPTURE, sop, encode_dataset(ds), message_id=message_id
+                )
+                assert rsp.status == 0, rsp
+            with RegistryView(root, db) as view:
+                view.wait_series(
+                    lambda rows: (
+                        uid in rows and rows[uid].received == 5 and rows[uid].expected == 10
+                    ),
+                    server=server,
+                    what="5 of 10 registered",
+                )
+            server.kill()
+        with Oxidip(root, db=db, pacs=address, env=env) as server, RegistryView(root, db) as view:
+            view.wait_series(counts_are({uid: 5}, "incomplete"), server=server, timeout=30)
+            statuses = send(server.port, s.datasets[5:], calling_aet="MODALITY")
+            assert set(statuses.values()) == {0}, statuses
+            view.wait_series(counts_are({uid: 10}), server=server)
+            server.stop()

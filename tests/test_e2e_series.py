@@ -38,6 +38,7 @@ from tests.helpers.e2e import (
     make_series,
     postgres_database,
     send,
+    series_json,
 )
 from tests.helpers.orthanc import OrthancServer
 from tests.helpers.query_scp import QueryScp
@@ -136,6 +137,23 @@ def test_orthanc_pushes_series_that_end_complete(
             assert set(rows) == set(counts), [describe(r) for r in rows.values()]
             check_storage(root, view, orthanc.aet, series)
         check_clean_stop(server)
+
+    # What people and scripts see.
+    listed = series_json(root, db, "--aet", orthanc.aet)
+    assert sorted(
+        (
+            line["series_instance_uid"],
+            line["study_instance_uid"],
+            line["calling_aet"],
+            line["expected"],
+            line["received"],
+            line["state"],
+        )
+        for line in listed
+    ) == sorted(
+        (s.series_instance_uid, s.study_instance_uid, orthanc.aet, len(s), len(s), "complete")
+        for s in series
+    )
 
 
 # --- a pynetdicom PACS ----------------------------------------------------------------------

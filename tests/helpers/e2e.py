@@ -12,7 +12,8 @@ every instance.
   ``kill`` is SIGKILL (and waits for it, so that the next start sees a dead process, not a
   zombie whose journal it must not replay).
 - ``RegistryView``: the registry the server uses, opened by the test to read series states
-  and registered instances; ``wait_series`` polls it with a deadline.
+  and registered instances; ``wait_series`` polls it with a deadline. ``series_json`` is
+  what ``oxidip series --json`` says.
 - ``registration_stalled``: the test holds the registry's write lock, so the server stores
   and acknowledges but cannot register.
 - ``send``: one association, every dataset C-STOREd, the status of each recorded,
@@ -20,9 +21,12 @@ every instance.
 """
 
 import contextlib
+import json
 import os
 import secrets
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -206,6 +210,25 @@ class RegistryView:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def series_json(root: Path, db: str | None, *args: str) -> list[dict[str, object]]:
+    """``python -m oxidip series --json [args]`` with the server's storage root and database:
+    one object per line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
+    env["OXIDIP_FILES_ROOT"] = str(root)
+    if db is not None:
+        env["OXIDIP_DB_CONNECTION"] = db
+    result = subprocess.run(
+        [sys.executable, "-m", "oxidip", "series", "--json", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
 
 
 def describe(row: SeriesRow) -> str:
