@@ -361,6 +361,21 @@ def test_set_expected_while_receiving(registry: Registry) -> None:
     ]
 
 
+def test_series_still_pending_can_be_listed(registry: Registry) -> None:
+    """What a restart asks the PACS about again, whatever the series' state."""
+    answered, pending_open, pending_ended = uid(), uid(), uid()
+    registry.register(batch(answered, 2), "node-a")
+    registry.register(batch(pending_open, 2), "node-a")
+    registry.register(batch(pending_ended, 2), "node-b")
+    registry.set_expected(answered, 2, ExpectedStatus.KNOWN, "")
+    registry.association_ended("node-b", 1)
+    pending = registry.list_series(expected_status=ExpectedStatus.PENDING)
+    assert {(s.series_instance_uid, s.state) for s in pending} == {
+        (pending_open, "receiving"),
+        (pending_ended, "finalized-unknown"),
+    }
+
+
 def test_set_expected_checks_its_arguments(registry: Registry) -> None:
     series = uid()
     registry.register(batch(series, 1), "node-a")

@@ -38,7 +38,7 @@ from oxidip.notify import (
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
 from oxidip.reconcile import reconcile, replay_journals
-from oxidip.registry import SeriesRow, SeriesState, open_registry
+from oxidip.registry import ExpectedStatus, SeriesRow, open_registry
 
 __all__ = ["EventHandler", "build_parser", "build_pipeline", "consume", "log_events", "main"]
 
@@ -167,14 +167,15 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         )
         registry.migrate()
         replayed = replay_journals(files_root, registry, node)
-        if replayed.registered:
+        if replayed:
             log.info(
                 "registered instances from journals of stopped processes",
-                extra={"count": replayed.registered},
+                extra={"count": replayed},
             )
-        # Series whose expected count is still pending: those of the journals, and those
-        # being received (a lookup that died with a killed process is never answered).
-        pending = replayed.series + registry.list_series(state=SeriesState.RECEIVING)
+        # Series whose expected count is still pending, whatever their state: a lookup that
+        # died with a killed process is never answered otherwise. (Another live process may
+        # be asking too: a second C-FIND for one series is harmless.)
+        pending = registry.list_series(expected_status=ExpectedStatus.PENDING)
     lookup = ExpectedCountLookup(
         parse_pacs_addresses(config.pacs_address),
         config.scp_aet,

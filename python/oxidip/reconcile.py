@@ -21,11 +21,10 @@ import msgspec
 
 from oxidip import _core
 from oxidip._boundary import InstanceStored, StoredInstance
-from oxidip.registry import Registry, SeriesRow, Transition
+from oxidip.registry import Registry
 
 __all__ = [
     "ReconcileReport",
-    "Replayed",
     "instance_from_file",
     "reconcile",
     "replay_journals",
@@ -60,22 +59,16 @@ def instance_from_file(path: Path | str) -> InstanceStored:
     )
 
 
-def _register_files(
-    paths: Iterable[Path], registry: Registry, node: str
-) -> tuple[int, int, list[Transition], dict[str, SeriesRow]]:
-    """Registers the readable files among ``paths`` in batches; returns (registered, unreadable,
-    transitions, the series the files belong to as last registered)."""
+def _register_files(paths: Iterable[Path], registry: Registry, node: str) -> tuple[int, int]:
+    """Registers the readable files among ``paths`` in batches, then ends their delivery (so
+    their series get a final state); returns (registered, unreadable)."""
     registered = unreadable = 0
-    transitions: list[Transition] = []
-    series: dict[str, SeriesRow] = {}
     batch: list[InstanceStored] = []
 
     def flush() -> None:
         nonlocal registered
         if batch:
-            result = registry.register(batch, node)
-            transitions.extend(result.transitions)
-            series.update((row.series_instance_uid, row) for row in result.touched)
+            registry.register(batch, node)
             registered += len(batch)
             batch.clear()
 
@@ -89,29 +82,20 @@ def _register_files(
         if len(batch) >= BATCH:
             flush()
     flush()
-    transitions.extend(registry.association_ended(node, READ_BACK_ASSOCIATION))
-    return registered, unreadable, transitions, series
+    registry.association_ended(node, READ_BACK_ASSOCIATION)
+    return registered, unreadable
 
 
-class Replayed(msgspec.Struct, frozen=True):
-    #: Instances registered from the journals.
-    registered: int
-    #: The series they belong to, as registered: their expected count may still be pending
-    #: (the dead process may not have asked for it, or not had the answer), for the caller
-    #: to look up.
-    series: list[SeriesRow]
-
-
-def replay_journals(files_root: Path | str, registry: Registry, node: str) -> Replayed:
-    """Registers what dead processes' journals list; deletes the journals."""
+def replay_journals(files_root: Path | str, registry: Registry, node: str) -> int:
+    """Registers what dead processes' journals list; deletes the journals. Returns how many
+    instances were registered. Their series' expected counts may still be pending: the
+    caller asks for every pending one at start."""
     root = Path(files_root)
     total = 0
-    replayed: dict[str, SeriesRow] = {}
     for journal in _core.orphan_journals(str(root)):
         listed = [root / line for line in Path(journal).read_text().splitlines() if line]
         present = [path for path in listed if path.is_file()]
-        registered, unreadable, _, series = _register_files(present, registry, node)
-        replayed.update(series)
+        registered, unreadable = _register_files(present, registry, node)
         total += registered
         log.info(
             "journal replayed",
@@ -126,7 +110,7 @@ def replay_journals(files_root: Path | str, registry: Registry, node: str) -> Re
         # Another process starting at the same time may have replayed it too.
         with contextlib.suppress(FileNotFoundError):
             os.remove(journal)
-    return Replayed(total, list(replayed.values()))
+    return total
 
 
 def storage_files(files_root: Path | str) -> Iterator[Path]:
@@ -149,6 +133,6 @@ class ReconcileReport(msgspec.Struct, frozen=True):
 def reconcile(files_root: Path | str, registry: Registry, node: str) -> ReconcileReport:
     """Registers every file of the storage tree and lists registered instances whose file is
     gone (left in the database for a person to decide on)."""
-    registered, unreadable, _, _ = _register_files(storage_files(files_root), registry, node)
+    registered, unreadable = _register_files(storage_files(files_root), registry, node)
     missing = [path for _, path in registry.instance_paths() if not os.path.isfile(path)]
     return ReconcileReport(registered, unreadable, missing)

@@ -120,6 +120,7 @@ class Registry(Protocol):
         state: str | None = None,
         calling_aet: str | None = None,
         study_instance_uid: str | None = None,
+        expected_status: str | None = None,
     ) -> list[SeriesRow]:
         """Series matching every filter given, oldest first."""
         ...

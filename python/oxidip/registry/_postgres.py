@@ -457,6 +457,7 @@ class PostgresRegistry:
         state: str | None = None,
         calling_aet: str | None = None,
         study_instance_uid: str | None = None,
+        expected_status: str | None = None,
     ) -> list[SeriesRow]:
         conditions: list[LiteralString] = []
         params: list[str] = []
@@ -469,6 +470,9 @@ class PostgresRegistry:
         if study_instance_uid is not None:
             conditions.append("u.study_instance_uid = %s")
             params.append(study_instance_uid)
+        if expected_status is not None:
+            conditions.append("u.expected_status = %s")
+            params.append(expected_status)
         where: LiteralString = " WHERE " + " AND ".join(conditions) if conditions else ""
         query = f"{_SELECT_SERIES}{where} ORDER BY u.first_received_at, u.series_instance_uid"
         return self._run(lambda conn: _series_rows(conn.execute(query, params)))

@@ -404,6 +404,7 @@ class SqliteRegistry:
         state: str | None = None,
         calling_aet: str | None = None,
         study_instance_uid: str | None = None,
+        expected_status: str | None = None,
     ) -> list[SeriesRow]:
         conditions: list[str] = []
         params: list[str] = []
@@ -411,6 +412,7 @@ class SqliteRegistry:
             ("s.state", state),
             ("s.calling_aet", calling_aet),
             ("s.study_instance_uid", study_instance_uid),
+            ("s.expected_status", expected_status),
         ):
             if value is not None:
                 conditions.append(f"{column} = ?")
