@@ -474,6 +474,47 @@ def count_files(root: Path) -> int:
     )
 
 
+def push(running: Running, workload: Workload, log: TextIO, name: str) -> tuple[float, float]:
+    """Sends the workload to a running receiver with storescu (one association). Returns when
+    storescu started (``time.perf_counter``) and how long it took; raises when it failed."""
+    args = [
+        need("storescu"),
+        "-aet",
+        "BENCHSCU",
+        "-aec",
+        running.aet,
+        "--scan-directories",
+        HOST,
+        str(running.port),
+        str(workload.directory),
+    ]
+    # Start every run with no dirty pages left by the previous one (its files, their
+    # deletion), so one run's writeback does not slow the next.
+    os.sync()
+    started = time.perf_counter()
+    result = subprocess.run(
+        args,
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=STORESCU_TIMEOUT,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    log.write(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"storescu to {name} exited {result.returncode}: {result.stderr[-2000:]}"
+        )
+    return started, seconds
+
+
+def check_stored(name: str, storage: Path, workload: Workload) -> None:
+    stored = count_files(storage)
+    if stored != workload.count:
+        raise RuntimeError(f"{name} stored {stored} of {workload.count} instances")
+
+
 def measure(
     spec: ReceiverSpec, workload: Workload, storage: Path, log: TextIO, rep: int
 ) -> Measurement:
@@ -481,40 +522,10 @@ def measure(
     log.write(f"\n=== {spec.name} / {workload.name} / repetition {rep} ===\n")
     running = spec.start(RunContext(storage=storage, log=log, aet=spec.aet))
     try:
-        args = [
-            need("storescu"),
-            "-aet",
-            "BENCHSCU",
-            "-aec",
-            running.aet,
-            "--scan-directories",
-            HOST,
-            str(running.port),
-            str(workload.directory),
-        ]
-        # Start every run with no dirty pages left by the previous one (its files, their
-        # deletion), so one run's writeback does not slow the next.
-        os.sync()
-        started = time.perf_counter()
-        result = subprocess.run(
-            args,
-            env=dcmtk_env(),
-            capture_output=True,
-            text=True,
-            timeout=STORESCU_TIMEOUT,
-            check=False,
-        )
-        seconds = time.perf_counter() - started
-        log.write(result.stdout + result.stderr)
+        _, seconds = push(running, workload, log, spec.name)
     finally:
         running.stop()
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"storescu to {spec.name} exited {result.returncode}: {result.stderr[-2000:]}"
-        )
-    stored = count_files(storage)
-    if stored != workload.count:
-        raise RuntimeError(f"{spec.name} stored {stored} of {workload.count} instances")
+    check_stored(spec.name, storage, workload)
     return Measurement(workload.name, spec.name, rep, seconds, workload.count, workload.total_bytes)
 
 

@@ -42,7 +42,6 @@ import secrets
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -353,40 +352,12 @@ def measure_receive(
         running = receive.start_oxidip(ctx, settings)
         registered_at = None
         try:
-            args = [
-                receive.need("storescu"),
-                "-aet",
-                "BENCHSCU",
-                "-aec",
-                running.aet,
-                "--scan-directories",
-                HOST,
-                str(running.port),
-                str(workload.directory),
-            ]
-            os.sync()  # no writeback of the previous run during this one
-            started = time.perf_counter()
-            result = subprocess.run(
-                args,
-                env=receive.dcmtk_env(),
-                capture_output=True,
-                text=True,
-                timeout=receive.STORESCU_TIMEOUT,
-                check=False,
-            )
-            seconds = time.perf_counter() - started
-            if result.returncode == 0 and variant.backend is not None:
+            started, seconds = receive.push(running, workload, log, variant.name)
+            if variant.backend is not None:
                 registered_at = _wait_registered(connection, storage, workload.count) - started
-            log.write(result.stdout + result.stderr)
         finally:
             running.stop()
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"storescu to {variant.name} exited {result.returncode}: {result.stderr[-2000:]}"
-        )
-    stored = receive.count_files(storage)
-    if stored != workload.count:
-        raise RuntimeError(f"{variant.name} stored {stored} of {workload.count} instances")
+    receive.check_stored(variant.name, storage, workload)
     return ReceiveRun(variant.name, rep, seconds, registered_at, workload.count)
 
 
