@@ -29,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "scp_enforce_aet": False,
     "allowed_calling_aets": (),
     "files_root": "./data",
-    "scp_max_pdu_length": 262144,
+    "scp_max_pdu_length": 131072,
     "scp_strict": False,
     "scp_promiscuous": False,
     "scp_uncompressed_only": False,

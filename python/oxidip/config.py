@@ -397,7 +397,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("OXIDIP_FILES_ROOT", "./data", DirectoryPath(), "Directory files are stored under."),
     Variable(
         "OXIDIP_SCP_MAX_PDU_LENGTH",
-        "262144",
+        # dcmtk never sends more than 131072 however much is announced; see README Benchmarks.
+        "131072",
         Integer(4096, 134217728, special=(0, "no limit")),
         "Maximum PDU length we announce (A-ASSOCIATE-AC maximum length sub-item) and accept.",
     ),
