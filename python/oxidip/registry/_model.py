@@ -3,7 +3,7 @@
 import enum
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import LiteralString, Protocol
 
 import msgspec
 
@@ -275,3 +275,68 @@ def transitions_of(rows: Sequence[SeriesRow], previous: dict[str, str | None]) -
         for row in rows
         if row.series_instance_uid in previous and previous[row.series_instance_uid] != row.state
     ]
+
+
+def schema_v1(*, timestamp: LiteralString) -> tuple[LiteralString, ...]:
+    """Version 1 of the schema, for both backends: they differ only in the type that holds
+    instants (SQLite: ``REAL`` unix seconds; PostgreSQL: ``timestamptz``). ``BIGINT`` has
+    INTEGER affinity in SQLite."""
+    return (
+        """CREATE TABLE patients (
+            patient_id text PRIMARY KEY,
+            patient_name text,
+            patient_birth_date text,
+            patient_sex text
+        )""",
+        """CREATE TABLE studies (
+            study_instance_uid text PRIMARY KEY,
+            patient_id text REFERENCES patients (patient_id),
+            study_date text,
+            study_time text,
+            accession_number text,
+            study_description text
+        )""",
+        "CREATE INDEX studies_patient_id ON studies (patient_id)",
+        f"""CREATE TABLE series (
+            series_instance_uid text PRIMARY KEY,
+            study_instance_uid text NOT NULL REFERENCES studies (study_instance_uid),
+            calling_aet text NOT NULL,
+            modality text,
+            series_description text,
+            series_number text,
+            expected integer CHECK (expected >= 0),
+            expected_status text NOT NULL
+                CHECK (expected_status IN ('pending', 'known', 'unknown', 'error')),
+            expected_detail text NOT NULL,
+            received integer NOT NULL,
+            state text NOT NULL CHECK (state IN
+                ('receiving', 'complete', 'incomplete', 'overfull', 'finalized-unknown')),
+            first_received_at {timestamp} NOT NULL,
+            last_received_at {timestamp} NOT NULL,
+            finalized_at {timestamp}
+        )""",
+        "CREATE INDEX series_study_instance_uid ON series (study_instance_uid)",
+        "CREATE INDEX series_state ON series (state, last_received_at)",
+        "CREATE INDEX series_calling_aet ON series (calling_aet)",
+        f"""CREATE TABLE instances (
+            sop_instance_uid text PRIMARY KEY,
+            series_instance_uid text NOT NULL REFERENCES series (series_instance_uid),
+            sop_class_uid text,
+            instance_number text,
+            transfer_syntax text NOT NULL,
+            path text NOT NULL,
+            size bigint NOT NULL,
+            node text NOT NULL,
+            association_id bigint NOT NULL,
+            received_at {timestamp} NOT NULL,
+            stored_at {timestamp} NOT NULL
+        )""",
+        "CREATE INDEX instances_series_instance_uid ON instances (series_instance_uid)",
+        """CREATE TABLE series_activity (
+            series_instance_uid text NOT NULL REFERENCES series (series_instance_uid),
+            node text NOT NULL,
+            association_id bigint NOT NULL,
+            PRIMARY KEY (series_instance_uid, node, association_id)
+        )""",
+        "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
+    )

@@ -28,6 +28,7 @@ from oxidip.registry._model import (
     check_expected,
     prepare,
     result_of,
+    schema_v1,
     state_sql,
     transitions_of,
 )
@@ -46,68 +47,7 @@ _ATTEMPTS = 5
 
 #: (version, statements): applied in order, each version once, in one transaction.
 MIGRATIONS: tuple[tuple[int, tuple[LiteralString, ...]], ...] = (
-    (
-        1,
-        (
-            """CREATE TABLE patients (
-                patient_id text PRIMARY KEY,
-                patient_name text,
-                patient_birth_date text,
-                patient_sex text
-            )""",
-            """CREATE TABLE studies (
-                study_instance_uid text PRIMARY KEY,
-                patient_id text REFERENCES patients (patient_id),
-                study_date text,
-                study_time text,
-                accession_number text,
-                study_description text
-            )""",
-            "CREATE INDEX studies_patient_id ON studies (patient_id)",
-            """CREATE TABLE series (
-                series_instance_uid text PRIMARY KEY,
-                study_instance_uid text NOT NULL REFERENCES studies (study_instance_uid),
-                calling_aet text NOT NULL,
-                modality text,
-                series_description text,
-                series_number text,
-                expected integer CHECK (expected >= 0),
-                expected_status text NOT NULL
-                    CHECK (expected_status IN ('pending', 'known', 'unknown', 'error')),
-                expected_detail text NOT NULL,
-                received integer NOT NULL,
-                state text NOT NULL CHECK (state IN
-                    ('receiving', 'complete', 'incomplete', 'overfull', 'finalized-unknown')),
-                first_received_at timestamptz NOT NULL,
-                last_received_at timestamptz NOT NULL,
-                finalized_at timestamptz
-            )""",
-            "CREATE INDEX series_study_instance_uid ON series (study_instance_uid)",
-            "CREATE INDEX series_state ON series (state, last_received_at)",
-            "CREATE INDEX series_calling_aet ON series (calling_aet)",
-            """CREATE TABLE instances (
-                sop_instance_uid text PRIMARY KEY,
-                series_instance_uid text NOT NULL REFERENCES series (series_instance_uid),
-                sop_class_uid text,
-                instance_number text,
-                transfer_syntax text NOT NULL,
-                path text NOT NULL,
-                size bigint NOT NULL,
-                node text NOT NULL,
-                association_id bigint NOT NULL,
-                received_at timestamptz NOT NULL,
-                stored_at timestamptz NOT NULL
-            )""",
-            "CREATE INDEX instances_series_instance_uid ON instances (series_instance_uid)",
-            """CREATE TABLE series_activity (
-                series_instance_uid text NOT NULL REFERENCES series (series_instance_uid),
-                node text NOT NULL,
-                association_id bigint NOT NULL,
-                PRIMARY KEY (series_instance_uid, node, association_id)
-            )""",
-            "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
-        ),
-    ),
+    (1, schema_v1(timestamp="timestamptz")),
 )
 
 LATEST = MIGRATIONS[-1][0]

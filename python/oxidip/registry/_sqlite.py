@@ -21,6 +21,7 @@ from oxidip.registry._model import (
     check_expected,
     prepare,
     result_of,
+    schema_v1,
     state_sql,
     transitions_of,
 )
@@ -28,70 +29,7 @@ from oxidip.registry._model import (
 __all__ = ["MIGRATIONS", "SqliteRegistry"]
 
 #: (version, statements): applied in order, each version once, in one transaction.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (
-        1,
-        (
-            """CREATE TABLE patients (
-                patient_id TEXT PRIMARY KEY,
-                patient_name TEXT,
-                patient_birth_date TEXT,
-                patient_sex TEXT
-            )""",
-            """CREATE TABLE studies (
-                study_instance_uid TEXT PRIMARY KEY,
-                patient_id TEXT REFERENCES patients (patient_id),
-                study_date TEXT,
-                study_time TEXT,
-                accession_number TEXT,
-                study_description TEXT
-            )""",
-            "CREATE INDEX studies_patient_id ON studies (patient_id)",
-            """CREATE TABLE series (
-                series_instance_uid TEXT PRIMARY KEY,
-                study_instance_uid TEXT NOT NULL REFERENCES studies (study_instance_uid),
-                calling_aet TEXT NOT NULL,
-                modality TEXT,
-                series_description TEXT,
-                series_number TEXT,
-                expected INTEGER CHECK (expected >= 0),
-                expected_status TEXT NOT NULL
-                    CHECK (expected_status IN ('pending', 'known', 'unknown', 'error')),
-                expected_detail TEXT NOT NULL,
-                received INTEGER NOT NULL,
-                state TEXT NOT NULL CHECK (state IN
-                    ('receiving', 'complete', 'incomplete', 'overfull', 'finalized-unknown')),
-                first_received_at REAL NOT NULL,
-                last_received_at REAL NOT NULL,
-                finalized_at REAL
-            )""",
-            "CREATE INDEX series_study_instance_uid ON series (study_instance_uid)",
-            "CREATE INDEX series_state ON series (state, last_received_at)",
-            "CREATE INDEX series_calling_aet ON series (calling_aet)",
-            """CREATE TABLE instances (
-                sop_instance_uid TEXT PRIMARY KEY,
-                series_instance_uid TEXT NOT NULL REFERENCES series (series_instance_uid),
-                sop_class_uid TEXT,
-                instance_number TEXT,
-                transfer_syntax TEXT NOT NULL,
-                path TEXT NOT NULL,
-                size INTEGER NOT NULL,
-                node TEXT NOT NULL,
-                association_id INTEGER NOT NULL,
-                received_at REAL NOT NULL,
-                stored_at REAL NOT NULL
-            )""",
-            "CREATE INDEX instances_series_instance_uid ON instances (series_instance_uid)",
-            """CREATE TABLE series_activity (
-                series_instance_uid TEXT NOT NULL REFERENCES series (series_instance_uid),
-                node TEXT NOT NULL,
-                association_id INTEGER NOT NULL,
-                PRIMARY KEY (series_instance_uid, node, association_id)
-            )""",
-            "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
-        ),
-    ),
-)
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, schema_v1(timestamp="REAL")),)
 
 LATEST = MIGRATIONS[-1][0]
 
