@@ -19,16 +19,20 @@ and the ratio to dcmtk storescp, as a markdown table on stdout and in
     .venv/bin/python bench/receive.py --small 50 --ct 5 --repeats 1   # smoke test, seconds
 
 Receivers are registered in ``RECEIVERS`` (name -> how to start it with a storage directory
-and where to send); adding one is a decorated function. dicom-rs's storescp, for instance
-(check its ``--help`` for the exact flags of the installed version):
+and where to send); adding one is a decorated function, e.g. a command that takes its port on
+the command line and answers C-ECHO once it is ready:
 
-    @receiver("dicom-rs storescp", needs=("dicom-storescp", "echoscu"), aet="DICOM-RS")
-    def dicom_rs(ctx: RunContext) -> Running:
+    @receiver("my scp", needs=("my-scp", "echoscu"), aet="MYSCP")
+    def my_scp(ctx: RunContext) -> Running:
         port = free_port()
         return start_command(
-            [need("dicom-storescp"), "--port", str(port), "--out-dir", str(ctx.storage)],
+            [need("my-scp"), "--port", str(port), "--out", str(ctx.storage)],
             port=port, aet=ctx.aet, log=ctx.log,
         )
+
+Registered: oxidip, dcmtk storescp (apt-get install dcmtk), pynetdicom (bench/pynetdicom_scp.py)
+and dicom-rs storescp (``cargo install dicom-storescp --locked``; found on PATH or in
+``$CARGO_HOME/bin``, default ``~/.cargo/bin``).
 """
 
 import argparse
@@ -67,22 +71,39 @@ READY_TIMEOUT = 60.0
 STORESCU_TIMEOUT = 3600.0
 
 
+#: How to install each external tool, for error messages.
+INSTALL_HINT = {
+    "storescu": "apt-get install dcmtk",
+    "storescp": "apt-get install dcmtk",
+    "echoscu": "apt-get install dcmtk",
+    "dicom-storescp": "cargo install dicom-storescp --locked",
+}
+
+
+def cargo_bin() -> Path:
+    """Where ``cargo install`` puts executables."""
+    home = os.environ.get("CARGO_HOME")
+    return Path(home) / "bin" if home else Path.home() / ".cargo" / "bin"
+
+
 def tool(name: str) -> str | None:
     """An executable on PATH, never from the running virtual environment's ``bin``: pynetdicom
-    installs its own ``storescu``, ``echoscu``, ``storescp`` there."""
+    installs its own ``storescu``, ``echoscu``, ``storescp`` there. Falls back to
+    ``cargo install``'s directory (dicom-rs's ``dicom-storescp``), often not on PATH."""
     skip = {Path(sys.prefix, "bin").resolve()} if sys.prefix != sys.base_prefix else set()
     for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
         if directory and Path(directory).resolve() not in skip:
             path = shutil.which(name, path=directory)
             if path is not None:
                 return path
-    return None
+    return shutil.which(name, path=str(cargo_bin()))
 
 
 def need(name: str) -> str:
     path = tool(name)
     if path is None:
-        raise RuntimeError(f"{name} not found on PATH (apt-get install dcmtk)")
+        hint = INSTALL_HINT.get(name, f"install {name}")
+        raise RuntimeError(f"{name} not found on PATH ({hint})")
     return path
 
 
@@ -445,6 +466,32 @@ def pynetdicom_scp(ctx: RunContext) -> Running:
     )
 
 
+@receiver("dicom-rs storescp", needs=("dicom-storescp", "echoscu"), aet="DICOM-RS")
+def dicom_rs_storescp(ctx: RunContext) -> Running:
+    """dicom-rs's ``dicom-storescp`` in its non-blocking mode (``-n``: a tokio task per
+    association), otherwise on its defaults: its built-in list of storage SOP classes (CT
+    Image and Secondary Capture among them) plus Verification, every transfer syntax it
+    supports (the native ones included), maximum PDU 16378. It accepts any called AE title
+    (``--calling-ae-title`` is its own title, despite the name), binds 0.0.0.0 on ``-p`` and
+    writes flat ``<SOPInstanceUID>.dcm`` Part 10 files into ``-o``. It answers C-ECHO."""
+    port = free_port()
+    return start_command(
+        [
+            need("dicom-storescp"),
+            "--non-blocking",
+            "--calling-ae-title",
+            ctx.aet,
+            "-p",
+            str(port),
+            "-o",
+            str(ctx.storage),
+        ],
+        port=port,
+        aet=ctx.aet,
+        log=ctx.log,
+    )
+
+
 # --- one measurement ------------------------------------------------------------------------
 
 
@@ -552,6 +599,12 @@ def _versions() -> dict[str, str]:
         )
         first = out.stdout.splitlines()[0] if out.stdout else ""
         versions["dcmtk"] = first.replace("$dcmtk: ", "").rstrip(" $")
+    if tool("dicom-storescp"):
+        out = subprocess.run(
+            [need("dicom-storescp"), "--version"], capture_output=True, text=True, check=False
+        )
+        # "dicom-storescp 0.10.1"
+        versions["dicom-rs storescp"] = out.stdout.strip().removeprefix("dicom-storescp ")
     return versions
 
 
@@ -636,7 +689,7 @@ def _slug(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
-        description="Receive throughput of oxidip vs dcmtk storescp vs pynetdicom.",
+        description="Receive throughput of oxidip vs dcmtk storescp, pynetdicom, dicom-rs.",
         epilog="Receivers: " + ", ".join(RECEIVERS),
     )
     parser.add_argument("--small", type=int, default=5000, help="small instances (0: skip)")
@@ -684,7 +737,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         missing = RECEIVERS[name].missing()
         if missing:
-            parser.error(f"receiver {name!r} needs {missing} on PATH")
+            hints = "; ".join(INSTALL_HINT.get(m, f"install {m}") for m in missing)
+            parser.error(
+                f"receiver {name!r} needs {missing} on PATH ({hints}), "
+                "or leave it out with --receivers"
+            )
 
     workdir = Path(tempfile.mkdtemp(prefix="oxidip-bench-", dir=args.workdir))
     output = args.output or RESULTS / f"receive-{datetime.date.today().isoformat()}.md"
@@ -700,6 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generated in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
         measurements: list[Measurement] = []
+        width = max(len(name) for name in names)
         with log_path.open("w") as log:
             for warmup in range(args.warmup):
                 for workload in workloads:
@@ -707,7 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         storage = workdir / f"warmup-{warmup}-{workload.name}-{_slug(name)}"
                         m = measure(RECEIVERS[name], workload, storage, log, -1 - warmup)
                         print(
-                            f"warm-up {workload.name:5} {name:15} {m.seconds:7.2f} s (not counted)",
+                            f"warm-up {workload.name:5} {name:{width}} {m.seconds:7.2f} s "
+                            "(not counted)",
                             file=sys.stderr,
                         )
             for rep in range(args.repeats):
@@ -723,7 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         # deleting thousands was 3-4x slower, which would punish whichever
                         # receiver runs next.
                         print(
-                            f"rep {rep} {workload.name:5} {name:15} {m.seconds:7.2f} s "
+                            f"rep {rep} {workload.name:5} {name:{width}} {m.seconds:7.2f} s "
                             f"{m.per_second:9.0f} inst/s {m.mb_per_second:8.1f} MB/s",
                             file=sys.stderr,
                         )

@@ -1,4 +1,6 @@
-"""External tools (dcmtk): found on PATH, skipped outside CI when missing, a failure in CI.
+"""External tools (dcmtk, dicom-rs's storescp): found on PATH (or, for tools installed with
+``cargo install``, in ``$CARGO_HOME/bin``, default ``~/.cargo/bin``), skipped outside CI when
+missing, a failure in CI.
 
 pynetdicom installs its own ``storescu``, ``echoscu``, ``storescp``... into the virtual
 environment's ``bin``; those are never picked (an activated venv would put them first).
@@ -21,6 +23,7 @@ INSTALL_HINT = {
     "echoscu": "apt-get install dcmtk",
     "storescp": "apt-get install dcmtk",
     "findscu": "apt-get install dcmtk",
+    "dicom-storescp": "cargo install dicom-storescp --locked",
 }
 
 
@@ -28,9 +31,15 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def cargo_bin() -> Path:
+    """Where ``cargo install`` puts executables."""
+    home = os.environ.get("CARGO_HOME")
+    return Path(home) / "bin" if home else Path.home() / ".cargo" / "bin"
+
+
 def find_tool(name: str) -> str | None:
     """``name`` on PATH, skipping the running virtual environment's ``bin`` (pynetdicom's
-    same-named scripts)."""
+    same-named scripts); then in ``cargo install``'s directory, often not on PATH."""
     in_venv = sys.prefix != sys.base_prefix
     skip = {Path(sys.prefix, "bin").resolve()} if in_venv else set()
     for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
@@ -39,7 +48,7 @@ def find_tool(name: str) -> str | None:
         path = shutil.which(name, path=directory)
         if path is not None:
             return path
-    return None
+    return shutil.which(name, path=str(cargo_bin()))
 
 
 def require_tool(name: str) -> str:
