@@ -4,6 +4,7 @@
 
 pub mod dicom;
 pub mod dimse;
+pub mod scu;
 pub mod server;
 pub mod storage;
 pub mod ul;

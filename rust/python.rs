@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::dicom::attributes::EXTRACTED;
+use crate::scu::load;
 use crate::server::config::ServerConfig;
 use crate::server::events::EventStream;
 use crate::server::Server;
@@ -133,6 +134,17 @@ fn read_instance<'py>(py: Python<'py>, path: &str) -> PyResult<Bound<'py, PyByte
     Ok(PyBytes::new(py, &bytes))
 }
 
+/// Runs the load generator (`scu::load`): options and report as msgpack of
+/// `oxidip._boundary.LoadOptions` / `LoadReport`. Blocks until done, without the GIL.
+#[pyfunction]
+fn send_load<'py>(py: Python<'py>, options: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let options: load::LoadOptions =
+        rmp_serde::from_slice(options).map_err(|e| PyValueError::new_err(format!("invalid load options: {e}")))?;
+    let report = py.allow_threads(|| load::run(options)).map_err(PyValueError::new_err)?;
+    let bytes = rmp_serde::to_vec_named(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -144,5 +156,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
     m.add_function(wrap_pyfunction!(orphan_journals, m)?)?;
     m.add_function(wrap_pyfunction!(read_instance, m)?)?;
+    m.add_function(wrap_pyfunction!(send_load, m)?)?;
     Ok(())
 }

@@ -17,6 +17,8 @@ __all__ = [
     "Event",
     "InstanceFailed",
     "InstanceStored",
+    "LoadOptions",
+    "LoadReport",
 ]
 
 
@@ -153,3 +155,44 @@ class StoredInstance(msgspec.Struct, frozen=True):
     media_storage_sop_instance_uid: str
     #: Unix seconds.
     modified_at: float
+
+
+class LoadOptions(msgspec.Struct, frozen=True):
+    """What ``_core.send_load`` sends (``scu::load::LoadOptions``)."""
+
+    #: "host:port".
+    addr: str
+    calling_aet: str
+    called_aet: str
+    #: Concurrent associations, each one series.
+    associations: int
+    #: Instances in all, spread evenly over the associations.
+    instances: int
+    #: Approximate data set size in bytes.
+    size: int
+    #: Explicit or implicit VR little endian.
+    transfer_syntax: str
+    #: Our maximum PDU length (0 = unlimited).
+    max_pdu_length: int
+    #: Seconds to wait for the peer at each step.
+    timeout: float = 30.0
+
+
+class LoadReport(msgspec.Struct, frozen=True):
+    """What ``_core.send_load`` returns (``scu::load::LoadReport``)."""
+
+    #: Instances answered with success or a warning.
+    instances: int
+    #: Instances not stored: a failure status, or never answered.
+    failures: int
+    #: Failure status -> instances answered with it.
+    statuses: dict[int, int]
+    #: Association-level errors (rejection, abort, timeout...).
+    errors: list[str]
+    #: Data set bytes of the instances answered.
+    bytes: int
+    seconds: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float

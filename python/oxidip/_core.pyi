@@ -26,6 +26,11 @@ def read_instance(path: str) -> bytes:
     """msgpack of ``oxidip._boundary.StoredInstance`` for a stored Part 10 file. Raises
     ValueError when the file is not a Part 10 file oxidip can read."""
 
+def send_load(options: bytes) -> bytes:
+    """Runs the load generator: ``options`` is msgpack of ``oxidip._boundary.LoadOptions``,
+    the result msgpack of ``LoadReport``. Blocks (without the GIL) until every association
+    has ended. Raises ValueError on invalid options."""
+
 class Receiver:
     """The Storage SCP. One instance serves one listening socket."""
 

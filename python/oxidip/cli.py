@@ -23,7 +23,7 @@ from typing import TypeAlias
 
 import psycopg
 
-from oxidip import __version__, logs, series_cli
+from oxidip import __version__, bench_cli, logs, series_cli
 from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceStored
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import VARIABLES, Config, ConfigError, warn_unknown_variables
@@ -349,6 +349,7 @@ def _add_reconcile(subparsers: Subparsers) -> None:
 SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     _add_serve,
     series_cli.add_parser,
+    bench_cli.add_parser,
     _add_reconcile,
 ]
 

@@ -167,7 +167,7 @@ impl Handler {
                 }
                 Pdu::Abort(_) => return End::AbortedByPeer,
                 other => {
-                    Err(violation(REASON_UNEXPECTED_PDU, format!("unexpected {} after association", pdu_name(&other))))
+                    Err(violation(REASON_UNEXPECTED_PDU, format!("unexpected {} after association", other.name())))
                 }
             };
             if let Err(v) = result {
@@ -185,7 +185,7 @@ impl Handler {
             Ok(Err(e)) => return Err(self.read_failed(e).await),
             Ok(Ok(Some(Pdu::AssociateRq(rq)))) => rq,
             Ok(Ok(Some(other))) => {
-                let v = violation(REASON_UNEXPECTED_PDU, format!("{} before A-ASSOCIATE-RQ", pdu_name(&other)));
+                let v = violation(REASON_UNEXPECTED_PDU, format!("{} before A-ASSOCIATE-RQ", other.name()));
                 return Err(self.abort(v).await);
             }
         };
@@ -504,18 +504,6 @@ fn journaled(outcome: Outcome, shared: &Shared) -> Journaled {
 async fn abort_requested(abort: &mut watch::Receiver<bool>) {
     if abort.wait_for(|abort| *abort).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-fn pdu_name(pdu: &Pdu) -> &'static str {
-    match pdu {
-        Pdu::AssociateRq(_) => "A-ASSOCIATE-RQ",
-        Pdu::AssociateAc(_) => "A-ASSOCIATE-AC",
-        Pdu::AssociateRj(_) => "A-ASSOCIATE-RJ",
-        Pdu::PData(_) => "P-DATA-TF",
-        Pdu::ReleaseRq => "A-RELEASE-RQ",
-        Pdu::ReleaseRp => "A-RELEASE-RP",
-        Pdu::Abort(_) => "A-ABORT",
     }
 }
 

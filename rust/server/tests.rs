@@ -17,7 +17,7 @@ use crate::ul::pdu::*;
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
-fn config(root: &Path) -> ServerConfig {
+pub(crate) fn config(root: &Path) -> ServerConfig {
     ServerConfig {
         host: "127.0.0.1".into(),
         port: 0,

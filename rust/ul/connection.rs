@@ -91,16 +91,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// (PS3.8 §9.3.5: a PDV item's length counts its 2 header bytes; 6 bytes of PDV item
     /// header go with each fragment).
     pub async fn write_command(&mut self, context_id: u8, command: &[u8], peer_max_pdu: u32) -> io::Result<()> {
+        self.write_fragmented(context_id, true, command, peer_max_pdu).await
+    }
+
+    /// Sends a command set (`is_command`) or a data set as PDVs of one presentation context,
+    /// one PDV per P-DATA-TF, each PDU no longer than `peer_max_pdu` (0 = unlimited: one PDV),
+    /// the last one flagged last (PS3.8 annex E.2).
+    pub async fn write_fragmented(
+        &mut self,
+        context_id: u8,
+        is_command: bool,
+        data: &[u8],
+        peer_max_pdu: u32,
+    ) -> io::Result<()> {
         // 12 bytes is the smallest PDU that carries any data; a peer asking for less is ignored.
         let max_fragment = match peer_max_pdu {
-            0 => command.len().max(1),
+            0 => data.len().max(1),
             n => (n as usize).max(12) - 6,
         };
-        let mut chunks = command.chunks(max_fragment).peekable();
+        if data.is_empty() {
+            let pdv = Pdv { context_id, is_command, is_last: true, data: bytes::Bytes::new() };
+            return self.write_pdu(&Pdu::PData(vec![pdv])).await;
+        }
+        let mut chunks = data.chunks(max_fragment).peekable();
         while let Some(chunk) = chunks.next() {
             let pdv = Pdv {
                 context_id,
-                is_command: true,
+                is_command,
                 is_last: chunks.peek().is_none(),
                 data: bytes::Bytes::copy_from_slice(chunk),
             };

@@ -18,6 +18,21 @@ pub enum Pdu {
     Abort(Abort),
 }
 
+impl Pdu {
+    /// The PDU's name in PS3.8 §9.3, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Pdu::AssociateRq(_) => "A-ASSOCIATE-RQ",
+            Pdu::AssociateAc(_) => "A-ASSOCIATE-AC",
+            Pdu::AssociateRj(_) => "A-ASSOCIATE-RJ",
+            Pdu::PData(_) => "P-DATA-TF",
+            Pdu::ReleaseRq => "A-RELEASE-RQ",
+            Pdu::ReleaseRp => "A-RELEASE-RP",
+            Pdu::Abort(_) => "A-ABORT",
+        }
+    }
+}
+
 /// A-ASSOCIATE-RQ (PS3.8 §9.3.2).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AssociateRq {
