@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import textwrap
 import threading
 import time
@@ -26,19 +25,19 @@ import psycopg
 from oxidip import __version__, bench_cli, logs, series_cli
 from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceStored
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
-from oxidip.config import VARIABLES, Config, ConfigError, warn_unknown_variables
-from oxidip.hooks import HookError, Hooks
-from oxidip.notify import (
-    NatsNotifier,
-    Notifier,
-    NotifierError,
-    NullNotifier,
-    sanitize_subject_part,
+from oxidip.config import (
+    VARIABLES,
+    Config,
+    ConfigError,
+    report_config_error,
+    warn_unknown_variables,
 )
+from oxidip.hooks import HookError, Hooks
+from oxidip.notify import NotifierError, open_notifier, sanitize_subject_part
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
 from oxidip.reconcile import reconcile, replay_journals
-from oxidip.registry import ExpectedStatus, SeriesRow, open_registry
+from oxidip.registry import ExpectedStatus, Registry, SeriesRow, open_registry
 
 __all__ = ["EventHandler", "build_parser", "build_pipeline", "consume", "log_events", "main"]
 
@@ -52,7 +51,6 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 #: Exit statuses.
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 
 # --- event handling ----------------------------------------------------------------------
@@ -154,6 +152,18 @@ def _name(handler: Callable[..., None]) -> str:
 # --- serve -------------------------------------------------------------------------------
 
 
+def open_migrated_registry(config: Config) -> Registry:
+    """The registry ``serve`` and ``reconcile`` use, its schema brought up to date."""
+    registry = open_registry(
+        config.db_connection,
+        config.core().files_root,
+        pool_size=config.db_pool,
+        duplicates=config.duplicates,
+    )
+    registry.migrate()
+    return registry
+
+
 def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline:
     """Opens the registry (migrating it, replaying journals of dead processes), the expected
     count lookup and the notifier."""
@@ -162,10 +172,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
     registry = None
     pending: list[SeriesRow] = []
     if not hooks.replaces_registry:
-        registry = open_registry(
-            config.db_connection, files_root, pool_size=config.db_pool, duplicates=config.duplicates
-        )
-        registry.migrate()
+        registry = open_migrated_registry(config)
         replayed = replay_journals(files_root, registry, node)
         if replayed:
             log.info(
@@ -182,13 +189,11 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         timeout=config.cfind_timeout,
         retries=config.cfind_retries,
     )
-    notifier: Notifier = NullNotifier()
-    if config.nats_address is not None:
-        notifier = NatsNotifier(
-            config.nats_address,
-            root_subject=config.nats_root_subject or sanitize_subject_part(config.scp_aet),
-            progress_interval=config.progress_interval,
-        )
+    notifier = open_notifier(
+        config.nats_address,
+        root_subject=config.nats_root_subject or sanitize_subject_part(config.scp_aet),
+        progress_interval=config.progress_interval,
+    )
     pipeline = Pipeline(
         receiver=receiver,
         registry=registry,
@@ -202,27 +207,21 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
     return pipeline
 
 
-def _config_error(problems: Sequence[str]) -> int:
-    for problem in problems:
-        print(f"oxidip: configuration error: {problem}", file=sys.stderr)
-    return EXIT_CONFIG
-
-
 def serve(args: argparse.Namespace) -> int:
     """Runs the receiver until SIGTERM or SIGINT."""
     try:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
-        return _config_error(error.problems)
+        return report_config_error(error.problems)
     logs.configure(config.log_level, config.log_format)
     warn_unknown_variables()
     try:
         receiver = Receiver(config)
         hooks = Hooks.load(config.hooks, queue_size=config.hook_queue)
     except HookError as error:
-        return _config_error([f"OXIDIP_HOOKS={config.hooks!r}: {error}"])
+        return report_config_error([f"OXIDIP_HOOKS={config.hooks!r}: {error}"])
     except ValueError as error:  # the core's own range checks; Config should catch all first
-        return _config_error([str(error)])
+        return report_config_error([str(error)])
     try:
         pipeline = build_pipeline(config, receiver, hooks)
     except (OSError, ValueError, NotifierError, psycopg.Error) as error:
@@ -316,14 +315,11 @@ def run_reconcile(args: argparse.Namespace) -> int:
     try:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
-        return _config_error(error.problems)
+        return report_config_error(error.problems)
     logs.configure(config.log_level, config.log_format)
     files_root = config.core().files_root
-    registry = open_registry(
-        config.db_connection, files_root, pool_size=config.db_pool, duplicates=config.duplicates
-    )
+    registry = open_migrated_registry(config)
     try:
-        registry.migrate()
         node = f"{socket.gethostname()}-{os.getpid()}-reconcile"
         report = reconcile(files_root, registry, node)
     finally:

@@ -12,7 +12,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,6 +44,17 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+#: Exit status of a command that refused its configuration.
+EXIT_CONFIG = 2
+
+
+def report_config_error(problems: Sequence[str]) -> int:
+    """Prints each problem on stderr, as every oxidip command does; returns EXIT_CONFIG."""
+    for problem in problems:
+        print(f"oxidip: configuration error: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 class Invalid(Exception):

@@ -15,7 +15,7 @@ from typing import TypeAlias
 import msgspec
 import psycopg
 
-from oxidip.config import Config, ConfigError
+from oxidip.config import EXIT_CONFIG, Config, ConfigError, report_config_error
 from oxidip.registry import SeriesRow, SeriesState, open_registry, sqlite_path
 
 __all__ = ["add_parser", "format_age", "format_table", "run"]
@@ -24,7 +24,6 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 #: Longest series description shown in the table (longer ones are cut, ending with "...").
 _DESCRIPTION_WIDTH = 32
@@ -130,9 +129,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
-        for problem in error.problems:
-            print(f"oxidip: configuration error: {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return report_config_error(error.problems)
     connection = config.db_connection
     if connection is None and not sqlite_path(config.files_root).exists():
         # Do not create a database under a files root that may be the wrong one.

@@ -340,3 +340,13 @@ def schema_v1(*, timestamp: LiteralString) -> tuple[LiteralString, ...]:
         )""",
         "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
     )
+
+
+def check_schema_version(current: int, latest: int, where: str) -> None:
+    """Refuses a database migrated by a newer oxidip: its schema may mean things this one
+    does not know."""
+    if current > latest:
+        raise RuntimeError(
+            f"{where} has schema version {current}, newer than this oxidip knows ({latest}):"
+            " upgrade oxidip"
+        )

@@ -26,6 +26,7 @@ from oxidip.registry._model import (
     SeriesRow,
     Transition,
     check_expected,
+    check_schema_version,
     prepare,
     result_of,
     schema_v1,
@@ -240,11 +241,7 @@ class PostgresRegistry:
                 " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             current = self._version(conn)
-            if current > LATEST:
-                raise RuntimeError(
-                    f"the registry database has schema version {current}, newer than this"
-                    f" oxidip knows ({LATEST}): upgrade oxidip"
-                )
+            check_schema_version(current, LATEST, "the registry database")
             for version, statements in MIGRATIONS:
                 if version > current:
                     for statement in statements:

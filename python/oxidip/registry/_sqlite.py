@@ -19,6 +19,7 @@ from oxidip.registry._model import (
     SeriesRow,
     Transition,
     check_expected,
+    check_schema_version,
     prepare,
     result_of,
     schema_v1,
@@ -153,11 +154,7 @@ class SqliteRegistry:
             (current,) = conn.execute(
                 "SELECT coalesce(max(version), 0) FROM oxidip_schema_version"
             ).fetchone()
-            if current > LATEST:
-                raise RuntimeError(
-                    f"registry {self.path} has schema version {current}, newer than this"
-                    f" oxidip knows ({LATEST}): upgrade oxidip"
-                )
+            check_schema_version(current, LATEST, f"registry {self.path}")
             for version, statements in MIGRATIONS:
                 if version > current:
                     for statement in statements:
