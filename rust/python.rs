@@ -65,16 +65,17 @@ impl Receiver {
         py: Python<'py>,
         max_events: usize,
         timeout: f64,
+        linger: f64,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let timeout =
-            Duration::try_from_secs_f64(timeout).map_err(|_| PyValueError::new_err("timeout must be >= 0"))?;
+        let timeout = seconds(timeout, "timeout")?;
+        let linger = seconds(linger, "linger")?;
         let handle = match lock(&self.server).as_ref() {
             Some(server) => server.runtime().handle().clone(),
             None => return Err(PyRuntimeError::new_err("receiver not started")),
         };
         let batch = py.allow_threads(|| {
             let mut events = lock(&self.events);
-            events.as_mut().and_then(|stream| stream.next_batch(&handle, max_events, timeout))
+            events.as_mut().and_then(|stream| stream.next_batch(&handle, max_events, timeout, linger))
         });
         match batch {
             None => Ok(None),
@@ -98,7 +99,7 @@ impl Receiver {
     }
 
     fn stop(&self, timeout: f64) -> PyResult<()> {
-        let grace = Duration::try_from_secs_f64(timeout).map_err(|_| PyValueError::new_err("timeout must be >= 0"))?;
+        let grace = seconds(timeout, "timeout")?;
         if let Some(server) = lock(&self.server).as_ref() {
             server.stop(grace);
         }
@@ -109,6 +110,10 @@ impl Receiver {
     fn queued_events(&self) -> usize {
         self.queued.get().map_or(0, |q| q.load(Ordering::Relaxed))
     }
+}
+
+fn seconds(value: f64, name: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0")))
 }
 
 #[pyfunction]

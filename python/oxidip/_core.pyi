@@ -42,10 +42,12 @@ class Receiver:
         """Opens storage, binds and starts serving; returns the bound TCP port (useful with
         port 0). Raises OSError when the port cannot be bound or storage is unusable."""
 
-    def next_batch(self, max_events: int, timeout: float) -> bytes | None:
-        """Waits up to ``timeout`` seconds (GIL released) for events and returns up to
-        ``max_events`` of them as msgpack of ``list[oxidip._boundary.Event]`` (an empty list
-        on timeout). Returns None once the receiver has stopped and every event was taken."""
+    def next_batch(self, max_events: int, timeout: float, linger: float) -> bytes | None:
+        """Waits up to ``timeout`` seconds (GIL released) for a first event, then up to
+        ``linger`` seconds more for others (unless ``max_events`` are already there), and
+        returns up to ``max_events`` as msgpack of ``list[oxidip._boundary.Event]`` (an
+        empty list on timeout). Returns None once the receiver has stopped and every event
+        was taken."""
 
     def acknowledge(self, seqs: list[int], registered: bool) -> None:
         """Python's word on journal entries (``InstanceStored.journal_seq``): registered

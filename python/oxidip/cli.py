@@ -48,6 +48,12 @@ EventHandler = Callable[[list[Event]], None]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
+#: Seconds a batch of events waits for more once its first event is in, when senders are not
+#: waiting for registration (``OXIDIP_ACK=stored``): at thousands of instances a second, a
+#: registry transaction and a wake-up per few events cost more CPU than storing them (see
+#: the README's benchmarks); 5 ms delays registration by at most that much.
+EVENT_LINGER = 0.005
+
 #: Exit statuses.
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -118,20 +124,21 @@ def consume(
     tick: Callable[[], None] = lambda: None,
     max_events: int = 1000,
     poll: float = 0.5,
+    linger: float = 0.0,
 ) -> bool:
     """Passes every batch of events to every handler until the receiver has stopped and all
     events were taken, calling ``tick`` after every wait (with or without events). Once
     ``stop_requested`` is set (checked at least every ``poll`` seconds), stops the receiver
     gracefully and keeps draining. A handler that raises is logged and does not stop the
-    loop. Returns whether the receiver stopped because it was asked to (False: it stopped by
-    itself)."""
+    loop. ``linger``: see ``Receiver.next_batch``. Returns whether the receiver stopped
+    because it was asked to (False: it stopped by itself)."""
     stopping = False
     while True:
         if not stopping and stop_requested.is_set():
             stopping = True
             receiver.stop(shutdown_timeout)
             log.info("stopping", extra={"timeout": shutdown_timeout})
-        batch = receiver.next_batch(max_events, poll)
+        batch = receiver.next_batch(max_events, poll, linger)
         if batch is None:
             return stopping
         for handler in handlers if batch else ():
@@ -267,6 +274,7 @@ def serve(args: argparse.Namespace) -> int:
                 stop_requested,
                 config.shutdown_timeout,
                 tick=pipeline.tick,
+                linger=0.0 if config.ack == "registered" else EVENT_LINGER,
             )
         except Exception:
             log.exception("receiver failed")

@@ -41,11 +41,13 @@ class Receiver:
             raise RuntimeError("Receiver.port is only known after start()")
         return self._port
 
-    def next_batch(self, max_events: int = 1000, timeout: float = 0.5) -> list[Event] | None:
-        """Waits up to ``timeout`` seconds for events and returns up to ``max_events`` of them
-        (an empty list on timeout); None once the receiver has stopped and every event was
-        taken."""
-        raw = self._core.next_batch(max_events, timeout)
+    def next_batch(
+        self, max_events: int = 1000, timeout: float = 0.5, linger: float = 0.0
+    ) -> list[Event] | None:
+        """Waits up to ``timeout`` seconds for a first event, then up to ``linger`` seconds
+        for more (fewer, larger batches), and returns up to ``max_events`` (an empty list on
+        timeout); None once the receiver has stopped and every event was taken."""
+        raw = self._core.next_batch(max_events, timeout, linger)
         if raw is None:
             return None
         return _DECODER.decode(raw)

@@ -104,27 +104,118 @@ pub fn channel(capacity: usize) -> (EventSink, EventStream) {
 }
 
 impl EventStream {
-    /// Waits up to `timeout` for a first event, then takes up to `max` without waiting.
+    /// Waits up to `timeout` for a first event, then takes up to `max` in all: those already
+    /// queued and, when `linger` is not zero and the batch is not full, those that arrive
+    /// within `linger`. Lingering trades a little latency for fewer, larger batches: one
+    /// wake-up of the Python thread and one registry transaction for many instances, where
+    /// waking on every event costs about as much as storing the instance.
     /// None once every sender is gone and the queue is empty.
-    pub fn next_batch(&mut self, runtime: &Handle, max: usize, timeout: Duration) -> Option<Vec<Event>> {
+    pub fn next_batch(
+        &mut self,
+        runtime: &Handle,
+        max: usize,
+        timeout: Duration,
+        linger: Duration,
+    ) -> Option<Vec<Event>> {
+        let max = max.max(1);
         let first = runtime.block_on(async { tokio::time::timeout(timeout, self.rx.recv()).await });
         let mut batch = match first {
             Err(_elapsed) => return Some(Vec::new()),
             Ok(None) => return None,
             Ok(Some(event)) => vec![event],
         };
-        while batch.len() < max.max(1) {
-            match self.rx.try_recv() {
-                Ok(event) => batch.push(event),
-                Err(_) => break,
-            }
+        self.drain_into(&mut batch, max);
+        if batch.len() < max && !linger.is_zero() {
+            // A plain sleep, not a wait on the channel, so that senders do not wake us.
+            runtime.block_on(async { tokio::time::sleep(linger).await });
+            self.drain_into(&mut batch, max);
         }
         self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
         Some(batch)
     }
 
+    fn drain_into(&mut self, batch: &mut Vec<Event>, max: usize) {
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// A counter readable without holding the stream.
     pub fn queued_counter(&self) -> Arc<AtomicUsize> {
         self.queued.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(association_id: u64) -> Event {
+        Event::AssociationClosed(AssociationClosed {
+            association_id,
+            calling_aet: String::new(),
+            called_aet: String::new(),
+            peer: String::new(),
+            started_at: 0.0,
+            duration: 0.0,
+            instances_stored: 0,
+            instances_failed: 0,
+            bytes_received: 0,
+            outcome: "released",
+            detail: String::new(),
+        })
+    }
+
+    fn ids(batch: &[Event]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|e| match e {
+                Event::AssociationClosed(c) => c.association_id,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Python calls from its own thread, outside the runtime: lingering must work there.
+    #[test]
+    fn batches_take_what_is_queued_up_to_max_with_or_without_linger() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (sink, mut stream) = channel(16);
+        runtime.block_on(async {
+            for id in 0..5 {
+                sink.send(closed(id)).await;
+            }
+        });
+        let handle = runtime.handle();
+        let linger = Duration::from_millis(1);
+        let batch = stream.next_batch(handle, 3, Duration::from_secs(5), linger).unwrap();
+        assert_eq!(ids(&batch), [0, 1, 2]);
+        assert_eq!(stream.queued_counter().load(Ordering::Relaxed), 2);
+        let batch = stream.next_batch(handle, 10, Duration::from_secs(5), linger).unwrap();
+        assert_eq!(ids(&batch), [3, 4]);
+        let batch = stream.next_batch(handle, 10, Duration::from_millis(1), Duration::ZERO).unwrap();
+        assert!(batch.is_empty());
+        drop(sink);
+        assert!(stream.next_batch(handle, 10, Duration::from_secs(5), linger).is_none());
+    }
+
+    /// An event sent while the batch lingers joins it.
+    #[test]
+    fn linger_collects_events_sent_meanwhile() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (sink, mut stream) = channel(16);
+        runtime.spawn(async move {
+            sink.send(closed(1)).await;
+            // Once the first event has been taken (the batch is lingering, or done), the next.
+            while sink.tx.capacity() < sink.tx.max_capacity() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            sink.send(closed(2)).await;
+        });
+        let batch = stream.next_batch(runtime.handle(), 10, Duration::from_secs(5), Duration::from_millis(500));
+        assert_eq!(ids(&batch.unwrap()), [1, 2]);
     }
 }

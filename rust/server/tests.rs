@@ -125,7 +125,7 @@ fn events_until_closed(server: &Server, stream: &mut EventStream, associations: 
     let mut all = Vec::new();
     let closed = |all: &Vec<Event>| all.iter().filter(|e| matches!(e, Event::AssociationClosed(_))).count();
     while closed(&all) < associations {
-        let batch = stream.next_batch(server.runtime().handle(), 100, Duration::from_secs(10));
+        let batch = stream.next_batch(server.runtime().handle(), 100, Duration::from_secs(10), Duration::ZERO);
         let batch = batch.expect("event stream ended early");
         assert!(!batch.is_empty(), "timed out waiting for events");
         all.extend(batch);
@@ -219,7 +219,7 @@ fn stop_ends_the_event_stream() {
     let root = tempfile::tempdir().unwrap();
     let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
     server.stop(Duration::from_secs(1));
-    assert!(events.next_batch(server.runtime().handle(), 10, Duration::from_secs(10)).is_none());
+    assert!(events.next_batch(server.runtime().handle(), 10, Duration::from_secs(10), Duration::ZERO).is_none());
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn ack_registered_answers_after_python_confirms() {
         (first, second)
     });
     for registered in [true, false] {
-        let batch = events.next_batch(&handle, 10, Duration::from_secs(10)).unwrap();
+        let batch = events.next_batch(&handle, 10, Duration::from_secs(10), Duration::ZERO).unwrap();
         let [Event::InstanceStored(stored)] = &batch[..] else { panic!("expected one stored instance: {batch:?}") };
         // The sender is still waiting for its answer: it can only come after ours.
         assert!(!scu.is_finished());

@@ -134,6 +134,11 @@ impl Storage {
         &self.root
     }
 
+    /// Whether storing an instance waits for the device (an fsync policy other than none).
+    pub fn syncs(&self) -> bool {
+        self.fsync != FsyncPolicy::None
+    }
+
     pub fn template(&self) -> &PathTemplate {
         &self.template
     }

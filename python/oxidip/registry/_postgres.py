@@ -113,14 +113,23 @@ _SERIES = """INSERT INTO series (series_instance_uid, study_instance_uid, callin
         last_received_at = greatest(series.last_received_at, excluded.last_received_at)
     RETURNING series_instance_uid, state, xmax = 0"""
 
-_INSTANCES = """INSERT INTO instances (sop_instance_uid, series_instance_uid, sop_class_uid,
-        instance_number, transfer_syntax, path, size, node, association_id, received_at,
-        stored_at)
+# Instances, then ``received`` grown by those new to the registry (xmax = 0: inserted, not
+# updated), counted rather than recounted per batch (a recount reads the whole series:
+# quadratic in its size over a series' batches). The series rows are locked already.
+_INSTANCES = """WITH ins AS (INSERT INTO instances (sop_instance_uid, series_instance_uid,
+        sop_class_uid, instance_number, transfer_syntax, path, size, node, association_id,
+        received_at, stored_at)
     SELECT sop_instance_uid, series_instance_uid, sop_class_uid, instance_number,
         transfer_syntax, path, size, node, association_id, to_timestamp(received_at),
         to_timestamp(stored_at)
     FROM oxidip_incoming ORDER BY sop_instance_uid
-    ON CONFLICT (sop_instance_uid) DO """
+    ON CONFLICT (sop_instance_uid) DO {on_duplicate}
+    RETURNING series_instance_uid, xmax = 0 AS inserted
+), added AS (
+    SELECT series_instance_uid, count(*) AS n FROM ins WHERE inserted GROUP BY 1
+)
+UPDATE series s SET received = s.received + added.n FROM added
+    WHERE s.series_instance_uid = added.series_instance_uid"""
 
 _ON_DUPLICATE: dict[str, LiteralString] = {
     "overwrite": """UPDATE SET sop_class_uid = excluded.sop_class_uid,
@@ -145,11 +154,10 @@ _SERIES_COLUMNS = """u.series_instance_uid, u.study_instance_uid, u.calling_aet,
 _SELECT_SERIES = f"""SELECT {_SERIES_COLUMNS} FROM series u
     JOIN studies st ON st.study_instance_uid = u.study_instance_uid"""
 
-# Recounts the given (locked) series and applies the state rule, in one statement.
+# Applies the state rule to the given (locked) series, in one statement.
 _RECOMPUTE = f"""WITH c AS (
         SELECT s.series_instance_uid, s.expected,
-            (SELECT count(*) FROM instances i
-                WHERE i.series_instance_uid = s.series_instance_uid)::integer AS received,
+            s.received,
             EXISTS (SELECT 1 FROM series_activity a
                 WHERE a.series_instance_uid = s.series_instance_uid) AS active
         FROM series s WHERE s.series_instance_uid = ANY(%(uids)s)
@@ -187,7 +195,9 @@ class PostgresRegistry:
 
     def __init__(self, conninfo: str, pool_size: int, duplicates: str) -> None:
         self._duplicates = duplicates
-        self._instances_sql: LiteralString = _INSTANCES + _ON_DUPLICATE[duplicates]
+        self._instances_sql: LiteralString = _INSTANCES.format(
+            on_duplicate=_ON_DUPLICATE[duplicates]
+        )
         # One plain connection first: its error says why (the pool's would only time out).
         psycopg.connect(conninfo, connect_timeout=10).close()
         self._pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(

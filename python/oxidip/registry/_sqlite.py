@@ -5,6 +5,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,10 @@ _ACTIVE = (
 )
 _RULE = state_sql(expected="expected", received="received", active=_ACTIVE)
 
-_COUNT = f"""UPDATE series SET received = (SELECT count(*) FROM instances i
-    WHERE i.series_instance_uid = series.series_instance_uid) WHERE {_IN_UIDS}"""
+_EXISTING = """SELECT sop_instance_uid FROM instances
+    WHERE sop_instance_uid IN (SELECT value FROM json_each(?))"""
+
+_ADD_RECEIVED = "UPDATE series SET received = received + ? WHERE series_instance_uid = ?"
 
 _DECIDE = f"""UPDATE series SET state = d.state,
     finalized_at = CASE WHEN d.state = 'receiving' THEN NULL
@@ -169,12 +172,11 @@ class SqliteRegistry:
     def _recompute(
         self, conn: sqlite3.Connection, uids: Sequence[str], now: float
     ) -> list[SeriesRow]:
-        """Recounts and re-decides the state of ``uids`` (already write-locked); returns them
-        sorted by Series Instance UID."""
+        """Re-decides the state of ``uids`` (already write-locked); returns them sorted by
+        Series Instance UID."""
         if not uids:
             return []
         encoded = _uids(uids)
-        conn.execute(_COUNT, (encoded,))
         conn.execute(_DECIDE, (now, encoded))
         rows = conn.execute(
             f"{_SELECT_SERIES} WHERE s.{_IN_UIDS} ORDER BY s.series_instance_uid", (encoded,)
@@ -250,6 +252,16 @@ class SqliteRegistry:
                     for uid, (r, earliest, latest) in series.items()
                 ],
             )
+            # ``received`` grows by the instances new to the registry, counted here rather
+            # than recounted per batch (a recount reads the whole series: quadratic in its
+            # size over a series' batches). The write lock makes check and insert one step.
+            existing = {
+                uid
+                for (uid,) in conn.execute(_EXISTING, (_uids([r.sop_instance_uid for r in rows]),))
+            }
+            added = Counter(
+                r.series_instance_uid for r in rows if r.sop_instance_uid not in existing
+            )
             conn.executemany(
                 self._instance_sql,
                 [
@@ -269,6 +281,7 @@ class SqliteRegistry:
                     for r in rows
                 ],
             )
+            conn.executemany(_ADD_RECEIVED, [(n, uid) for uid, n in sorted(added.items())])
             conn.executemany(_ACTIVITY, sorted(activity))
             after = self._recompute(conn, uids, now)
         return result_of(after, previous, set(uids))
