@@ -18,39 +18,24 @@ and the ratio to dcmtk storescp, as a markdown table on stdout and in
     .venv/bin/python bench/receive.py                      # the full benchmark
     .venv/bin/python bench/receive.py --small 50 --ct 5 --repeats 1   # smoke test, seconds
 
-Receivers are registered in ``RECEIVERS`` (name -> how to start it with a storage directory
-and where to send); adding one is a decorated function, e.g. a command that takes its port on
-the command line and answers C-ECHO once it is ready:
-
-    @receiver("my scp", needs=("my-scp", "echoscu"), aet="MYSCP")
-    def my_scp(ctx: RunContext) -> Running:
-        port = free_port()
-        return start_command(
-            [need("my-scp"), "--port", str(port), "--out", str(ctx.storage)],
-            port=port, aet=ctx.aet, log=ctx.log,
-        )
-
-Registered: oxidip, dcmtk storescp (apt-get install dcmtk), pynetdicom (bench/pynetdicom_scp.py)
-and dicom-rs storescp (``cargo install dicom-storescp --locked``; found on PATH or in
-``$CARGO_HOME/bin``, default ``~/.cargo/bin``).
+Receivers are those of ``oxidip.bench.receivers`` (how to add one: its docstring). By default: oxidip, dcmtk storescp (apt-get install dcmtk), pynetdicom and dicom-rs storescp
+(``cargo install dicom-storescp --locked``; found on PATH or in ``$CARGO_HOME/bin``, default
+``~/.cargo/bin``); ``oxidip bench compare`` drives the same receivers with oxidip's own load
+generator instead of storescu.
 """
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -63,55 +48,23 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from oxidip.bench.receivers import (
+    RECEIVERS,
+    ReceiverSpec,
+    RunContext,
+    Running,
+    count_files,
+    receiver,
+    start_oxidip,
+)
+from oxidip.bench.tools import HOST, INSTALL_HINT, cpu_model, dcmtk_env, need, tool, versions
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 RESULTS = HERE / "results"
-HOST = "127.0.0.1"
-READY_TIMEOUT = 60.0
 STORESCU_TIMEOUT = 3600.0
-
-
-#: How to install each external tool, for error messages.
-INSTALL_HINT = {
-    "storescu": "apt-get install dcmtk",
-    "storescp": "apt-get install dcmtk",
-    "echoscu": "apt-get install dcmtk",
-    "dicom-storescp": "cargo install dicom-storescp --locked",
-}
-
-
-def cargo_bin() -> Path:
-    """Where ``cargo install`` puts executables."""
-    home = os.environ.get("CARGO_HOME")
-    return Path(home) / "bin" if home else Path.home() / ".cargo" / "bin"
-
-
-def tool(name: str) -> str | None:
-    """An executable on PATH, never from the running virtual environment's ``bin``: pynetdicom
-    installs its own ``storescu``, ``echoscu``, ``storescp`` there. Falls back to
-    ``cargo install``'s directory (dicom-rs's ``dicom-storescp``), often not on PATH."""
-    skip = {Path(sys.prefix, "bin").resolve()} if sys.prefix != sys.base_prefix else set()
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        if directory and Path(directory).resolve() not in skip:
-            path = shutil.which(name, path=directory)
-            if path is not None:
-                return path
-    return shutil.which(name, path=str(cargo_bin()))
-
-
-def need(name: str) -> str:
-    path = tool(name)
-    if path is None:
-        hint = INSTALL_HINT.get(name, f"install {name}")
-        raise RuntimeError(f"{name} not found on PATH ({hint})")
-    return path
-
-
-def dcmtk_env() -> dict[str, str]:
-    """Debian's dcmtk 3.6.7 waits ~40 ms per message on delayed ACKs without TCP_NODELAY."""
-    env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"
-    return env
+#: The receivers compared by default (those of ``oxidip.bench.receivers`` that need no
+#: database set up for them).
+DEFAULT_RECEIVERS = ("oxidip", "dcmtk storescp", "pynetdicom", "dicom-rs storescp")
 
 
 # --- workloads ------------------------------------------------------------------------------
@@ -207,215 +160,6 @@ def generate_ct(directory: Path, count: int) -> Workload:
 # --- receivers ------------------------------------------------------------------------------
 
 
-@dataclass
-class RunContext:
-    storage: Path
-    log: TextIO
-    aet: str
-
-
-@dataclass
-class Running:
-    """A started receiver: where to send, how to stop it."""
-
-    port: int
-    aet: str
-    proc: subprocess.Popen[bytes]
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for thread in self.threads:
-            thread.join(5)
-
-
-@dataclass
-class ReceiverSpec:
-    name: str
-    start: Callable[[RunContext], Running]
-    #: Executables that must be on PATH.
-    needs: tuple[str, ...]
-    #: Default AE title.
-    aet: str
-
-    def missing(self) -> list[str]:
-        return [name for name in self.needs if tool(name) is None]
-
-
-RECEIVERS: dict[str, ReceiverSpec] = {}
-
-
-def receiver(
-    name: str, *, needs: tuple[str, ...] = (), aet: str = "BENCHSCP"
-) -> Callable[[Callable[[RunContext], Running]], Callable[[RunContext], Running]]:
-    """Registers a receiver under ``name`` (the order of registration is the table order)."""
-
-    def register(start: Callable[[RunContext], Running]) -> Callable[[RunContext], Running]:
-        RECEIVERS[name] = ReceiverSpec(name, start, needs, aet)
-        return start
-
-    return register
-
-
-def free_port() -> int:
-    """A port free right now (small race with other processes; fine on a bench machine)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def _pump(stream: TextIO | None, log: TextIO, on_line: Callable[[str], None] | None) -> None:
-    if stream is None:
-        return
-    for line in stream:
-        log.write(line)
-        if on_line is not None:
-            on_line(line)
-
-
-def _echo_ready(port: int, aet: str, deadline: float, proc: subprocess.Popen[bytes]) -> None:
-    """Readiness of a receiver that prints nothing useful: echoscu until it succeeds."""
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"receiver exited with {proc.returncode} before it was ready")
-        result = subprocess.run(
-            [need("echoscu"), "-to", "2", "-aec", aet, HOST, str(port)],
-            env=dcmtk_env(),
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if result.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"receiver on port {port} not answering C-ECHO")
-        time.sleep(0.1)
-
-
-def start_command(
-    args: Sequence[str],
-    *,
-    port: int,
-    aet: str,
-    log: TextIO,
-    env: dict[str, str] | None = None,
-) -> Running:
-    """Starts a receiver that takes its port on the command line; ready once it echoes."""
-    proc = subprocess.Popen(
-        list(args),
-        env=env or dcmtk_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    thread = threading.Thread(target=_pump, args=(proc.stdout, log, None), daemon=True)
-    thread.start()
-    running = Running(port=port, aet=aet, proc=proc, threads=[thread])
-    try:
-        _echo_ready(port, aet, time.monotonic() + READY_TIMEOUT, proc)
-    except BaseException:
-        running.stop()
-        raise
-    return running
-
-
-def start_announcing(
-    args: Sequence[str],
-    *,
-    aet: str,
-    log: TextIO,
-    env: dict[str, str],
-    parse_port: Callable[[str], int | None],
-    stream: str = "stderr",
-) -> Running:
-    """Starts a receiver that announces its bound port on a line of output."""
-    proc = subprocess.Popen(
-        list(args),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    found: list[int] = []
-    ready = threading.Event()
-
-    def on_line(line: str) -> None:
-        if not found:
-            port = parse_port(line)
-            if port is not None:
-                found.append(port)
-                ready.set()
-
-    threads = [
-        threading.Thread(
-            target=_pump,
-            args=(proc.stderr, log, on_line if stream == "stderr" else None),
-            daemon=True,
-        ),
-        threading.Thread(
-            target=_pump,
-            args=(proc.stdout, log, on_line if stream == "stdout" else None),
-            daemon=True,
-        ),
-    ]
-    for thread in threads:
-        thread.start()
-    running = Running(port=0, aet=aet, proc=proc, threads=threads)
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not ready.wait(0.2):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            running.stop()
-            raise RuntimeError(f"{args[0]} did not announce its port (exit {proc.poll()})")
-    running.port = found[0]
-    return running
-
-
-def _oxidip_port(line: str) -> int | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(record, dict) and record.get("msg") == "listening":
-        return int(record["port"])
-    return None
-
-
-def start_oxidip(ctx: RunContext, settings: dict[str, str]) -> Running:
-    """``python -m oxidip serve`` on its defaults (default path template, no fsync), changed
-    by ``settings`` (OXIDIP_* variables)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
-    env.update(
-        {
-            "OXIDIP_LISTENER_HOST": HOST,
-            "OXIDIP_LISTENER_PORT": "0",
-            "OXIDIP_FILES_ROOT": str(ctx.storage),
-            "OXIDIP_SCP_AET": ctx.aet,
-            "OXIDIP_LOG_FORMAT": "json",
-            **settings,
-        }
-    )
-    return start_announcing(
-        [sys.executable, "-m", "oxidip", "serve"],
-        aet=ctx.aet,
-        log=ctx.log,
-        env=env,
-        parse_port=_oxidip_port,
-    )
-
-
-@receiver("oxidip", aet="OXIDIP")
-def oxidip(ctx: RunContext) -> Running:
-    return start_oxidip(ctx, {})
-
-
 def register_oxidip_max_pdu(length: int) -> str:
     """Registers oxidip announcing ``length`` as its maximum PDU (to choose the default)."""
     name = f"oxidip pdu={length}"
@@ -423,73 +167,6 @@ def register_oxidip_max_pdu(length: int) -> str:
         lambda ctx: start_oxidip(ctx, {"OXIDIP_SCP_MAX_PDU_LENGTH": str(length)})
     )
     return name
-
-
-@receiver("dcmtk storescp", needs=("storescp", "echoscu"), aet="STORESCP")
-def dcmtk_storescp(ctx: RunContext) -> Running:
-    """dcmtk's storescp with default options (single process, accepts every storage SOP
-    class dcmtk knows, writes Part 10 files into ``-od``), TCP_NODELAY=1."""
-    port = free_port()
-    return start_command(
-        [need("storescp"), "-aet", ctx.aet, "-od", str(ctx.storage), str(port)],
-        port=port,
-        aet=ctx.aet,
-        log=ctx.log,
-    )
-
-
-def _pynetdicom_port(line: str) -> int | None:
-    if line.startswith("listening "):
-        return int(line.split()[1])
-    return None
-
-
-@receiver("pynetdicom", aet="PYNETDICOM")
-def pynetdicom_scp(ctx: RunContext) -> Running:
-    """``bench/pynetdicom_scp.py``: raw received bytes written as they are."""
-    return start_announcing(
-        [
-            sys.executable,
-            str(HERE / "pynetdicom_scp.py"),
-            "--port",
-            "0",
-            "--aet",
-            ctx.aet,
-            "--out",
-            str(ctx.storage),
-        ],
-        aet=ctx.aet,
-        log=ctx.log,
-        env=dict(os.environ),
-        parse_port=_pynetdicom_port,
-        stream="stdout",
-    )
-
-
-@receiver("dicom-rs storescp", needs=("dicom-storescp", "echoscu"), aet="DICOM-RS")
-def dicom_rs_storescp(ctx: RunContext) -> Running:
-    """dicom-rs's ``dicom-storescp`` in its non-blocking mode (``-n``: a tokio task per
-    association), otherwise on its defaults: its built-in list of storage SOP classes (CT
-    Image and Secondary Capture among them) plus Verification, every transfer syntax it
-    supports (the native ones included), maximum PDU 16378. It accepts any called AE title
-    (``--calling-ae-title`` is its own title, despite the name), binds 0.0.0.0 on ``-p`` and
-    writes flat ``<SOPInstanceUID>.dcm`` Part 10 files into ``-o``. It answers C-ECHO."""
-    port = free_port()
-    return start_command(
-        [
-            need("dicom-storescp"),
-            "--non-blocking",
-            "--calling-ae-title",
-            ctx.aet,
-            "-p",
-            str(port),
-            "-o",
-            str(ctx.storage),
-        ],
-        port=port,
-        aet=ctx.aet,
-        log=ctx.log,
-    )
 
 
 # --- one measurement ------------------------------------------------------------------------
@@ -511,14 +188,6 @@ class Measurement:
     @property
     def mb_per_second(self) -> float:
         return self.total_bytes / self.seconds / 1e6
-
-
-def count_files(root: Path) -> int:
-    return sum(
-        1
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).parts[0].startswith(".oxidip")
-    )
 
 
 def push(running: Running, workload: Workload, log: TextIO, name: str) -> tuple[float, float]:
@@ -579,45 +248,6 @@ def measure(
 # --- report ---------------------------------------------------------------------------------
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    try:
-        import oxidip
-
-        versions["oxidip"] = oxidip.__version__
-    except ImportError:
-        versions["oxidip"] = "not importable"
-    try:
-        import pynetdicom
-
-        versions["pynetdicom"] = pynetdicom.__version__
-    except ImportError:
-        pass
-    if tool("storescu"):
-        out = subprocess.run(
-            [need("storescu"), "--version"], capture_output=True, text=True, check=False
-        )
-        first = out.stdout.splitlines()[0] if out.stdout else ""
-        versions["dcmtk"] = first.replace("$dcmtk: ", "").rstrip(" $")
-    if tool("dicom-storescp"):
-        out = subprocess.run(
-            [need("dicom-storescp"), "--version"], capture_output=True, text=True, check=False
-        )
-        # "dicom-storescp 0.10.1"
-        versions["dicom-rs storescp"] = out.stdout.strip().removeprefix("dicom-storescp ")
-    return versions
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def report(
     measurements: list[Measurement],
     workloads: list[Workload],
@@ -630,9 +260,9 @@ def report(
         "",
         f"Command: `{' '.join(['bench/receive.py', *argv])}`",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({_cpu()}), {platform.system()} "
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} "
         f"{platform.release()}. Versions: "
-        + ", ".join(f"{k} {v}" for k, v in _versions().items())
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
         + ".",
         "",
         (
@@ -703,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--receivers",
-        default=",".join(RECEIVERS),
-        help="comma-separated receiver names (default: all registered)",
+        default=",".join(DEFAULT_RECEIVERS),
+        help="comma-separated receiver names (default: %(default)s)",
     )
     parser.add_argument(
         "--oxidip-max-pdu",
@@ -729,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     names = [n.strip() for n in args.receivers.split(",") if n.strip()]
     names += [register_oxidip_max_pdu(n) for n in args.oxidip_max_pdu]
-    unknown = [n for n in names if n not in RECEIVERS]
+    unknown = [n for n in names if n not in RECEIVERS or RECEIVERS[n].registry == "postgresql"]
     if unknown:
         parser.error(f"unknown receivers {unknown}; registered: {list(RECEIVERS)}")
     if tool("storescu") is None:

@@ -38,9 +38,7 @@ import argparse
 import datetime
 import importlib.util
 import os
-import secrets
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -51,10 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -70,13 +66,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from oxidip import InstanceStored
 from oxidip._boundary import Attributes
-from oxidip.registry import open_registry, sqlite_path
+from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
+from oxidip.bench.receivers import RunContext, start_oxidip
+from oxidip.registry import open_registry
 
 HERE = Path(__file__).resolve().parent
 HOOKS_DIR = HERE / "hooks"
 RESULTS = HERE / "results"
 HOST = "127.0.0.1"
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: The AE title of the latency sender, the one OXIDIP_PACS_ADDRESS maps to our Query SCP.
 SENDER_AET = "BENCHLAT"
 #: How long to wait for every instance to be registered, or for a series to complete.
@@ -101,44 +98,6 @@ receive = _load_receive()
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 
-class Postgres:
-    """A database of our own (``oxidip_bench_<random>``) with one fresh schema per run;
-    ``close`` drops it all."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.name = f"oxidip_bench_{secrets.token_hex(6)}"
-        self._admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
-        self._admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
-        self._schemas = 0
-
-    def url(self, schema: str | None = None) -> str:
-        parts = urlsplit(self.admin_url)
-        query = f"options=-csearch_path%3D{schema}" if schema else ""
-        return urlunsplit((parts.scheme, parts.netloc, f"/{self.name}", query, ""))
-
-    @contextmanager
-    def schema(self) -> Iterator[str]:
-        """A fresh, empty schema; yields the URL that puts oxidip's tables in it."""
-        self._schemas += 1
-        name = f"run{self._schemas}"
-        with psycopg.connect(self.url(), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-        try:
-            yield self.url(name)
-        finally:
-            with psycopg.connect(self.url(), autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
-
-    def close(self) -> None:
-        try:
-            self._admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name))
-            )
-        finally:
-            self._admin.close()
-
-
 @dataclass
 class Backend:
     """Where the registry goes: SQLite under the storage root, or PostgreSQL."""
@@ -155,44 +114,6 @@ class Backend:
         else:
             with self.postgres.schema() as url:
                 yield url
-
-
-class RegisteredCount:
-    """Counts the instances registered so far (0 while the database is not there yet), on one
-    connection kept open between calls (autocommit: every count sees the latest commits)."""
-
-    def __init__(self, connection: str | None, storage: Path) -> None:
-        self.connection = connection
-        self.storage = storage
-        self._sqlite: sqlite3.Connection | None = None
-        self._postgres: psycopg.Connection | None = None
-
-    def __call__(self) -> int:
-        try:
-            if self.connection is None:
-                if self._sqlite is None:
-                    path = sqlite_path(self.storage)
-                    if not path.exists():
-                        return 0
-                    self._sqlite = sqlite3.connect(
-                        f"file:{path}?mode=ro", uri=True, timeout=5, isolation_level=None
-                    )
-                row = self._sqlite.execute("SELECT count(*) FROM instances").fetchone()
-            else:
-                if self._postgres is None:
-                    self._postgres = psycopg.connect(
-                        self.connection, autocommit=True, connect_timeout=5
-                    )
-                row = self._postgres.execute("SELECT count(*) FROM instances").fetchone()
-        except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):
-            return 0
-        return int(row[0]) if row else 0
-
-    def close(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.close()
-        if self._postgres is not None:
-            self._postgres.close()
 
 
 # --- 1. registration throughput -------------------------------------------------------------
@@ -319,23 +240,6 @@ class ReceiveRun:
         return None if self.registered_seconds is None else self.count / self.registered_seconds
 
 
-def _wait_registered(connection: str | None, storage: Path, count: int) -> float:
-    """Polls the database until it holds ``count`` instances; returns when (perf_counter)."""
-    counter = RegisteredCount(connection, storage)
-    try:
-        deadline = time.monotonic() + WAIT_TIMEOUT
-        while True:
-            if counter() >= count:
-                return time.perf_counter()
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{counter()} of {count} instances registered after {WAIT_TIMEOUT:.0f} s"
-                )
-            time.sleep(0.002)
-    finally:
-        counter.close()
-
-
 def measure_receive(
     variant: ReceiveVariant, workload: "receive.Workload", storage: Path, log: TextIO, rep: int
 ) -> ReceiveRun:
@@ -348,13 +252,15 @@ def measure_receive(
             settings = {"OXIDIP_HOOKS": "noop_register", "PYTHONPATH": _pythonpath()}
         elif connection is not None:
             settings = {"OXIDIP_DB_CONNECTION": connection}
-        ctx = receive.RunContext(storage=storage, log=log, aet="OXIDIP")
-        running = receive.start_oxidip(ctx, settings)
+        ctx = RunContext(storage=storage, log=log, aet="OXIDIP")
+        running = start_oxidip(ctx, settings)
         registered_at = None
         try:
             started, seconds = receive.push(running, workload, log, variant.name)
             if variant.backend is not None:
-                registered_at = _wait_registered(connection, storage, workload.count) - started
+                registered_at = (
+                    wait_registered(connection, storage, workload.count, WAIT_TIMEOUT) - started
+                )
         finally:
             running.stop()
     receive.check_stored(variant.name, storage, workload)
@@ -477,8 +383,8 @@ def measure_latency(
             }
             if connection is not None:
                 settings["OXIDIP_DB_CONNECTION"] = connection
-            ctx = receive.RunContext(storage=storage, log=log, aet="OXIDIP")
-            running = receive.start_oxidip(ctx, settings)
+            ctx = RunContext(storage=storage, log=log, aet="OXIDIP")
+            running = start_oxidip(ctx, settings)
             try:
                 results = []
                 for one in series:

@@ -168,7 +168,7 @@ class LoadOptions(msgspec.Struct, frozen=True):
     associations: int
     #: Instances in all, spread evenly over the associations.
     instances: int
-    #: Approximate data set size in bytes.
+    #: Approximate data set size in bytes ("sc", "multiframe"; "ct" is always 512x512).
     size: int
     #: Explicit or implicit VR little endian.
     transfer_syntax: str
@@ -176,6 +176,11 @@ class LoadOptions(msgspec.Struct, frozen=True):
     max_pdu_length: int
     #: Seconds to wait for the peer at each step.
     timeout: float = 30.0
+    #: "sc" (Secondary Capture, 8-bit, sized), "ct" (CT 512x512 16-bit) or "multiframe"
+    #: (512x512 16-bit frames, as many as the size holds).
+    image: str = "sc"
+    #: Associations opened before the load and held idle until it ends.
+    idle_associations: int = 0
 
 
 class LoadReport(msgspec.Struct, frozen=True):
@@ -189,6 +194,8 @@ class LoadReport(msgspec.Struct, frozen=True):
     statuses: dict[int, int]
     #: Association-level errors (rejection, abort, timeout...).
     errors: list[str]
+    #: Idle associations established and held through the load.
+    idle_associations: int
     #: Data set bytes of the instances answered.
     bytes: int
     seconds: float

@@ -22,7 +22,7 @@ from typing import TypeAlias
 
 import psycopg
 
-from oxidip import __version__, bench_cli, logs, series_cli
+from oxidip import __version__, bench, logs, series_cli
 from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceStored
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import (
@@ -353,7 +353,7 @@ def _add_reconcile(subparsers: Subparsers) -> None:
 SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     _add_serve,
     series_cli.add_parser,
-    bench_cli.add_parser,
+    bench.add_parser,
     _add_reconcile,
 ]
 

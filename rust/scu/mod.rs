@@ -4,6 +4,7 @@
 //! meant to become the forwarding engine.
 
 pub mod load;
+pub mod template;
 
 use std::io;
 use std::time::Duration;
@@ -211,24 +212,24 @@ impl Client {
         let context_id = self.context_for(VERIFICATION).ok_or_else(|| ScuError::NoContext(VERIFICATION.into()))?.id;
         let id = self.message_id();
         let rq = command::c_echo_rq(id).encode();
-        self.conn.write_command(context_id, &rq, self.peer_max_pdu).await?;
+        self.conn.write_message(context_id, &rq, None, self.peer_max_pdu).await?;
         self.response(context_id, id, field::C_ECHO_RSP).await
     }
 
-    /// C-STORE of `dataset` (encoded in the accepted transfer syntax of the context for
-    /// `abstract_syntax`, which the caller must match); the response status.
+    /// C-STORE of a data set given as segments, in order (encoded in the accepted transfer
+    /// syntax of the context for `abstract_syntax`, which the caller must match); the
+    /// response status. The segments are sent from where they are, never copied.
     pub async fn store(
         &mut self,
         abstract_syntax: &str,
         sop_instance_uid: &str,
-        dataset: &[u8],
+        dataset: &[&[u8]],
     ) -> Result<u16, ScuError> {
         let context_id =
             self.context_for(abstract_syntax).ok_or_else(|| ScuError::NoContext(abstract_syntax.into()))?.id;
         let id = self.message_id();
         let rq = command::c_store_rq(id, abstract_syntax, sop_instance_uid).encode();
-        self.conn.write_command(context_id, &rq, self.peer_max_pdu).await?;
-        self.conn.write_fragmented(context_id, false, dataset, self.peer_max_pdu).await?;
+        self.conn.write_message(context_id, &rq, Some(dataset), self.peer_max_pdu).await?;
         self.response(context_id, id, field::C_STORE_RSP).await
     }
 

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use super::load::{self, LoadOptions, Template, SECONDARY_CAPTURE};
+use super::load::{self, LoadOptions};
+use super::template::{Image, Template, SECONDARY_CAPTURE};
 use super::*;
 use crate::dicom::transfer_syntax::EXPLICIT_VR_LITTLE_ENDIAN;
 use crate::server::config::ServerConfig;
@@ -37,18 +38,18 @@ fn echo_store_and_release() {
     let root = tempfile::tempdir().unwrap();
     let (server, _events) = start(config(root.path()));
     let port = server.port();
-    let mut template = Template::new(4000, true);
+    let mut template = Template::new(Image::Sc, 4000, true);
     template.set_study(7);
     template.set_series(7, 1);
-    template.set_instance(7, 42);
-    let dataset = template.bytes.clone();
+    template.set_instance(7, 42, 1);
+    let dataset = template.segments().concat();
     let uid = template.sop_instance_uid().to_owned();
     let (echo, stored, peer_max) = server.runtime().block_on(async {
         let mut client = Client::connect(("127.0.0.1", port), options("OXIDIP")).await.unwrap();
         assert_eq!(client.context_for(SECONDARY_CAPTURE).unwrap().transfer_syntax, EXPLICIT_VR_LITTLE_ENDIAN);
         let echo = client.echo().await.unwrap();
-        let stored = client.store(SECONDARY_CAPTURE, &uid, &dataset).await.unwrap();
-        let mismatch = client.store(SECONDARY_CAPTURE, "1.2.3", &dataset).await.unwrap();
+        let stored = client.store(SECONDARY_CAPTURE, &uid, &[&dataset]).await.unwrap();
+        let mismatch = client.store(SECONDARY_CAPTURE, "1.2.3", &[&dataset]).await.unwrap();
         assert_eq!(mismatch, 0xA900);
         let peer_max = client.peer_max_pdu();
         client.release().await.unwrap();
@@ -67,13 +68,13 @@ fn data_is_fragmented_to_the_peer_maximum() {
     // Strict: the server aborts on any P-DATA-TF over its 1024-byte maximum.
     let (server, _events) = start(ServerConfig { max_pdu_length: 1024, ..config(root.path()) });
     let port = server.port();
-    let mut template = Template::new(50_000, true);
-    template.set_instance(1, 1);
-    let dataset = template.bytes.clone();
+    let mut template = Template::new(Image::Sc, 50_000, true);
+    template.set_instance(1, 1, 1);
+    let dataset = template.segments().concat();
     let uid = template.sop_instance_uid().to_owned();
     let (status, peer_max) = server.runtime().block_on(async {
         let mut client = Client::connect(("127.0.0.1", port), options("OXIDIP")).await.unwrap();
-        let status = client.store(SECONDARY_CAPTURE, &uid, &dataset).await.unwrap();
+        let status = client.store(SECONDARY_CAPTURE, &uid, &[&dataset]).await.unwrap();
         let peer_max = client.peer_max_pdu();
         client.release().await.unwrap();
         (status, peer_max)
@@ -95,7 +96,7 @@ fn rejection_and_missing_context_are_errors() {
             Ok(_) => panic!("expected a rejection, got an association"),
         }
         let mut client = Client::connect(("127.0.0.1", port), options("OXIDIP")).await.unwrap();
-        let err = client.store("1.2.3.4", "1.2.3", b"").await.unwrap_err();
+        let err = client.store("1.2.3.4", "1.2.3", &[]).await.unwrap_err();
         assert!(matches!(err, ScuError::NoContext(_)), "{err}");
         client.abort().await;
     });
@@ -120,24 +121,6 @@ fn timeout_when_the_peer_never_answers() {
 }
 
 #[test]
-fn template_uids_are_patched_in_place_and_valid() {
-    let mut t = Template::new(2048, true);
-    let len = t.bytes.len();
-    assert!((2000..=2048).contains(&len), "{len}");
-    t.set_instance(123, 5);
-    let first = t.sop_instance_uid().to_owned();
-    t.set_instance(123, 6);
-    assert_eq!(t.bytes.len(), len);
-    assert_ne!(first, t.sop_instance_uid());
-    assert!(first.len() <= 64 && first.len() % 2 == 0);
-    assert_eq!(load::uid(123, 3, 5), first);
-    // Every component after "2.25" starts with a non-zero digit.
-    assert!(first.starts_with("2.25.1") && first[5..].bytes().all(|b| b.is_ascii_digit()));
-    let big = Template::new(1 << 20, false);
-    assert!(big.bytes.len() > 1_000_000 && big.bytes.len() <= 1 << 20);
-}
-
-#[test]
 fn load_run_stores_every_instance() {
     let root = tempfile::tempdir().unwrap();
     let (server, _events) = start(ServerConfig { event_queue_size: 1000, ..config(root.path()) });
@@ -148,6 +131,8 @@ fn load_run_stores_every_instance() {
         associations: 3,
         instances: 20,
         size: 3000,
+        image: Image::Sc,
+        idle_associations: 1,
         transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
         max_pdu_length: 16384,
         timeout: 10.0,
@@ -155,6 +140,7 @@ fn load_run_stores_every_instance() {
     .unwrap();
     assert_eq!((report.instances, report.failures), (20, 0), "{report:?}");
     assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.idle_associations, 1);
     assert!(report.latency_p50_ms > 0.0 && report.latency_max_ms >= report.latency_p99_ms);
     let files = stored_files(root.path());
     assert_eq!(files.len(), 20);
@@ -173,6 +159,8 @@ fn load_run_reports_rejection() {
         associations: 2,
         instances: 5,
         size: 1000,
+        image: Image::Sc,
+        idle_associations: 0,
         transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
         max_pdu_length: 0,
         timeout: 10.0,

@@ -466,7 +466,7 @@ impl Handler {
     async fn send_command(&mut self, context_id: u8, command: &CommandSet) -> Result<(), Violation> {
         let peer_max = self.association.as_ref().map_or(0, |a| a.peer_max_pdu_length);
         self.conn
-            .write_command(context_id, &command.encode(), peer_max)
+            .write_message(context_id, &command.encode(), None, peer_max)
             .await
             .map_err(|e| violation(REASON_NOT_SPECIFIED, format!("sending a response failed: {e}")))
     }

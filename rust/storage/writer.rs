@@ -173,13 +173,20 @@ impl Storage {
         Ok(replaced)
     }
 
-    /// rename(2): atomic, replacing any file at `final_path`. Returns whether a file was there
-    /// and the directories created. The check is a separate stat (rename cannot tell), so two
-    /// commits racing on one path may both say "not there"; a link-first scheme would be exact
-    /// but is slower on ext4 and needs hard links, which rename does not.
+    /// Renames the temp file to `final_path`, atomically replacing any file there. Returns
+    /// whether a file was there and the directories created. renameat2's RENAME_NOREPLACE
+    /// tells a new path from a taken one in the same step (no separate stat per instance,
+    /// and exact when two commits race on one path); only when the path is taken does a
+    /// plain rename(2) replace the file.
     fn rename_over(&self, temp: TempPath, final_path: &Path) -> io::Result<(bool, Vec<PathBuf>)> {
-        let replaced = final_path.symlink_metadata().is_ok();
-        let created_dirs = self.with_parent_dirs(final_path, || fs::rename(temp.path(), final_path))?;
+        let mut replaced = false;
+        let created_dirs = self.with_parent_dirs(final_path, || match rename_noreplace(temp.path(), final_path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                replaced = true;
+                fs::rename(temp.path(), final_path)
+            }
+            other => other,
+        })?;
         temp.keep();
         Ok((replaced, created_dirs))
     }
@@ -199,7 +206,11 @@ impl Storage {
     /// Runs `place`; if it fails with NotFound (a parent directory is missing), creates the
     /// missing directories and runs it again. Returns the directories created. Trying first
     /// saves the directory checks for every instance after a series' first.
-    fn with_parent_dirs(&self, final_path: &Path, place: impl Fn() -> io::Result<()>) -> io::Result<Vec<PathBuf>> {
+    fn with_parent_dirs(
+        &self,
+        final_path: &Path,
+        mut place: impl FnMut() -> io::Result<()>,
+    ) -> io::Result<Vec<PathBuf>> {
         match place() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let mut created = Vec::new();
@@ -232,6 +243,41 @@ fn create_missing_dirs(root: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> i
         Err(e) => return Err(e),
     }
     Ok(())
+}
+
+/// rename(2) that fails with `AlreadyExists` instead of replacing a file at `to`.
+#[cfg(target_os = "linux")]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr =
+        |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+    let (from_c, to_c) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let result = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if result == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        // A filesystem without RENAME_NOREPLACE (some network filesystems): look, then rename.
+        e if e.raw_os_error() == Some(libc::EINVAL) => rename_unless_present(from, to),
+        e => Err(e),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    rename_unless_present(from, to)
+}
+
+/// The stat-then-rename fallback of `rename_noreplace` (two racing commits may both rename).
+fn rename_unless_present(from: &Path, to: &Path) -> io::Result<()> {
+    if to.symlink_metadata().is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    fs::rename(from, to)
 }
 
 /// Makes the new directory entries durable: the file's, then each created directory's.
@@ -570,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_commits_have_exactly_one_winner_unless_overwriting() {
+    fn concurrent_commits_have_exactly_one_winner() {
         for policy in [DuplicatePolicy::KeepFirst, DuplicatePolicy::Reject, DuplicatePolicy::Overwrite] {
             let root = tempfile::tempdir().unwrap();
             let storage = open(root.path(), FsyncPolicy::None, policy);
@@ -586,8 +632,11 @@ mod tests {
                     let rejected = results.iter().filter(|r| matches!(r, Err(CommitError::Duplicate(_)))).count();
                     assert_eq!(rejected, 7);
                 }
-                // Which commits saw the file is up to the race; all of them placed theirs.
-                DuplicatePolicy::Overwrite => assert!(results.iter().all(Result::is_ok)),
+                // All placed theirs, one after the other; only the first found no file.
+                DuplicatePolicy::Overwrite => {
+                    assert_eq!(winners, 1);
+                    assert!(results.iter().all(Result::is_ok));
+                }
             }
             assert_one_of(&root.path().join("p/s/race.dcm"), &contents);
             assert!(temp_files(&storage).is_empty());

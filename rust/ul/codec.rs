@@ -593,6 +593,37 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Bytes before the data of a P-DATA-TF holding one PDV: PDU header and PDV item header.
+pub const PDATA_HEADER_LEN: usize = PDU_HEADER_LEN + PDV_HEADER_LEN;
+
+/// The header of a P-DATA-TF PDU holding one PDV of `data_len` bytes (PS3.8 §9.3.5), so that
+/// the data can be written from where it is, without being copied into the PDU. `data_len`
+/// must leave room for the headers within the 32-bit lengths (callers fragment to the
+/// peer's maximum PDU length, itself a u32).
+pub fn pdata_header(context_id: u8, is_command: bool, is_last: bool, data_len: u32) -> [u8; PDATA_HEADER_LEN] {
+    let item_len = data_len + 2;
+    let pdu_len = item_len + 4;
+    let mut header = [0u8; PDATA_HEADER_LEN];
+    header[0] = PduType::PDataTf as u8;
+    header[2..6].copy_from_slice(&pdu_len.to_be_bytes());
+    header[6..10].copy_from_slice(&item_len.to_be_bytes());
+    header[10] = context_id;
+    header[11] = message_control_header(is_command, is_last);
+    header
+}
+
+/// PS3.8 annex E.2: bit 0 command (else data set), bit 1 last fragment.
+fn message_control_header(is_command: bool, is_last: bool) -> u8 {
+    let mut mch = 0;
+    if is_command {
+        mch |= MCH_COMMAND;
+    }
+    if is_last {
+        mch |= MCH_LAST;
+    }
+    mch
+}
+
 /// Appends the encoding of `pdu` to `out`.
 ///
 /// Values are written as given (an A-ASSOCIATE-RQ with no presentation context, a P-DATA-TF
@@ -742,15 +773,8 @@ fn put_pdv(out: &mut BytesMut, pdv: &Pdv) {
     let Some(len) = pdv.data.len().checked_add(2).and_then(|len| u32::try_from(len).ok()) else {
         return;
     };
-    let mut message_control_header = 0;
-    if pdv.is_command {
-        message_control_header |= MCH_COMMAND;
-    }
-    if pdv.is_last {
-        message_control_header |= MCH_LAST;
-    }
     out.put_u32(len);
-    out.put_slice(&[pdv.context_id, message_control_header]);
+    out.put_slice(&[pdv.context_id, message_control_header(pdv.is_command, pdv.is_last)]);
     out.put_slice(&pdv.data);
 }
 
@@ -1390,6 +1414,20 @@ mod tests {
             }
             prop_assert_eq!(decoded, pdus);
             prop_assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn pdata_header_matches_the_encoded_pdu() {
+        for (is_command, is_last, data) in
+            [(true, true, &b"cmd"[..]), (false, false, &[7u8; 1000][..]), (false, true, &[][..])]
+        {
+            let pdv = Pdv { context_id: 5, is_command, is_last, data: Bytes::copy_from_slice(data) };
+            let mut expected = BytesMut::new();
+            encode(&Pdu::PData(vec![pdv]), &mut expected);
+            let mut written = pdata_header(5, is_command, is_last, data.len() as u32).to_vec();
+            written.extend_from_slice(data);
+            assert_eq!(written, &expected[..]);
         }
     }
 }

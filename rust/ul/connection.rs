@@ -1,13 +1,13 @@
 //! A framed upper-layer connection: reads whole PDUs from a byte stream and writes PDUs to it,
 //! with the codec doing the parsing (the shape of mini-redis's `Connection`).
 
-use std::io;
+use std::io::{self, IoSlice};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, CodecError, MAX_CONTROL_PDU_LEN};
-use super::pdu::{Pdu, Pdv};
+use super::pdu::Pdu;
 
 /// Why reading a PDU failed.
 #[derive(Debug)]
@@ -87,43 +87,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.stream.flush().await
     }
 
-    /// Sends a command set in as many P-DATA-TF PDUs as the peer's maximum length needs
-    /// (PS3.8 §9.3.5: a PDV item's length counts its 2 header bytes; 6 bytes of PDV item
-    /// header go with each fragment).
-    pub async fn write_command(&mut self, context_id: u8, command: &[u8], peer_max_pdu: u32) -> io::Result<()> {
-        self.write_fragmented(context_id, true, command, peer_max_pdu).await
-    }
-
-    /// Sends a command set (`is_command`) or a data set as PDVs of one presentation context,
-    /// one PDV per P-DATA-TF, each PDU no longer than `peer_max_pdu` (0 = unlimited: one PDV),
-    /// the last one flagged last (PS3.8 annex E.2).
-    pub async fn write_fragmented(
+    /// Sends a DIMSE message (PS3.7 §6.3.1): its command set, then its data set if any, as
+    /// PDVs of presentation context `context_id`, one PDV per P-DATA-TF, each PDU no longer
+    /// than `peer_max_pdu` (0 = unlimited: one PDV each), the last fragment of each flagged
+    /// last (PS3.8 annex E.2; a PDV item's length counts its 2 header bytes, so each fragment
+    /// carries 6 bytes of PDU header and 6 of PDV item header).
+    ///
+    /// The data set is given as segments, in order: they are written from where they are
+    /// with writev, never copied, whatever the size; a small message goes out in one
+    /// system call, command and data set together.
+    pub async fn write_message(
         &mut self,
         context_id: u8,
-        is_command: bool,
-        data: &[u8],
+        command: &[u8],
+        dataset: Option<&[&[u8]]>,
         peer_max_pdu: u32,
     ) -> io::Result<()> {
         // 12 bytes is the smallest PDU that carries any data; a peer asking for less is ignored.
         let max_fragment = match peer_max_pdu {
-            0 => data.len().max(1),
+            0 => u32::MAX as usize - codec::PDATA_HEADER_LEN,
             n => (n as usize).max(12) - 6,
         };
-        if data.is_empty() {
-            let pdv = Pdv { context_id, is_command, is_last: true, data: bytes::Bytes::new() };
-            return self.write_pdu(&Pdu::PData(vec![pdv])).await;
+        let mut headers = Vec::new();
+        let mut pieces = Vec::new();
+        fragment(&[command], true, context_id, max_fragment, &mut headers, &mut pieces);
+        if let Some(dataset) = dataset {
+            fragment(dataset, false, context_id, max_fragment, &mut headers, &mut pieces);
         }
-        let mut chunks = data.chunks(max_fragment).peekable();
-        while let Some(chunk) = chunks.next() {
-            let pdv = Pdv {
-                context_id,
-                is_command,
-                is_last: chunks.peek().is_none(),
-                data: bytes::Bytes::copy_from_slice(chunk),
-            };
-            self.write_pdu(&Pdu::PData(vec![pdv])).await?;
-        }
-        Ok(())
+        let mut slices: Vec<IoSlice<'_>> = pieces
+            .iter()
+            .map(|piece| match *piece {
+                Piece::Header(i) => IoSlice::new(&headers[i]),
+                Piece::Data(data) => IoSlice::new(data),
+            })
+            .collect();
+        write_all_vectored(&mut self.stream, &mut slices).await?;
+        self.stream.flush().await
     }
 
     /// Closes our sending side so the peer sees the end of the stream.
@@ -135,4 +134,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn get_ref(&self) -> &S {
         &self.stream
     }
+}
+
+/// One slice of a message to write: a P-DATA-TF header (an index into the headers) or data.
+enum Piece<'a> {
+    Header(usize),
+    Data(&'a [u8]),
+}
+
+/// Cuts `segments` (one command set or data set) into fragments of at most `max_fragment`
+/// bytes, appending each fragment's P-DATA-TF header and its data slices to `pieces`.
+fn fragment<'a>(
+    segments: &[&'a [u8]],
+    is_command: bool,
+    context_id: u8,
+    max_fragment: usize,
+    headers: &mut Vec<[u8; codec::PDATA_HEADER_LEN]>,
+    pieces: &mut Vec<Piece<'a>>,
+) {
+    let mut remaining: usize = segments.iter().map(|s| s.len()).sum();
+    let mut segments = segments.iter().copied().filter(|s| !s.is_empty());
+    let mut current: &[u8] = &[];
+    loop {
+        let len = remaining.min(max_fragment);
+        remaining -= len;
+        // `len` fits: max_fragment is below u32::MAX less the headers.
+        headers.push(codec::pdata_header(context_id, is_command, remaining == 0, len as u32));
+        pieces.push(Piece::Header(headers.len() - 1));
+        let mut needed = len;
+        while needed > 0 {
+            if current.is_empty() {
+                current = segments.next().expect("the segments hold `remaining` bytes");
+            }
+            let (now, later) = current.split_at(needed.min(current.len()));
+            pieces.push(Piece::Data(now));
+            needed -= now.len();
+            current = later;
+        }
+        if remaining == 0 {
+            return;
+        }
+    }
+}
+
+/// Most slices one writev takes (IOV_MAX on Linux).
+const MAX_SLICES_PER_WRITE: usize = 1024;
+
+/// Writes every slice, as few writev calls as the kernel allows.
+async fn write_all_vectored<S: AsyncWrite + Unpin>(stream: &mut S, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        let n = stream.write_vectored(&slices[..slices.len().min(MAX_SLICES_PER_WRITE)]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 """``oxidip bench send``: drives any Storage SCP with the Rust load generator
-(``_core.send_load``): K concurrent associations sending N Secondary Capture instances of about
-SIZE bytes, generated in memory with fresh UIDs, and reports throughput, failures and the
-per-instance C-STORE round-trip latency.
+(``_core.send_load``): K concurrent associations sending N instances generated in memory with
+fresh UIDs (Secondary Capture of about SIZE bytes, CT 512x512 slices, or multi-frame images),
+optionally while M more associations are held open and idle, and reports throughput, failures
+and the per-instance C-STORE round-trip latency.
 """
 
 import argparse
@@ -13,7 +14,7 @@ import msgspec
 from oxidip import _core
 from oxidip._boundary import LoadOptions, LoadReport
 
-__all__ = ["add_parser", "format_report", "run_send"]
+__all__ = ["IMAGES", "add_parser", "format_report", "run_send", "send_load"]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -24,23 +25,26 @@ EXIT_USAGE = 2
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
+#: The generator's image kinds (``scu::template::Image``).
+IMAGES = ("sc", "ct", "multiframe")
 
-def add_parser(subparsers: Subparsers) -> None:
-    """Registers ``oxidip bench`` and its ``send`` subcommand (sets ``func``)."""
-    bench = subparsers.add_parser(
-        "bench",
-        help="benchmark tools (load generator)",
-        description="Benchmark tools.",
-    )
-    commands = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
+
+def send_load(options: LoadOptions) -> LoadReport:
+    """Runs the load generator to the end (the GIL released meanwhile). Raises ValueError on
+    invalid options."""
+    raw = _core.send_load(msgspec.msgpack.encode(options))
+    return msgspec.msgpack.decode(raw, type=LoadReport)
+
+
+def add_parser(commands: Subparsers) -> None:
+    """Registers ``send`` under ``oxidip bench`` (sets ``func``)."""
     send = commands.add_parser(
         "send",
         help="send generated instances to a Storage SCP and report throughput and latency",
-        description="Sends N Secondary Capture instances of about SIZE bytes, generated in"
-        " memory with fresh UIDs (one study per run, one series per association), over K"
-        " concurrent associations to any Storage SCP; reports instances/s, MB/s, failures"
-        " and C-STORE round-trip latency percentiles. Exit status 1 when any instance was"
-        " not stored.",
+        description="Sends N instances generated in memory with fresh UIDs (one study per"
+        " run, one series per association) over K concurrent associations to any Storage"
+        " SCP; reports instances/s, MB/s, failures and C-STORE round-trip latency"
+        " percentiles. Exit status 1 when any instance was not stored.",
     )
     send.add_argument("--host", default="127.0.0.1", help="SCP host (default: %(default)s)")
     send.add_argument("--port", type=int, required=True, help="SCP port")
@@ -63,11 +67,26 @@ def add_parser(subparsers: Subparsers) -> None:
         help="instances in all, spread over the associations (default: %(default)s)",
     )
     send.add_argument(
+        "--image",
+        choices=IMAGES,
+        default="sc",
+        help="sc: Secondary Capture 8-bit of about --size bytes; ct: CT 512x512 16-bit"
+        " (about 514 KB, --size ignored); multiframe: 512x512 16-bit frames, as many as"
+        " --size holds (default: %(default)s)",
+    )
+    send.add_argument(
         "--size",
         type=int,
         default=2048,
         metavar="BYTES",
         help="approximate data set size (default: %(default)s)",
+    )
+    send.add_argument(
+        "--idle-associations",
+        type=int,
+        default=0,
+        metavar="M",
+        help="associations opened first and held idle until the load ends (default: 0)",
     )
     send.add_argument(
         "--transfer-syntax",
@@ -107,6 +126,8 @@ def format_report(report: LoadReport) -> str:
         f"  p99 {report.latency_p99_ms:.3f}  max {report.latency_max_ms:.3f}"
     )
     lines = [stored, rate, latency]
+    if report.idle_associations:
+        lines.append(f"idle        {report.idle_associations} associations held open")
     if report.statuses:
         statuses = ", ".join(f"{status:04X}H x{n}" for status, n in sorted(report.statuses.items()))
         lines.append(f"statuses    {statuses}")
@@ -115,10 +136,11 @@ def format_report(report: LoadReport) -> str:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    if args.associations < 1 or args.instances < 0 or args.size < 0 or args.max_pdu < 0:
+    counts = (args.instances, args.size, args.max_pdu, args.idle_associations)
+    if args.associations < 1 or min(counts) < 0:
         print(
-            "oxidip bench send: --associations must be >= 1; --instances, --size and"
-            " --max-pdu >= 0",
+            "oxidip bench send: --associations must be >= 1; --instances, --size, --max-pdu"
+            " and --idle-associations >= 0",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -132,13 +154,14 @@ def run_send(args: argparse.Namespace) -> int:
         transfer_syntax=args.transfer_syntax,
         max_pdu_length=args.max_pdu,
         timeout=args.timeout,
+        image=args.image,
+        idle_associations=args.idle_associations,
     )
     try:
-        raw = _core.send_load(msgspec.msgpack.encode(options))
+        report = send_load(options)
     except ValueError as exc:
         print(f"oxidip bench send: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    report = msgspec.msgpack.decode(raw, type=LoadReport)
     if args.json:
         seconds = report.seconds or float("nan")
         out = msgspec.to_builtins(report)

@@ -3,10 +3,12 @@ store handler, writing each data set as received (``event.encoded_dataset()``, f
 included, no decoding), one file per instance named by its SOP Instance UID.
 
 Accepts every storage SOP class in every transfer syntax pynetdicom knows, with pynetdicom's
-default maximum PDU length. Prints ``listening <port>`` on stdout once bound (``--port 0``
-picks a free port); stops on SIGTERM/SIGINT.
+default maximum PDU length, up to 1000 associations at once (pynetdicom's default is 10) with
+no network timeout (so idle associations stay open, as with the other receivers). Prints
+``listening <port>`` on stdout once bound (``--port 0`` picks a free port); stops on
+SIGTERM/SIGINT.
 
-    python bench/pynetdicom_scp.py --port 0 --out /tmp/store [--aet PYNETDICOM]
+    python -m oxidip.bench.pynetdicom_scp --port 0 --out /tmp/store [--aet PYNETDICOM]
 """
 
 import argparse
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0x0000
 
     ae = AE(ae_title=args.aet)
+    ae.maximum_associations = 1000
+    ae.network_timeout = None
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     server = ae.start_server(

@@ -1,0 +1,24 @@
+"""``oxidip bench``: the load generator (``send``) and the side-by-side comparison of
+receivers (``compare``). The compared receivers, their process measurements and the report
+live here too, so that an installed oxidip can benchmark itself against its peers."""
+
+import argparse
+from typing import TypeAlias
+
+from oxidip.bench import compare, send
+
+__all__ = ["add_parser"]
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Registers ``oxidip bench`` and its subcommands."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark tools (load generator, comparison with other receivers)",
+        description="Benchmark tools.",
+    )
+    commands = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
+    send.add_parser(commands)
+    compare.add_parser(commands)

@@ -1,0 +1,336 @@
+"""``oxidip bench compare``: every receiver (``oxidip.bench.receivers``) on the same machine,
+one at a time, each run a fresh process writing into a fresh directory of the same storage,
+driven by the same load generator (``oxidip bench send``'s) with the same data; receivers
+alternate (the order rotates every repetition); the report gives medians with min/max, the
+ratios to dcmtk storescp, the receiver's CPU time and peak resident memory, and checks the
+targets of issue 4. Writes ``compare-<date>.md``, ``.json`` and ``.png`` (and copies named
+``latest``) into the output directory.
+
+Workloads (``--quick`` shrinks each, for smoke tests):
+
+  small     10,000 Secondary Capture instances of ~2 KB on one association
+  small-16  the same over 16 concurrent associations
+  ct        1,000 CT instances 512x512 16-bit (~514 KB) on one association
+  ct-4      the same over 4 associations
+  large     2 multi-frame instances of 1 GiB (2048 frames of 512x512 16-bit), one association
+  idle      small-16 while 200 more associations are held open and idle (receivers serving
+            one association at a time are left out: an idle association blocks them)
+
+Every run is checked: every instance answered with success, the receiver holds exactly that
+many files, and (oxidip) its registry holds every instance. For oxidip the run's CPU time
+includes the registration of every instance (measured once the registry holds them all);
+"registered" is when that was, from the start of sending.
+"""
+
+import argparse
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import TextIO, TypeAlias
+
+import msgspec
+
+from oxidip._boundary import LoadOptions
+from oxidip.bench import report
+from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
+from oxidip.bench.receivers import RECEIVERS, ReceiverSpec, RunContext, count_files
+from oxidip.bench.resources import ResourceMonitor
+from oxidip.bench.send import EXPLICIT_VR_LITTLE_ENDIAN, send_load
+from oxidip.bench.tools import HOST, INSTALL_HINT
+
+__all__ = ["FULL", "QUICK", "Measurement", "Workload", "add_parser", "main"]
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: Seconds the generator waits for the peer at each step, and for the registry to catch up.
+TIMEOUT = 600.0
+MIB = 1 << 20
+
+
+class Workload(msgspec.Struct, frozen=True):
+    key: str
+    title: str
+    #: The generator's image kind and size (``oxidip bench send --image --size``).
+    image: str
+    size: int
+    instances: int
+    associations: int
+    idle: int = 0
+    #: Compared by MB/s (large instances) rather than instances/s.
+    by_bytes: bool = False
+
+
+FULL: tuple[Workload, ...] = (
+    Workload("small", "10,000 x 2 KB, 1 association", "sc", 2048, 10_000, 1),
+    Workload("small-16", "10,000 x 2 KB, 16 associations", "sc", 2048, 10_000, 16),
+    Workload("ct", "1,000 CT 512x512 16-bit, 1 association", "ct", 0, 1_000, 1, by_bytes=True),
+    Workload("ct-4", "1,000 CT 512x512 16-bit, 4 associations", "ct", 0, 1_000, 4, by_bytes=True),
+    Workload(
+        "large",
+        "2 x 1 GiB multi-frame, 1 association",
+        "multiframe",
+        1024 * MIB,
+        2,
+        1,
+        by_bytes=True,
+    ),
+    Workload("idle", "small-16 with 200 idle associations open", "sc", 2048, 10_000, 16, 200),
+)
+
+QUICK: tuple[Workload, ...] = (
+    Workload("small", "200 x 2 KB, 1 association", "sc", 2048, 200, 1),
+    Workload("small-16", "200 x 2 KB, 16 associations", "sc", 2048, 200, 16),
+    Workload("ct", "20 CT 512x512 16-bit, 1 association", "ct", 0, 20, 1, by_bytes=True),
+    Workload("ct-4", "20 CT 512x512 16-bit, 4 associations", "ct", 0, 20, 4, by_bytes=True),
+    Workload(
+        "large",
+        "2 x 16 MiB multi-frame, 1 association",
+        "multiframe",
+        16 * MIB,
+        2,
+        1,
+        by_bytes=True,
+    ),
+    Workload("idle", "small-16 with 10 idle associations open", "sc", 2048, 200, 16, 10),
+)
+
+
+class Measurement(msgspec.Struct):
+    workload: str
+    receiver: str
+    repetition: int
+    #: The generator's wall time, first connect to last release.
+    seconds: float
+    instances: int
+    bytes: int
+    #: Receiver CPU seconds (user + system, its whole process tree) during the run.
+    cpu_seconds: float
+    #: Largest peak resident memory of the receiver's processes, bytes.
+    peak_rss: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    #: From the start of sending to the registry holding every instance (oxidip).
+    registered_seconds: float | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.instances / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.bytes / self.seconds / 1e6
+
+
+def add_parser(commands: Subparsers) -> None:
+    """Registers ``compare`` under ``oxidip bench`` (sets ``func``)."""
+    compare = commands.add_parser(
+        "compare",
+        help="run oxidip and its peers side by side on the same workloads; report and chart",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    add_arguments(compare)
+    compare.set_defaults(func=lambda args: run(args, sys.argv[1:]))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    keys = ", ".join(w.key for w in FULL)
+    parser.add_argument(
+        "--workloads",
+        default=",".join(w.key for w in FULL),
+        help=f"comma-separated workloads among {keys} (default: all)",
+    )
+    parser.add_argument(
+        "--receivers",
+        default=",".join(RECEIVERS),
+        help=f"comma-separated receivers among {', '.join(RECEIVERS)} (default: all)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions (default: 3)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small versions of every workload (smoke test)"
+    )
+    parser.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="directory under which each run gets a fresh storage directory (default:"
+        " /dev/shm, a tmpfs, so that the receivers and not this machine's disk are measured;"
+        " give a disk directory to include the disk)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("bench/results"),
+        help="where the report goes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        help="PostgreSQL server for 'oxidip postgresql' (a scratch database is created and"
+        " dropped; default: %(default)s)",
+    )
+
+
+def measure(
+    spec: ReceiverSpec,
+    workload: Workload,
+    storage: Path,
+    log: TextIO,
+    rep: int,
+    postgres: Postgres | None,
+) -> Measurement:
+    storage.mkdir(parents=True)
+    log.write(f"\n=== {spec.name} / {workload.key} / repetition {rep} ===\n")
+    log.flush()
+    schema = postgres.schema() if spec.registry == "postgresql" and postgres else nullcontext()
+    with schema as database:
+        running = spec.start(RunContext(storage=storage, log=log, aet=spec.aet, database=database))
+        monitor = ResourceMonitor(running.proc.pid)
+        monitor.start()
+        try:
+            started = time.perf_counter()
+            load = send_load(
+                LoadOptions(
+                    addr=f"{HOST}:{running.port}",
+                    calling_aet="OXIDIP-BENCH",
+                    called_aet=running.aet,
+                    associations=workload.associations,
+                    instances=workload.instances,
+                    size=workload.size,
+                    transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN,
+                    max_pdu_length=16384,
+                    timeout=TIMEOUT,
+                    image=workload.image,
+                    idle_associations=workload.idle,
+                )
+            )
+            problems = list(load.errors)
+            if load.instances != workload.instances or load.failures:
+                problems.append(
+                    f"{load.instances} of {workload.instances} stored, statuses {load.statuses}"
+                )
+            if load.idle_associations != workload.idle:
+                problems.append(f"{load.idle_associations} of {workload.idle} idle associations")
+            if problems:
+                raise RuntimeError(f"{spec.name} / {workload.key}: " + "; ".join(problems))
+            registered = None
+            if spec.registry is not None:
+                registered = (
+                    wait_registered(database, storage, workload.instances, TIMEOUT) - started
+                )
+            cpu_seconds, peak_rss = monitor.stop()
+        finally:
+            running.stop()
+    stored = count_files(storage)
+    if stored != workload.instances:
+        raise RuntimeError(f"{spec.name} stored {stored} of {workload.instances} instances")
+    return Measurement(
+        workload=workload.key,
+        receiver=spec.name,
+        repetition=rep,
+        seconds=load.seconds,
+        instances=load.instances,
+        bytes=load.bytes,
+        cpu_seconds=cpu_seconds,
+        peak_rss=peak_rss,
+        latency_p50_ms=load.latency_p50_ms,
+        latency_p99_ms=load.latency_p99_ms,
+        registered_seconds=registered,
+    )
+
+
+@contextmanager
+def _postgres(url: str, needed: bool) -> Iterator[Postgres | None]:
+    if not needed:
+        yield None
+        return
+    postgres = Postgres(url)
+    try:
+        yield postgres
+    finally:
+        postgres.close()
+
+
+def _selected(text: str, known: Sequence[str], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"oxidip bench compare: unknown {what} {unknown}; known: {list(known)}")
+    return names
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    table = QUICK if args.quick else FULL
+    keys = _selected(args.workloads, [w.key for w in table], "workloads")
+    workloads = [w for w in table if w.key in keys]
+    names = _selected(args.receivers, list(RECEIVERS), "receivers")
+    for name in names:
+        missing = RECEIVERS[name].missing()
+        if missing:
+            hints = "; ".join(INSTALL_HINT.get(m, f"install {m}") for m in missing)
+            print(
+                f"oxidip bench compare: receiver {name!r} needs {missing} ({hints}),"
+                " or leave it out with --receivers",
+                file=sys.stderr,
+            )
+            return 2
+    workdir = Path(tempfile.mkdtemp(prefix="oxidip-compare-", dir=args.storage))
+    log_path = workdir / "receivers.log"
+    print(f"storage under {workdir}; receiver output in {log_path}", file=sys.stderr)
+    measurements: list[Measurement] = []
+    needs_postgres = any(RECEIVERS[n].registry == "postgresql" for n in names)
+    try:
+        with log_path.open("w") as log, _postgres(args.postgres, needs_postgres) as postgres:
+            width = max(len(n) for n in names)
+            for rep in range(args.repeats):
+                # Rotate the order each repetition so that no receiver always runs first.
+                order = names[rep % len(names) :] + names[: rep % len(names)]
+                for workload in workloads:
+                    for name in order:
+                        spec = RECEIVERS[name]
+                        if workload.idle and not spec.concurrent:
+                            continue
+                        storage = workdir / f"{rep}-{workload.key}-{name.replace(' ', '_')}"
+                        # No run pays for the previous run's writeback.
+                        os.sync()
+                        m = measure(spec, workload, storage, log, rep, postgres)
+                        measurements.append(m)
+                        # Free the space at once: tmpfs is memory.
+                        shutil.rmtree(storage, ignore_errors=True)
+                        print(
+                            f"rep {rep} {workload.key:8} {name:{width}} {m.seconds:7.2f} s"
+                            f" {m.per_second:9.0f} inst/s {m.mb_per_second:8.1f} MB/s"
+                            f" cpu {m.cpu_seconds:6.2f} s rss {m.peak_rss / MIB:6.1f} MiB",
+                            file=sys.stderr,
+                        )
+        context = report.Context(
+            command="oxidip bench " + " ".join(argv[1:] if argv[:1] == ["bench"] else argv),
+            storage=str(args.storage or tempfile.gettempdir()),
+            repeats=args.repeats,
+        )
+        written = report.write(
+            args.output_dir,
+            context,
+            workloads,
+            names,
+            measurements,
+            datetime.datetime.now(),
+        )
+        print(written.read_text())
+        print(f"written to {written}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bench/compare.py``'s entry point: the same as ``oxidip bench compare``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="oxidip bench compare", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv), ["compare", *argv])

@@ -1,0 +1,309 @@
+"""The comparison's report: a markdown table per workload (medians, min-max, ratios to dcmtk
+storescp, CPU, memory, latency), the issue's targets checked against those medians, the raw
+runs as JSON, and a chart (PNG, matplotlib)."""
+
+import datetime
+import os
+import platform
+import shutil
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from oxidip.bench.tools import cpu_model, versions
+
+if TYPE_CHECKING:
+    from oxidip.bench.compare import Measurement, Workload
+
+__all__ = ["Context", "Target", "check_targets", "write"]
+
+BASELINE = "dcmtk storescp"
+FORK = "dcmtk storescp --fork"
+OXIDIP_VARIANTS = ("oxidip", "oxidip postgresql")
+MIB = 1 << 20
+
+
+class Context(msgspec.Struct, frozen=True):
+    command: str
+    #: The directory the storage directories were made under.
+    storage: str
+    repeats: int
+
+
+class Target(msgspec.Struct, frozen=True):
+    """One of issue 4's targets, as measured."""
+
+    workload: str
+    what: str
+    measured: float | None
+    required: float
+    #: "at least" or "at most".
+    direction: str
+    unit: str
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        if self.direction == "at least":
+            return self.measured >= self.required
+        return self.measured <= self.required
+
+
+def _runs(ms: Sequence["Measurement"], workload: str, receiver: str) -> list["Measurement"]:
+    return [m for m in ms if m.workload == workload and m.receiver == receiver]
+
+
+def _median(runs: Sequence["Measurement"], value: Callable[["Measurement"], float]) -> float:
+    return statistics.median(value(m) for m in runs)
+
+
+def _rate(workload: "Workload") -> Callable[["Measurement"], float]:
+    """What a workload is compared by: MB/s for large instances, instances/s otherwise."""
+    if workload.by_bytes:
+        return lambda m: m.mb_per_second
+    return lambda m: m.per_second
+
+
+def _ratio(
+    ms: Sequence["Measurement"], workload: "Workload", receiver: str, baseline: str
+) -> float | None:
+    ours, theirs = _runs(ms, workload.key, receiver), _runs(ms, workload.key, baseline)
+    if not ours or not theirs:
+        return None
+    rate = _rate(workload)
+    return _median(ours, rate) / _median(theirs, rate)
+
+
+def _filesystem(path: str) -> str:
+    """The filesystem type of the mount holding ``path`` (Linux)."""
+    best, kind = "", "unknown"
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    real = os.path.realpath(path)
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3 or len(fields[1]) < len(best):
+            continue
+        if real == fields[1] or real.startswith(fields[1].rstrip("/") + "/"):
+            best, kind = fields[1], fields[2]
+    return kind
+
+
+def check_targets(
+    ms: Sequence["Measurement"], workloads: Sequence["Workload"], storage_fs: str
+) -> list[Target]:
+    """Issue 4's targets, for each oxidip variant measured, on median values."""
+    by_key = {w.key: w for w in workloads}
+    targets: list[Target] = []
+    ratios = (
+        ("small", BASELINE, 1.5),
+        ("small", "pynetdicom", 10.0),
+        ("small", "dicom-rs storescp", 2.0),
+        ("small-16", FORK, 1.5),
+        ("ct", BASELINE, 1.2),
+        ("ct-4", BASELINE, 1.2),
+    )
+    for ox in OXIDIP_VARIANTS:
+        if not any(m.receiver == ox for m in ms):
+            continue
+        for key, baseline, required in ratios:
+            if key in by_key:
+                measured = _ratio(ms, by_key[key], ox, baseline)
+                unit = "x MB/s" if by_key[key].by_bytes else "x"
+                what = f"{ox} / {baseline}"
+                targets.append(Target(key, what, measured, required, "at least", unit))
+        for key in ("ct", "ct-4"):
+            if storage_fs == "tmpfs" and key in by_key:
+                runs = _runs(ms, key, ox)
+                mbs = _median(runs, lambda m: m.mb_per_second) if runs else None
+                targets.append(Target(key, f"{ox} MB/s on tmpfs", mbs, 1000.0, "at least", "MB/s"))
+        if "large" in by_key:
+            runs = _runs(ms, "large", ox)
+            rss = max(m.peak_rss for m in runs) / MIB if runs else None
+            targets.append(Target("large", f"{ox} peak RSS", rss, 100.0, "at most", "MiB"))
+        if "idle" in by_key and "small-16" in by_key:
+            idle, busy = _runs(ms, "idle", ox), _runs(ms, "small-16", ox)
+            share = None
+            if idle and busy:
+                rate = _rate(by_key["idle"])
+                share = _median(idle, rate) / _median(busy, rate)
+            targets.append(
+                Target("idle", f"{ox} idle / small-16 throughput", share, 0.9, "at least", "x")
+            )
+    return targets
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else format(value, spec) + suffix
+
+
+def _workload_table(
+    ms: Sequence["Measurement"], workload: "Workload", receivers: Sequence[str]
+) -> list[str]:
+    rate = _rate(workload)
+    unit = "MB/s" if workload.by_bytes else "inst/s"
+    per = "ms/GB" if workload.by_bytes else "us/inst"
+    lines = [
+        f"### {workload.key}: {workload.title}",
+        "",
+        (
+            f"| receiver | median {unit} | min-max {unit} | vs storescp | vs --fork "
+            f"| CPU {per} | peak RSS MiB | p50 / p99 ms | registered s |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in receivers:
+        runs = _runs(ms, workload.key, name)
+        if not runs:
+            continue
+        rates = [rate(m) for m in runs]
+        if workload.by_bytes:
+            cpu = _median(runs, lambda m: m.cpu_seconds * 1e3 / (m.bytes / 1e9))
+        else:
+            cpu = _median(runs, lambda m: m.cpu_seconds * 1e6 / m.instances)
+        registered = [m.registered_seconds for m in runs if m.registered_seconds is not None]
+        lines.append(
+            f"| {name} | {statistics.median(rates):,.0f} | {min(rates):,.0f}-{max(rates):,.0f}"
+            f" | {_fmt(_ratio(ms, workload, name, BASELINE), '.2f', 'x')}"
+            f" | {_fmt(_ratio(ms, workload, name, FORK), '.2f', 'x')}"
+            f" | {cpu:,.0f} | {max(m.peak_rss for m in runs) / MIB:,.1f}"
+            f" | {_median(runs, lambda m: m.latency_p50_ms):.2f} /"
+            f" {_median(runs, lambda m: m.latency_p99_ms):.2f}"
+            f" | {_fmt(statistics.median(registered) if registered else None, '.2f')} |"
+        )
+    return [*lines, ""]
+
+
+def markdown(
+    context: Context,
+    workloads: Sequence["Workload"],
+    receivers: Sequence[str],
+    ms: Sequence["Measurement"],
+    when: datetime.datetime,
+) -> str:
+    storage_fs = _filesystem(context.storage)
+    targets = check_targets(ms, workloads, storage_fs)
+    lines = [
+        f"# oxidip bench compare, {when.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        f"Command: `{context.command}`",
+        "",
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()}"
+        f" {platform.release()}, shared by sender and receiver. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
+        + ".",
+        "",
+        (
+            f"Storage: a fresh directory per run under `{context.storage}` ({storage_fs})."
+            " Sender:"
+            " oxidip's Rust load generator (in-memory instances, fresh UIDs, explicit VR little"
+            " endian, fragments to each receiver's announced maximum PDU). Every receiver on its"
+            " defaults, a fresh process per run; the order rotates every repetition; "
+            f"{context.repeats} repetitions. Medians, with min-max over the repetitions. CPU is"
+            " the receiver's (user + system, all its processes), for oxidip until every instance"
+            " is registered. Peak RSS: the receiver's largest process, whole lifetime."
+        ),
+        "",
+        "## Targets (issue 4)",
+        "",
+        "| workload | measure | required | measured | met |",
+        "|---|---|---:|---:|---|",
+    ]
+    for t in targets:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
+        lines.append(
+            f"| {t.workload} | {t.what} | {t.direction} {t.required:g} {t.unit}"
+            f" | {_fmt(t.measured, '.2f', ' ' + t.unit)} | {met} |"
+        )
+    lines += ["", "## Results", ""]
+    for w in workloads:
+        lines += _workload_table(ms, w, receivers)
+    lines.append(
+        "Raw runs (seconds): "
+        + "; ".join(f"{m.workload}/{m.receiver}#{m.repetition} {m.seconds:.3f}" for m in ms)
+    )
+    return "\n".join(lines) + "\n"
+
+
+def chart(
+    path: Path,
+    workloads: Sequence["Workload"],
+    receivers: Sequence[str],
+    ms: Sequence["Measurement"],
+    title: str,
+) -> None:
+    """Three panels per workload group: throughput relative to dcmtk storescp (min-max as
+    error bars), receiver CPU per unit of work, and peak RSS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(12, 12), constrained_layout=True)
+    width = 0.8 / max(len(receivers), 1)
+    keys = [w.key for w in workloads]
+    for i, name in enumerate(receivers):
+        xs, ratios, low, high, cpu, rss = [], [], [], [], [], []
+        for j, w in enumerate(workloads):
+            runs = _runs(ms, w.key, name)
+            # The single-process storescp cannot run with idle associations: --fork then.
+            base = _runs(ms, w.key, BASELINE) or _runs(ms, w.key, FORK)
+            if not runs:
+                continue
+            rate = _rate(w)
+            scale = _median(base, rate) if base else _median(runs, rate)
+            values = [rate(m) / scale for m in runs]
+            median = statistics.median(values)
+            xs.append(j + (i - (len(receivers) - 1) / 2) * width)
+            ratios.append(median)
+            low.append(median - min(values))
+            high.append(max(values) - median)
+            per_unit = (m.bytes / 1e9 if w.by_bytes else m.instances / 1e3 for m in runs)
+            cpu.append(statistics.median(m.cpu_seconds / u for m, u in zip(runs, per_unit)))
+            rss.append(max(m.peak_rss for m in runs) / MIB)
+        axes[0].bar(xs, ratios, width, yerr=[low, high], label=name, capsize=2)
+        axes[1].bar(xs, cpu, width, label=name)
+        axes[2].bar(xs, rss, width, label=name)
+    axes[0].axhline(1.0, color="grey", linewidth=0.8)
+    axes[0].set_ylabel(f"throughput / {BASELINE}\n(inst/s; MB/s for ct, large; idle: / --fork)")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("receiver CPU s\nper 1000 inst (per GB: ct, large)")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("peak RSS, MiB")
+    axes[2].set_yscale("log")
+    for ax in axes:
+        ax.set_xticks(range(len(keys)), keys)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0].legend(ncol=3, fontsize="small")
+    axes[0].set_title(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(
+    directory: Path,
+    context: Context,
+    workloads: Sequence["Workload"],
+    receivers: Sequence[str],
+    ms: Sequence["Measurement"],
+    when: datetime.datetime,
+) -> Path:
+    """Writes ``compare-<date>.md``, ``.json`` and ``.png`` into ``directory``, and copies
+    named ``latest``; returns the markdown's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / f"compare-{when.strftime('%Y-%m-%d')}"
+    text = markdown(context, workloads, receivers, ms, when)
+    stem.with_suffix(".md").write_text(text)
+    raw = {"context": context, "workloads": workloads, "measurements": ms}
+    stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(raw)))
+    title = f"oxidip bench compare, {when.strftime('%Y-%m-%d %H:%M')}"
+    chart(stem.with_suffix(".png"), workloads, receivers, ms, title)
+    for suffix in (".md", ".json", ".png"):
+        shutil.copyfile(stem.with_suffix(suffix), (directory / "latest").with_suffix(suffix))
+    return stem.with_suffix(".md")
