@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from oxidip.cli import main
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MULTIFRAME = "1.2.840.10008.5.1.4.1.1.7.3"
 from tests.conftest import StartReceiver
 from tests.helpers.receiver import HOST, RunningReceiver
 from tests.helpers.tools import dcmtk_env, require_tool
@@ -39,9 +42,12 @@ def test_send_to_oxidip(receiver: RunningReceiver, capsys: pytest.CaptureFixture
         "5000",
         "--max-pdu",
         "4096",
+        "--idle-associations",
+        "2",
     )
     assert status == 0, report
     assert report["instances"] == 31 and report["failures"] == 0 and report["errors"] == []
+    assert report["idle_associations"] == 2
     assert report["instances_per_second"] > 0 and report["megabytes_per_second"] > 0
     assert 0 < report["latency_p50_ms"] <= report["latency_p99_ms"] <= report["latency_max_ms"]
     stored = receiver.wait_stored(31)
@@ -50,8 +56,10 @@ def test_send_to_oxidip(receiver: RunningReceiver, capsys: pytest.CaptureFixture
     assert len({s.attributes.StudyInstanceUID for s in stored}) == 1
     # File size: the ~5000-byte data set plus preamble and file meta.
     assert all(4000 < s.size <= 5600 for s in stored), [s.size for s in stored]
-    closed = receiver.wait_closed(3)
+    closed = receiver.wait_closed(5)
     assert {c.outcome for c in closed} == {"released"}
+    # The idle ones stored nothing.
+    assert sorted(c.instances_stored for c in closed)[:2] == [0, 0]
 
 
 def test_send_rejected_reports_failure(
@@ -62,6 +70,33 @@ def test_send_rejected_reports_failure(
     assert status == 1
     assert report["instances"] == 0 and report["failures"] == 4
     assert "rejected" in report["errors"][0]
+
+
+def test_ct_and_multiframe_images(
+    receiver: RunningReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aet = ["--aet", receiver.config.scp_aet]
+    status, ct = send(capsys, receiver.port, *aet, "--image", "ct", "--instances", "2")
+    assert status == 0 and ct["instances"] == 2, ct
+    status, frames = send(
+        capsys,
+        receiver.port,
+        *aet,
+        "--image",
+        "multiframe",
+        "--size",
+        str(3 << 20),
+        "--instances",
+        "2",
+    )
+    assert status == 0 and frames["instances"] == 2, frames
+    stored = receiver.wait_stored(4)
+    by_class: dict[str | None, list[int]] = {}
+    for s in stored:
+        by_class.setdefault(s.attributes.SOPClassUID, []).append(s.size)
+    # CT: 512 x 512 x 2 bytes of pixels; multi-frame: 6 such frames in 3 MiB.
+    assert all(512 * 512 * 2 < size < 512 * 512 * 2 + 2048 for size in by_class[CT_IMAGE])
+    assert all(6 * 512 * 512 * 2 < size < 6 * 512 * 512 * 2 + 2048 for size in by_class[MULTIFRAME])
 
 
 def test_human_report(receiver: RunningReceiver, capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,7 +123,7 @@ async fn association(options: LoadOptions, run: u128, series: u64, first: u64, c
         match client.store(sop_class, &uid, &template.segments()).await {
             Ok(status) => {
                 result.latencies_us.push(start.elapsed().as_micros() as u64);
-                result.bytes += template.len() as u64;
+                result.bytes += template.dataset_len() as u64;
                 if is_success_or_warning(status) {
                     result.ok += 1;
                 } else {
@@ -145,9 +145,8 @@ async fn association(options: LoadOptions, run: u128, series: u64, first: u64, c
 
 /// Opens `n` associations at once; returns those established and the errors of the others.
 async fn open_idle(options: &LoadOptions, n: usize) -> (Vec<Client>, Vec<String>) {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| tokio::spawn(Client::connect(options.addr.clone(), client_options(options))))
-        .collect();
+    let tasks: Vec<_> =
+        (0..n).map(|_| tokio::spawn(Client::connect(options.addr.clone(), client_options(options)))).collect();
     let (mut clients, mut errors) = (Vec::new(), Vec::new());
     for task in tasks {
         match task.await {

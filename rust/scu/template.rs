@@ -189,7 +189,7 @@ impl Template {
     }
 
     /// Data set length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn dataset_len(&self) -> usize {
         self.header.len() + self.pixel_len
     }
 
@@ -247,12 +247,12 @@ mod tests {
     #[test]
     fn uids_and_instance_numbers_are_patched_in_place() {
         let mut t = Template::new(Image::Sc, 2048, true);
-        let len = t.len();
+        let len = t.dataset_len();
         assert!((2000..=2048).contains(&len), "{len}");
         t.set_instance(123, 5, 6);
         let first = t.sop_instance_uid().to_owned();
         t.set_instance(123, 6, 7);
-        assert_eq!(t.len(), len);
+        assert_eq!(t.dataset_len(), len);
         assert_eq!(bytes(&t).len(), len);
         assert_ne!(first, t.sop_instance_uid());
         assert!(first.len() <= 64 && first.len() % 2 == 0);
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn sizes_of_each_image_kind() {
         let big = Template::new(Image::Sc, 1 << 20, false);
-        assert!(big.len() > 1_000_000 && big.len() <= 1 << 20);
+        assert!(big.dataset_len() > 1_000_000 && big.dataset_len() <= 1 << 20);
         let ct = Template::new(Image::Ct, 0, true);
         assert_eq!(ct.pixel_len, 512 * 512 * 2);
         let frames = Template::new(Image::Multiframe, 1 << 30, true);

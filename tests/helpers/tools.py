@@ -10,45 +10,19 @@ is in its environment, so every dcmtk process gets it.
 """
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
-INSTALL_HINT = {
-    "storescu": "apt-get install dcmtk",
-    "echoscu": "apt-get install dcmtk",
-    "storescp": "apt-get install dcmtk",
-    "findscu": "apt-get install dcmtk",
-    "dicom-storescp": "cargo install dicom-storescp --locked",
-}
+from oxidip.bench.tools import INSTALL_HINT
+from oxidip.bench.tools import tool as find_tool
+
+__all__ = ["dcmtk_env", "find_tool", "in_ci", "require_tool", "run_dcmtk"]
 
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def cargo_bin() -> Path:
-    """Where ``cargo install`` puts executables."""
-    home = os.environ.get("CARGO_HOME")
-    return Path(home) / "bin" if home else Path.home() / ".cargo" / "bin"
-
-
-def find_tool(name: str) -> str | None:
-    """``name`` on PATH, skipping the running virtual environment's ``bin`` (pynetdicom's
-    same-named scripts); then in ``cargo install``'s directory, often not on PATH."""
-    in_venv = sys.prefix != sys.base_prefix
-    skip = {Path(sys.prefix, "bin").resolve()} if in_venv else set()
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        if not directory or Path(directory).resolve() in skip:
-            continue
-        path = shutil.which(name, path=directory)
-        if path is not None:
-            return path
-    return shutil.which(name, path=str(cargo_bin()))
 
 
 def require_tool(name: str) -> str:

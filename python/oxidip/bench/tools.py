@@ -28,6 +28,7 @@ INSTALL_HINT = {
     "storescu": "apt-get install dcmtk",
     "storescp": "apt-get install dcmtk",
     "echoscu": "apt-get install dcmtk",
+    "findscu": "apt-get install dcmtk",
     "dicom-storescp": "cargo install dicom-storescp --locked --version 0.10.1",
 }
 

@@ -1,0 +1,152 @@
+"""``oxidip bench compare``: the whole comparison in its quick form (every receiver, every
+workload, one repetition) so that it does not rot between real runs; its report's target
+checks on made-up numbers; the process measurements on processes doing known work."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oxidip.bench.compare import FULL, QUICK, Measurement
+from oxidip.bench.receivers import RECEIVERS
+from oxidip.bench.report import check_targets
+from oxidip.bench.resources import ResourceMonitor
+from tests.helpers.tools import require_tool
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_comparison_of_every_receiver(tmp_path: Path) -> None:
+    # Every receiver runs: a missing tool fails in CI, skips the test elsewhere with what to
+    # install. "oxidip postgresql" uses the PostgreSQL at 127.0.0.1:5432 (a scratch database).
+    for tool in ("storescp", "echoscu", "dicom-storescp"):
+        require_tool(tool)
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "compare.py"),
+            "--quick",
+            "--repeats",
+            "1",
+            "--storage",
+            str(tmp_path),
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "latest.md").read_text()
+    for workload in QUICK:
+        assert f"### {workload.key}: " in table
+    for name in RECEIVERS:
+        assert f"| {name} |" in table, name
+    assert "| small | oxidip / dcmtk storescp | at least 1.5 x |" in table
+    assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    raw = json.loads((out / "latest.json").read_text())
+    runs = {(m["workload"], m["receiver"]) for m in raw["measurements"]}
+    # Every pair but the single-process storescp with idle associations, which it cannot serve.
+    expected = {(w.key, name) for w in QUICK for name in RECEIVERS}
+    assert runs == expected - {("idle", "dcmtk storescp")}
+    for m in raw["measurements"]:
+        assert m["instances"] > 0 and m["seconds"] > 0 and m["peak_rss"] > 0, m
+        assert (m["registered_seconds"] is not None) == m["receiver"].startswith("oxidip"), m
+    # The storage directories are gone.
+    assert not list(tmp_path.glob("oxidip-compare-*"))
+
+
+def _m(workload: str, receiver: str, seconds: float, peak_rss: int = 50 << 20) -> Measurement:
+    return Measurement(
+        workload=workload,
+        receiver=receiver,
+        repetition=0,
+        seconds=seconds,
+        instances=1000,
+        bytes=500_000_000,
+        cpu_seconds=1.0,
+        peak_rss=peak_rss,
+        latency_p50_ms=1.0,
+        latency_p99_ms=2.0,
+    )
+
+
+def test_targets_are_checked_on_medians() -> None:
+    ms = [
+        # oxidip: 1.0, 1.1 and 5.0 s: median 1.1 s; storescp's median 2.0 s: ratio 1.82.
+        _m("small", "oxidip", 1.0),
+        _m("small", "oxidip", 1.1),
+        _m("small", "oxidip", 5.0),
+        _m("small", "dcmtk storescp", 2.0),
+        _m("small", "dcmtk storescp", 1.9),
+        _m("small", "dcmtk storescp", 2.2),
+        _m("small", "pynetdicom", 10.0),
+        _m("large", "oxidip", 1.0, peak_rss=120 << 20),
+    ]
+    targets = {(t.workload, t.what): t for t in check_targets(ms, FULL, "tmpfs")}
+    storescp = targets["small", "oxidip / dcmtk storescp"]
+    assert storescp.measured == pytest.approx(2.0 / 1.1) and storescp.met
+    pynetdicom = targets["small", "oxidip / pynetdicom"]
+    assert pynetdicom.measured == pytest.approx(10.0 / 1.1) and pynetdicom.met is False
+    # Not measured: reported, neither met nor failed.
+    assert targets["small", "oxidip / dicom-rs storescp"].met is None
+    rss = targets["large", "oxidip peak RSS"]
+    assert rss.measured == pytest.approx(120) and rss.met is False
+    # No measurement of oxidip with PostgreSQL: no targets for it.
+    assert not any("postgresql" in what for _, what in targets)
+
+
+def test_monitor_counts_the_cpu_and_memory_of_forked_children() -> None:
+    # A parent that forks a child burning CPU and holding 64 MiB, then waits for it.
+    script = (
+        "import os, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    block = bytearray(64 << 20)\n"
+        "    for i in range(0, len(block), 4096): block[i] = 1\n"
+        "    end = time.process_time() + 0.5\n"
+        "    while time.process_time() < end: pass\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print('done', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        monitor = ResourceMonitor(proc.pid)
+        monitor.start()
+        assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+        cpu, peak = monitor.stop()
+    finally:
+        proc.kill()
+        proc.wait()
+    # The child's half second, reaped by the parent, is counted; its memory was sampled.
+    assert cpu >= 0.45, cpu
+    assert peak >= 64 << 20, peak
+
+
+def test_monitor_measures_from_start_only() -> None:
+    # Busy first, then says so and sleeps: the monitor started after that sees no CPU.
+    script = (
+        "import time\n"
+        "end = time.process_time() + 0.4\n"
+        "while time.process_time() < end: pass\n"
+        "print('idle', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "idle\n"
+        monitor = ResourceMonitor(proc.pid)
+        monitor.start()
+        cpu, peak = monitor.stop()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cpu < 0.1, cpu
+    assert peak > 0
