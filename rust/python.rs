@@ -11,14 +11,17 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::dicom::attributes::EXTRACTED;
+use crate::dicom::attributes::{Attributes, EXTRACTED};
+use crate::dicom::extract::Extractor;
+use crate::dicom::transfer_syntax;
 use crate::scu::load;
 use crate::server::config::ServerConfig;
 use crate::server::events::EventStream;
 use crate::server::Server;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::storage::path_template::{PathTemplate, DEFAULT_PATH_TEMPLATE};
+use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
 use crate::storage::{journal, read_back};
+use crate::ul::codec;
 use std::path::Path;
 
 #[pyclass(module = "oxidip._core")]
@@ -121,6 +124,82 @@ fn check_path_template(template: &str) -> PyResult<()> {
     PathTemplate::parse(template).map(|_| ()).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
+// The receiver's hot-path steps, one call each, for the micro-benchmarks (`bench/micro/`)
+// and for tests that hold them against pydicom.
+
+/// Decodes every PDU of `stream` (a received byte stream) as the receiver does, with
+/// `max_pdata_len` as our announced maximum; returns how many. ValueError on a codec error or
+/// a stream that ends inside a PDU.
+#[pyfunction]
+fn decode_pdus(py: Python<'_>, stream: &[u8], max_pdata_len: u32) -> PyResult<usize> {
+    let mut buf = bytes::BytesMut::from(stream);
+    py.allow_threads(|| {
+        let mut count = 0;
+        while let Some(pdu) = codec::decode(&mut buf, max_pdata_len).map_err(|e| e.to_string())? {
+            std::hint::black_box(pdu);
+            count += 1;
+        }
+        if buf.is_empty() {
+            Ok(count)
+        } else {
+            Err(format!("stream ends inside a PDU ({} bytes left)", buf.len()))
+        }
+    })
+    .map_err(PyValueError::new_err)
+}
+
+/// The attributes extracted from a data set, kept on the Rust side.
+#[pyclass(module = "oxidip._core", frozen)]
+struct ExtractedAttributes {
+    attributes: Attributes,
+}
+
+#[pymethods]
+impl ExtractedAttributes {
+    /// msgpack of `oxidip._boundary.Attributes`.
+    fn to_msgpack<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let bytes = rmp_serde::to_vec_named(&self.attributes).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+}
+
+/// Extracts the attributes of a data set (no file meta) encoded in `transfer_syntax`, fed in
+/// one piece. ValueError when the transfer syntax is unknown or the data set unreadable.
+#[pyfunction]
+fn extract_attributes(py: Python<'_>, dataset: &[u8], transfer_syntax: &str) -> PyResult<ExtractedAttributes> {
+    let syntax = transfer_syntax::lookup(transfer_syntax)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown transfer syntax {transfer_syntax}")))?;
+    let attributes = py.allow_threads(|| {
+        let mut extractor = Extractor::new(syntax.encoding);
+        extractor.feed(dataset)?;
+        extractor.finish()
+    });
+    attributes.map(|attributes| ExtractedAttributes { attributes }).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// A parsed path template (`OXIDIP_PATH_TEMPLATE`).
+#[pyclass(module = "oxidip._core", frozen, name = "PathTemplate")]
+struct PyPathTemplate {
+    template: PathTemplate,
+}
+
+#[pymethods]
+impl PyPathTemplate {
+    /// ValueError with the reason when the template is invalid.
+    #[new]
+    fn new(template: &str) -> PyResult<Self> {
+        let template = PathTemplate::parse(template).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(PyPathTemplate { template })
+    }
+
+    /// The relative path of an instance with these attributes, sent by `calling_aet` to
+    /// `called_aet`.
+    fn render(&self, attributes: &ExtractedAttributes, calling_aet: &str, called_aet: &str) -> String {
+        let context = PathContext { attributes: &attributes.attributes, calling_aet, called_aet };
+        self.template.render(&context).to_string_lossy().into_owned()
+    }
+}
+
 /// Journal segments left by dead oxidip processes of this host, to replay.
 #[pyfunction]
 fn orphan_journals(files_root: &str) -> PyResult<Vec<String>> {
@@ -158,6 +237,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("EXTRACTED_KEYWORDS", EXTRACTED.iter().map(|(_, k)| *k).collect::<Vec<_>>())?;
     m.add("DEFAULT_PATH_TEMPLATE", DEFAULT_PATH_TEMPLATE)?;
     m.add_class::<Receiver>()?;
+    m.add_class::<ExtractedAttributes>()?;
+    m.add_class::<PyPathTemplate>()?;
+    m.add_function(wrap_pyfunction!(decode_pdus, m)?)?;
+    m.add_function(wrap_pyfunction!(extract_attributes, m)?)?;
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
     m.add_function(wrap_pyfunction!(orphan_journals, m)?)?;
     m.add_function(wrap_pyfunction!(read_instance, m)?)?;

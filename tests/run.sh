@@ -3,7 +3,8 @@
 #
 # From any directory; works on a fresh clone (creates .venv). Always rebuilds the extension
 # (release, as shipped) before pytest, so tests never run a stale build; cargo makes that
-# quick when nothing changed. pytest-benchmark benchmarks are skipped unless BENCHMARKS=1.
+# quick when nothing changed. The micro-benchmarks (bench/micro) run once each, untimed;
+# BENCHMARKS=1 times them.
 # Stops at the first failing step and says which.
 set -euo pipefail
 
@@ -75,9 +76,6 @@ step "cargo test" cargo test
 step "build extension" "$VENV/bin/maturin" develop --release --extras test
 
 pytest_args=(-p no:cacheprovider)
-if [ "${BENCHMARKS:-0}" != 1 ]; then
-    pytest_args+=(--benchmark-skip)
-fi
 status=0
 start=$EPOCHREALTIME
 echo "==> pytest: python -m pytest ${pytest_args[*]} $*"
@@ -90,6 +88,14 @@ elif [ "$status" -ne 0 ]; then
     exit "$status"
 fi
 TIMINGS+=("$(printf '%-28s %7ss' pytest "$(elapsed "$start")")")
+
+# The micro-benchmarks (bench/micro, outside the tests' testpaths): each run once, untimed, so
+# that they keep working; with BENCHMARKS=1, timed (pytest-benchmark's table).
+if [ "${BENCHMARKS:-0}" = 1 ]; then
+    step "micro-benchmarks" "$VENV/bin/python" -m pytest -p no:cacheprovider bench/micro --benchmark-only
+else
+    step "micro-benchmarks (short)" "$VENV/bin/python" -m pytest -p no:cacheprovider -q bench/micro --benchmark-disable
+fi
 
 echo
 echo "timings:"

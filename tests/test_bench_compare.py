@@ -33,6 +33,8 @@ def test_quick_comparison_of_every_receiver(tmp_path: Path) -> None:
             "1",
             "--storage",
             str(tmp_path),
+            "--prefill",
+            "0.05",
             "--output-dir",
             str(out),
         ],
@@ -49,7 +51,9 @@ def test_quick_comparison_of_every_receiver(tmp_path: Path) -> None:
         assert f"| {name} |" in table, name
     assert "| small | oxidip / dcmtk storescp | at least 1.5 x |" in table
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Failed runs" not in table
     raw = json.loads((out / "latest.json").read_text())
+    assert raw["failures"] == []
     runs = {(m["workload"], m["receiver"]) for m in raw["measurements"]}
     # Every pair but the single-process storescp with idle associations, which it cannot serve.
     expected = {(w.key, name) for w in QUICK for name in RECEIVERS}

@@ -63,3 +63,30 @@ class Receiver:
     @property
     def queued_events(self) -> int:
         """Events waiting to be taken: the backlog when Python falls behind."""
+
+# The receiver's hot-path steps, one call each: for the micro-benchmarks (bench/micro/) and for
+# tests that hold them against pydicom.
+
+def decode_pdus(stream: bytes, max_pdata_len: int) -> int:
+    """Decodes every PDU of a received byte stream as the receiver does (``max_pdata_len``:
+    our announced maximum); returns how many. ValueError on a codec error or a stream ending
+    inside a PDU."""
+
+class ExtractedAttributes:
+    """Attributes extracted from a data set (``extract_attributes``), kept in Rust."""
+
+    def to_msgpack(self) -> bytes:
+        """msgpack of ``oxidip._boundary.Attributes``."""
+
+def extract_attributes(dataset: bytes, transfer_syntax: str) -> ExtractedAttributes:
+    """Extracts the attributes of a data set (no file meta) encoded in ``transfer_syntax``.
+    ValueError when the transfer syntax is unknown or the data set cannot be read."""
+
+class PathTemplate:
+    """A parsed path template (``OXIDIP_PATH_TEMPLATE``)."""
+
+    def __init__(self, template: str) -> None:
+        """ValueError with the reason when the template is invalid."""
+
+    def render(self, attributes: ExtractedAttributes, calling_aet: str, called_aet: str) -> str:
+        """The relative path of an instance with these attributes."""

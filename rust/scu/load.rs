@@ -143,10 +143,24 @@ async fn association(options: LoadOptions, run: u128, series: u64, first: u64, c
     result
 }
 
-/// Opens `n` associations at once; returns those established and the errors of the others.
+/// Connections being opened at once for idle associations: as a site's associations come,
+/// a few at a time, not in one burst (Python's socketserver, pynetdicom's, listens with a
+/// backlog of 5 and resets the rest of a burst).
+const IDLE_OPENING: usize = 4;
+
+/// Opens `n` associations, `IDLE_OPENING` at a time; returns those established and the
+/// errors of the others.
 async fn open_idle(options: &LoadOptions, n: usize) -> (Vec<Client>, Vec<String>) {
-    let tasks: Vec<_> =
-        (0..n).map(|_| tokio::spawn(Client::connect(options.addr.clone(), client_options(options)))).collect();
+    let opening = std::sync::Arc::new(tokio::sync::Semaphore::new(IDLE_OPENING));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (opening, addr, client) = (opening.clone(), options.addr.clone(), client_options(options));
+            tokio::spawn(async move {
+                let _permit = opening.acquire_owned().await;
+                Client::connect(addr, client).await
+            })
+        })
+        .collect();
     let (mut clients, mut errors) = (Vec::new(), Vec::new());
     for task in tasks {
         match task.await {

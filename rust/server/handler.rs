@@ -276,8 +276,9 @@ impl Handler {
             }
             (Incoming::Store(mut reception), false) if reception.context_id == pdv.context_id => {
                 self.counters.bytes += pdv.data.len() as u64;
-                reception.on_fragment(&pdv.data);
+                reception.on_fragment(pdv.data).await;
                 if pdv.is_last {
+                    reception.finish_writes().await;
                     self.finish_store(*reception).await?;
                     Incoming::Idle
                 } else {

@@ -4,6 +4,8 @@
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
 use crate::dicom::attributes::{Attributes, Tag};
 use crate::dicom::extract::Extractor;
 use crate::dicom::transfer_syntax::TransferSyntax;
@@ -73,17 +75,28 @@ impl InstanceReception {
         }
     }
 
-    /// One data set fragment, in order. Blocking file I/O: see the handler for why.
-    pub fn on_fragment(&mut self, data: &[u8]) {
+    /// One data set fragment, in order. Blocking file I/O for the first part of a data set
+    /// (see the handler for why); the rest of a large one waits for room in its background
+    /// writer's queue.
+    pub async fn on_fragment(&mut self, data: Bytes) {
         if self.failure.is_some() {
             return;
         }
-        if let Err(e) = self.extractor.feed(data) {
+        if let Err(e) = self.extractor.feed(&data) {
             self.reject(Status::failure(status::CANNOT_UNDERSTAND, format!("data set: {e}")));
             return;
         }
         if let Some(partial) = self.partial.as_mut() {
-            if let Err(e) = partial.write(data) {
+            if let Err(e) = partial.write(data).await {
+                self.reject(Status::failure(status::OUT_OF_RESOURCES, format!("write failed: {e}")));
+            }
+        }
+    }
+
+    /// The data set is all in: waits until all of it is written (a failure is A700).
+    pub async fn finish_writes(&mut self) {
+        if let Some(partial) = self.partial.as_mut() {
+            if let Err(e) = partial.finish_writes().await {
                 self.reject(Status::failure(status::OUT_OF_RESOURCES, format!("write failed: {e}")));
             }
         }

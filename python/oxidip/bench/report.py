@@ -16,7 +16,7 @@ import msgspec
 from oxidip.bench.tools import cpu_model, versions
 
 if TYPE_CHECKING:
-    from oxidip.bench.compare import Measurement, Workload
+    from oxidip.bench.compare import Failure, Measurement, Workload
 
 __all__ = ["Context", "Target", "check_targets", "write"]
 
@@ -185,6 +185,7 @@ def markdown(
     workloads: Sequence["Workload"],
     receivers: Sequence[str],
     ms: Sequence["Measurement"],
+    failures: Sequence["Failure"],
     when: datetime.datetime,
 ) -> str:
     storage_fs = _filesystem(context.storage)
@@ -224,6 +225,10 @@ def markdown(
     lines += ["", "## Results", ""]
     for w in workloads:
         lines += _workload_table(ms, w, receivers)
+    if failures:
+        lines += ["## Failed runs", ""]
+        lines += [f"- {f.workload} / {f.receiver} #{f.repetition}: {f.error}" for f in failures]
+        lines.append("")
     lines.append(
         "Raw runs (seconds): "
         + "; ".join(f"{m.workload}/{m.receiver}#{m.repetition} {m.seconds:.3f}" for m in ms)
@@ -292,15 +297,16 @@ def write(
     workloads: Sequence["Workload"],
     receivers: Sequence[str],
     ms: Sequence["Measurement"],
+    failures: Sequence["Failure"],
     when: datetime.datetime,
 ) -> Path:
     """Writes ``compare-<date>.md``, ``.json`` and ``.png`` into ``directory``, and copies
     named ``latest``; returns the markdown's path."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"compare-{when.strftime('%Y-%m-%d')}"
-    text = markdown(context, workloads, receivers, ms, when)
+    text = markdown(context, workloads, receivers, ms, failures, when)
     stem.with_suffix(".md").write_text(text)
-    raw = {"context": context, "workloads": workloads, "measurements": ms}
+    raw = {"context": context, "workloads": workloads, "measurements": ms, "failures": failures}
     stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(raw)))
     title = f"oxidip bench compare, {when.strftime('%Y-%m-%d %H:%M')}"
     chart(stem.with_suffix(".png"), workloads, receivers, ms, title)
