@@ -122,7 +122,8 @@ def test_monitor_counts_the_cpu_and_memory_of_forked_children() -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        monitor = ResourceMonitor(proc.pid)
+        # Sampled often enough to see the child, alive for half a second.
+        monitor = ResourceMonitor(proc.pid, interval=0.05)
         monitor.start()
         assert proc.stdout is not None and proc.stdout.readline() == "done\n"
         cpu, peak = monitor.stop()
