@@ -155,3 +155,21 @@ def test_monitor_measures_from_start_only() -> None:
         proc.wait()
     assert cpu < 0.1, cpu
     assert peak > 0
+
+
+def test_a_run_past_its_deadline_is_reported_failed(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = ["--quick", "--repeats", "1", "--workloads", "small", "--receivers", "oxidip"]
+    argv += ["--run-timeout", "0.000001", "--prefill", "0", "--storage", str(tmp_path)]
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "compare.py"), *argv, "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    table = (out / "latest.md").read_text()
+    assert "## Failed runs" in table and "- small / oxidip #0: " in table, table
+    assert "of 200 stored" in table and "deadline of" in table, table
+    assert json.loads((out / "latest.json").read_text())["measurements"] == []

@@ -181,6 +181,8 @@ class LoadOptions(msgspec.Struct, frozen=True):
     image: str = "sc"
     #: Associations opened before the load and held idle until it ends.
     idle_associations: int = 0
+    #: Seconds after which no more instances are sent (0 = none).
+    deadline: float = 0.0
 
 
 class LoadReport(msgspec.Struct, frozen=True):

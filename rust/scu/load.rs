@@ -39,6 +39,10 @@ pub struct LoadOptions {
     /// Seconds to wait for the peer at each step.
     #[serde(default = "default_timeout")]
     pub timeout: f64,
+    /// Seconds after the start of the load when no more instances are sent (each association
+    /// finishes the one in flight and releases); 0 = none.
+    #[serde(default)]
+    pub deadline: f64,
 }
 
 fn default_timeout() -> f64 {
@@ -95,7 +99,14 @@ fn client_options(options: &LoadOptions) -> ClientOptions {
     }
 }
 
-async fn association(options: LoadOptions, run: u128, series: u64, first: u64, count: u64) -> TaskResult {
+async fn association(
+    options: LoadOptions,
+    deadline: Option<Instant>,
+    run: u128,
+    series: u64,
+    first: u64,
+    count: u64,
+) -> TaskResult {
     let mut result = TaskResult { latencies_us: Vec::with_capacity(count as usize), ..Default::default() };
     let explicit = options.transfer_syntax != IMPLICIT_VR_LITTLE_ENDIAN;
     let mut template = Template::new(options.image, options.size, explicit);
@@ -117,6 +128,12 @@ async fn association(options: LoadOptions, run: u128, series: u64, first: u64, c
         return result;
     }
     for i in 0..count {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            result.not_sent = count - i;
+            result.error =
+                Some(format!("deadline of {} s reached: {} instances not sent", options.deadline, count - i));
+            break;
+        }
         template.set_instance(run, first + i, i + 1);
         let start = Instant::now();
         let uid = template.sop_instance_uid().to_owned();
@@ -138,7 +155,8 @@ async fn association(options: LoadOptions, run: u128, series: u64, first: u64, c
         }
     }
     if let Err(e) = client.release().await {
-        result.error = Some(format!("release: {e}"));
+        let earlier = result.error.take().map(|earlier| format!("{earlier}; ")).unwrap_or_default();
+        result.error = Some(format!("{earlier}release: {e}"));
     }
     result
 }
@@ -220,11 +238,12 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
         report.idle_associations = idle.len() as u64;
         report.errors.extend(errors);
         let started = Instant::now();
+        let deadline = (options.deadline > 0.0).then(|| started + Duration::from_secs_f64(options.deadline));
         let mut tasks = Vec::new();
         let mut first = 0;
         for task in 0..k {
             let count = options.instances / k + u64::from(task < options.instances % k);
-            tasks.push(tokio::spawn(association(options.clone(), run_id, task, first, count)));
+            tasks.push(tokio::spawn(association(options.clone(), deadline, run_id, task, first, count)));
             first += count;
         }
         let mut results = Vec::new();

@@ -136,6 +136,7 @@ fn load_run_stores_every_instance() {
         transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
         max_pdu_length: 16384,
         timeout: 10.0,
+        deadline: 0.0,
     })
     .unwrap();
     assert_eq!((report.instances, report.failures), (20, 0), "{report:?}");
@@ -164,6 +165,7 @@ fn load_run_reports_rejection() {
         transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
         max_pdu_length: 0,
         timeout: 10.0,
+        deadline: 0.0,
     })
     .unwrap();
     assert_eq!((report.instances, report.failures, report.errors.len()), (0, 5, 2), "{report:?}");

@@ -26,10 +26,12 @@ includes the registration of every instance (measured once the registry holds th
 import argparse
 import datetime
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -45,7 +47,16 @@ from oxidip.bench.resources import ResourceMonitor
 from oxidip.bench.send import EXPLICIT_VR_LITTLE_ENDIAN, send_load
 from oxidip.bench.tools import HOST, INSTALL_HINT
 
-__all__ = ["FULL", "QUICK", "Failure", "Measurement", "Workload", "add_parser", "main"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "Failure",
+    "Measurement",
+    "Results",
+    "Workload",
+    "add_parser",
+    "main",
+]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -56,7 +67,6 @@ MIB = 1 << 20
 
 class Workload(msgspec.Struct, frozen=True):
     key: str
-    title: str
     #: The generator's image kind and size (``oxidip bench send --image --size``).
     image: str
     size: int
@@ -66,40 +76,37 @@ class Workload(msgspec.Struct, frozen=True):
     #: Compared by MB/s (large instances) rather than instances/s.
     by_bytes: bool = False
 
+    @property
+    def title(self) -> str:
+        what = {
+            "sc": f"{self.size / 1024:g} KB",
+            "ct": "CT 512x512 16-bit",
+            "multiframe": f"{self.size / MIB:g} MiB multi-frame",
+        }[self.image]
+        text = f"{self.instances:,} x {what}, {self.associations} association"
+        text += "s" if self.associations > 1 else ""
+        return text + (f", {self.idle} more open and idle" if self.idle else "")
+
+    def quick(self) -> "Workload":
+        """The same, small enough for a smoke test."""
+        return msgspec.structs.replace(
+            self,
+            instances=max(2, self.instances // 50),
+            size=min(self.size, 16 * MIB),
+            idle=min(self.idle, 10),
+        )
+
 
 FULL: tuple[Workload, ...] = (
-    Workload("small", "10,000 x 2 KB, 1 association", "sc", 2048, 10_000, 1),
-    Workload("small-16", "10,000 x 2 KB, 16 associations", "sc", 2048, 10_000, 16),
-    Workload("ct", "1,000 CT 512x512 16-bit, 1 association", "ct", 0, 1_000, 1, by_bytes=True),
-    Workload("ct-4", "1,000 CT 512x512 16-bit, 4 associations", "ct", 0, 1_000, 4, by_bytes=True),
-    Workload(
-        "large",
-        "2 x 1 GiB multi-frame, 1 association",
-        "multiframe",
-        1024 * MIB,
-        2,
-        1,
-        by_bytes=True,
-    ),
-    Workload("idle", "small-16 with 200 idle associations open", "sc", 2048, 10_000, 16, 200),
+    Workload("small", "sc", 2048, 10_000, 1),
+    Workload("small-16", "sc", 2048, 10_000, 16),
+    Workload("ct", "ct", 0, 1_000, 1, by_bytes=True),
+    Workload("ct-4", "ct", 0, 1_000, 4, by_bytes=True),
+    Workload("large", "multiframe", 1024 * MIB, 2, 1, by_bytes=True),
+    Workload("idle", "sc", 2048, 10_000, 16, idle=200),
 )
 
-QUICK: tuple[Workload, ...] = (
-    Workload("small", "200 x 2 KB, 1 association", "sc", 2048, 200, 1),
-    Workload("small-16", "200 x 2 KB, 16 associations", "sc", 2048, 200, 16),
-    Workload("ct", "20 CT 512x512 16-bit, 1 association", "ct", 0, 20, 1, by_bytes=True),
-    Workload("ct-4", "20 CT 512x512 16-bit, 4 associations", "ct", 0, 20, 4, by_bytes=True),
-    Workload(
-        "large",
-        "2 x 16 MiB multi-frame, 1 association",
-        "multiframe",
-        16 * MIB,
-        2,
-        1,
-        by_bytes=True,
-    ),
-    Workload("idle", "small-16 with 10 idle associations open", "sc", 2048, 200, 16, 10),
-)
+QUICK: tuple[Workload, ...] = tuple(w.quick() for w in FULL)
 
 
 class Failure(msgspec.Struct):
@@ -135,6 +142,17 @@ class Measurement(msgspec.Struct):
     @property
     def mb_per_second(self) -> float:
         return self.bytes / self.seconds / 1e6
+
+
+class Results(msgspec.Struct):
+    """A comparison: what ran, and how (also its JSON file)."""
+
+    context: report.Context
+    when: datetime.datetime
+    workloads: list[Workload]
+    receivers: list[str]
+    measurements: list[Measurement]
+    failures: list[Failure]
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -173,6 +191,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " give a disk directory to include the disk)",
     )
     parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="a run still sending after this long stops and is reported as failed, with what"
+        " it stored (default: 300; pynetdicom with 200 idle associations stores a few"
+        " instances a second)",
+    )
+    parser.add_argument(
         "--prefill",
         type=float,
         default=4.0,
@@ -202,6 +229,7 @@ def measure(
     log: TextIO,
     rep: int,
     postgres: Postgres | None,
+    run_timeout: float,
 ) -> Measurement:
     storage.mkdir(parents=True)
     log.write(f"\n=== {spec.name} / {workload.key} / repetition {rep} ===\n")
@@ -226,13 +254,19 @@ def measure(
                     timeout=TIMEOUT,
                     image=workload.image,
                     idle_associations=workload.idle,
+                    deadline=run_timeout,
                 )
             )
-            problems = list(load.errors)
+            problems = []
             if load.instances != workload.instances or load.failures:
+                rate = load.instances / load.seconds if load.seconds else 0.0
                 problems.append(
-                    f"{load.instances} of {workload.instances} stored, statuses {load.statuses}"
+                    f"{load.instances} of {workload.instances} stored in {load.seconds:.0f} s"
+                    f" ({rate:,.1f}/s), failure statuses {load.statuses}"
                 )
+            # One line per kind of error, not per association.
+            kinds = Counter(re.sub(r"\d+", "N", error) for error in load.errors)
+            problems += [f"{kind} (x{n})" if n > 1 else kind for kind, n in kinds.items()]
             if load.idle_associations != workload.idle:
                 problems.append(f"{load.idle_associations} of {workload.idle} idle associations")
             if problems:
@@ -330,7 +364,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                         # No run pays for the previous run's writeback.
                         os.sync()
                         try:
-                            m = measure(spec, workload, storage, log, rep, postgres)
+                            m = measure(
+                                spec, workload, storage, log, rep, postgres, args.run_timeout
+                            )
                         except RuntimeError as error:
                             failures.append(Failure(workload.key, name, rep, str(error)[:2000]))
                             print(
@@ -353,15 +389,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             storage=str(args.storage or tempfile.gettempdir()),
             repeats=args.repeats,
         )
-        written = report.write(
-            args.output_dir,
-            context,
-            workloads,
-            names,
-            measurements,
-            failures,
-            datetime.datetime.now(),
+        results = Results(
+            context, datetime.datetime.now(), workloads, names, measurements, failures
         )
+        written = report.write(args.output_dir, results)
         print(written.read_text())
         print(f"written to {written}", file=sys.stderr)
     finally:

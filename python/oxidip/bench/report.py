@@ -2,7 +2,6 @@
 storescp, CPU, memory, latency), the issue's targets checked against those medians, the raw
 runs as JSON, and a chart (PNG, matplotlib)."""
 
-import datetime
 import os
 import platform
 import shutil
@@ -16,7 +15,7 @@ import msgspec
 from oxidip.bench.tools import cpu_model, versions
 
 if TYPE_CHECKING:
-    from oxidip.bench.compare import Failure, Measurement, Workload
+    from oxidip.bench.compare import Measurement, Results, Workload
 
 __all__ = ["Context", "Target", "check_targets", "write"]
 
@@ -180,14 +179,9 @@ def _workload_table(
     return [*lines, ""]
 
 
-def markdown(
-    context: Context,
-    workloads: Sequence["Workload"],
-    receivers: Sequence[str],
-    ms: Sequence["Measurement"],
-    failures: Sequence["Failure"],
-    when: datetime.datetime,
-) -> str:
+def markdown(results: "Results") -> str:
+    context, when, ms = results.context, results.when, results.measurements
+    workloads, failures = results.workloads, results.failures
     storage_fs = _filesystem(context.storage)
     targets = check_targets(ms, workloads, storage_fs)
     lines = [
@@ -224,7 +218,7 @@ def markdown(
         )
     lines += ["", "## Results", ""]
     for w in workloads:
-        lines += _workload_table(ms, w, receivers)
+        lines += _workload_table(ms, w, results.receivers)
     if failures:
         lines += ["## Failed runs", ""]
         lines += [f"- {f.workload} / {f.receiver} #{f.repetition}: {f.error}" for f in failures]
@@ -236,13 +230,7 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def chart(
-    path: Path,
-    workloads: Sequence["Workload"],
-    receivers: Sequence[str],
-    ms: Sequence["Measurement"],
-    title: str,
-) -> None:
+def chart(path: Path, results: "Results") -> None:
     """Three panels per workload group: throughput relative to dcmtk storescp (min-max as
     error bars), receiver CPU per unit of work, and peak RSS."""
     import matplotlib
@@ -250,6 +238,7 @@ def chart(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    workloads, receivers, ms = results.workloads, results.receivers, results.measurements
     fig, axes = plt.subplots(3, 1, figsize=(12, 12), constrained_layout=True)
     width = 0.8 / max(len(receivers), 1)
     keys = [w.key for w in workloads]
@@ -286,30 +275,19 @@ def chart(
         ax.set_xticks(range(len(keys)), keys)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].legend(ncol=3, fontsize="small")
-    axes[0].set_title(title)
+    axes[0].set_title(f"oxidip bench compare, {results.when.strftime('%Y-%m-%d %H:%M')}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write(
-    directory: Path,
-    context: Context,
-    workloads: Sequence["Workload"],
-    receivers: Sequence[str],
-    ms: Sequence["Measurement"],
-    failures: Sequence["Failure"],
-    when: datetime.datetime,
-) -> Path:
-    """Writes ``compare-<date>.md``, ``.json`` and ``.png`` into ``directory``, and copies
-    named ``latest``; returns the markdown's path."""
+def write(directory: Path, results: "Results") -> Path:
+    """Writes ``compare-<date>.md``, ``.json`` (the results) and ``.png`` into ``directory``,
+    and copies named ``latest``; returns the markdown's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"compare-{when.strftime('%Y-%m-%d')}"
-    text = markdown(context, workloads, receivers, ms, failures, when)
-    stem.with_suffix(".md").write_text(text)
-    raw = {"context": context, "workloads": workloads, "measurements": ms, "failures": failures}
-    stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(raw)))
-    title = f"oxidip bench compare, {when.strftime('%Y-%m-%d %H:%M')}"
-    chart(stem.with_suffix(".png"), workloads, receivers, ms, title)
+    stem = directory / f"compare-{results.when.strftime('%Y-%m-%d')}"
+    stem.with_suffix(".md").write_text(markdown(results))
+    stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
+    chart(stem.with_suffix(".png"), results)
     for suffix in (".md", ".json", ".png"):
         shutil.copyfile(stem.with_suffix(suffix), (directory / "latest").with_suffix(suffix))
     return stem.with_suffix(".md")
