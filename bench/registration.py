@@ -68,6 +68,7 @@ from oxidip import InstanceStored
 from oxidip._boundary import Attributes
 from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
 from oxidip.bench.receivers import RunContext, start_oxidip
+from oxidip.bench.tools import cpu_model, tool, versions
 from oxidip.registry import open_registry
 
 HERE = Path(__file__).resolve().parent
@@ -437,8 +438,8 @@ def report(
         "",
         f"Command: `{' '.join(['bench/registration.py', *argv])}`",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({receive._cpu()}), "
-        + ", ".join(f"{k} {v}" for k, v in receive._versions().items())
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), "
+        + ", ".join(f"{k} {v}" for k, v in versions().items())
         + ". PostgreSQL: "
         + (_postgres_version(args.postgres) if any(b.postgres for b in backends) else "not run")
         + ".",
@@ -642,7 +643,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             parser.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.latency_series < 1 or args.latency_instances < 1:
         parser.error("--latency-series and --latency-instances must be at least 1")
-    if receive.tool("storescu") is None:
+    if tool("storescu") is None:
         parser.error("storescu not found: apt-get install dcmtk")
     return args
 

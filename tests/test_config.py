@@ -477,7 +477,7 @@ class FakeReceiver:
         self.batches = batches
         self.stopped_with: list[float] = []
 
-    def next_batch(self, max_events: int, timeout: float) -> list[Any] | None:
+    def next_batch(self, max_events: int, timeout: float, linger: float) -> list[Any] | None:
         if self.batches:
             return self.batches.pop(0)
         return None if self.stopped_with else []

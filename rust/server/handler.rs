@@ -24,6 +24,9 @@ use crate::ul::association::{self, Association};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::{Abort, Pdu, Pdv};
 
+/// Bytes an association's read buffer starts with: an A-ASSOCIATE-RQ or a small P-DATA-TF.
+const INITIAL_READ_BUFFER: usize = 16 * 1024;
+
 /// A-ABORT sources and provider reasons (PS3.8 table 9-26).
 const ABORT_SOURCE_USER: u8 = 0;
 const ABORT_SOURCE_PROVIDER: u8 = 2;
@@ -106,9 +109,10 @@ pub struct Handler {
 
 impl Handler {
     pub fn new(stream: TcpStream, shared: Arc<Shared>, id: u64, peer: String, abort: watch::Receiver<bool>) -> Self {
-        let capacity = (shared.settings.acceptor.max_pdu_length as usize).clamp(16 * 1024, 1 << 20) + 6;
         Handler {
-            conn: Connection::new(stream, capacity),
+            // The read buffer grows to the largest PDU the peer sends (the codec bounds it):
+            // an association that stays idle, or sends only small PDUs, keeps it small.
+            conn: Connection::new(stream, INITIAL_READ_BUFFER),
             shared,
             id,
             peer,
