@@ -52,8 +52,11 @@ def test_quick_comparison_of_every_receiver(tmp_path: Path) -> None:
     assert "| small | oxidip / dcmtk storescp | at least 1.5 x |" in table
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Failed runs" not in table
+    assert table.count("Write ceiling (one thread") == len(QUICK)
     raw = json.loads((out / "latest.json").read_text())
     assert raw["failures"] == []
+    assert {c["workload"] for c in raw["ceilings"]} == {w.key for w in QUICK}
+    assert all(c["seconds"] > 0 and c["bytes"] > 0 for c in raw["ceilings"])
     runs = {(m["workload"], m["receiver"]) for m in raw["measurements"]}
     # Every pair but the single-process storescp with idle associations, which it cannot serve.
     expected = {(w.key, name) for w in QUICK for name in RECEIVERS}

@@ -50,6 +50,7 @@ from oxidip.bench.tools import HOST, INSTALL_HINT
 __all__ = [
     "FULL",
     "QUICK",
+    "Ceiling",
     "Failure",
     "Measurement",
     "Results",
@@ -144,6 +145,17 @@ class Measurement(msgspec.Struct):
         return self.bytes / self.seconds / 1e6
 
 
+class Ceiling(msgspec.Struct):
+    """One thread writing a workload's files to the same storage, with no network and no
+    parsing: what any receiver must at least do, for scale."""
+
+    workload: str
+    repetition: int
+    seconds: float
+    instances: int
+    bytes: int
+
+
 class Results(msgspec.Struct):
     """A comparison: what ran, and how (also its JSON file)."""
 
@@ -153,6 +165,7 @@ class Results(msgspec.Struct):
     receivers: list[str]
     measurements: list[Measurement]
     failures: list[Failure]
+    ceilings: list[Ceiling]
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -297,6 +310,33 @@ def measure(
     )
 
 
+#: Pixel data of one CT slice; the generator's header adds a few hundred bytes.
+CT_SLICE = 512 * 512 * 2
+
+
+def write_ceiling(workload: Workload, directory: Path, rep: int) -> Ceiling:
+    """Writes the workload's instances as files into ``directory`` the way a receiver must at
+    least (create a temp file, write 128 KiB at a time, close, rename into place), from one
+    thread; then deletes them."""
+    size = CT_SLICE if workload.image == "ct" else workload.size
+    chunk = bytes(128 * 1024)
+    directory.mkdir(parents=True)
+    started = time.perf_counter()
+    for n in range(workload.instances):
+        temp, final = directory / f"{n}.tmp", directory / f"{n}.dcm"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            left = size
+            while left > 0:
+                left -= os.write(fd, chunk[: min(left, len(chunk))])
+        finally:
+            os.close(fd)
+        os.rename(temp, final)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(directory)
+    return Ceiling(workload.key, rep, seconds, workload.instances, size * workload.instances)
+
+
 def prefill(directory: Path, gib: float) -> None:
     """Writes ``gib`` GiB into a file under ``directory``, then deletes it."""
     block = bytes(4 * MIB)
@@ -347,6 +387,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"storage under {workdir}; receiver output in {log_path}", file=sys.stderr)
     measurements: list[Measurement] = []
     failures: list[Failure] = []
+    ceilings: list[Ceiling] = []
     needs_postgres = any(RECEIVERS[n].registry == "postgresql" for n in names)
     try:
         with log_path.open("w") as log, _postgres(args.postgres, needs_postgres) as postgres:
@@ -356,6 +397,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 # Rotate the order each repetition so that no receiver always runs first.
                 order = names[rep % len(names) :] + names[: rep % len(names)]
                 for workload in workloads:
+                    os.sync()
+                    ceilings.append(write_ceiling(workload, workdir / f"{rep}-ceiling", rep))
                     for name in order:
                         spec = RECEIVERS[name]
                         if workload.idle and not spec.concurrent:
@@ -389,9 +432,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             storage=str(args.storage or tempfile.gettempdir()),
             repeats=args.repeats,
         )
-        results = Results(
-            context, datetime.datetime.now(), workloads, names, measurements, failures
-        )
+        when = datetime.datetime.now()
+        results = Results(context, when, workloads, names, measurements, failures, ceilings)
         written = report.write(args.output_dir, results)
         print(written.read_text())
         print(f"written to {written}", file=sys.stderr)

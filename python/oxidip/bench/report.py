@@ -142,6 +142,22 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + suffix
 
 
+def _ceiling_line(results: "Results", workload: "Workload") -> list[str]:
+    runs = [c for c in results.ceilings if c.workload == workload.key]
+    if not runs:
+        return []
+    if workload.by_bytes:
+        rates, unit = [c.bytes / c.seconds / 1e6 for c in runs], "MB/s"
+    else:
+        rates, unit = [c.instances / c.seconds for c in runs], "files/s"
+    line = (
+        "Write ceiling (one thread creating, writing, closing and renaming the same files on"
+        f" the same storage; no network, no parsing): median {statistics.median(rates):,.0f}"
+        f" {unit}, {min(rates):,.0f}-{max(rates):,.0f}."
+    )
+    return [line, ""]
+
+
 def _workload_table(
     ms: Sequence["Measurement"], workload: "Workload", receivers: Sequence[str]
 ) -> list[str]:
@@ -219,6 +235,7 @@ def markdown(results: "Results") -> str:
     lines += ["", "## Results", ""]
     for w in workloads:
         lines += _workload_table(ms, w, results.receivers)
+        lines += _ceiling_line(results, w)
     if failures:
         lines += ["## Failed runs", ""]
         lines += [f"- {f.workload} / {f.receiver} #{f.repetition}: {f.error}" for f in failures]
