@@ -2,10 +2,14 @@
 //! on the acceptor side, with the DIMSE messages (PS3.7) reassembled from PDV fragments.
 //!
 //! File writes happen inline with blocking std I/O: a write to the page cache takes
-//! microseconds, far less than handing each fragment to a blocking thread pool would cost.
-//! The steps that can wait on the disk (fsync, rename, directory creation) run under
-//! `block_in_place`, so other associations keep their worker thread.
+//! microseconds, far less than handing each fragment to a blocking thread pool would cost
+//! (past its first MiB, a large data set goes to a background writer: see
+//! `storage::background`). With an fsync policy, placing the file runs under
+//! `block_in_place`, so other associations keep their worker thread. What need not delay an
+//! answer waits until it is sent: closing the stored file, creating the next instance's temp
+//! file, handing the event to Python.
 
+use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,13 +17,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::events::{unix_time, AssociationClosed, Event, InstanceFailed, InstanceStored};
-use super::store::{InstanceReception, Outcome, Sender};
+use super::store::{InstanceReception, Outcome, Request, Sender};
 use super::Shared;
 use crate::dicom::attributes::Attributes;
 use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
-use crate::storage::writer::Committed;
+use crate::storage::writer::{Committed, TempFile};
 use crate::ul::association::{self, Association};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::{Abort, Pdu, Pdv};
@@ -104,6 +108,8 @@ pub struct Handler {
     called_aet: String,
     association: Option<Association>,
     incoming: Incoming,
+    /// The temp file of the next instance, made ahead (`prepare_next`).
+    reserved: Option<TempFile>,
     counters: Counters,
 }
 
@@ -121,6 +127,7 @@ impl Handler {
             called_aet: String::new(),
             association: None,
             incoming: Incoming::Idle,
+            reserved: None,
             counters: Counters::default(),
         }
     }
@@ -278,7 +285,7 @@ impl Handler {
             (Incoming::Command { context_id, bytes }, true) if context_id == pdv.context_id => {
                 self.on_command_fragment(context_id, bytes, pdv).await?
             }
-            (Incoming::Store(mut reception), false) if reception.context_id == pdv.context_id => {
+            (Incoming::Store(mut reception), false) if reception.request.context_id == pdv.context_id => {
                 self.counters.bytes += pdv.data.len() as u64;
                 reception.on_fragment(pdv.data).await;
                 if pdv.is_last {
@@ -363,20 +370,19 @@ impl Handler {
         let association = self.association.as_ref().expect("established");
         let context = association.context(context_id).expect("checked in on_pdv");
         let sender = Sender { calling_aet: &association.calling_ae_title, called_aet: &association.called_ae_title };
-        let sop_instance_uid = command.affected_sop_instance_uid().unwrap_or_default();
-        let mut reception = InstanceReception::begin(
-            &self.shared.storage,
-            &sender,
+        let request = Request {
             message_id,
             context_id,
             sop_class_uid,
-            sop_instance_uid,
-            context.transfer_syntax,
-        );
-        if reception.sop_instance_uid.is_empty() || reception.sop_class_uid.is_empty() {
+            sop_instance_uid: command.affected_sop_instance_uid().unwrap_or_default(),
+            transfer_syntax: context.transfer_syntax,
+        };
+        let mut reception = InstanceReception::begin(&self.shared.storage, self.reserved.take(), &sender, request);
+        let request = &reception.request;
+        if request.sop_instance_uid.is_empty() || request.sop_class_uid.is_empty() {
             reception
                 .reject(Status::failure(status::INVALID_COMMAND, "C-STORE-RQ lacks Affected SOP Class/Instance UID"));
-        } else if reception.sop_class_uid != context.abstract_syntax {
+        } else if request.sop_class_uid != context.abstract_syntax {
             reception.reject(Status::failure(
                 status::SOP_CLASS_NOT_SUPPORTED,
                 "SOP Class differs from the presentation context",
@@ -388,10 +394,10 @@ impl Handler {
     /// The data set is complete: store it, journal it, answer, and report it. With
     /// `ack=registered` the answer also waits for Python to register the instance.
     async fn finish_store(&mut self, reception: InstanceReception) -> Result<(), Violation> {
-        let (message_id, context_id) = (reception.message_id, reception.context_id);
-        let sop_class_uid = reception.sop_class_uid.clone();
-        let sop_instance_uid = reception.sop_instance_uid.clone();
-        let transfer_syntax = reception.transfer_syntax.uid;
+        let (message_id, context_id) = (reception.request.message_id, reception.request.context_id);
+        let sop_class_uid = reception.request.sop_class_uid.clone();
+        let sop_instance_uid = reception.request.sop_instance_uid.clone();
+        let transfer_syntax = reception.request.transfer_syntax.uid;
         let received_at = reception.received_at;
         let shared = self.shared.clone();
         let association = self.association.as_ref().expect("established");
@@ -401,8 +407,10 @@ impl Handler {
         // another thread meanwhile. Without one, placing the file takes microseconds, less
         // than that hand-off (a thread wake-up per instance) would cost.
         let outcome = if shared.storage.syncs() { tokio::task::block_in_place(complete) } else { complete() };
+        let mut stored_file = None;
         let (st, event, registration) = match outcome {
-            Journaled::Stored { committed, attributes, seq } => {
+            Journaled::Stored { committed, attributes, seq, file } => {
+                stored_file = Some(file);
                 let event = Event::InstanceStored(Box::new(InstanceStored {
                     association_id: self.id,
                     path: committed.path.to_string_lossy().into_owned(),
@@ -437,6 +445,7 @@ impl Handler {
             Reply { context_id, message_id, sop_class_uid: &sop_class_uid, sop_instance_uid: &sop_instance_uid };
         let Some(registered) = registration else {
             self.answer(&reply, &st).await?;
+            self.prepare_next(stored_file);
             // After the response: a slow event consumer delays the next request, not this one.
             shared.events.send(event).await;
             return Ok(());
@@ -447,7 +456,20 @@ impl Handler {
             Ok(true) => st,
             _ => Status::failure(status::OUT_OF_RESOURCES, "stored, but registration failed"),
         };
-        self.answer(&reply, &st).await
+        self.answer(&reply, &st).await?;
+        self.prepare_next(stored_file);
+        Ok(())
+    }
+
+    /// While the sender reads its answer: closes the stored file (already in place) and
+    /// creates the temp file of the next instance, so that neither is on an instance's way
+    /// to its answer.
+    fn prepare_next(&mut self, stored_file: Option<File>) {
+        drop(stored_file);
+        if self.reserved.is_none() {
+            // Failing here, the next instance tries again, and answers A700 if it fails too.
+            self.reserved = self.shared.storage.reserve().ok();
+        }
     }
 
     /// Sends the C-STORE-RSP and counts the outcome.
@@ -487,7 +509,13 @@ struct Reply<'a> {
 
 /// A completed reception, with its journal entry when stored.
 enum Journaled {
-    Stored { committed: Committed, attributes: Box<Attributes>, seq: u64 },
+    /// `file`: still open, closed after the answer.
+    Stored {
+        committed: Committed,
+        attributes: Box<Attributes>,
+        seq: u64,
+        file: File,
+    },
     Failed(Status),
 }
 
@@ -496,8 +524,8 @@ enum Journaled {
 /// for `oxidip reconcile` to find.
 fn journaled(outcome: Outcome, shared: &Shared) -> Journaled {
     match outcome {
-        Outcome::Stored { committed, attributes } => match shared.journal.append(&committed.path) {
-            Ok(seq) => Journaled::Stored { committed, attributes, seq },
+        Outcome::Stored { committed, attributes, file } => match shared.journal.append(&committed.path) {
+            Ok(seq) => Journaled::Stored { committed, attributes, seq, file },
             Err(e) => {
                 Journaled::Failed(Status::failure(status::OUT_OF_RESOURCES, format!("journal write failed: {e}")))
             }

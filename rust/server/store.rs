@@ -2,6 +2,7 @@
 //! data set fragments to a temp file while reading the attributes we need from its leading
 //! part, then decide the status and move the file into place before answering.
 
+use std::fs::File;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use crate::dicom::transfer_syntax::TransferSyntax;
 use crate::dimse::status::{self, Status};
 use crate::storage::file_meta::FileMeta;
 use crate::storage::path_template::PathContext;
-use crate::storage::writer::{CommitError, Committed, PartialInstance, Storage};
+use crate::storage::writer::{CommitError, Committed, PartialInstance, Storage, TempFile};
 
 /// Who sent the instance: what the file meta and the path template need.
 pub struct Sender<'a> {
@@ -20,13 +21,18 @@ pub struct Sender<'a> {
     pub called_aet: &'a str,
 }
 
-/// One C-STORE-RQ whose data set is arriving.
-pub struct InstanceReception {
+/// What a C-STORE-RQ asks to store, and how its data set comes.
+pub struct Request {
     pub message_id: u16,
     pub context_id: u8,
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     pub transfer_syntax: &'static TransferSyntax,
+}
+
+/// One C-STORE-RQ whose data set is arriving.
+pub struct InstanceReception {
+    pub request: Request,
     pub received_at: SystemTime,
     partial: Option<PartialInstance>,
     extractor: Extractor,
@@ -36,41 +42,35 @@ pub struct InstanceReception {
 
 /// What became of a completed reception.
 pub enum Outcome {
-    Stored { committed: Committed, attributes: Box<Attributes> },
+    /// In place; `file` is still open, to be closed once the sender has its answer.
+    Stored {
+        committed: Committed,
+        attributes: Box<Attributes>,
+        file: File,
+    },
     Failed(Status),
 }
 
 impl InstanceReception {
-    /// Opens the temp file (with its file meta) for a C-STORE-RQ. A storage failure is
-    /// remembered and answered (A700) once the data set has been received.
-    pub fn begin(
-        storage: &Storage,
-        sender: &Sender,
-        message_id: u16,
-        context_id: u8,
-        sop_class_uid: String,
-        sop_instance_uid: String,
-        transfer_syntax: &'static TransferSyntax,
-    ) -> Self {
+    /// Opens the temp file (with its file meta) for a C-STORE-RQ, in `reserved` when the
+    /// association made one ahead. A storage failure is remembered and answered (A700) once
+    /// the data set has been received.
+    pub fn begin(storage: &Storage, reserved: Option<TempFile>, sender: &Sender, request: Request) -> Self {
         let meta = FileMeta {
-            media_storage_sop_class_uid: &sop_class_uid,
-            media_storage_sop_instance_uid: &sop_instance_uid,
-            transfer_syntax_uid: transfer_syntax.uid,
+            media_storage_sop_class_uid: &request.sop_class_uid,
+            media_storage_sop_instance_uid: &request.sop_instance_uid,
+            transfer_syntax_uid: request.transfer_syntax.uid,
             source_ae_title: sender.calling_aet,
         };
-        let (partial, failure) = match storage.begin(&meta) {
+        let (partial, failure) = match storage.begin(&meta, reserved) {
             Ok(partial) => (Some(partial), None),
             Err(e) => (None, Some(Status::failure(status::OUT_OF_RESOURCES, format!("cannot create file: {e}")))),
         };
         InstanceReception {
-            message_id,
-            context_id,
-            sop_class_uid,
-            sop_instance_uid,
-            transfer_syntax,
+            extractor: Extractor::new(request.transfer_syntax.encoding),
+            request,
             received_at: SystemTime::now(),
             partial,
-            extractor: Extractor::new(transfer_syntax.encoding),
             failure,
         }
     }
@@ -119,7 +119,9 @@ impl InstanceReception {
             Ok(attributes) => attributes,
             Err(e) => return Outcome::Failed(Status::failure(status::CANNOT_UNDERSTAND, format!("data set: {e}"))),
         };
-        if let Some(failure) = check_attributes(&attributes, &self.sop_class_uid, &self.sop_instance_uid, required) {
+        if let Some(failure) =
+            check_attributes(&attributes, &self.request.sop_class_uid, &self.request.sop_instance_uid, required)
+        {
             return Outcome::Failed(failure);
         }
         let Some(partial) = self.partial else {
@@ -129,7 +131,7 @@ impl InstanceReception {
             PathContext { attributes: &attributes, calling_aet: sender.calling_aet, called_aet: sender.called_aet };
         let relative = storage.template().render(&context);
         match partial.commit(storage, &relative) {
-            Ok(committed) => Outcome::Stored { committed, attributes: Box::new(attributes) },
+            Ok((committed, file)) => Outcome::Stored { committed, attributes: Box::new(attributes), file },
             Err(CommitError::Duplicate(path)) => Outcome::Failed(Status::failure(
                 status::DUPLICATE_SOP_INSTANCE,
                 format!("duplicate of {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),

@@ -18,4 +18,6 @@ pub mod writer;
 
 pub use file_meta::{encode_file_meta, FileMeta, FileMetaError};
 pub use path_template::{PathContext, PathTemplate, TemplateError, DEFAULT_PATH_TEMPLATE};
-pub use writer::{CommitError, Committed, DuplicatePolicy, FsyncPolicy, PartialInstance, Storage, UnknownPolicy};
+pub use writer::{
+    CommitError, Committed, DuplicatePolicy, FsyncPolicy, PartialInstance, Storage, TempFile, UnknownPolicy,
+};

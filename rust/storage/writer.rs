@@ -153,12 +153,23 @@ impl Storage {
         &self.template
     }
 
-    /// Starts an instance: a new temp file whose first bytes (preamble, `DICM`, file meta
-    /// group) are buffered, to go out with the first dataset bytes. A `meta` value too long
-    /// to encode is an `InvalidInput` error.
-    pub fn begin(&self, meta: &FileMeta) -> io::Result<PartialInstance> {
-        let header = encode_file_meta(meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    /// Creates a temp file ahead of the instance it will hold, so that creating it is not on
+    /// that instance's way to its answer: an association makes the next one while it waits
+    /// for its next request.
+    pub fn reserve(&self) -> io::Result<TempFile> {
         let (file, temp) = TempPath::create(&self.temp_dir, &self.owner)?;
+        Ok(TempFile { file, temp })
+    }
+
+    /// Starts an instance in `reserved`, or else in a new temp file: its first bytes
+    /// (preamble, `DICM`, file meta group) are buffered, to go out with the first dataset
+    /// bytes. A `meta` value too long to encode is an `InvalidInput` error.
+    pub fn begin(&self, meta: &FileMeta, reserved: Option<TempFile>) -> io::Result<PartialInstance> {
+        let header = encode_file_meta(meta).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let TempFile { file, temp } = match reserved {
+            Some(reserved) => reserved,
+            None => self.reserve()?,
+        };
         let mut buffer = Vec::with_capacity(BUFFER_CAPACITY.max(header.len()));
         buffer.extend_from_slice(&header);
         Ok(PartialInstance {
@@ -327,6 +338,13 @@ fn context(e: io::Error, doing: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
 }
 
+/// An empty temp file (`Storage::reserve`), removed when dropped unused.
+#[derive(Debug)]
+pub struct TempFile {
+    file: File,
+    temp: TempPath,
+}
+
 /// An instance being received: a temp file holding the header and the dataset bytes so far.
 /// Dropped without [`PartialInstance::commit`] (association aborted, invalid dataset, write
 /// error), it removes its temp file.
@@ -398,7 +416,10 @@ impl PartialInstance {
     /// are fsynced after placement. `relative` must be a relative path of normal components;
     /// [`PathTemplate::render`] always gives one. On error the temp file is gone, and the final
     /// path holds our file only if it was the directory fsync after placement that failed.
-    pub fn commit(mut self, storage: &Storage, relative: &Path) -> Result<Committed, CommitError> {
+    ///
+    /// The file comes back still open: it is in place already, so the caller may answer
+    /// first and close it (drop it) after.
+    pub fn commit(mut self, storage: &Storage, relative: &Path) -> Result<(Committed, File), CommitError> {
         check_relative(relative)?;
         let Some(file) = self.file.as_mut() else {
             return Err(CommitError::Io(io::Error::other("committed before its writes were finished")));
@@ -410,7 +431,8 @@ impl PartialInstance {
         }
         let path = storage.root.join(relative);
         let duplicate = storage.place(self.temp, &path)?;
-        Ok(Committed { path, size: self.header_len + self.dataset_len, duplicate })
+        let file = self.file.take().expect("checked above");
+        Ok((Committed { path, size: self.header_len + self.dataset_len, duplicate }, file))
     }
 }
 
@@ -510,12 +532,12 @@ mod tests {
 
     fn commit(mut partial: PartialInstance, storage: &Storage, relative: &str) -> Result<Committed, CommitError> {
         runtime().block_on(partial.finish_writes())?;
-        partial.commit(storage, Path::new(relative))
+        partial.commit(storage, Path::new(relative)).map(|(committed, _file)| committed)
     }
 
     /// Stores `data` at `relative`, in fragments of `fragment` bytes.
     fn store(storage: &Storage, relative: &str, data: &[u8], fragment: usize) -> Result<Committed, CommitError> {
-        let mut partial = storage.begin(&META).unwrap();
+        let mut partial = storage.begin(&META, None).unwrap();
         for chunk in data.chunks(fragment) {
             write(&mut partial, chunk);
         }
@@ -562,7 +584,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
         let data = payload(1 << 20, 3);
-        let mut partial = storage.begin(&META).unwrap();
+        let mut partial = storage.begin(&META, None).unwrap();
         let (mut at, mut step) = (0, 1);
         while at < data.len() {
             let end = (at + step).min(data.len());
@@ -585,7 +607,7 @@ mod tests {
         };
         let ctx = crate::storage::PathContext { attributes: &attributes, calling_aet: "..", called_aet: "OXIDIP" };
         let relative = storage.template().render(&ctx);
-        let mut partial = storage.begin(&META).unwrap();
+        let mut partial = storage.begin(&META, None).unwrap();
         write(&mut partial, b"dataset");
         let committed = commit(partial, &storage, relative.to_str().unwrap()).unwrap();
         assert!(committed.path.starts_with(storage.root()));
@@ -595,16 +617,32 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_temp_file_holds_the_next_instance_or_goes() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        let reserved = storage.reserve().unwrap();
+        assert_eq!(temp_files(&storage).len(), 1);
+        let mut partial = storage.begin(&META, Some(reserved)).unwrap();
+        assert_eq!(temp_files(&storage).len(), 1, "no second temp file");
+        write(&mut partial, b"dataset");
+        let committed = commit(partial, &storage, "r/1.dcm").unwrap();
+        assert!(fs::read(committed.path).unwrap() == expected_file(b"dataset"));
+        assert!(temp_files(&storage).is_empty());
+        drop(storage.reserve().unwrap());
+        assert!(temp_files(&storage).is_empty(), "an unused reservation is removed");
+    }
+
+    #[test]
     fn drop_without_commit_leaves_nothing() {
         let root = tempfile::tempdir().unwrap();
         let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
-        let mut partial = storage.begin(&META).unwrap();
+        let mut partial = storage.begin(&META, None).unwrap();
         write(&mut partial, &payload(200_000, 1));
         assert_eq!(temp_files(&storage).len(), 1);
         drop(partial);
         assert!(temp_files(&storage).is_empty());
         // Also with a background writer at work.
-        let mut partial = storage.begin(&META).unwrap();
+        let mut partial = storage.begin(&META, None).unwrap();
         for _ in 0..20 {
             write(&mut partial, &payload(100_000, 2));
         }
@@ -671,7 +709,7 @@ mod tests {
                 .map(|data| {
                     let barrier = Arc::clone(&barrier);
                     scope.spawn(move || {
-                        let mut partial = storage.begin(&META).unwrap();
+                        let mut partial = storage.begin(&META, None).unwrap();
                         write(&mut partial, data);
                         barrier.wait();
                         commit(partial, storage, "p/s/race.dcm")
@@ -783,7 +821,7 @@ mod tests {
         let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Reject);
         let huge = "9".repeat(100_000);
         let meta = FileMeta { media_storage_sop_instance_uid: &huge, ..META };
-        let err = storage.begin(&meta).err().expect("an oversized meta is refused");
+        let err = storage.begin(&meta, None).err().expect("an oversized meta is refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(temp_files(&storage).is_empty());
     }
