@@ -3,8 +3,9 @@ given storage directory, and told when it is ready to receive.
 
 Registered (``RECEIVERS``, in table order): oxidip with its SQLite registry and with
 PostgreSQL (``python -m oxidip serve`` on its defaults otherwise), dcmtk ``storescp`` single
-process and ``--fork``, a pynetdicom SCP writing the received bytes
-(``oxidip/bench/pynetdicom_scp.py``) and dicom-rs ``dicom-storescp --non-blocking``. Adding
+process and ``--fork``, and, as a reference that stores nothing, ``--ignore``; a pynetdicom
+SCP writing the received bytes (``oxidip/bench/pynetdicom_scp.py``) and dicom-rs
+``dicom-storescp --non-blocking``. Adding
 one is a decorated function, e.g. a command that takes its port on the command line and
 answers C-ECHO once it is ready:
 
@@ -91,6 +92,8 @@ class ReceiverSpec:
     #: Where it registers instances: None, "sqlite" (under the storage root) or "postgresql"
     #: (``RunContext.database``).
     registry: str | None
+    #: Writes the instances it receives (false for a reference that only receives them).
+    stores: bool = True
 
     def missing(self) -> list[str]:
         return [name for name in self.needs if tool(name) is None]
@@ -106,11 +109,12 @@ def receiver(
     aet: str = "BENCHSCP",
     concurrent: bool = True,
     registry: str | None = None,
+    stores: bool = True,
 ) -> Callable[[Callable[[RunContext], Running]], Callable[[RunContext], Running]]:
     """Registers a receiver under ``name`` (the order of registration is the table order)."""
 
     def register(start: Callable[[RunContext], Running]) -> Callable[[RunContext], Running]:
-        RECEIVERS[name] = ReceiverSpec(name, start, needs, aet, concurrent, registry)
+        RECEIVERS[name] = ReceiverSpec(name, start, needs, aet, concurrent, registry, stores)
         return start
 
     return register
@@ -305,6 +309,20 @@ def dcmtk_storescp(ctx: RunContext) -> Running:
 def dcmtk_storescp_fork(ctx: RunContext) -> Running:
     """dcmtk's storescp ``--fork``: a child process per association."""
     return _storescp(ctx, "--fork")
+
+
+@receiver(
+    "dcmtk storescp --ignore",
+    needs=("storescp", "echoscu"),
+    aet="STORESCP",
+    concurrent=False,
+    stores=False,
+)
+def dcmtk_storescp_ignore(ctx: RunContext) -> Running:
+    """A reference, not a contender: dcmtk's storescp receiving every data set and storing
+    nothing (``--ignore``), what this sender and machine allow a receiver that writes no
+    file."""
+    return _storescp(ctx, "--ignore")
 
 
 def _pynetdicom_port(line: str) -> int | None:

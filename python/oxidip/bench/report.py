@@ -219,6 +219,8 @@ def markdown(results: "Results") -> str:
             f"{context.repeats} repetitions. Medians, with min-max over the repetitions. CPU is"
             " the receiver's (user + system, all its processes), for oxidip until every instance"
             " is registered. Peak RSS: the receiver's largest process, whole lifetime."
+            " `dcmtk storescp --ignore` stores nothing: it is a reference for what this sender"
+            " and machine allow a receiver that writes no file, not a contender."
         ),
         "",
         "## Targets (issue 4)",
