@@ -293,7 +293,9 @@ def chart(path: Path, results: "Results") -> None:
     for ax in axes:
         ax.set_xticks(range(len(keys)), keys)
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(ncol=3, fontsize="small")
+    # Below the panels, where it hides no bar.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize="small")
     axes[0].set_title(f"oxidip bench compare, {results.when.strftime('%Y-%m-%d %H:%M')}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
