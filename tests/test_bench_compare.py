@@ -178,3 +178,21 @@ def test_a_run_past_its_deadline_is_reported_failed(tmp_path: Path) -> None:
     assert "## Failed runs" in table and "- small / oxidip #0: " in table, table
     assert "of 200 stored" in table and "deadline of" in table, table
     assert json.loads((out / "latest.json").read_text())["measurements"] == []
+
+
+def test_a_run_can_be_confined_to_chosen_cpus(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = ["--quick", "--repeats", "1", "--workloads", "small", "--receivers", "oxidip"]
+    argv += ["--prefill", "0", "--storage", str(tmp_path), "--output-dir", str(out)]
+    compare = [sys.executable, str(REPO / "bench" / "compare.py"), *argv]
+    result = subprocess.run(
+        [*compare, "--cpus", "0"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "every process confined to CPU 0." in (out / "latest.md").read_text()
+    assert json.loads((out / "latest.json").read_text())["context"]["cpus"] == [0]
+    refused = subprocess.run(
+        [*compare, "--cpus", "0,4096"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert refused.returncode == 2
+    assert "--cpus: CPUs '0,4096' not among [0" in refused.stderr, refused.stderr

@@ -222,6 +222,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " the host a fault per page: tmpfs wrote 0.4 GB/s into fresh memory, 0.95 GB/s after)",
     )
     parser.add_argument(
+        "--cpus",
+        type=_cpu_set,
+        metavar="LIST",
+        help="confine every process of the run (receivers, sender, this harness) to these"
+        " CPUs, e.g. 0 (comma-separated numbers). On one CPU, a one-association run measures"
+        " what sender and receiver spend, without the cost of waking each other across CPUs"
+        " (in a VM, an interrupt to a halted virtual CPU)",
+    )
+    parser.add_argument(
         "--output-dir",
         type=Path,
         default=Path("bench/results"),
@@ -367,6 +376,17 @@ def _selected(text: str, known: Sequence[str], what: str) -> list[str]:
     return names
 
 
+def _cpu_set(text: str) -> list[int]:
+    try:
+        cpus = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of CPU numbers: {text!r}")
+    available = os.sched_getaffinity(0)
+    if not cpus or not set(cpus) <= available:
+        raise argparse.ArgumentTypeError(f"CPUs {text!r} not among {sorted(available)}")
+    return cpus
+
+
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     table = QUICK if args.quick else FULL
     keys = _selected(args.workloads, [w.key for w in table], "workloads")
@@ -382,6 +402,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.cpus:
+        # Inherited by every process the run starts.
+        os.sched_setaffinity(0, args.cpus)
     workdir = Path(tempfile.mkdtemp(prefix="oxidip-compare-", dir=args.storage))
     log_path = workdir / "receivers.log"
     print(f"storage under {workdir}; receiver output in {log_path}", file=sys.stderr)
@@ -431,6 +454,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             command="oxidip bench " + " ".join(argv[1:] if argv[:1] == ["bench"] else argv),
             storage=str(args.storage or tempfile.gettempdir()),
             repeats=args.repeats,
+            cpus=args.cpus,
         )
         when = datetime.datetime.now()
         results = Results(context, when, workloads, names, measurements, failures, ceilings)

@@ -30,6 +30,8 @@ class Context(msgspec.Struct, frozen=True):
     #: The directory the storage directories were made under.
     storage: str
     repeats: int
+    #: The CPUs the run was confined to (``--cpus``), or None: all of them.
+    cpus: list[int] | None = None
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -195,6 +197,10 @@ def _workload_table(
     return [*lines, ""]
 
 
+def _cpu_list(cpus: list[int]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
 def markdown(results: "Results") -> str:
     context, when, ms = results.context, results.when, results.measurements
     workloads, failures = results.workloads, results.failures
@@ -206,7 +212,9 @@ def markdown(results: "Results") -> str:
         f"Command: `{context.command}`",
         "",
         f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()}"
-        f" {platform.release()}, shared by sender and receiver. Versions: "
+        f" {platform.release()}, shared by sender and receiver"
+        + (f", every process confined to CPU {_cpu_list(context.cpus)}" if context.cpus else "")
+        + ". Versions: "
         + ", ".join(f"{k} {v}" for k, v in versions().items())
         + ".",
         "",
