@@ -3,6 +3,7 @@ workload, one repetition) so that it does not rot between real runs; its report'
 checks on made-up numbers; the process measurements on processes doing known work."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,30 +19,34 @@ from tests.helpers.tools import require_tool
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_compare(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Runs ``bench/compare.py`` with ``argv``, as a user would."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "compare.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def test_quick_comparison_of_every_receiver(tmp_path: Path) -> None:
     # Every receiver runs: a missing tool fails in CI, skips the test elsewhere with what to
     # install. "oxidip postgresql" uses the PostgreSQL at 127.0.0.1:5432 (a scratch database).
     for tool in ("storescp", "echoscu", "dicom-storescp"):
         require_tool(tool)
     out = tmp_path / "results"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "compare.py"),
-            "--quick",
-            "--repeats",
-            "1",
-            "--storage",
-            str(tmp_path),
-            "--prefill",
-            "0.05",
-            "--output-dir",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_compare(
+        "--quick",
+        "--repeats",
+        "1",
+        "--storage",
+        str(tmp_path),
+        "--prefill",
+        "0.05",
+        "--output-dir",
+        str(out),
         timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "latest.md").read_text()
@@ -166,13 +171,7 @@ def test_a_run_past_its_deadline_is_reported_failed(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = ["--quick", "--repeats", "1", "--workloads", "small", "--receivers", "oxidip"]
     argv += ["--run-timeout", "0.000001", "--prefill", "0", "--storage", str(tmp_path)]
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "compare.py"), *argv, "--output-dir", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_compare(*argv, "--output-dir", str(out))
     assert result.returncode == 1, result.stderr[-3000:]
     table = (out / "latest.md").read_text()
     assert "## Failed runs" in table and "- small / oxidip #0: " in table, table
@@ -184,15 +183,12 @@ def test_a_run_can_be_confined_to_chosen_cpus(tmp_path: Path) -> None:
     out = tmp_path / "results"
     argv = ["--quick", "--repeats", "1", "--workloads", "small", "--receivers", "oxidip"]
     argv += ["--prefill", "0", "--storage", str(tmp_path), "--output-dir", str(out)]
-    compare = [sys.executable, str(REPO / "bench" / "compare.py"), *argv]
-    result = subprocess.run(
-        [*compare, "--cpus", "0"], capture_output=True, text=True, timeout=300, check=False
-    )
+    cpu = min(os.sched_getaffinity(0))
+    result = run_compare(*argv, "--cpus", str(cpu))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "every process confined to CPU 0." in (out / "latest.md").read_text()
-    assert json.loads((out / "latest.json").read_text())["context"]["cpus"] == [0]
-    refused = subprocess.run(
-        [*compare, "--cpus", "0,4096"], capture_output=True, text=True, timeout=60, check=False
-    )
+    assert f"every process confined to CPU {cpu}." in (out / "latest.md").read_text()
+    assert json.loads((out / "latest.json").read_text())["context"]["cpus"] == [cpu]
+    refused = run_compare(*argv, "--cpus", f"{cpu},4096", timeout=60)
     assert refused.returncode == 2
-    assert "--cpus: CPUs '0,4096' not among [0" in refused.stderr, refused.stderr
+    allowed = sorted(os.sched_getaffinity(0))
+    assert f"--cpus: CPUs '{cpu},4096' not among {allowed}" in refused.stderr, refused.stderr
