@@ -5,6 +5,8 @@ concurrent, not serial; non-blocking), not benchmarks."""
 
 import functools
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -419,3 +421,15 @@ def test_invalid_settings_are_refused() -> None:
     for options in ({"timeout": 0}, {"retries": -1}, {"workers": 0}, {"max_pending": 0}):
         with pytest.raises(ValueError):
             ExpectedCountLookup({}, OUR_AET, **options)
+
+
+def test_the_receiver_loads_pydicom_and_pynetdicom_only_to_ask_a_pacs() -> None:
+    # A fresh interpreter: this one has them loaded by the tests already.
+    script = (
+        "import sys, oxidip.cli\n"
+        "print(sorted(m for m in ('numpy', 'pydicom', 'pynetdicom') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
