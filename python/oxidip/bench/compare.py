@@ -3,8 +3,8 @@ one at a time, each run a fresh process writing into a fresh directory of the sa
 driven by the same load generator (``oxidip bench send``'s) with the same data; receivers
 alternate (the order rotates every repetition); the report gives medians with min/max, the
 ratios to dcmtk storescp, the receiver's CPU time and peak resident memory, and checks the
-targets of issue 4. Writes ``compare-<date>.md``, ``.json`` and ``.png`` (and copies named
-``latest``) into the output directory.
+targets of issue 4. Writes ``compare-<date>-<hhmm>.md``, ``.json`` and ``.png`` (and copies
+named ``latest``) into the output directory.
 
 Workloads (``--quick`` shrinks each, for smoke tests):
 

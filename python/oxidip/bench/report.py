@@ -310,10 +310,11 @@ def chart(path: Path, results: "Results") -> None:
 
 
 def write(directory: Path, results: "Results") -> Path:
-    """Writes ``compare-<date>.md``, ``.json`` (the results) and ``.png`` into ``directory``,
-    and copies named ``latest``; returns the markdown's path."""
+    """Writes ``compare-<date>-<hhmm>.md``, ``.json`` (the results) and ``.png`` into
+    ``directory``, and copies named ``latest``; returns the markdown's path."""
     directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"compare-{results.when.strftime('%Y-%m-%d')}"
+    # Date and time: several runs a day each keep their report.
+    stem = directory / f"compare-{results.when.strftime('%Y-%m-%d-%H%M')}"
     stem.with_suffix(".md").write_text(markdown(results))
     stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
     chart(stem.with_suffix(".png"), results)
