@@ -2,11 +2,14 @@
 workload, one repetition) so that it does not rot between real runs; its report's target
 checks on made-up numbers; the process measurements on processes doing known work."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -28,6 +31,18 @@ def run_compare(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess
         timeout=timeout,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def python_process(script: str) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+    """A Python process running ``script``, and its standard output; killed at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc, proc.stdout
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_quick_comparison_of_every_receiver(tmp_path: Path) -> None:
@@ -130,16 +145,12 @@ def test_monitor_counts_the_cpu_and_memory_of_forked_children() -> None:
         "print('done', flush=True)\n"
         "time.sleep(30)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
+    with python_process(script) as (proc, stdout):
         # Sampled often enough to see the child, alive for half a second.
         monitor = ResourceMonitor(proc.pid, interval=0.05)
         monitor.start()
-        assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+        assert stdout.readline() == "done\n"
         cpu, peak = monitor.stop()
-    finally:
-        proc.kill()
-        proc.wait()
     # The child's half second, reaped by the parent, is counted; its memory was sampled.
     assert cpu >= 0.45, cpu
     assert peak >= 64 << 20, peak
@@ -154,15 +165,11 @@ def test_monitor_measures_from_start_only() -> None:
         "print('idle', flush=True)\n"
         "time.sleep(30)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "idle\n"
+    with python_process(script) as (proc, stdout):
+        assert stdout.readline() == "idle\n"
         monitor = ResourceMonitor(proc.pid)
         monitor.start()
         cpu, peak = monitor.stop()
-    finally:
-        proc.kill()
-        proc.wait()
     assert cpu < 0.1, cpu
     assert peak > 0
 
