@@ -137,8 +137,8 @@ impl Handler {
         let started = SystemTime::now();
         let clock = Instant::now();
         let end = self.serve().await;
-        // Dropping an unfinished reception removes its temp file (aborts, lost connections).
-        self.incoming = Incoming::Idle;
+        // Aborts, lost connections: gone before the association is reported closed.
+        self.discard_temp_files();
         self.conn.shutdown().await;
         let (outcome, detail) = end.outcome();
         let closed = AssociationClosed {
@@ -170,7 +170,9 @@ impl Handler {
                 Pdu::PData(pdvs) => self.on_pdata(pdvs).await,
                 Pdu::ReleaseRq => {
                     // A release while a message is half received drops that message: the
-                    // peer gave up on it (PS3.8 §7.2).
+                    // peer gave up on it (PS3.8 §7.2). A peer that has the A-RELEASE-RP
+                    // finds no temp file of this association left.
+                    self.discard_temp_files();
                     return match self.conn.write_pdu(&Pdu::ReleaseRp).await {
                         Ok(()) => End::Released,
                         Err(e) => End::ConnectionLost(e.to_string()),
@@ -459,6 +461,13 @@ impl Handler {
         self.answer(&reply, &st).await?;
         self.prepare_next(stored_file);
         Ok(())
+    }
+
+    /// Removes the temp files of this association: the unfinished reception's and the one
+    /// reserved for the next instance (dropping them unlinks them).
+    fn discard_temp_files(&mut self) {
+        self.incoming = Incoming::Idle;
+        self.reserved = None;
     }
 
     /// While the sender reads its answer: closes the stored file (already in place) and

@@ -142,6 +142,7 @@ fn echo_store_and_release() {
     let root = tempfile::tempdir().unwrap();
     let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
     let port = server.port();
+    let root_path = root.path().to_path_buf();
     let stored = server.runtime().block_on(async move {
         let (mut scu, answer) = Scu::associate(port, "OXIDIP").await;
         let Pdu::AssociateAc(ac) = answer else { panic!("rejected: {answer:?}") };
@@ -154,6 +155,8 @@ fn echo_store_and_release() {
         let mismatch = scu.store("9.9.9", &dataset("1.2.3.4.6"), 1000).await;
         scu.conn.write_pdu(&Pdu::ReleaseRq).await.unwrap();
         assert_eq!(scu.conn.read_pdu().await.unwrap(), Some(Pdu::ReleaseRp));
+        // Removed before the A-RELEASE-RP, not at some point after it.
+        assert_eq!(temp_files(&root_path), 0);
         (ok.status(), mismatch.status())
     });
     assert_eq!(stored, (Some(0x0000), Some(0xA900)));
