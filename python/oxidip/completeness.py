@@ -426,9 +426,6 @@ class ExpectedCountLookup:
     def _attempt(self, job: _Job) -> _Attempt:
         """One association: connect, negotiate, C-FIND, release."""
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-            StudyRootQueryRetrieveInformationModelFind,
-        )
 
         pacs = job.pacs
         where = _describe(pacs)
@@ -442,7 +439,7 @@ class ExpectedCountLookup:
         ae.acse_timeout = self.timeout
         ae.dimse_timeout = self.timeout
         ae.network_timeout = self.timeout
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_requested_context(STUDY_ROOT_FIND)
 
         opened = threading.Event()
         holder: list[Association] = []
@@ -509,9 +506,6 @@ class ExpectedCountLookup:
 
     def _find(self, assoc: "Association", job: _Job, where: str) -> _Attempt:
         from pydicom.dataset import Dataset
-        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-            StudyRootQueryRetrieveInformationModelFind,
-        )
 
         series = job.series_instance_uid
         query = Dataset()
@@ -523,9 +517,7 @@ class ExpectedCountLookup:
         started = time.monotonic()
         final: int | None = None
         final_comment = ""
-        for status, identifier in assoc.send_c_find(
-            query, StudyRootQueryRetrieveInformationModelFind
-        ):
+        for status, identifier in assoc.send_c_find(query, STUDY_ROOT_FIND):
             if "Status" not in status:
                 waited = time.monotonic() - started
                 if waited >= self.timeout * 0.9:

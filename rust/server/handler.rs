@@ -409,10 +409,8 @@ impl Handler {
         // another thread meanwhile. Without one, placing the file takes microseconds, less
         // than that hand-off (a thread wake-up per instance) would cost.
         let outcome = if shared.storage.syncs() { tokio::task::block_in_place(complete) } else { complete() };
-        let mut stored_file = None;
-        let (st, event, registration) = match outcome {
+        let (st, event, registration, stored_file) = match outcome {
             Journaled::Stored { committed, attributes, seq, file } => {
-                stored_file = Some(file);
                 let event = Event::InstanceStored(Box::new(InstanceStored {
                     association_id: self.id,
                     path: committed.path.to_string_lossy().into_owned(),
@@ -428,7 +426,7 @@ impl Handler {
                     journal_seq: seq,
                 }));
                 let registration = shared.settings.ack_registered.then(|| shared.journal.registration_of(seq));
-                (Status::success(), event, registration)
+                (Status::success(), event, registration, Some(file))
             }
             Journaled::Failed(st) => {
                 let event = Event::InstanceFailed(InstanceFailed {
@@ -440,7 +438,7 @@ impl Handler {
                     status: st.code,
                     comment: st.comment.clone().unwrap_or_default(),
                 });
-                (st, event, None)
+                (st, event, None, None)
             }
         };
         let reply =

@@ -64,11 +64,14 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 #: Seconds the generator waits for the peer at each step, and for the registry to catch up.
 TIMEOUT = 600.0
 MIB = 1 << 20
+#: Pixel data of one CT slice; the generator's header adds a few hundred bytes.
+CT_SLICE = 512 * 512 * 2
 
 
 class Workload(msgspec.Struct, frozen=True):
     key: str
-    #: The generator's image kind and size (``oxidip bench send --image --size``).
+    #: The generator's image kind and size (``oxidip bench send --image --size``; a CT
+    #: image has the size of its slice, whatever ``--size`` says).
     image: str
     size: int
     instances: int
@@ -101,8 +104,8 @@ class Workload(msgspec.Struct, frozen=True):
 FULL: tuple[Workload, ...] = (
     Workload("small", "sc", 2048, 10_000, 1),
     Workload("small-16", "sc", 2048, 10_000, 16),
-    Workload("ct", "ct", 0, 1_000, 1, by_bytes=True),
-    Workload("ct-4", "ct", 0, 1_000, 4, by_bytes=True),
+    Workload("ct", "ct", CT_SLICE, 1_000, 1, by_bytes=True),
+    Workload("ct-4", "ct", CT_SLICE, 1_000, 4, by_bytes=True),
     Workload("large", "multiframe", 1024 * MIB, 2, 1, by_bytes=True),
     Workload("idle", "sc", 2048, 10_000, 16, idle=200),
 )
@@ -319,15 +322,11 @@ def measure(
     )
 
 
-#: Pixel data of one CT slice; the generator's header adds a few hundred bytes.
-CT_SLICE = 512 * 512 * 2
-
-
 def write_ceiling(workload: Workload, directory: Path, rep: int) -> Ceiling:
     """Writes the workload's instances as files into ``directory`` the way a receiver must at
     least (create a temp file, write 128 KiB at a time, close, rename into place), from one
     thread; then deletes them."""
-    size = CT_SLICE if workload.image == "ct" else workload.size
+    size = workload.size
     chunk = bytes(128 * 1024)
     directory.mkdir(parents=True)
     started = time.perf_counter()

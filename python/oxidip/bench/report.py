@@ -197,15 +197,13 @@ def _workload_table(
     return [*lines, ""]
 
 
-def _cpu_list(cpus: list[int]) -> str:
-    return ",".join(str(c) for c in cpus)
-
-
 def markdown(results: "Results") -> str:
     context, when, ms = results.context, results.when, results.measurements
     workloads, failures = results.workloads, results.failures
     storage_fs = _filesystem(context.storage)
     targets = check_targets(ms, workloads, storage_fs)
+    cpus = ",".join(map(str, context.cpus or []))
+    confined = f", every process confined to CPU {cpus}" if cpus else ""
     lines = [
         f"# oxidip bench compare, {when.strftime('%Y-%m-%d %H:%M')}",
         "",
@@ -213,7 +211,7 @@ def markdown(results: "Results") -> str:
         "",
         f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()}"
         f" {platform.release()}, shared by sender and receiver"
-        + (f", every process confined to CPU {_cpu_list(context.cpus)}" if context.cpus else "")
+        + confined
         + ". Versions: "
         + ", ".join(f"{k} {v}" for k, v in versions().items())
         + ".",
