@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "required_attributes": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"),
     "artim_timeout": 30.0,
     "idle_timeout": 300.0,
+    "write_timeout": 30.0,
     "shutdown_timeout": 30.0,
     "event_queue": 10000,
     "ack": "stored",
@@ -106,6 +107,8 @@ GOOD: list[tuple[str, str, Any]] = [
     ("OXIDIP_ARTIM_TIMEOUT", "120", 120.0),
     ("OXIDIP_IDLE_TIMEOUT", "0", 0.0),
     ("OXIDIP_IDLE_TIMEOUT", "3600", 3600.0),
+    ("OXIDIP_WRITE_TIMEOUT", "0.5", 0.5),
+    ("OXIDIP_WRITE_TIMEOUT", "30", 30.0),
     ("OXIDIP_SHUTDOWN_TIMEOUT", "0", 0.0),
     ("OXIDIP_SHUTDOWN_TIMEOUT", "2.5", 2.5),
     ("OXIDIP_EVENT_QUEUE", "1", 1),
@@ -179,6 +182,8 @@ BAD: list[tuple[str, str]] = [
     ("OXIDIP_IDLE_TIMEOUT", "-0.5"),
     ("OXIDIP_IDLE_TIMEOUT", "1e400"),
     ("OXIDIP_IDLE_TIMEOUT", "99999999999"),
+    ("OXIDIP_WRITE_TIMEOUT", "0"),
+    ("OXIDIP_WRITE_TIMEOUT", "-1"),
     ("OXIDIP_SHUTDOWN_TIMEOUT", "soon"),
     ("OXIDIP_EVENT_QUEUE", "0"),
     ("OXIDIP_EVENT_QUEUE", "1000001"),
@@ -304,6 +309,7 @@ def test_core_config() -> None:
             "OXIDIP_DUPLICATES": "reject",
             "OXIDIP_REQUIRED_ATTRIBUTES": "SOPInstanceUID",
             "OXIDIP_IDLE_TIMEOUT": "0",
+            "OXIDIP_WRITE_TIMEOUT": "2.5",
             "OXIDIP_EVENT_QUEUE": "5",
         }
     )
@@ -326,6 +332,7 @@ def test_core_config() -> None:
         required_attributes=["SOPInstanceUID"],
         artim_timeout=30.0,
         idle_timeout=0.0,
+        write_timeout=2.5,
         event_queue_size=5,
         ack="stored",
     )

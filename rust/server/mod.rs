@@ -4,6 +4,7 @@ pub mod config;
 pub mod events;
 mod handler;
 mod listener;
+mod open_files;
 mod store;
 
 use std::io;
@@ -17,6 +18,17 @@ use crate::storage::journal::Journal;
 use crate::storage::writer::{FsyncPolicy, Storage};
 use config::Settings;
 use events::{EventSink, EventStream};
+
+/// Where the server is in its life; later phases compare greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    /// Stopped accepting: connections that are not associations yet are closed, running
+    /// associations may finish within the grace period.
+    Draining,
+    /// The grace period is over: every association is aborted wherever it waits.
+    Aborting,
+}
 
 /// What every association task shares.
 pub struct Shared {
@@ -47,16 +59,19 @@ impl Server {
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let (sink, stream) = events::channel(settings.event_queue_size);
+        if let Some(warning) = open_files::raise_limit(settings.max_associations) {
+            sink.try_send(events::Event::ServerWarning(warning));
+        }
         let slots = Arc::new(Semaphore::new(settings.max_associations));
         let shared = Arc::new(Shared { settings, storage, journal: journal.clone(), events: sink });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
-        let (abort, _) = watch::channel(false);
+        let (phase, _) = watch::channel(Phase::Serving);
         let socket = {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(std_listener)?
         };
-        let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
+        let listener = listener::Listener { shared, slots, phase, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(socket));
         Ok((Server { runtime, port, stop, grace, journal }, stream))
     }

@@ -5,3 +5,4 @@ pub mod association;
 pub mod codec;
 pub mod connection;
 pub mod pdu;
+pub mod transport;

@@ -9,17 +9,24 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
+#: ``python -m oxidip serve`` with this interpreter.
+SERVE = (sys.executable, "-m", "oxidip", "serve")
+
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], *, cwd: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], *, cwd: Path | None = None, command: Sequence[str] = SERVE
+    ) -> None:
+        """``command``: what to run, ``SERVE`` unless a test wraps it (e.g. to set limits)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
         full_env.update(env)
         full_env.setdefault("OXIDIP_LOG_FORMAT", "json")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oxidip", "serve"],
+            list(command),
             env=full_env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,

@@ -1,0 +1,53 @@
+//! The byte stream under the upper layer (PS3.8 §9.1: TCP), and the socket options that
+//! decide how promptly it moves. Kept apart from the framing so that another stream type (TLS
+//! over TCP) needs only an implementation of `Transport` that reaches its socket.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// A stream that carries PDUs.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Called after every read that returned data: acknowledge what arrives next at once.
+    ///
+    /// Why: a sender that leaves Nagle's algorithm on (Debian's dcmtk without TCP_NODELAY=1,
+    /// Orthanc, many systems built on dcmtk) writes a PDU header and its body separately and
+    /// holds the second write until the first is acknowledged. Once we have sent anything
+    /// (the A-ASSOCIATE-AC, a response), Linux treats the connection as interactive and
+    /// delays that acknowledgement by up to 40 ms, hoping to carry it on our next answer,
+    /// which only comes once the held bytes arrive: ~40 ms per message. TCP_QUICKACK leaves
+    /// that mode and sends a pending acknowledgement at once; Linux falls back into it after
+    /// our next write, so it is set again after every read (`man 7 tcp`: "not permanent").
+    /// Cost: one setsockopt per read (~0.5 us; reads are per PDU or larger), measured in
+    /// bench/results/nagle-*.md against the 40 ms it saves per message.
+    fn acknowledge_promptly(&self);
+
+    /// Makes closing the transport reset the connection (SO_LINGER 0) instead of the orderly
+    /// FIN: for a peer that stopped reading, so that the bytes it never took are dropped at
+    /// once rather than retried by the kernel for minutes.
+    fn reset_on_close(&self);
+}
+
+impl Transport for TcpStream {
+    fn acknowledge_promptly(&self) {
+        // Failing only leaves the kernel's default in place (slower, still correct).
+        let _ = quick_ack(self);
+    }
+
+    fn reset_on_close(&self) {
+        // A failure leaves the orderly close, which the kernel bounds on its own.
+        let _ = self.set_zero_linger();
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn quick_ack(stream: &TcpStream) -> io::Result<()> {
+    stream.set_quickack(true)
+}
+
+/// Other systems have no TCP_QUICKACK; their delayed acknowledgements stay as they are.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn quick_ack(_stream: &TcpStream) -> io::Result<()> {
+    Ok(())
+}
