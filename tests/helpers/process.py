@@ -61,16 +61,26 @@ class ServerProcess:
                 out.append(record)
         return out
 
-    def wait_for_record(self, msg: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Waits for the first JSON record whose ``msg`` is ``msg`` (already logged or not)."""
+    def wait_for_record(self, msg: str, timeout: float = 30.0, **fields: object) -> dict[str, Any]:
+        """Waits for the first JSON record whose ``msg`` is ``msg`` and whose fields include
+        ``fields`` (already logged or not)."""
+
+        def matches(record: object) -> bool:
+            return (
+                isinstance(record, dict)
+                and record.get("msg") == msg
+                and all(record.get(key) == value for key, value in fields.items())
+            )
+
         deadline = time.monotonic() + timeout
         for record in self.records():
-            if record.get("msg") == msg:
+            if matches(record):
                 return record
+        wanted = f"{msg!r}" + (f" with {fields}" if fields else "")
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {msg!r} log record within {timeout} s:\n{self.output()}")
+                raise AssertionError(f"no {wanted} log record within {timeout} s:\n{self.output()}")
             try:
                 line = self._queue.get(timeout=remaining)
             except queue.Empty:
@@ -78,13 +88,13 @@ class ServerProcess:
             if line is None:
                 self.proc.wait(5)
                 raise AssertionError(
-                    f"server exited ({self.proc.returncode}) before {msg!r}:\n{self.output()}"
+                    f"server exited ({self.proc.returncode}) before {wanted}:\n{self.output()}"
                 )
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and record.get("msg") == msg:
+            if matches(record):
                 return record
 
     def wait_listening(self, timeout: float = 30.0) -> int:
