@@ -601,7 +601,7 @@ fn journaled(outcome: Outcome, shared: &Shared) -> Journaled {
     }
 }
 
-/// Resolves once the server's phase is `phase` or later, or once the server is gone.
+/// Resolves once the server's phase is `target` or later, or once the server is gone.
 pub(super) async fn phase_reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
     let _ = phase.wait_for(|now| *now >= target).await;
 }

@@ -41,6 +41,9 @@ pub struct Connection<S> {
     /// A write began and did not finish (it failed, timed out, or its future was dropped):
     /// the peer may hold part of a PDU, so nothing more can be written that it could parse.
     write_unfinished: bool,
+    /// We wrote since the last read: acknowledge at once what the next read takes
+    /// (`Transport::acknowledge_promptly`).
+    acknowledge_next_read: bool,
 }
 
 impl<S: Transport> Connection<S> {
@@ -55,6 +58,7 @@ impl<S: Transport> Connection<S> {
             max_pdata_len: MAX_CONTROL_PDU_LEN,
             write_timeout,
             write_unfinished: false,
+            acknowledge_next_read: false,
         }
     }
 
@@ -80,7 +84,11 @@ impl<S: Transport> Connection<S> {
                     Err(ReadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a PDU")))
                 };
             }
-            self.stream.acknowledge_promptly();
+            // Once per write, not per read: writing is what puts Linux in its delayed-ACK
+            // mode, and the first read after it takes that mode off until the next write.
+            if std::mem::take(&mut self.acknowledge_next_read) {
+                self.stream.acknowledge_promptly();
+            }
         }
     }
 
@@ -96,6 +104,7 @@ impl<S: Transport> Connection<S> {
     pub async fn write_pdu(&mut self, pdu: &Pdu) -> io::Result<()> {
         self.write_buf.clear();
         codec::encode(pdu, &mut self.write_buf);
+        self.acknowledge_next_read = true;
         let Connection { stream, write_buf, write_timeout, write_unfinished, .. } = self;
         bounded_write(*write_timeout, write_unfinished, async {
             stream.write_all(write_buf).await?;
@@ -138,6 +147,7 @@ impl<S: Transport> Connection<S> {
                 Piece::Data(data) => IoSlice::new(data),
             })
             .collect();
+        self.acknowledge_next_read = true;
         let Connection { stream, write_timeout, write_unfinished, .. } = self;
         bounded_write(*write_timeout, write_unfinished, async {
             write_all_vectored(stream, &mut slices).await?;
