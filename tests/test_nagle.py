@@ -10,7 +10,6 @@ a fraction of a second.
 """
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from oxidip.bench.send import EXPLICIT_VR_LITTLE_ENDIAN, send_load
 from tests.helpers.dicom import make_dataset, write_part10
 from tests.helpers.orthanc import OrthancServer, free_port
 from tests.helpers.receiver import HOST, RunningReceiver
-from tests.helpers.tools import require_tool
+from tests.helpers.tools import require_tool, wait_listening
 
 INSTANCES = 200
 #: Half of what INSTANCES messages held ~40 ms each by a delayed ACK would take.
@@ -94,7 +93,7 @@ def test_our_requestor_is_not_held_by_a_nagle_on_storescp(tmp_path: Path) -> Non
         stderr=subprocess.DEVNULL,
     ) as storescp:
         try:
-            _wait_listening(port, storescp)
+            wait_listening(HOST, port, storescp)
             options = LoadOptions(
                 addr=f"{HOST}:{port}",
                 calling_aet="OXIDIP",
@@ -111,15 +110,3 @@ def test_our_requestor_is_not_held_by_a_nagle_on_storescp(tmp_path: Path) -> Non
     assert (report.instances, report.failures, report.errors) == (INSTANCES, 0, []), report
     assert len(list(out.iterdir())) == INSTANCES
     assert report.seconds < BOUND, f"{INSTANCES} instances took {report.seconds:.2f} s"
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "storescp exited early"
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)  # polling until it listens, with the deadline above
-    raise AssertionError("storescp did not start listening")
