@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeGuard
 
 #: ``python -m oxidip serve`` with this interpreter.
 SERVE = (sys.executable, "-m", "oxidip", "serve")
@@ -65,7 +65,7 @@ class ServerProcess:
         """Waits for the first JSON record whose ``msg`` is ``msg`` and whose fields include
         ``fields`` (already logged or not)."""
 
-        def matches(record: object) -> bool:
+        def matches(record: object) -> TypeGuard[dict[str, Any]]:
             return (
                 isinstance(record, dict)
                 and record.get("msg") == msg
