@@ -627,6 +627,42 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Whether `buf` (the front of a receive buffer) holds whole PDUs only, the last one a
+/// P-DATA-TF whose last PDV is the last fragment of a data set: a sender that has sent that
+/// has sent its whole request (PS3.7 §9.3: the data set comes last) and now waits for our
+/// answer, which carries the acknowledgement of what it sent. Malformed or incomplete
+/// input is `false`; `decode` judges it.
+///
+/// Cost: a walk over the PDU and PDV item headers in `buf`, no copy; asked once per
+/// response written (see `Connection::read_pdu`).
+pub fn ends_a_data_set(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    let mut last_pdu: Option<(u8, &[u8])> = None;
+    while !rest.is_empty() {
+        let Some((&[code, _, l0, l1, l2, l3], after)) = rest.split_first_chunk::<PDU_HEADER_LEN>() else {
+            return false;
+        };
+        let Some((body, after)) = after.split_at_checked(u32::from_be_bytes([l0, l1, l2, l3]) as usize) else {
+            return false;
+        };
+        last_pdu = Some((code, body));
+        rest = after;
+    }
+    let mut items = match last_pdu {
+        Some((code, body)) if code == PduType::PDataTf as u8 => body,
+        _ => return false,
+    };
+    let mut last_control = None;
+    while !items.is_empty() {
+        let Some((_, control, data_len)) = pdv_header(items) else {
+            return false;
+        };
+        last_control = Some(control);
+        items = &items[PDV_HEADER_LEN + data_len..];
+    }
+    last_control.is_some_and(|control| control & MCH_LAST != 0 && control & MCH_COMMAND == 0)
+}
+
 /// Bytes before the data of a P-DATA-TF holding one PDV: PDU header and PDV item header.
 pub const PDATA_HEADER_LEN: usize = PDU_HEADER_LEN + PDV_HEADER_LEN;
 
@@ -1317,6 +1353,21 @@ mod tests {
         cut_short.truncate(items.len() - 1);
         let error = decode(&mut BytesMut::from(&pdu(0x04, &cut_short)[..]), limit).unwrap_err();
         assert_eq!(error, CodecError::InvalidLength { field: "PDV item" });
+    }
+
+    #[test]
+    fn a_buffer_ends_a_data_set_only_on_a_whole_last_data_fragment() {
+        let command = pdu(0x04, &pdv(1, 0b11, b"command"));
+        let data_last = pdu(0x04, &[pdv(1, 0b00, b"more"), pdv(1, 0b10, b"end")].concat());
+        let data_more = pdu(0x04, &pdv(1, 0b00, b"more"));
+        assert!(ends_a_data_set(&[command.clone(), data_last.clone()].concat()));
+        assert!(ends_a_data_set(&data_last));
+        assert!(!ends_a_data_set(&command), "the data set is still to come");
+        assert!(!ends_a_data_set(&[command, data_more].concat()));
+        assert!(!ends_a_data_set(&data_last[..data_last.len() - 1]), "incomplete PDU");
+        assert!(!ends_a_data_set(&data_last[..3]), "incomplete header");
+        assert!(!ends_a_data_set(&pdu(0x05, &[0; 4])));
+        assert!(!ends_a_data_set(&[]));
     }
 
     // Strategies whose values survive a round trip exactly: AE titles without spaces at the

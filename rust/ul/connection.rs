@@ -86,7 +86,10 @@ impl<S: Transport> Connection<S> {
             }
             // Once per write, not per read: writing is what puts Linux in its delayed-ACK
             // mode, and the first read after it takes that mode off until the next write.
-            if std::mem::take(&mut self.acknowledge_next_read) {
+            // Not when that read completed the peer's request (a TCP_NODELAY sender's whole
+            // C-STORE in one read): it holds nothing back and waits for our answer, which
+            // carries the acknowledgement; that spares the fast path its one extra syscall.
+            if std::mem::take(&mut self.acknowledge_next_read) && !codec::ends_a_data_set(&self.read_buf) {
                 self.stream.acknowledge_promptly();
             }
         }
