@@ -159,11 +159,6 @@ impl<S: Transport> Connection<S> {
         .await
     }
 
-    /// A write did not finish: the stream is out of step with the peer (see `close`).
-    pub fn write_unfinished(&self) -> bool {
-        self.write_unfinished
-    }
-
     /// Closes the transport. After an unfinished write the peer is not reading: the
     /// connection is reset, dropping what it never took; otherwise our sending side is shut
     /// down so that the peer sees the end of the stream, within the write timeout (a TLS
