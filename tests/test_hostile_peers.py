@@ -96,11 +96,19 @@ def _echo_pdu(message_id: int) -> bytes:
     return p_data(pdv(1, c_echo_rq(message_id), command=True, last=True))
 
 
+#: Seconds without the receiver taking any request before a flooding peer counts it as parked
+#: in a write: far longer than a busy machine keeps a running process from being scheduled.
+QUIET = 3.0
+
+#: Linux TCP states (``tcpi_state``, the first byte of TCP_INFO).
+TCP_ESTABLISHED = 1
+
+
 @contextmanager
 def _peer_that_stops_reading(port: int) -> Iterator[socket.socket]:
     """An association whose peer shrank its receive buffer, then sends C-ECHO-RQs without
-    ever reading a response, until the receiver stops taking them for a second: the receiver
-    is then parked in a write of responses (or has already closed the connection)."""
+    ever reading a response, until the receiver has taken none for ``QUIET`` seconds: it is
+    then parked in a write of responses (or has already reset the connection)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # Before connecting: the window is announced in the handshake.
@@ -115,9 +123,9 @@ def _peer_that_stops_reading(port: int) -> Iterator[socket.socket]:
         chunk = b"".join(_echo_pdu(n % 0xFFFF + 1) for n in range(10_000))
         sent, limit = 0, 512 * 1024 * 1024
         while sent < limit:
-            _, writable, _ = select.select([], [sock], [], 1.0)
+            _, writable, _ = select.select([], [sock], [], QUIET)
             if not writable:
-                break  # nothing taken for a second: parked in a write
+                break
             try:
                 sent += sock.send(chunk)
             except BlockingIOError:
@@ -130,6 +138,16 @@ def _peer_that_stops_reading(port: int) -> Iterator[socket.socket]:
         sock.close()
 
 
+def _wait_closed_by_peer(sock: socket.socket, timeout: float) -> None:
+    """Waits until the receiver has closed or reset ``sock``, without reading from it (the
+    TCP state, from TCP_INFO)."""
+    deadline = time.monotonic() + timeout
+    while sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"connection still established after {timeout} s")
+        time.sleep(0.05)  # polling the state, with the deadline above
+
+
 def test_peers_that_stop_reading_lose_their_association_after_the_write_timeout(
     tmp_path: Path,
 ) -> None:
@@ -137,10 +155,11 @@ def test_peers_that_stop_reading_lose_their_association_after_the_write_timeout(
     env = _env(tmp_path, MAX_ASSOCIATIONS=slots, WRITE_TIMEOUT=1, IDLE_TIMEOUT=60)
     with ServerProcess(env) as server, ExitStack() as peers:
         port = server.wait_listening()
-        for _ in range(slots):
-            peers.enter_context(_peer_that_stops_reading(port))
+        stalled = [peers.enter_context(_peer_that_stops_reading(port)) for _ in range(slots)]
         # Every slot was taken by a peer that does not read; the write timeout frees them.
-        _associate_when_possible(port, timeout=20)
+        for sock in stalled:
+            _wait_closed_by_peer(sock, timeout=15)
+        _associate_when_possible(port, timeout=15)
         closed = _wait_records(server, "association closed", slots + 1)
         timeouts = [r for r in closed if r["outcome"] == "timeout"]
         assert len(timeouts) == slots, closed
