@@ -42,7 +42,13 @@ import msgspec
 from oxidip._boundary import LoadOptions
 from oxidip.bench import report
 from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
-from oxidip.bench.receivers import RECEIVERS, ReceiverSpec, RunContext, count_files
+from oxidip.bench.receivers import (
+    RECEIVERS,
+    ReceiverSpec,
+    RunContext,
+    add_oxidip_baseline,
+    count_files,
+)
 from oxidip.bench.resources import ResourceMonitor
 from oxidip.bench.send import EXPLICIT_VR_LITTLE_ENDIAN, send_load
 from oxidip.bench.tools import HOST, INSTALL_HINT
@@ -193,6 +199,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--receivers",
         default=",".join(RECEIVERS),
         help=f"comma-separated receivers among {', '.join(RECEIVERS)} (default: all)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run oxidip as installed for this Python interpreter (e.g. an earlier"
+        " commit's build in a venv of its own) as the receiver 'oxidip baseline', alternating"
+        " with the others; the report compares oxidip with it",
     )
     parser.add_argument("--repeats", type=int, default=3, help="repetitions (default: 3)")
     parser.add_argument(
@@ -391,6 +404,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     keys = _selected(args.workloads, [w.key for w in table], "workloads")
     workloads = [w for w in table if w.key in keys]
     names = _selected(args.receivers, list(RECEIVERS), "receivers")
+    if args.baseline:
+        names.append(add_oxidip_baseline(args.baseline))
     for name in names:
         missing = RECEIVERS[name].missing()
         if missing:
