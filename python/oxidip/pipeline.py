@@ -18,6 +18,9 @@ Per batch of events (taken from the receiver's bounded queue, never on the netwo
    ``receiving`` fires ``on_series_finalized``.
 4. A closed association finalizes the series it was delivering; ``tick`` also finalizes
    series idle for ``OXIDIP_SERIES_IDLE_TIMEOUT``.
+5. ``tick`` also adopts the journals of other oxidip processes that died on the same storage
+   root (``oxidip.adoption``): their instances are registered and their series finalized
+   within seconds, like this process's own.
 
 Hooks and NATS have bounded queues of their own: when they fall behind, ``handle`` waits,
 the receiver's event queue fills, and TCP pushes back on the senders. Memory stays bounded.
@@ -28,10 +31,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from oxidip._boundary import AssociationClosed, Event, InstanceStored
+from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCountLookup
 from oxidip.hooks import Hooks
 from oxidip.notify import Notifier
 from oxidip.receiver import Receiver
+from oxidip.reconcile import Registration
 from oxidip.registry import ExpectedStatus, Registry, SeriesRow, SeriesState, Transition
 
 __all__ = ["Pipeline"]
@@ -55,6 +60,7 @@ class Pipeline:
         notifier: Notifier,
         node: str,
         series_idle_timeout: float,
+        adopter: JournalAdopter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.receiver = receiver
@@ -64,6 +70,7 @@ class Pipeline:
         self.notifier = notifier
         self.node = node
         self.series_idle_timeout = series_idle_timeout
+        self.adopter = adopter
         self.clock = clock
         self._last_idle_check = 0.0
         #: Series whose expected count this process asked for and has no answer for yet.
@@ -79,9 +86,14 @@ class Pipeline:
         self.tick()
 
     def tick(self) -> None:
-        """Stores expected counts that arrived and finalizes idle series."""
+        """Stores expected counts that arrived, finalizes idle series and adopts the journals
+        of dead processes."""
         if self.registry is None:
             return
+        if self.adopter is not None:
+            adopted = self.adopter.poll()
+            if adopted is not None:
+                self.registered_from_files(adopted)
         for answer in self.lookup.poll():
             self._looking_up.discard(answer.series_instance_uid)
             transitions = self.registry.set_expected(
@@ -124,6 +136,12 @@ class Pipeline:
         self._apply(result.transitions)
         for series in result.touched:
             self.notifier.progress(series)
+
+    def registered_from_files(self, done: Registration) -> None:
+        """Instances were registered from files (a dead process's journal): their series'
+        expected counts are asked for, their state changes announced."""
+        self.request_expected(done.touched)
+        self._apply(done.transitions)
 
     def request_expected(self, series: Iterable[SeriesRow]) -> None:
         """Looks up the expected count of those ``series`` whose count is still pending and

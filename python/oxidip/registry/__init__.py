@@ -62,6 +62,8 @@ State rule (applied to every series a call affects, inside its transaction)
 
     - ``association_ended(node, id)`` removes that association's activity and recomputes its
       series (expected 10, 6 received, association ended -> incomplete).
+    - ``node_ended(node)`` does so for every association of a process that died (another
+      process, adopting its journal, says so; see ``oxidip.reconcile``).
     - ``finalize_idle(idle_seconds, now)`` removes the activity of series that received nothing
       since ``now - idle_seconds`` (an idle association, or a process that crashed: its
       activity is never ended otherwise) and recomputes them.
@@ -85,6 +87,7 @@ Concurrency
     are checked before each transaction, so a server restart costs no failed call.
 """
 
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -117,15 +120,26 @@ def sqlite_path(files_root: Path | str) -> Path:
     return Path(files_root).absolute() / ".oxidip" / "registry.sqlite3"
 
 
+def _create_private(path: Path, *, root_mode: int) -> None:
+    """Creates the SQLite file (0600) and its directory (0700), for the owner only (the umask
+    can only take more away); SQLite gives its -wal and -shm files the database's mode. The
+    storage root above, if missing, gets ``root_mode``."""
+    path.parent.parent.mkdir(mode=root_mode, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+
+
 def open_registry(
     connection: str | None,
     files_root: Path | str,
     *,
     pool_size: int = 4,
     duplicates: str = "overwrite",
+    dir_mode: int = 0o750,
 ) -> Registry:
-    """Opens the registry: SQLite under ``files_root`` when ``connection`` is None (its
-    directory is created), PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL with a
+    """Opens the registry: SQLite under ``files_root`` when ``connection`` is None (created
+    for the owner only: directory 0700, database 0600; a missing ``files_root`` is created
+    with ``dir_mode``), PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL with a
     pool of ``pool_size`` connections. ``duplicates`` is the receiver's policy ("overwrite",
     "keep-first" or "reject"). Call ``migrate`` before anything else. Raises ValueError for
     anything else, and psycopg's OperationalError when PostgreSQL cannot be reached."""
@@ -138,7 +152,7 @@ def open_registry(
         from oxidip.registry._sqlite import SqliteRegistry
 
         path = sqlite_path(files_root)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path, root_mode=dir_mode)
         return SqliteRegistry(path, policy)
     scheme = urlsplit(connection.strip()).scheme.lower() if "://" in connection else ""
     if scheme not in _POSTGRES_SCHEMES:

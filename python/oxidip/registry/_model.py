@@ -109,6 +109,11 @@ class Registry(Protocol):
         """The association no longer delivers anything: its series are recomputed."""
         ...
 
+    def node_ended(self, node: str) -> list[Transition]:
+        """The process ``node`` is gone (its journal was adopted by another): every
+        association of it has ended; their series are recomputed."""
+        ...
+
     def finalize_idle(self, idle_seconds: float, now: float) -> list[Transition]:
         """Series receiving nothing since ``now - idle_seconds`` lose their activity and are
         recomputed."""

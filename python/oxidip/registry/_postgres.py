@@ -347,24 +347,36 @@ class PostgresRegistry:
         return self._run(work)
 
     def association_ended(self, node: str, association_id: int) -> list[Transition]:
+        return self._end_activity(
+            "node = %(node)s AND association_id = %(association_id)s",
+            {"node": node, "association_id": association_id},
+        )
+
+    def node_ended(self, node: str) -> list[Transition]:
+        return self._end_activity("node = %(node)s", {"node": node})
+
+    def _end_activity(self, where: LiteralString, params: dict[str, Any]) -> list[Transition]:
+        """Removes the activity rows matching ``where`` and recomputes their series (locked
+        first, in UID order)."""
+
         def work(conn: Connection) -> list[Transition]:
             previous = {
                 uid: state
                 for uid, state in conn.execute(
-                    """SELECT series_instance_uid, state FROM series
+                    f"""SELECT series_instance_uid, state FROM series
                     WHERE series_instance_uid IN (SELECT series_instance_uid
-                        FROM series_activity WHERE node = %s AND association_id = %s)
+                        FROM series_activity WHERE {where})
                     ORDER BY series_instance_uid FOR UPDATE""",
-                    (node, association_id),
+                    params,
                 )
             }
             if not previous:
                 return []
             uids = list(previous)
             conn.execute(
-                "DELETE FROM series_activity WHERE node = %s AND association_id = %s"
-                " AND series_instance_uid = ANY(%s)",
-                (node, association_id, uids),
+                f"DELETE FROM series_activity WHERE {where}"
+                " AND series_instance_uid = ANY(%(uids)s)",
+                {**params, "uids": uids},
             )
             return transitions_of(self._recompute(conn, uids, time.time()), previous)
 

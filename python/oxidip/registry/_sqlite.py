@@ -303,22 +303,26 @@ class SqliteRegistry:
         return transitions_of(after, dict(previous))
 
     def association_ended(self, node: str, association_id: int) -> list[Transition]:
+        return self._end_activity("node = ? AND association_id = ?", (node, association_id))
+
+    def node_ended(self, node: str) -> list[Transition]:
+        return self._end_activity("node = ?", (node,))
+
+    def _end_activity(self, where: str, params: tuple[str | int, ...]) -> list[Transition]:
+        """Removes the activity rows matching ``where`` and recomputes their series."""
         with self._write() as conn:
             uids = [
                 uid
                 for (uid,) in conn.execute(
-                    "SELECT series_instance_uid FROM series_activity"
-                    " WHERE node = ? AND association_id = ? ORDER BY series_instance_uid",
-                    (node, association_id),
+                    f"SELECT DISTINCT series_instance_uid FROM series_activity WHERE {where}"
+                    " ORDER BY series_instance_uid",
+                    params,
                 )
             ]
             if not uids:
                 return []
             previous = self._states(conn, uids)
-            conn.execute(
-                "DELETE FROM series_activity WHERE node = ? AND association_id = ?",
-                (node, association_id),
-            )
+            conn.execute(f"DELETE FROM series_activity WHERE {where}", params)
             after = self._recompute(conn, uids, time.time())
         return transitions_of(after, dict(previous))
 
