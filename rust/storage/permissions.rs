@@ -114,6 +114,21 @@ pub fn create_dir_with_mode(dir: &Path, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and its missing parents with `mode`; `dir`, if it was missing, gets
+/// exactly `mode`.
+pub fn create_dir_all_with_mode(dir: &Path, mode: u32) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        DirBuilder::new().recursive(true).mode(mode).create(parent)?;
+    }
+    match create_dir_with_mode(dir, mode) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
+}
+
 /// Creates `dir`, a directory of oxidip's directly under the storage root, with `mode` if it
 /// is missing, but never the root itself: a root that is gone (an unmounted volume, say) is
 /// an error naming it, not a new empty directory filling the disk below the mount point.

@@ -10,7 +10,6 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
 use super::background::BackgroundWriter;
@@ -150,10 +149,7 @@ impl Storage {
         let StorageOptions { template, fsync, duplicates, permissions, node } = options;
         let root = std::path::absolute(root)?;
         let temp_dir = temp::temp_dir(&root);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(permissions.dir_mode)
-            .create(&root)
+        permissions::create_dir_all_with_mode(&root, permissions.dir_mode)
             .map_err(|e| context(e, "cannot create the storage directory", &root))?;
         prepare_temp_dir(&root, &temp_dir, &permissions)
             .map_err(|e| context(e, "cannot prepare the storage directory", &temp_dir))?;

@@ -124,7 +124,10 @@ def _create_private(path: Path, *, root_mode: int) -> None:
     """Creates the SQLite file (0600) and its directory (0700), for the owner only (the umask
     can only take more away); SQLite gives its -wal and -shm files the database's mode. The
     storage root above, if missing, gets ``root_mode``."""
-    path.parent.parent.mkdir(mode=root_mode, parents=True, exist_ok=True)
+    root = path.parent.parent
+    if not root.is_dir():
+        root.mkdir(mode=root_mode, parents=True, exist_ok=True)
+        root.chmod(root_mode)  # exactly, whatever the umask (as the receiver does)
     path.parent.mkdir(mode=0o700, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
