@@ -73,8 +73,9 @@ class Pipeline:
         self.adopter = adopter
         self.clock = clock
         self._last_idle_check = 0.0
-        #: Series whose expected count this process asked for and has no answer for yet.
-        self._looking_up: set[str] = set()
+        #: Series (UID, calling AE) whose expected count this process asked for and has no
+        #: answer for yet.
+        self._looking_up: set[tuple[str, str]] = set()
 
     def handle(self, batch: Sequence[Event]) -> None:
         stored = [event for event in batch if isinstance(event, InstanceStored)]
@@ -95,12 +96,13 @@ class Pipeline:
             if adopted is not None:
                 self.registered_from_files(adopted)
         for answer in self.lookup.poll():
-            self._looking_up.discard(answer.series_instance_uid)
+            self._looking_up.discard((answer.series_instance_uid, answer.calling_aet))
             transitions = self.registry.set_expected(
                 answer.series_instance_uid,
                 answer.expected,
                 ExpectedStatus(answer.status),
                 answer.detail,
+                answer.calling_aet,
             )
             self._apply(transitions)
         now = self.clock()
@@ -147,11 +149,11 @@ class Pipeline:
         """Looks up the expected count of those ``series`` whose count is still pending and
         that this process is not already asking about."""
         for row in series:
-            uid = row.series_instance_uid
-            if row.expected_status != ExpectedStatus.PENDING or uid in self._looking_up:
+            key = (row.series_instance_uid, row.calling_aet)
+            if row.expected_status != ExpectedStatus.PENDING or key in self._looking_up:
                 continue
-            self._looking_up.add(uid)
-            self.lookup.request(row.calling_aet, row.study_instance_uid, uid)
+            self._looking_up.add(key)
+            self.lookup.request(row.calling_aet, row.study_instance_uid, row.series_instance_uid)
 
     def _apply(self, transitions: Sequence[Transition]) -> None:
         self.request_expected(transition.series for transition in transitions)
