@@ -12,10 +12,7 @@ the same from the files.
 
 import shutil
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -30,23 +27,12 @@ from tests.helpers.e2e import (
     Oxidip,
     RegistryView,
     make_series,
-    postgres_database,
+    reconcile,
     send,
     series_json,
 )
 
 SENDERS = ("PACS_A", "PACS_B")
-
-
-def reconcile(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oxidip", "reconcile"],
-        env={"OXIDIP_FILES_ROOT": str(root), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def deliveries(root: Path) -> dict[str, int]:
@@ -95,15 +81,6 @@ def test_one_series_from_two_senders_agrees_with_the_disk(tmp_path: Path) -> Non
 # --- the registry -------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def connection(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-        return
-    with postgres_database() as url:
-        yield url
-
-
 def stored(sop: str, series: str, aet: str, *, path: str | None = None) -> InstanceStored:
     now = time.time()
     return InstanceStored(
@@ -123,8 +100,8 @@ def stored(sop: str, series: str, aet: str, *, path: str | None = None) -> Insta
     )
 
 
-def open_migrated(connection: str | None, root: Path, duplicates: str = "overwrite") -> Registry:
-    registry = open_registry(connection, root, pool_size=1, duplicates=duplicates)
+def open_migrated(db: str | None, root: Path, duplicates: str = "overwrite") -> Registry:
+    registry = open_registry(db, root, pool_size=1, duplicates=duplicates)
     registry.migrate()
     return registry
 
@@ -136,10 +113,8 @@ def rows_by_sender(registry: Registry) -> dict[str, tuple[int, str, str]]:
     }
 
 
-def test_each_sender_has_its_count_expected_count_and_state(
-    connection: str | None, tmp_path: Path
-) -> None:
-    registry = open_migrated(connection, tmp_path)
+def test_each_sender_has_its_count_expected_count_and_state(db: str | None, tmp_path: Path) -> None:
+    registry = open_migrated(db, tmp_path)
     try:
         series = "1.2.3.4"
         first = registry.register([stored(f"{series}.{i}", series, "PACS_A") for i in (1, 2)], "n")
@@ -170,9 +145,9 @@ def test_each_sender_has_its_count_expected_count_and_state(
 
 @pytest.mark.parametrize(("policy", "kept"), [("overwrite", "second"), ("keep-first", "first")])
 def test_the_duplicates_policy_applies_per_sender(
-    connection: str | None, tmp_path: Path, policy: str, kept: str
+    db: str | None, tmp_path: Path, policy: str, kept: str
 ) -> None:
-    registry = open_migrated(connection, tmp_path, policy)
+    registry = open_migrated(db, tmp_path, policy)
     try:
         registry.register([stored("9.1", "9", "PACS_A", path="/a/first.dcm")], "n")
         registry.register([stored("9.1", "9", "PACS_B", path="/b/only.dcm")], "n")
@@ -185,13 +160,11 @@ def test_the_duplicates_policy_applies_per_sender(
         registry.close()
 
 
-def test_a_version_1_registry_is_migrated_with_its_rows(
-    connection: str | None, tmp_path: Path
-) -> None:
+def test_a_version_1_registry_is_migrated_with_its_rows(db: str | None, tmp_path: Path) -> None:
     """Rows of version 1 (keyed by UID alone) belong to the sender of their series."""
-    version_1 = (SQLITE_MIGRATIONS if connection is None else POSTGRES_MIGRATIONS)[0]
+    version_1 = (SQLITE_MIGRATIONS if db is None else POSTGRES_MIGRATIONS)[0]
     assert version_1[0] == 1
-    at = "1.0" if connection is None else "to_timestamp(1)"
+    at = "1.0" if db is None else "to_timestamp(1)"
     statements = [
         *version_1[1],
         "CREATE TABLE oxidip_schema_version (version integer PRIMARY KEY, applied_at REAL)",
@@ -209,17 +182,17 @@ def test_a_version_1_registry_is_migrated_with_its_rows(
         ),
         "INSERT INTO series_activity VALUES ('1.2.3.4', 'n', 1)",
     ]
-    if connection is None:
+    if db is None:
         path = sqlite_path(tmp_path)
         path.parent.mkdir(parents=True)
         with sqlite3.connect(path) as conn:
             for statement in statements:
                 conn.execute(statement)
     else:
-        with psycopg.connect(connection, autocommit=True) as pg:
+        with psycopg.connect(db, autocommit=True) as pg:
             for statement in statements:
                 pg.execute(statement.replace("REAL", "timestamptz").replace("(1, 0)", "(1, now())"))
-    registry = open_migrated(connection, tmp_path)
+    registry = open_migrated(db, tmp_path)
     try:
         assert rows_by_sender(registry) == {"PACS_A": (2, "receiving", "known")}
         assert sorted(path for _, path in registry.instance_paths()) == ["/a/1.dcm", "/a/2.dcm"]
