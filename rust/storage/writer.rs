@@ -7,10 +7,9 @@ use std::fs::{self, File};
 use std::io::{self, IoSlice, Write};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use bytes::Bytes;
-
-use std::sync::Arc;
 
 use super::background::BackgroundWriter;
 use super::file_meta::{encode_file_meta, FileMeta};

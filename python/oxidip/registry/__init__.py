@@ -75,8 +75,8 @@ State rule (applied to every series a call affects, inside its transaction)
     - ``node_ended(node)`` does so for every association of a process that died (another
       process, adopting its journal, says so; see ``oxidip.reconcile``).
     - ``finalize_idle(idle_seconds, now)`` removes the activity of series that received nothing
-      since ``now - idle_seconds`` (an idle association, or a process that crashed: its
-      activity is never ended otherwise) and recomputes them.
+      since ``now - idle_seconds`` (an idle association, or a process that crashed and whose
+      journal no running process has adopted yet) and recomputes them.
     - ``set_expected(uid, expected, status, detail, calling_aet)`` stores what the C-FIND
       said (for that sender's series; every sender's when None) and recomputes; a count must
       come with status "known" and only with it (ValueError).
