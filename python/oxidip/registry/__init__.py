@@ -98,6 +98,7 @@ Concurrency
     are checked before each transaction, so a server restart costs no failed call.
 """
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -140,7 +141,9 @@ def _create_private(path: Path, *, root_mode: int) -> None:
         root.mkdir(mode=root_mode, parents=True, exist_ok=True)
         root.chmod(root_mode)  # exactly, whatever the umask (as the receiver does)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    # Only when missing: a reader without write access (oxidip series) still opens it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def open_registry(
