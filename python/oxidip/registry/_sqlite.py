@@ -60,8 +60,10 @@ _ACTIVE = (
 )
 _RULE = state_sql(expected="expected", received="received", active=_ACTIVE)
 
-_EXISTING = f"""SELECT sop_instance_uid, calling_aet FROM instances
-    WHERE (sop_instance_uid, calling_aet) IN ({_PAIRS})"""
+# By SOP Instance UID alone (the primary key's first column; cheaper than pairs), the caller
+# keeps the (UID, AE) pairs of its batch.
+_EXISTING = """SELECT sop_instance_uid, calling_aet FROM instances
+    WHERE sop_instance_uid IN (SELECT value FROM json_each(?))"""
 
 _ADD_RECEIVED = """UPDATE series SET received = received + ?
     WHERE series_instance_uid = ? AND calling_aet = ?"""
@@ -266,12 +268,8 @@ class SqliteRegistry:
             # ``received`` grows by the instances new to the registry, counted here rather
             # than recounted per batch (a recount reads the whole series: quadratic in its
             # size over a series' batches). The write lock makes check and insert one step.
-            existing = {
-                (uid, aet)
-                for uid, aet in conn.execute(
-                    _EXISTING, (_keys([(r.sop_instance_uid, r.calling_aet) for r in rows]),)
-                )
-            }
+            sops = msgspec.json.encode([r.sop_instance_uid for r in rows])
+            existing = {(uid, aet) for uid, aet in conn.execute(_EXISTING, (sops,))}
             added = Counter(
                 (r.series_instance_uid, r.calling_aet)
                 for r in rows
