@@ -113,6 +113,12 @@ impl Receiver {
     fn queued_events(&self) -> usize {
         self.queued.get().map_or(0, |q| q.load(Ordering::Relaxed))
     }
+
+    /// Journal entries of this receiver not yet registered (0 before start).
+    #[getter]
+    fn journal_backlog(&self) -> usize {
+        lock(&self.server).as_ref().map_or(0, Server::journal_backlog)
+    }
 }
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
@@ -200,11 +206,51 @@ impl PyPathTemplate {
     }
 }
 
-/// Journal segments left by dead oxidip processes of this host, to replay.
+/// A journal segment of a dead oxidip process, locked by us until `finish` or `release`.
+#[pyclass(module = "oxidip._core", frozen)]
+struct OrphanJournal {
+    #[pyo3(get)]
+    path: String,
+    #[pyo3(get)]
+    node: Option<String>,
+    #[pyo3(get)]
+    entries: Vec<String>,
+    files_root: std::path::PathBuf,
+    claim: Mutex<Option<journal::Orphan>>,
+}
+
+#[pymethods]
+impl OrphanJournal {
+    /// Its entries are registered: deletes it, and the temp files its process left.
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(orphan) = lock(&self.claim).take() else {
+            return Err(PyRuntimeError::new_err("journal already finished or released"));
+        };
+        py.allow_threads(|| orphan.finish(&self.files_root)).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Leaves it for a later claim (by us or another process): lets go of its lock.
+    fn release(&self) {
+        lock(&self.claim).take();
+    }
+}
+
+/// The journal segments under `files_root` whose process no longer runs, whatever its host,
+/// each locked until finished or released.
 #[pyfunction]
-fn orphan_journals(files_root: &str) -> PyResult<Vec<String>> {
-    let found = journal::orphans(Path::new(files_root)).map_err(|e| PyOSError::new_err(e.to_string()))?;
-    Ok(found.into_iter().map(|p| p.to_string_lossy().into_owned()).collect())
+fn claim_orphan_journals(py: Python<'_>, files_root: &str) -> PyResult<Vec<OrphanJournal>> {
+    let root = Path::new(files_root);
+    let claimed = py.allow_threads(|| journal::claim_orphans(root)).map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(claimed
+        .into_iter()
+        .map(|mut orphan| OrphanJournal {
+            path: orphan.path.to_string_lossy().into_owned(),
+            node: orphan.node.clone(),
+            entries: std::mem::take(&mut orphan.entries),
+            files_root: root.to_path_buf(),
+            claim: Mutex::new(Some(orphan)),
+        })
+        .collect())
 }
 
 /// A stored Part 10 file's meta and extracted attributes, as msgpack of
@@ -239,10 +285,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Receiver>()?;
     m.add_class::<ExtractedAttributes>()?;
     m.add_class::<PyPathTemplate>()?;
+    m.add_class::<OrphanJournal>()?;
     m.add_function(wrap_pyfunction!(decode_pdus, m)?)?;
     m.add_function(wrap_pyfunction!(extract_attributes, m)?)?;
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
-    m.add_function(wrap_pyfunction!(orphan_journals, m)?)?;
+    m.add_function(wrap_pyfunction!(claim_orphan_journals, m)?)?;
     m.add_function(wrap_pyfunction!(read_instance, m)?)?;
     m.add_function(wrap_pyfunction!(send_load, m)?)?;
     Ok(())

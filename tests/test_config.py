@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "scp_enforce_aet": False,
     "allowed_calling_aets": (),
     "files_root": "./data",
+    "file_mode": 0o640,
+    "dir_mode": 0o750,
+    "group": None,
     "scp_max_pdu_length": 131072,
     "scp_strict": False,
     "scp_promiscuous": False,
@@ -117,6 +120,16 @@ GOOD: list[tuple[str, str, Any]] = [
     ("OXIDIP_LOG_FORMAT", "TEXT", "text"),
 ]
 GOOD += [
+    ("OXIDIP_FILE_MODE", "0600", 0o600),
+    ("OXIDIP_FILE_MODE", " 664", 0o664),
+    ("OXIDIP_FILE_MODE", "0777", 0o777),
+    ("OXIDIP_DIR_MODE", "0700", 0o700),
+    ("OXIDIP_GROUP", "", None),
+    ("OXIDIP_GROUP", "0", 0),
+    ("OXIDIP_GROUP", "root", 0),
+    ("OXIDIP_GROUP", "54321", 54321),
+]
+GOOD += [
     ("OXIDIP_ACK", "Registered", "registered"),
     ("OXIDIP_DB_CONNECTION", "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db"),
     ("OXIDIP_DB_CONNECTION", " ", None),
@@ -185,6 +198,19 @@ BAD: list[tuple[str, str]] = [
     ("OXIDIP_LOG_LEVEL", "TRACE"),
     ("OXIDIP_LOG_LEVEL", "WARN"),
     ("OXIDIP_LOG_FORMAT", "yaml"),
+]
+BAD += [
+    ("OXIDIP_FILE_MODE", "640x"),
+    ("OXIDIP_FILE_MODE", "0648"),
+    ("OXIDIP_FILE_MODE", "0440"),  # the owner could not write it
+    ("OXIDIP_FILE_MODE", "4640"),
+    ("OXIDIP_FILE_MODE", "rw-r-----"),
+    ("OXIDIP_DIR_MODE", "0650"),  # the owner could not enter it
+    ("OXIDIP_DIR_MODE", "2750"),  # the setgid bit comes with OXIDIP_GROUP
+    ("OXIDIP_DIR_MODE", ""),
+    ("OXIDIP_GROUP", "no-such-group-oxidip"),
+    ("OXIDIP_GROUP", "-1"),
+    ("OXIDIP_GROUP", "99999999999"),
 ]
 BAD += [
     ("OXIDIP_ACK", "committed"),
@@ -328,6 +354,9 @@ def test_core_config() -> None:
         idle_timeout=0.0,
         event_queue_size=5,
         ack="stored",
+        file_mode=0o640,
+        dir_mode=0o750,
+        group=None,
     )
     encoded = msgspec.msgpack.encode(core)
     assert msgspec.msgpack.decode(encoded, type=CoreConfig) == core
@@ -404,6 +433,17 @@ def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port:
     assert result.stderr.count("\n") == 1
     # It never tried the (busy) port, nor created the storage directory.
     assert "in use" not in result.stderr.lower() and "listening" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [("OXIDIP_FILE_MODE", "0400"), ("OXIDIP_DIR_MODE", "755x"), ("OXIDIP_GROUP", "no-such-group")],
+)
+def test_serve_with_a_bad_mode_or_group_exits_2(tmp_path: Path, name: str, raw: str) -> None:
+    result = oxidip("serve", env=clean_env(**{name: raw}), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"oxidip: configuration error: {name}={raw!r}: "), result.stderr
     assert not (tmp_path / "data").exists()
 
 

@@ -49,6 +49,14 @@ class CoreConfig(msgspec.Struct, frozen=True):
     event_queue_size: int
     #: "stored" | "registered"
     ack: str
+    #: Permission bits of stored files and of the directories created for them.
+    file_mode: int
+    dir_mode: int
+    #: The gid stored files and directories get (through setgid directories); None: the
+    #: process's group.
+    group: int | None
+    #: The registry node id of this process, written in its journal (``Receiver`` sets it).
+    node: str = ""
 
 
 class Attributes(msgspec.Struct):

@@ -17,10 +17,31 @@ DEFAULT_PATH_TEMPLATE: str
 def check_path_template(template: str) -> None:
     """Raises ValueError with a readable reason when the template is invalid."""
 
-def orphan_journals(files_root: str) -> list[str]:
-    """Journal segments left by oxidip processes of this host that no longer run: each line
-    is the path (relative to ``files_root``) of an instance that was acknowledged, maybe not
-    registered. Register them, then delete the segment."""
+class OrphanJournal:
+    """A journal segment of an oxidip process that no longer runs (its lock was free),
+    whatever its host, locked by this process until ``finish`` or ``release``: no other
+    process replays it meanwhile."""
+
+    #: Its path.
+    path: str
+    #: The registry node id of the process that wrote it; None for a segment of an oxidip
+    #: from before the node was recorded.
+    node: str | None
+    #: Final paths relative to the files root, one per instance the process announced (some
+    #: may have no file: the process died before placing it).
+    entries: list[str]
+
+    def finish(self) -> None:
+        """Its entries are registered: deletes the segment (and the temp files its process
+        left) and lets go of it. OSError if it cannot be deleted."""
+
+    def release(self) -> None:
+        """Lets go of it, left in place for a later claim."""
+
+def claim_orphan_journals(files_root: str) -> list[OrphanJournal]:
+    """The journal segments under ``files_root`` whose process no longer runs, each claimed
+    (locked) by this process; segments of live processes, or claimed by another, are left
+    alone. OSError when the journal directory cannot be read."""
 
 def read_instance(path: str) -> bytes:
     """msgpack of ``oxidip._boundary.StoredInstance`` for a stored Part 10 file. Raises
@@ -63,6 +84,10 @@ class Receiver:
     @property
     def queued_events(self) -> int:
         """Events waiting to be taken: the backlog when Python falls behind."""
+
+    @property
+    def journal_backlog(self) -> int:
+        """Journal entries of this receiver not yet registered (0 before start)."""
 
 # The receiver's hot-path steps, one call each: for the micro-benchmarks (bench/micro/) and for
 # tests that hold them against pydicom.

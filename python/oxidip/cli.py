@@ -15,7 +15,6 @@ import socket
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TypeAlias
@@ -24,6 +23,7 @@ import psycopg
 
 from oxidip import __version__, bench, logs, series_cli
 from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceStored
+from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import (
     VARIABLES,
@@ -36,7 +36,7 @@ from oxidip.hooks import HookError, Hooks
 from oxidip.notify import NotifierError, open_notifier, sanitize_subject_part
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
-from oxidip.reconcile import reconcile, replay_journals
+from oxidip.reconcile import Registration, adopt_journals, reconcile
 from oxidip.registry import ExpectedStatus, Registry, SeriesRow, open_registry
 
 __all__ = ["EventHandler", "build_parser", "build_pipeline", "consume", "log_events", "main"]
@@ -168,6 +168,7 @@ def open_migrated_registry(config: Config) -> Registry:
         config.core().files_root,
         pool_size=config.db_pool,
         duplicates=config.duplicates,
+        dir_mode=config.dir_mode,
     )
     registry.migrate()
     return registry
@@ -176,18 +177,21 @@ def open_migrated_registry(config: Config) -> Registry:
 def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline:
     """Opens the registry (migrating it, replaying journals of dead processes), the expected
     count lookup and the notifier."""
-    node = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    node = receiver.node
     files_root = config.core().files_root
     registry = None
+    adopter = None
+    replayed = Registration()
     pending: list[SeriesRow] = []
     if not hooks.replaces_registry:
         registry = open_migrated_registry(config)
-        replayed = replay_journals(files_root, registry, node)
-        if replayed:
+        replayed = adopt_journals(files_root, registry, node)
+        if replayed.registered:
             log.info(
                 "registered instances from journals of stopped processes",
-                extra={"count": replayed},
+                extra={"count": replayed.registered},
             )
+        adopter = JournalAdopter(files_root, registry, node)
         # Series whose expected count is still pending, whatever their state: a lookup that
         # died with a killed process is never answered otherwise. (Another live process may
         # be asking too: a second C-FIND for one series is harmless.)
@@ -211,8 +215,10 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         notifier=notifier,
         node=node,
         series_idle_timeout=config.series_idle_timeout,
+        adopter=adopter,
     )
     pipeline.request_expected(pending)
+    pipeline.registered_from_files(replayed)
     return pipeline
 
 

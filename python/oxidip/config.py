@@ -7,6 +7,7 @@ table and the matching field to ``Config``.
 """
 
 import difflib
+import grp
 import ipaddress
 import logging
 import math
@@ -261,6 +262,49 @@ class DirectoryPath:
 
 
 @dataclass(frozen=True)
+class Mode:
+    """Octal permission bits (``0640``, ``640``) that keep at least ``owner`` for the owner."""
+
+    owner: int
+    example: str
+
+    @property
+    def accepts(self) -> str:
+        return (
+            f"octal permission bits from {self.owner:04o} to 0777 that keep {self.owner:04o}"
+            f" for the owner, e.g. {self.example}"
+        )
+
+    def __call__(self, raw: str) -> int:
+        text = raw.strip()
+        if not re.fullmatch(r"0?[0-7]{3}", text, re.ASCII):
+            raise Invalid()
+        mode = int(text, 8)
+        if mode & self.owner != self.owner:
+            raise Invalid(f"the owner needs {self.owner:04o}")
+        return mode
+
+
+@dataclass(frozen=True)
+class Group:
+    accepts: str = "empty (the process's group), a group name or a numeric gid"
+
+    def __call__(self, raw: str) -> int | None:
+        text = raw.strip()
+        if not text:
+            return None
+        if re.fullmatch(r"[0-9]+", text, re.ASCII):
+            gid = int(text)
+            if gid > 0xFFFFFFFE:
+                raise Invalid("gid out of range")
+            return gid
+        try:
+            return grp.getgrnam(text).gr_gid
+        except KeyError:
+            raise Invalid("no such group") from None
+
+
+@dataclass(frozen=True)
 class PathTemplate:
     accepts: str = "a path template (see README: Path template)"
 
@@ -407,6 +451,26 @@ VARIABLES: tuple[Variable, ...] = (
         " (A-ASSOCIATE-RJ permanent, source 1, reason 3). Empty: anyone.",
     ),
     Variable("OXIDIP_FILES_ROOT", "./data", DirectoryPath(), "Directory files are stored under."),
+    Variable(
+        "OXIDIP_FILE_MODE",
+        "0640",
+        Mode(0o600, "0640"),
+        "Permissions of stored files (whatever the umask): owner and the group of the"
+        " backend that reads them, by default.",
+    ),
+    Variable(
+        "OXIDIP_DIR_MODE",
+        "0750",
+        Mode(0o700, "0750"),
+        "Permissions of the directories created for stored files (whatever the umask).",
+    ),
+    Variable(
+        "OXIDIP_GROUP",
+        "",
+        Group(),
+        "Group of stored files and their directories (the storage root and its directories"
+        " get the setgid bit, so what is created below inherits it).",
+    ),
     Variable(
         "OXIDIP_SCP_MAX_PDU_LENGTH",
         # dcmtk never sends more than 131072 however much is announced; see README Benchmarks.
@@ -579,6 +643,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     scp_enforce_aet: bool
     allowed_calling_aets: tuple[str, ...]
     files_root: str
+    file_mode: int
+    dir_mode: int
+    group: int | None
     scp_max_pdu_length: int
     scp_strict: bool
     scp_promiscuous: bool
@@ -652,6 +719,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             idle_timeout=self.idle_timeout,
             event_queue_size=self.event_queue,
             ack=self.ack,
+            file_mode=self.file_mode,
+            dir_mode=self.dir_mode,
+            group=self.group,
         )
 
 

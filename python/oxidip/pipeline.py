@@ -18,6 +18,9 @@ Per batch of events (taken from the receiver's bounded queue, never on the netwo
    ``receiving`` fires ``on_series_finalized``.
 4. A closed association finalizes the series it was delivering; ``tick`` also finalizes
    series idle for ``OXIDIP_SERIES_IDLE_TIMEOUT``.
+5. ``tick`` also adopts the journals of other oxidip processes that died on the same storage
+   root (``oxidip.adoption``): their instances are registered and their series finalized
+   within seconds, like this process's own.
 
 Hooks and NATS have bounded queues of their own: when they fall behind, ``handle`` waits,
 the receiver's event queue fills, and TCP pushes back on the senders. Memory stays bounded.
@@ -28,10 +31,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from oxidip._boundary import AssociationClosed, Event, InstanceStored
+from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCountLookup
 from oxidip.hooks import Hooks
 from oxidip.notify import Notifier
 from oxidip.receiver import Receiver
+from oxidip.reconcile import Registration
 from oxidip.registry import ExpectedStatus, Registry, SeriesRow, SeriesState, Transition
 
 __all__ = ["Pipeline"]
@@ -55,6 +60,7 @@ class Pipeline:
         notifier: Notifier,
         node: str,
         series_idle_timeout: float,
+        adopter: JournalAdopter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.receiver = receiver
@@ -64,10 +70,12 @@ class Pipeline:
         self.notifier = notifier
         self.node = node
         self.series_idle_timeout = series_idle_timeout
+        self.adopter = adopter
         self.clock = clock
         self._last_idle_check = 0.0
-        #: Series whose expected count this process asked for and has no answer for yet.
-        self._looking_up: set[str] = set()
+        #: Series (UID, calling AE) whose expected count this process asked for and has no
+        #: answer for yet.
+        self._looking_up: set[tuple[str, str]] = set()
 
     def handle(self, batch: Sequence[Event]) -> None:
         stored = [event for event in batch if isinstance(event, InstanceStored)]
@@ -79,16 +87,22 @@ class Pipeline:
         self.tick()
 
     def tick(self) -> None:
-        """Stores expected counts that arrived and finalizes idle series."""
+        """Stores expected counts that arrived, finalizes idle series and adopts the journals
+        of dead processes."""
         if self.registry is None:
             return
+        if self.adopter is not None:
+            adopted = self.adopter.poll()
+            if adopted is not None:
+                self.registered_from_files(adopted)
         for answer in self.lookup.poll():
-            self._looking_up.discard(answer.series_instance_uid)
+            self._looking_up.discard((answer.series_instance_uid, answer.calling_aet))
             transitions = self.registry.set_expected(
                 answer.series_instance_uid,
                 answer.expected,
                 ExpectedStatus(answer.status),
                 answer.detail,
+                answer.calling_aet,
             )
             self._apply(transitions)
         now = self.clock()
@@ -125,15 +139,21 @@ class Pipeline:
         for series in result.touched:
             self.notifier.progress(series)
 
+    def registered_from_files(self, done: Registration) -> None:
+        """Instances were registered from files (a dead process's journal): their series'
+        expected counts are asked for, their state changes announced."""
+        self.request_expected(done.touched)
+        self._apply(done.transitions)
+
     def request_expected(self, series: Iterable[SeriesRow]) -> None:
         """Looks up the expected count of those ``series`` whose count is still pending and
         that this process is not already asking about."""
         for row in series:
-            uid = row.series_instance_uid
-            if row.expected_status != ExpectedStatus.PENDING or uid in self._looking_up:
+            key = (row.series_instance_uid, row.calling_aet)
+            if row.expected_status != ExpectedStatus.PENDING or key in self._looking_up:
                 continue
-            self._looking_up.add(uid)
-            self.lookup.request(row.calling_aet, row.study_instance_uid, uid)
+            self._looking_up.add(key)
+            self.lookup.request(row.calling_aet, row.study_instance_uid, row.series_instance_uid)
 
     def _apply(self, transitions: Sequence[Transition]) -> None:
         self.request_expected(transition.series for transition in transitions)

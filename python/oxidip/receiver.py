@@ -1,5 +1,8 @@
 """Typed wrapper around the Rust ``_core.Receiver``: takes a ``Config``, yields decoded events."""
 
+import os
+import socket
+import uuid
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Self
@@ -10,10 +13,16 @@ from oxidip import _core
 from oxidip._boundary import Event
 from oxidip.config import Config
 
-__all__ = ["Receiver"]
+__all__ = ["Receiver", "new_node_id"]
 
 # Built once: decoding a batch is then a single call into msgspec's compiled decoder.
 _DECODER: msgspec.msgpack.Decoder[list[Event]] = msgspec.msgpack.Decoder(list[Event])
+
+
+def new_node_id() -> str:
+    """A registry node id for this process: unique per start (association ids are per
+    process, so (node, association id) is the global key of an association)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class Receiver:
@@ -21,12 +30,16 @@ class Receiver:
 
     ``start()`` binds and serves in Rust threads; the caller takes events with
     ``next_batch``/``batches`` until they end after ``stop()``. Usable as a context manager
-    (start on enter, stop on exit).
+    (start on enter, stop on exit). ``node`` is the registry node id its instances are
+    registered under (a new one by default): its journal records it, so that whoever replays
+    the journal after a crash can end that node's association activity.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, node: str | None = None) -> None:
         self.config = config
-        self._core = _core.Receiver(msgspec.msgpack.encode(config.core()))
+        self.node = new_node_id() if node is None else node
+        core = msgspec.structs.replace(config.core(), node=self.node)
+        self._core = _core.Receiver(msgspec.msgpack.encode(core))
         self._port: int | None = None
 
     def start(self) -> None:
@@ -79,6 +92,11 @@ class Receiver:
     def queued_events(self) -> int:
         """Events waiting to be taken: the backlog when Python falls behind."""
         return self._core.queued_events
+
+    @property
+    def journal_backlog(self) -> int:
+        """Instances acknowledged (journaled) and not yet registered."""
+        return self._core.journal_backlog
 
     def __enter__(self) -> Self:
         self.start()

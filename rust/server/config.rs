@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::dicom::attributes::{Tag, EXTRACTED};
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::PathTemplate;
+use crate::storage::permissions::Permissions;
 use crate::storage::writer::{DuplicatePolicy, FsyncPolicy};
 use crate::ul::association::AcceptorPolicy;
 
@@ -40,6 +41,14 @@ pub struct ServerConfig {
     /// "stored": answer success once the file is in place (registration follows);
     /// "registered": also wait for Python to confirm its registration.
     pub ack: String,
+    /// Permission bits of stored files and of the directories created for them.
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    /// The gid stored files and directories get (setgid directories); None: ours.
+    pub group: Option<u32>,
+    /// The registry node id of this process, written in its journal so that whoever replays
+    /// it after a crash can end the node's association activity.
+    pub node: String,
 }
 
 /// Everything the server needs, checked.
@@ -51,6 +60,8 @@ pub struct Settings {
     pub template: PathTemplate,
     pub fsync: FsyncPolicy,
     pub duplicates: DuplicatePolicy,
+    pub permissions: Permissions,
+    pub node: String,
     /// (tag, keyword) of the attributes an instance must have to be stored.
     pub required: Vec<(Tag, &'static str)>,
     pub artim_timeout: Duration,
@@ -80,6 +91,11 @@ impl ServerConfig {
                     .ok_or_else(|| format!("required_attributes: {k:?} is not an extracted attribute"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let permissions = Permissions { file_mode: self.file_mode, dir_mode: self.dir_mode, group: self.group };
+        permissions.check()?;
+        if self.node.chars().any(char::is_control) {
+            return Err(format!("node: {:?} has control characters", self.node));
+        }
         if self.max_associations == 0 || self.event_queue_size == 0 {
             return Err("max_associations and event_queue_size must be at least 1".into());
         }
@@ -114,6 +130,8 @@ impl ServerConfig {
             template,
             fsync,
             duplicates,
+            permissions,
+            node: self.node.clone(),
             required,
             artim_timeout,
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),

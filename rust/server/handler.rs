@@ -19,11 +19,10 @@ use tokio::sync::watch;
 use super::events::{unix_time, AssociationClosed, Event, InstanceFailed, InstanceStored};
 use super::store::{InstanceReception, Outcome, Request, Sender};
 use super::Shared;
-use crate::dicom::attributes::Attributes;
 use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
-use crate::storage::writer::{Committed, TempFile};
+use crate::storage::writer::TempFile;
 use crate::ul::association::{self, Association};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::{Abort, Pdu, Pdv};
@@ -404,13 +403,14 @@ impl Handler {
         let shared = self.shared.clone();
         let association = self.association.as_ref().expect("established");
         let sender = Sender { calling_aet: &association.calling_ae_title, called_aet: &association.called_ae_title };
-        let complete = || journaled(reception.complete(&shared.storage, &sender, &shared.settings.required), &shared);
+        let complete = || reception.complete(&shared.storage, &sender, &shared.settings.required);
         // An fsync waits on the device for milliseconds: hand this worker's other tasks to
         // another thread meanwhile. Without one, placing the file takes microseconds, less
         // than that hand-off (a thread wake-up per instance) would cost.
         let outcome = if shared.storage.syncs() { tokio::task::block_in_place(complete) } else { complete() };
         let (st, event, registration, stored_file) = match outcome {
-            Journaled::Stored { committed, attributes, seq, file } => {
+            Outcome::Stored { committed, attributes, file } => {
+                let seq = committed.journal_seq;
                 let event = Event::InstanceStored(Box::new(InstanceStored {
                     association_id: self.id,
                     path: committed.path.to_string_lossy().into_owned(),
@@ -425,10 +425,11 @@ impl Handler {
                     duplicate: committed.duplicate,
                     journal_seq: seq,
                 }));
-                let registration = shared.settings.ack_registered.then(|| shared.journal.registration_of(seq));
+                let registration =
+                    shared.settings.ack_registered.then(|| shared.storage.journal().registration_of(seq));
                 (Status::success(), event, registration, Some(file))
             }
-            Journaled::Failed(st) => {
+            Outcome::Failed(st) => {
                 let event = Event::InstanceFailed(InstanceFailed {
                     association_id: self.id,
                     calling_aet: association.calling_ae_title.clone(),
@@ -512,33 +513,6 @@ struct Reply<'a> {
     message_id: u16,
     sop_class_uid: &'a str,
     sop_instance_uid: &'a str,
-}
-
-/// A completed reception, with its journal entry when stored.
-enum Journaled {
-    /// `file`: still open, closed after the answer.
-    Stored {
-        committed: Committed,
-        attributes: Box<Attributes>,
-        seq: u64,
-        file: File,
-    },
-    Failed(Status),
-}
-
-/// Journals a stored instance before anything is answered (see `storage::journal`). If the
-/// journal cannot be written the sender is told the store failed; the file stays where it is,
-/// for `oxidip reconcile` to find.
-fn journaled(outcome: Outcome, shared: &Shared) -> Journaled {
-    match outcome {
-        Outcome::Stored { committed, attributes, file } => match shared.journal.append(&committed.path) {
-            Ok(seq) => Journaled::Stored { committed, attributes, seq, file },
-            Err(e) => {
-                Journaled::Failed(Status::failure(status::OUT_OF_RESOURCES, format!("journal write failed: {e}")))
-            }
-        },
-        Outcome::Failed(st) => Journaled::Failed(st),
-    }
 }
 
 /// Resolves once the server asks every association to abort (never, if it cannot anymore).

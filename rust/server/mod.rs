@@ -14,7 +14,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::storage::journal::Journal;
-use crate::storage::writer::{FsyncPolicy, Storage};
+use crate::storage::writer::{Storage, StorageOptions};
 use config::Settings;
 use events::{EventSink, EventStream};
 
@@ -22,7 +22,6 @@ use events::{EventSink, EventStream};
 pub struct Shared {
     pub settings: Settings,
     pub storage: Storage,
-    pub journal: Arc<Journal>,
     pub events: EventSink,
 }
 
@@ -40,15 +39,21 @@ impl Server {
     /// the server has stopped and every association has ended.
     pub fn start(settings: Settings) -> io::Result<(Server, EventStream)> {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oxidip").build()?;
-        let storage =
-            Storage::open(&settings.files_root, settings.template.clone(), settings.fsync, settings.duplicates)?;
-        let journal = Arc::new(Journal::open(&settings.files_root, settings.fsync != FsyncPolicy::None)?);
+        let options = StorageOptions {
+            template: settings.template.clone(),
+            fsync: settings.fsync,
+            duplicates: settings.duplicates,
+            permissions: settings.permissions,
+            node: settings.node.clone(),
+        };
+        let storage = Storage::open(&settings.files_root, options)?;
+        let journal = storage.journal().clone();
         let std_listener = std::net::TcpListener::bind(&settings.bind)?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let (sink, stream) = events::channel(settings.event_queue_size);
         let slots = Arc::new(Semaphore::new(settings.max_associations));
-        let shared = Arc::new(Shared { settings, storage, journal: journal.clone(), events: sink });
+        let shared = Arc::new(Shared { settings, storage, events: sink });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (abort, _) = watch::channel(false);
@@ -72,6 +77,11 @@ impl Server {
     /// Python's word on journal entries (`InstanceStored::journal_seq`): registered or not.
     pub fn acknowledge(&self, seqs: &[u64], registered: bool) {
         self.journal.acknowledge(seqs, registered);
+    }
+
+    /// Journal entries not yet registered (the journal backlog).
+    pub fn journal_backlog(&self) -> usize {
+        self.journal.backlog()
     }
 
     /// Begins a graceful shutdown and returns at once: no new associations; running ones may

@@ -109,8 +109,9 @@ impl InstanceReception {
         self.failure = Some(failure);
     }
 
-    /// The whole data set has arrived: check it and move the file into place. Success only
-    /// when the file is at its final path (the caller answers after this returns).
+    /// The whole data set has arrived: check it and move the file into place, journaled (see
+    /// `storage::journal`). Success only when the file is at its final path and its journal
+    /// entry written (the caller answers after this returns).
     pub fn complete(self, storage: &Storage, sender: &Sender, required: &[(Tag, &'static str)]) -> Outcome {
         if let Some(failure) = self.failure {
             return Outcome::Failed(failure);
@@ -138,6 +139,9 @@ impl InstanceReception {
             )),
             Err(CommitError::Io(e)) => {
                 Outcome::Failed(Status::failure(status::OUT_OF_RESOURCES, format!("storing failed: {e}")))
+            }
+            Err(CommitError::Journal(e)) => {
+                Outcome::Failed(Status::failure(status::OUT_OF_RESOURCES, format!("journal write failed: {e}")))
             }
         }
     }

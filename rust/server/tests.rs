@@ -38,6 +38,10 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
         idle_timeout: 5.0,
         event_queue_size: 100,
         ack: "stored".into(),
+        file_mode: 0o640,
+        dir_mode: 0o750,
+        group: None,
+        node: "test-node".into(),
     }
 }
 
