@@ -99,6 +99,12 @@ impl Journal {
         Ok(seq)
     }
 
+    /// Entries appended and not yet acknowledged as registered: what a crash now would leave
+    /// to replay. Takes the journal's lock; for monitoring (a scrape), not the hot path.
+    pub fn backlog(&self) -> usize {
+        self.lock().outstanding.len()
+    }
+
     /// Resolves with the registration result of `seq` (for `ack=registered`). Ask right after
     /// `append`, before the event can reach Python, so the answer cannot be missed.
     pub fn registration_of(&self, seq: u64) -> oneshot::Receiver<bool> {
@@ -204,12 +210,14 @@ mod tests {
         }
         assert_eq!(journal_files(root.path()).len(), 2);
         let first_segment: Vec<u64> = (0..SEGMENT_ENTRIES).collect();
+        assert_eq!(journal.backlog(), SEGMENT_ENTRIES as usize + 5);
         journal.acknowledge(&first_segment[1..], true);
         assert_eq!(journal_files(root.path()).len(), 2, "entry 0 is not registered yet");
         journal.acknowledge(&[0], false);
         assert_eq!(journal_files(root.path()).len(), 2, "a failed registration keeps its entry");
         journal.acknowledge(&[0], true);
         assert_eq!(journal_files(root.path()).len(), 1);
+        assert_eq!(journal.backlog(), 5);
         drop(journal);
         assert_eq!(journal_files(root.path()).len(), 1, "5 entries were never registered");
     }
