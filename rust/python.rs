@@ -20,7 +20,7 @@ use crate::server::events::EventStream;
 use crate::server::Server;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
-use crate::storage::{journal, read_back};
+use crate::storage::{journal, probe, read_back};
 use crate::ul::codec;
 use std::path::Path;
 
@@ -107,6 +107,27 @@ impl Receiver {
             server.stop(grace);
         }
         Ok(())
+    }
+
+    /// msgpack of `oxidip._boundary.ReceiverMetrics`: every counter of `/metrics`, read
+    /// without stopping the association tasks (atomics, see `server::metrics`).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let snapshot = match lock(&self.server).as_ref() {
+            Some(server) => server.metrics(),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        let bytes = rmp_serde::to_vec_named(&snapshot).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// OSError saying why when the storage root cannot take a new file now.
+    fn check_storage(&self, py: Python<'_>) -> PyResult<()> {
+        // Not under the server's lock: a hung file system must not hold up `acknowledge`.
+        let root = match lock(&self.server).as_ref() {
+            Some(server) => server.files_root().to_path_buf(),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        py.allow_threads(|| probe::storage_writable(&root)).map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
     #[getter]

@@ -4,9 +4,12 @@ pub mod config;
 pub mod events;
 mod handler;
 mod listener;
+pub mod metrics;
 mod store;
 
 use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use crate::storage::journal::Journal;
 use crate::storage::writer::{FsyncPolicy, Storage};
 use config::Settings;
 use events::{EventSink, EventStream};
+use metrics::{Metrics, MetricsSnapshot};
 
 /// What every association task shares.
 pub struct Shared {
@@ -24,6 +28,7 @@ pub struct Shared {
     pub storage: Storage,
     pub journal: Arc<Journal>,
     pub events: EventSink,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running server: its runtime, its port, and the means to stop it.
@@ -33,6 +38,11 @@ pub struct Server {
     stop: Arc<Notify>,
     grace: Arc<Mutex<Duration>>,
     journal: Arc<Journal>,
+    /// Not `Shared`: the event stream ends when the last association task drops that.
+    metrics: Arc<Metrics>,
+    files_root: PathBuf,
+    /// Events not yet taken (`EventStream::queued_counter`).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -48,7 +58,11 @@ impl Server {
         let port = std_listener.local_addr()?.port();
         let (sink, stream) = events::channel(settings.event_queue_size);
         let slots = Arc::new(Semaphore::new(settings.max_associations));
-        let shared = Arc::new(Shared { settings, storage, journal: journal.clone(), events: sink });
+        let queued = stream.queued_counter();
+        let metrics = Arc::new(Metrics::default());
+        let files_root = storage.root().to_path_buf();
+        let shared =
+            Arc::new(Shared { settings, storage, journal: journal.clone(), events: sink, metrics: metrics.clone() });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (abort, _) = watch::channel(false);
@@ -58,7 +72,7 @@ impl Server {
         };
         let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(socket));
-        Ok((Server { runtime, port, stop, grace, journal }, stream))
+        Ok((Server { runtime, port, stop, grace, journal, metrics, files_root, queued }, stream))
     }
 
     pub fn port(&self) -> u16 {
@@ -72,6 +86,17 @@ impl Server {
     /// Python's word on journal entries (`InstanceStored::journal_seq`): registered or not.
     pub fn acknowledge(&self, seqs: &[u64], registered: bool) {
         self.journal.acknowledge(seqs, registered);
+    }
+
+    /// Every counter of `/metrics`, and the backlogs.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let queued = self.queued.load(Ordering::Relaxed) as u64;
+        self.metrics.snapshot(queued, self.journal.backlog() as u64)
+    }
+
+    /// The absolute storage root.
+    pub fn files_root(&self) -> &Path {
+        &self.files_root
     }
 
     /// Begins a graceful shutdown and returns at once: no new associations; running ones may

@@ -11,6 +11,7 @@ mod background;
 pub mod file_meta;
 pub mod journal;
 pub mod path_template;
+pub mod probe;
 pub mod read_back;
 mod sanitize;
 mod temp;
