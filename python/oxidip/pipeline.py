@@ -31,6 +31,7 @@ from oxidip._boundary import AssociationClosed, Event, InstanceStored
 from oxidip.completeness import ExpectedCountLookup
 from oxidip.hooks import Hooks
 from oxidip.notify import Notifier
+from oxidip.pipeline_metrics import PipelineMetrics
 from oxidip.receiver import Receiver
 from oxidip.registry import ExpectedStatus, Registry, SeriesRow, SeriesState, Transition
 
@@ -56,6 +57,7 @@ class Pipeline:
         node: str,
         series_idle_timeout: float,
         clock: Callable[[], float] = time.time,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.receiver = receiver
         self.registry = registry
@@ -65,6 +67,8 @@ class Pipeline:
         self.node = node
         self.series_idle_timeout = series_idle_timeout
         self.clock = clock
+        #: Read by ``/metrics`` (``oxidip.metrics``).
+        self.metrics = metrics or PipelineMetrics()
         self._last_idle_check = 0.0
         #: Series whose expected count this process asked for and has no answer for yet.
         self._looking_up: set[str] = set()
@@ -84,6 +88,7 @@ class Pipeline:
             return
         for answer in self.lookup.poll():
             self._looking_up.discard(answer.series_instance_uid)
+            self.metrics.cfind_answered(answer.status)
             transitions = self.registry.set_expected(
                 answer.series_instance_uid,
                 answer.expected,
@@ -103,7 +108,8 @@ class Pipeline:
             if self.registry is not None and not self.hooks.replaces_registry:
                 result = self.registry.register(stored, self.node)
             self.hooks.register(stored)
-        except Exception:
+        except Exception as error:
+            self.metrics.instances_not_registered(len(stored), error)
             log.exception(
                 "registration failed; kept in the journal for the next start",
                 extra={
@@ -117,6 +123,7 @@ class Pipeline:
                 self.notifier.error(series_instance_uid, calling_aet, "registration failed")
             return
         self.receiver.acknowledge(seqs, registered=True)
+        self.metrics.instances_registered(stored, self.clock())
         self.hooks.instance_stored(stored)
         if result is None:
             return
