@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from oxidip._boundary import Histogram, ReceiverMetrics
 from tests.helpers.dicom import write_part10
 from tests.helpers.e2e import (
     ADMIN_URL,
@@ -32,6 +34,7 @@ from tests.helpers.e2e import (
     send,
 )
 from tests.helpers.pdu import EXPLICIT_LE, SECONDARY_CAPTURE, Context, RawClient
+from tests.helpers.receiver import RunningReceiver
 from tests.helpers.senders import storescu
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.tools import run_dcmtk
@@ -254,6 +257,17 @@ def test_metrics_count_failures_by_status_and_refusals_by_reason(tmp_path: Path)
         assert page("oxidip_associations_closed_total", outcome="rejected") == 1
         assert page("oxidip_associations_closed_total", outcome="released") == 2
         assert page("oxidip_store_latency_seconds_count") == 2
+
+
+def test_receiver_metrics_struct_matches_the_rust_snapshot(receiver: RunningReceiver) -> None:
+    """``_boundary.ReceiverMetrics`` mirrors ``server::metrics::MetricsSnapshot`` field for
+    field (msgspec would silently drop a field only Rust has)."""
+    raw = msgspec.msgpack.decode(receiver.rx._core.metrics())
+    assert list(raw) == list(ReceiverMetrics.__struct_fields__)
+    assert list(raw["store_latency"]) == list(Histogram.__struct_fields__)
+    metrics = receiver.rx.metrics()
+    assert metrics.listening and metrics.instances_stored == 0
+    assert len(metrics.store_latency.counts) == len(metrics.store_latency.bounds) + 1
 
 
 def _postgres_target() -> tuple[str, int]:
