@@ -51,7 +51,9 @@ def image_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for name, arguments in instructions()[stages[-1] :]:
         if name == "ENV":
-            env.update(pair.split("=", 1) for pair in arguments.split())
+            for pair in arguments.split():
+                key, _, value = pair.partition("=")
+                env[key] = value
     return env
 
 

@@ -9,11 +9,14 @@ Two sources, both read when scraped, never pushed:
   lag, the database as registration last saw it, C-FIND outcomes), and the backlogs of the
   C-FIND lookups, the hooks and NATS, read from those objects.
 
-Metric names (all prefixed ``oxidip_``): see ``OxidipCollector.collect`` and the README.
+Metric names (all prefixed ``oxidip_``): the tables ``_RECEIVER`` and ``_PIPELINE``, and the
+README.
 """
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -36,21 +39,141 @@ if TYPE_CHECKING:
 __all__ = ["MetricsPage", "OxidipCollector", "metrics_page", "metrics_registry"]
 
 
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, documentation, value=value)
+@dataclass(frozen=True)
+class _Family:
+    """One metric: its kind, name (counters without ``_total``, which the client adds), help,
+    the label of a labelled one (its value is then a dict label value -> count), and where
+    its value comes from."""
+
+    kind: str  # "counter" or "gauge"
+    name: str
+    documentation: str
+    value: Callable[[Any], Any]
+    label: str = ""
+
+    def build(self, source: object) -> Metric:
+        value = self.value(source)
+        family_type = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        if not self.label:
+            return family_type(self.name, self.documentation, value=float(value))
+        family = family_type(self.name, self.documentation, labels=[self.label])
+        for key, count in sorted(value.items()):
+            family.add_metric([key], count)
+        return family
 
 
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
+#: Read from the receiver's snapshot (``ReceiverMetrics``).
+_RECEIVER = (
+    _Family(
+        "gauge", "oxidip_listening", "1 while the DICOM listener accepts.", attrgetter("listening")
+    ),
+    _Family(
+        "gauge",
+        "oxidip_associations_open",
+        "Associations being served.",
+        attrgetter("associations_open"),
+    ),
+    _Family(
+        "counter",
+        "oxidip_associations",
+        "Connections served as associations (refused ones included).",
+        attrgetter("associations_total"),
+    ),
+    _Family(
+        "counter",
+        "oxidip_associations_closed",
+        "Ended associations, by outcome.",
+        attrgetter("associations_closed"),
+        label="outcome",
+    ),
+    _Family(
+        "counter",
+        "oxidip_associations_refused",
+        "Associations refused (A-ASSOCIATE-RJ, or over OXIDIP_MAX_ASSOCIATIONS), by reason.",
+        attrgetter("associations_refused"),
+        label="reason",
+    ),
+    _Family(
+        "counter",
+        "oxidip_instances_stored",
+        "Instances stored (answered 0000).",
+        attrgetter("instances_stored"),
+    ),
+    _Family(
+        "counter",
+        "oxidip_instances_failed",
+        "C-STOREs answered with a failure, by status (hex).",
+        attrgetter("instances_failed"),
+        label="status",
+    ),
+    _Family(
+        "counter",
+        "oxidip_received_bytes",
+        "Data set bytes received (PDV values).",
+        attrgetter("bytes_received"),
+    ),
+    _Family(
+        "gauge",
+        "oxidip_event_queue_backlog",
+        "Events of the receiver not yet taken by the pipeline.",
+        attrgetter("event_queue_backlog"),
+    ),
+    _Family(
+        "gauge",
+        "oxidip_journal_backlog",
+        "Acknowledged instances journaled and not yet registered.",
+        attrgetter("journal_backlog"),
+    ),
+)
 
 
-def _labelled_counter(
-    name: str, documentation: str, label: str, counts: dict[str, int]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=[label])
-    for key, count in sorted(counts.items()):
-        family.add_metric([key], count)
-    return family
+def _nats_backlog(pipeline: "Pipeline") -> int:
+    notifier = pipeline.notifier
+    return notifier.backlog if isinstance(notifier, NatsNotifier) else 0
+
+
+#: Read from the pipeline: its ``PipelineMetrics`` and the backlogs of its helpers.
+_PIPELINE = (
+    _Family(
+        "counter",
+        "oxidip_registered_instances",
+        "Instances registered.",
+        attrgetter("metrics.registered"),
+    ),
+    _Family(
+        "counter",
+        "oxidip_registration_failed_instances",
+        "Instances whose registration failed (kept in the journal).",
+        attrgetter("metrics.registration_failed"),
+    ),
+    _Family(
+        "gauge",
+        "oxidip_registration_lag_seconds",
+        "Seconds from storing to registering, for the oldest instance of the last batch.",
+        attrgetter("metrics.registration_lag"),
+    ),
+    _Family(
+        "gauge",
+        "oxidip_database_reachable",
+        "1 when the database answered the last registration attempt.",
+        attrgetter("metrics.database_reachable"),
+    ),
+    _Family(
+        "counter",
+        "oxidip_cfind_lookups",
+        "Expected-count C-FIND lookups answered, by outcome.",
+        attrgetter("metrics.cfind"),
+        label="outcome",
+    ),
+    _Family(
+        "gauge",
+        "oxidip_cfind_pending",
+        "C-FIND lookups queued or running.",
+        attrgetter("lookup.pending"),
+    ),
+    _Family("gauge", "oxidip_hook_backlog", "Hook calls queued.", attrgetter("hooks.backlog")),
+    _Family("gauge", "oxidip_nats_backlog", "NATS messages waiting to be sent.", _nats_backlog),
+)
 
 
 def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
@@ -75,90 +198,16 @@ class OxidipCollector(Collector):
         self.pipeline = pipeline
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._receiver()
-        yield from self._pipeline()
-
-    def _receiver(self) -> Iterator[Metric]:
-        m = self.receiver.metrics()
-        yield _gauge("oxidip_listening", "1 while the DICOM listener accepts.", m.listening)
-        yield _gauge("oxidip_associations_open", "Associations being served.", m.associations_open)
-        yield _counter(
-            "oxidip_associations",
-            "Connections served as associations (refused ones included).",
-            m.associations_total,
-        )
-        yield _labelled_counter(
-            "oxidip_associations_closed",
-            "Ended associations, by outcome.",
-            "outcome",
-            m.associations_closed,
-        )
-        yield _labelled_counter(
-            "oxidip_associations_refused",
-            "Associations refused (A-ASSOCIATE-RJ, or over OXIDIP_MAX_ASSOCIATIONS), by reason.",
-            "reason",
-            m.associations_refused,
-        )
-        yield _counter(
-            "oxidip_instances_stored", "Instances stored (answered 0000).", m.instances_stored
-        )
-        yield _labelled_counter(
-            "oxidip_instances_failed",
-            "C-STOREs answered with a failure, by status (hex).",
-            "status",
-            m.instances_failed,
-        )
-        yield _counter(
-            "oxidip_received_bytes", "Data set bytes received (PDV values).", m.bytes_received
-        )
+        snapshot = self.receiver.metrics()
+        for family in _RECEIVER:
+            yield family.build(snapshot)
         yield _histogram(
             "oxidip_store_latency_seconds",
             "Seconds from a C-STORE-RQ's command to its response, whatever the status.",
-            m.store_latency,
+            snapshot.store_latency,
         )
-        yield _gauge(
-            "oxidip_event_queue_backlog",
-            "Events of the receiver not yet taken by the pipeline.",
-            m.event_queue_backlog,
-        )
-        yield _gauge(
-            "oxidip_journal_backlog",
-            "Acknowledged instances journaled and not yet registered.",
-            m.journal_backlog,
-        )
-
-    def _pipeline(self) -> Iterator[Metric]:
-        pipeline = self.pipeline
-        numbers = pipeline.metrics
-        yield _counter("oxidip_registered_instances", "Instances registered.", numbers.registered)
-        yield _counter(
-            "oxidip_registration_failed_instances",
-            "Instances whose registration failed (kept in the journal).",
-            numbers.registration_failed,
-        )
-        yield _gauge(
-            "oxidip_registration_lag_seconds",
-            "Seconds from storing to registering, for the oldest instance of the last batch.",
-            numbers.registration_lag,
-        )
-        yield _gauge(
-            "oxidip_database_reachable",
-            "1 when the database answered the last registration attempt.",
-            numbers.database_reachable,
-        )
-        yield _labelled_counter(
-            "oxidip_cfind_lookups",
-            "Expected-count C-FIND lookups answered, by outcome.",
-            "outcome",
-            numbers.cfind,
-        )
-        yield _gauge(
-            "oxidip_cfind_pending", "C-FIND lookups queued or running.", pipeline.lookup.pending
-        )
-        yield _gauge("oxidip_hook_backlog", "Hook calls queued.", pipeline.hooks.backlog)
-        notifier = pipeline.notifier
-        nats_backlog = notifier.backlog if isinstance(notifier, NatsNotifier) else 0
-        yield _gauge("oxidip_nats_backlog", "NATS messages waiting to be sent.", nats_backlog)
+        for family in _PIPELINE:
+            yield family.build(self.pipeline)
 
 
 def metrics_registry(receiver: Receiver, pipeline: "Pipeline") -> CollectorRegistry:
