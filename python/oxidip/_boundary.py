@@ -162,7 +162,8 @@ class ReceiverMetrics(msgspec.Struct, frozen=True):
     listening: bool
     #: Associations being served.
     associations_open: int
-    #: Connections served as associations since start (refused ones included).
+    #: Connections served as associations since start (refused at negotiation included;
+    #: over the association limit they are turned away before, see associations_refused).
     associations_total: int
     #: Ended associations by outcome (``AssociationClosed.outcome``; "other" for new ones).
     associations_closed: dict[str, int]

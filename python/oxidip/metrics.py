@@ -76,7 +76,7 @@ _RECEIVER = (
     _Family(
         "counter",
         "oxidip_associations",
-        "Connections served as associations (refused ones included).",
+        "Connections served as associations (refused at negotiation included, not over-limit).",
         attrgetter("associations_total"),
     ),
     _Family(

@@ -297,7 +297,8 @@ pub struct MetricsSnapshot {
     pub listening: bool,
     /// Associations being served.
     pub associations_open: u64,
-    /// Connections served as associations since start (refused ones included).
+    /// Connections served as associations since start (refused at negotiation included;
+    /// over the association limit they are turned away before, see `associations_refused`).
     pub associations_total: u64,
     /// Ended associations by outcome.
     pub associations_closed: BTreeMap<&'static str, u64>,
