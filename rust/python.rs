@@ -109,6 +109,27 @@ impl Receiver {
         Ok(())
     }
 
+    /// msgpack of `oxidip._boundary.ReceiverMetrics`: every counter of `/metrics`, read
+    /// without stopping the association tasks (atomics, see `server::metrics`).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let snapshot = match lock(&self.server).as_ref() {
+            Some(server) => server.metrics(),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        let bytes = rmp_serde::to_vec_named(&snapshot).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// OSError saying why when the storage root cannot take a new file now.
+    fn check_storage(&self, py: Python<'_>) -> PyResult<()> {
+        // Not under the server's lock: a hung file system must not hold up `acknowledge`.
+        let storage = match lock(&self.server).as_ref() {
+            Some(server) => server.storage().clone(),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        py.allow_threads(|| storage.check_writable()).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
     #[getter]
     fn queued_events(&self) -> usize {
         self.queued.get().map_or(0, |q| q.load(Ordering::Relaxed))

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, Any] = {
     "nats_address": None,
     "nats_root_subject": "",
     "progress_interval": 0.5,
+    "http_host": "0.0.0.0",
+    "http_port": None,
+    "health_max_journal_backlog": 100000,
     "log_level": "INFO",
     "log_format": "text",
 }
@@ -144,6 +147,14 @@ GOOD += [
     ("OXIDIP_NATS_ADDRESS", "localhost:4222", "localhost:4222"),
     ("OXIDIP_NATS_ROOT_SUBJECT", "chris.pacs", "chris.pacs"),
     ("OXIDIP_PROGRESS_INTERVAL", "1", 1.0),
+    ("OXIDIP_HTTP_HOST", "::", "::"),
+    ("OXIDIP_HTTP_HOST", "127.0.0.1", "127.0.0.1"),
+    ("OXIDIP_HTTP_PORT", "", None),
+    ("OXIDIP_HTTP_PORT", " ", None),
+    ("OXIDIP_HTTP_PORT", "0", 0),
+    ("OXIDIP_HTTP_PORT", "8080", 8080),
+    ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "0", 0),
+    ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "500", 500),
 ]
 GOOD += [(name, raw, True) for name in BOOLEANS for raw in ("true", "1", "yes", "on", "TRUE")]
 GOOD += [(name, raw, False) for name in BOOLEANS for raw in ("false", "0", "no", "off", "Off")]
@@ -225,6 +236,10 @@ BAD += [
     ("OXIDIP_NATS_ADDRESS", "http://x y"),
     ("OXIDIP_NATS_ROOT_SUBJECT", "a..b"),
     ("OXIDIP_PROGRESS_INTERVAL", "x"),
+    ("OXIDIP_HTTP_HOST", "localhost"),
+    ("OXIDIP_HTTP_PORT", "65536"),
+    ("OXIDIP_HTTP_PORT", "http"),
+    ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "-1"),
 ]
 BAD += [(name, raw) for name in BOOLEANS for raw in ("", "maybe", "2", "y", "enabled")]
 

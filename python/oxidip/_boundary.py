@@ -15,10 +15,12 @@ __all__ = [
     "Attributes",
     "CoreConfig",
     "Event",
+    "Histogram",
     "InstanceFailed",
     "InstanceStored",
     "LoadOptions",
     "LoadReport",
+    "ReceiverMetrics",
 ]
 
 
@@ -147,6 +149,46 @@ class AssociationClosed(msgspec.Struct, tag_field="kind", tag="association"):
 
 
 Event: TypeAlias = InstanceStored | InstanceFailed | AssociationClosed
+
+
+class Histogram(msgspec.Struct, frozen=True):
+    """Fixed-bucket histogram (``server::metrics::HistogramSnapshot``)."""
+
+    #: Upper bounds in seconds, +Inf left out.
+    bounds: list[float]
+    #: Observations per bucket, not cumulative; one more than ``bounds`` (the +Inf bucket).
+    counts: list[int]
+    #: Seconds.
+    sum: float
+
+
+class ReceiverMetrics(msgspec.Struct, frozen=True):
+    """The receiver's counters at one moment (``_core.Receiver.metrics``,
+    ``server::metrics::MetricsSnapshot``)."""
+
+    #: The listener accepts connections.
+    listening: bool
+    #: Associations being served.
+    associations_open: int
+    #: Connections served as associations since start (refused at negotiation included;
+    #: over the association limit they are turned away before, see associations_refused).
+    associations_total: int
+    #: Ended associations by outcome (``AssociationClosed.outcome``; "other" for new ones).
+    associations_closed: dict[str, int]
+    #: Refused associations by reason: "over-limit", "calling-aet", "called-aet",
+    #: "application-context", "protocol-version", "other".
+    associations_refused: dict[str, int]
+    instances_stored: int
+    #: Instances answered with a failure, by status in hex ("A700").
+    instances_failed: dict[str, int]
+    #: Data set bytes received.
+    bytes_received: int
+    #: Seconds from a C-STORE-RQ's command to its response, whatever the status.
+    store_latency: Histogram
+    #: Events not yet taken by Python.
+    event_queue_backlog: int
+    #: Journaled instances not yet registered.
+    journal_backlog: int
 
 
 class StoredInstance(msgspec.Struct, frozen=True):

@@ -81,6 +81,15 @@ class Receiver:
         instances are removed). Keep taking batches: ``next_batch`` returns None once every
         association has ended and every event was taken."""
 
+    def metrics(self) -> bytes:
+        """msgpack of ``oxidip._boundary.ReceiverMetrics``: every counter, read without
+        stopping the associations. RuntimeError before ``start``."""
+
+    def check_storage(self) -> None:
+        """Creates and writes a file where every instance starts (the storage root's temp
+        directory), then removes it; OSError saying why when that fails. RuntimeError before
+        ``start``."""
+
     @property
     def queued_events(self) -> int:
         """Events waiting to be taken: the backlog when Python falls behind."""

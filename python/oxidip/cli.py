@@ -33,6 +33,7 @@ from oxidip.config import (
     warn_unknown_variables,
 )
 from oxidip.hooks import HookError, Hooks
+from oxidip.http_endpoint import HttpEndpoint, open_http_endpoint
 from oxidip.notify import NotifierError, open_notifier, sanitize_subject_part
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
@@ -250,8 +251,10 @@ def serve(args: argparse.Namespace) -> int:
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    http: HttpEndpoint | None = None
     try:
         try:
+            http = open_http_endpoint(config, receiver, pipeline)
             receiver.start()
         except OSError as error:
             log.error(
@@ -298,6 +301,8 @@ def serve(args: argparse.Namespace) -> int:
         log.info("stopped", extra={"uptime": uptime})
         return EXIT_OK
     finally:
+        if http is not None:
+            http.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

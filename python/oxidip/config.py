@@ -394,6 +394,21 @@ class Parser(Protocol):
 
 
 @dataclass(frozen=True)
+class OrEmpty:
+    """Empty text is None (``meaning`` says what that does); any other goes to ``parse``."""
+
+    parse: Parser
+    meaning: str
+
+    @property
+    def accepts(self) -> str:
+        return f"empty ({self.meaning}) or {self.parse.accepts}"
+
+    def __call__(self, raw: str) -> Any:
+        return None if not raw.strip() else self.parse(raw)
+
+
+@dataclass(frozen=True)
 class Variable:
     """One environment variable: its name, default (as text, parsed like any other value),
     parser and a short description."""
@@ -618,6 +633,25 @@ VARIABLES: tuple[Variable, ...] = (
         "At most one progress message per series per this many seconds.",
     ),
     Variable(
+        "OXIDIP_HTTP_HOST",
+        "0.0.0.0",
+        IpAddress(),
+        "Address of the HTTP endpoint (/healthz, /metrics).",
+    ),
+    Variable(
+        "OXIDIP_HTTP_PORT",
+        "",
+        OrEmpty(Integer(0, 65535, note="0 = any free port"), "no HTTP endpoint"),
+        "TCP port of the HTTP endpoint: /healthz (readiness) and /metrics (Prometheus).",
+    ),
+    Variable(
+        "OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG",
+        "100000",
+        Integer(1, 1000000000, special=(0, "no limit")),
+        "/healthz reports not ready while more journaled instances than this wait for"
+        " registration.",
+    ),
+    Variable(
         "OXIDIP_LOG_LEVEL",
         "INFO",
         Choice(("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -671,6 +705,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     nats_address: str | None
     nats_root_subject: str
     progress_interval: float
+    http_host: str
+    http_port: int | None
+    health_max_journal_backlog: int
     log_level: str
     log_format: str
 

@@ -35,6 +35,7 @@ from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCountLookup
 from oxidip.hooks import Hooks
 from oxidip.notify import Notifier
+from oxidip.pipeline_metrics import PipelineMetrics
 from oxidip.receiver import Receiver
 from oxidip.reconcile import Registration
 from oxidip.registry import ExpectedStatus, Registry, SeriesRow, SeriesState, Transition
@@ -62,6 +63,7 @@ class Pipeline:
         series_idle_timeout: float,
         adopter: JournalAdopter | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.receiver = receiver
         self.registry = registry
@@ -72,6 +74,8 @@ class Pipeline:
         self.series_idle_timeout = series_idle_timeout
         self.adopter = adopter
         self.clock = clock
+        #: Read by ``/metrics`` (``oxidip.metrics``).
+        self.metrics = metrics or PipelineMetrics()
         self._last_idle_check = 0.0
         #: Series (UID, calling AE) whose expected count this process asked for and has no
         #: answer for yet.
@@ -97,6 +101,7 @@ class Pipeline:
                 self.registered_from_files(adopted)
         for answer in self.lookup.poll():
             self._looking_up.discard((answer.series_instance_uid, answer.calling_aet))
+            self.metrics.cfind_answered(answer.status)
             transitions = self.registry.set_expected(
                 answer.series_instance_uid,
                 answer.expected,
@@ -117,7 +122,8 @@ class Pipeline:
             if self.registry is not None and not self.hooks.replaces_registry:
                 result = self.registry.register(stored, self.node)
             self.hooks.register(stored)
-        except Exception:
+        except Exception as error:
+            self.metrics.instances_not_registered(len(stored), error)
             log.exception(
                 "registration failed; kept in the journal for the next start",
                 extra={
@@ -131,6 +137,7 @@ class Pipeline:
                 self.notifier.error(series_instance_uid, calling_aet, "registration failed")
             return
         self.receiver.acknowledge(seqs, registered=True)
+        self.metrics.instances_registered(stored, self.clock())
         self.hooks.instance_stored(stored)
         if result is None:
             return

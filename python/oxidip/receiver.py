@@ -10,13 +10,14 @@ from typing import Self
 import msgspec
 
 from oxidip import _core
-from oxidip._boundary import Event
+from oxidip._boundary import Event, ReceiverMetrics
 from oxidip.config import Config
 
 __all__ = ["Receiver", "new_node_id"]
 
 # Built once: decoding a batch is then a single call into msgspec's compiled decoder.
 _DECODER: msgspec.msgpack.Decoder[list[Event]] = msgspec.msgpack.Decoder(list[Event])
+_METRICS_DECODER = msgspec.msgpack.Decoder(ReceiverMetrics)
 
 
 def new_node_id() -> str:
@@ -87,6 +88,15 @@ class Receiver:
         ``timeout`` seconds (default: ``config.shutdown_timeout``), then are aborted. Keep
         taking events: ``next_batch`` returns None once all is done and drained."""
         self._core.stop(self.config.shutdown_timeout if timeout is None else timeout)
+
+    def metrics(self) -> ReceiverMetrics:
+        """Every counter of the receiver now (associations, instances, bytes, store latency,
+        backlogs). RuntimeError before ``start()``."""
+        return _METRICS_DECODER.decode(self._core.metrics())
+
+    def check_storage(self) -> None:
+        """Raises OSError saying why when the storage root cannot take a new file now."""
+        self._core.check_storage()
 
     @property
     def queued_events(self) -> int:

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::events::{unix_time, AssociationClosed, Event, InstanceFailed, InstanceStored};
+use super::metrics::Refusal;
 use super::store::{InstanceReception, Outcome, Request, Sender};
 use super::Shared;
 use crate::dicom::sop_class;
@@ -135,11 +136,13 @@ impl Handler {
     pub async fn run(mut self) {
         let started = SystemTime::now();
         let clock = Instant::now();
+        self.shared.metrics.association_opened();
         let end = self.serve().await;
         // Aborts, lost connections: gone before the association is reported closed.
         self.discard_temp_files();
         self.conn.shutdown().await;
         let (outcome, detail) = end.outcome();
+        self.shared.metrics.association_closed(outcome);
         let closed = AssociationClosed {
             association_id: self.id,
             calling_aet: std::mem::take(&mut self.calling_aet),
@@ -212,6 +215,7 @@ impl Handler {
                 Ok(())
             }
             Err(rj) => {
+                self.shared.metrics.association_refused(Refusal::of(&rj));
                 let _ = self.conn.write_pdu(&Pdu::AssociateRj(rj)).await;
                 Err(End::Rejected(format!(
                     "called {:?} by {:?}: result {}, source {}, reason {}",
@@ -288,6 +292,7 @@ impl Handler {
             }
             (Incoming::Store(mut reception), false) if reception.request.context_id == pdv.context_id => {
                 self.counters.bytes += pdv.data.len() as u64;
+                self.shared.metrics.bytes_received(pdv.data.len());
                 reception.on_fragment(pdv.data).await;
                 if pdv.is_last {
                     reception.finish_writes().await;
@@ -299,6 +304,7 @@ impl Handler {
             }
             (Incoming::Discard { context_id, response }, false) if context_id == pdv.context_id => {
                 self.counters.bytes += pdv.data.len() as u64;
+                self.shared.metrics.bytes_received(pdv.data.len());
                 if pdv.is_last {
                     self.send_command(context_id, &response).await?;
                     Incoming::Idle
@@ -442,8 +448,13 @@ impl Handler {
                 (st, event, None, None)
             }
         };
-        let reply =
-            Reply { context_id, message_id, sop_class_uid: &sop_class_uid, sop_instance_uid: &sop_instance_uid };
+        let reply = Reply {
+            context_id,
+            message_id,
+            sop_class_uid: &sop_class_uid,
+            sop_instance_uid: &sop_instance_uid,
+            received_at,
+        };
         let Some(registered) = registration else {
             self.answer(&reply, &st).await?;
             self.prepare_next(stored_file);
@@ -490,6 +501,7 @@ impl Handler {
             st,
         );
         self.send_command(reply.context_id, &rsp).await?;
+        self.shared.metrics.instance_answered(st.code, reply.received_at);
         if st.is_success() {
             self.counters.stored += 1;
         } else {
@@ -513,6 +525,8 @@ struct Reply<'a> {
     message_id: u16,
     sop_class_uid: &'a str,
     sop_instance_uid: &'a str,
+    /// When its command arrived (the store latency of `/metrics`).
+    received_at: SystemTime,
 }
 
 /// Resolves once the server asks every association to abort (never, if it cannot anymore).

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use super::handler::{self, Handler};
+use super::metrics::Refusal;
 use super::Shared;
 
 /// Peers over the association limit that may wait for their A-ASSOCIATE-RJ at once; past
@@ -36,6 +37,7 @@ impl Listener {
     pub async fn run(self, listener: TcpListener) {
         let ids = AtomicU64::new(1);
         let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
+        self.shared.metrics.set_listening(true);
         loop {
             // Biased: once a stop is asked for, no further connection is accepted.
             let accepted = tokio::select! {
@@ -63,6 +65,7 @@ impl Listener {
                     });
                 }
                 Err(_) => {
+                    self.shared.metrics.association_refused(Refusal::OverLimit);
                     if let Ok(permit) = rejections.clone().try_acquire_owned() {
                         let artim = self.shared.settings.artim_timeout;
                         tokio::spawn(async move {
@@ -73,6 +76,7 @@ impl Listener {
                 }
             }
         }
+        self.shared.metrics.set_listening(false);
         drop(listener);
         self.drain().await;
     }

@@ -4,9 +4,11 @@ pub mod config;
 pub mod events;
 mod handler;
 mod listener;
+pub mod metrics;
 mod store;
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +19,14 @@ use crate::storage::journal::Journal;
 use crate::storage::writer::{Storage, StorageOptions};
 use config::Settings;
 use events::{EventSink, EventStream};
+use metrics::{Metrics, MetricsSnapshot};
 
 /// What every association task shares.
 pub struct Shared {
     pub settings: Settings,
-    pub storage: Storage,
+    pub storage: Arc<Storage>,
     pub events: EventSink,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running server: its runtime, its port, and the means to stop it.
@@ -32,6 +36,12 @@ pub struct Server {
     stop: Arc<Notify>,
     grace: Arc<Mutex<Duration>>,
     journal: Arc<Journal>,
+    /// Not `Shared`: the event stream ends when the last association task drops that.
+    metrics: Arc<Metrics>,
+    /// For the storage check of `/healthz`.
+    storage: Arc<Storage>,
+    /// Events not yet taken (`EventStream::queued_counter`).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -46,14 +56,16 @@ impl Server {
             permissions: settings.permissions,
             node: settings.node.clone(),
         };
-        let storage = Storage::open(&settings.files_root, options)?;
+        let storage = Arc::new(Storage::open(&settings.files_root, options)?);
         let journal = storage.journal().clone();
         let std_listener = std::net::TcpListener::bind(&settings.bind)?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let (sink, stream) = events::channel(settings.event_queue_size);
         let slots = Arc::new(Semaphore::new(settings.max_associations));
-        let shared = Arc::new(Shared { settings, storage, events: sink });
+        let queued = stream.queued_counter();
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared { settings, storage: storage.clone(), events: sink, metrics: metrics.clone() });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (abort, _) = watch::channel(false);
@@ -63,7 +75,7 @@ impl Server {
         };
         let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(socket));
-        Ok((Server { runtime, port, stop, grace, journal }, stream))
+        Ok((Server { runtime, port, stop, grace, journal, metrics, storage, queued }, stream))
     }
 
     pub fn port(&self) -> u16 {
@@ -82,6 +94,17 @@ impl Server {
     /// Journal entries not yet registered (the journal backlog).
     pub fn journal_backlog(&self) -> usize {
         self.journal.backlog()
+    }
+
+    /// Every counter of `/metrics`, and the backlogs.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let queued = self.queued.load(Ordering::Relaxed) as u64;
+        self.metrics.snapshot(queued, self.journal.backlog() as u64)
+    }
+
+    /// The storage instances go to (for its `check_writable`).
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
     }
 
     /// Begins a graceful shutdown and returns at once: no new associations; running ones may

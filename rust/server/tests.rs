@@ -252,3 +252,36 @@ fn ack_registered_answers_after_python_confirms() {
     let (first, second) = handle.block_on(scu).unwrap();
     assert_eq!((first, second), (Some(0x0000), Some(0xA700)));
 }
+
+#[test]
+fn metrics_count_associations_instances_bytes_and_refusals() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
+    let port = server.port();
+    let ds = dataset("1.2.3.4.5");
+    let sent = ds.clone();
+    server.runtime().block_on(async move {
+        let (_, rejected) = Scu::associate(port, "SOMEONE").await;
+        assert!(matches!(rejected, Pdu::AssociateRj(_)));
+        let (mut scu, _) = Scu::associate(port, "OXIDIP").await;
+        scu.store("1.2.3.4.5", &sent, 7).await;
+        scu.store("9.9.9", &dataset("1.2.3.4.6"), 1000).await;
+        scu.conn.write_pdu(&Pdu::ReleaseRq).await.unwrap();
+        scu.conn.read_pdu().await.unwrap();
+    });
+    events_until_closed(&server, &mut events, 2);
+    let metrics = server.metrics();
+    assert!(metrics.listening);
+    assert_eq!((metrics.associations_open, metrics.associations_total), (0, 2));
+    assert_eq!((metrics.associations_closed["released"], metrics.associations_closed["rejected"]), (1, 1));
+    assert_eq!(metrics.associations_refused["called-aet"], 1);
+    assert_eq!(metrics.instances_stored, 1);
+    assert_eq!(metrics.instances_failed.get("A900"), Some(&1));
+    assert_eq!(metrics.bytes_received, (ds.len() + dataset("1.2.3.4.6").len()) as u64);
+    assert_eq!(metrics.store_latency.counts.iter().sum::<u64>(), 2);
+    // The stored instance is journaled, and nobody acknowledged it.
+    assert_eq!(metrics.journal_backlog, 1);
+    server.stop(Duration::ZERO);
+    assert!(events.next_batch(server.runtime().handle(), 10, Duration::from_secs(10), Duration::ZERO).is_none());
+    assert!(!server.metrics().listening);
+}

@@ -441,6 +441,7 @@ mod tests {
         }
         assert_eq!(journal_files(root.path()).len(), 2);
         let first_segment: Vec<u64> = (0..SEGMENT_ENTRIES).collect();
+        assert_eq!(journal.backlog(), SEGMENT_ENTRIES as usize + 5);
         journal.acknowledge(&first_segment[1..], true);
         assert_eq!(journal_files(root.path()).len(), 2, "entry 0 is not registered yet");
         journal.acknowledge(&[0], false);

@@ -145,7 +145,7 @@ pub fn create_dir_in_root(dir: &Path, mode: u32) -> io::Result<()> {
 
 /// Whether the process umask removes any bit of `mode`.
 fn umask_strips(mode: u32) -> bool {
-    umask().map_or(true, |mask| mode & mask != 0)
+    umask().is_none_or(|mask| mode & mask != 0)
 }
 
 /// The process umask, read once from `/proc/self/status` (Linux 4.7+; `umask(2)` itself

@@ -48,7 +48,7 @@ impl ProcessId {
     /// stale one.
     fn is_running(self) -> bool {
         match start_time(self.pid) {
-            Ok(start_time) => start_time.map_or(true, |t| t == self.start_time),
+            Ok(start_time) => start_time.is_none_or(|t| t == self.start_time),
             Err(e) => e.kind() != io::ErrorKind::NotFound,
         }
     }

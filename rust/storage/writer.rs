@@ -197,6 +197,17 @@ impl Storage {
         Ok(TempFile { file, temp })
     }
 
+    /// Ok when an instance could be stored now (what `/healthz` reports as "storage"): does
+    /// what every instance's first step does, creating a temp file (the temp directory made
+    /// again if it went), and writes one byte to it, since a full file system may still have
+    /// room for an empty file. The file is removed again.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let dir = self.temp_dir.display();
+        let mut probe =
+            self.reserve().map_err(|e| io::Error::new(e.kind(), format!("cannot create a file in {dir}: {e}")))?;
+        probe.file.write_all(&[0]).map_err(|e| io::Error::new(e.kind(), format!("cannot write to {dir}: {e}")))
+    }
+
     /// Starts an instance in `reserved`, or else in a new temp file: its first bytes
     /// (preamble, `DICM`, file meta group) are buffered, to go out with the first dataset
     /// bytes. A `meta` value too long to encode is an `InvalidInput` error.
@@ -972,5 +983,26 @@ mod tests {
         let err = storage.begin(&meta, None).err().expect("an oversized meta is refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn writable_root_passes_the_check_and_keeps_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        storage.check_writable().unwrap();
+        assert!(temp_files(&storage).is_empty());
+        // The temp directory removed under a running receiver is made again.
+        fs::remove_dir_all(&storage.temp_dir).unwrap();
+        storage.check_writable().unwrap();
+    }
+
+    #[test]
+    fn a_root_that_is_gone_fails_the_check_naming_the_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("root");
+        let storage = open(&root, FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        fs::remove_dir_all(&root).unwrap();
+        let error = storage.check_writable().unwrap_err();
+        assert!(error.to_string().contains(".oxidip-tmp"), "{error}");
     }
 }
