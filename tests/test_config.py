@@ -18,8 +18,8 @@ import pytest
 
 from oxidip import _core
 from oxidip._boundary import Attributes, CoreConfig, TlsListener
+from oxidip.bench.pki import Pki, make_pki
 from oxidip.config import VARIABLES, Config, ConfigError, unknown_variables
-from tests.helpers.pki import Pki, make_pki
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

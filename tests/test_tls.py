@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from oxidip import AssociationClosed
+from oxidip.bench.pki import CLIENT_SUBJECT, Identity, Pki, make_pki
 from oxidip.cli import main
 from tests.conftest import StartReceiver
 from tests.helpers.dicom import (
@@ -22,7 +23,6 @@ from tests.helpers.dicom import (
     write_part10,
 )
 from tests.helpers.pdu import EXPLICIT_LE, SECONDARY_CAPTURE, associate_rq
-from tests.helpers.pki import CLIENT_SUBJECT, Identity, Pki, make_pki
 from tests.helpers.process import ServerProcess
 from tests.helpers.receiver import HOST, RunningReceiver, build_env
 from tests.helpers.senders import chunked_file_sending, scu, status_of

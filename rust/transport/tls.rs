@@ -25,18 +25,20 @@ pub const PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::
 /// The *ring* provider restricted to BCP 195's cipher suites (RFC 9325 §4.2): for TLS 1.2 the
 /// four ECDHE suites with AES-GCM, RFC 9325's recommended ones (rustls has no DHE or
 /// non-AEAD suites; its ChaCha20-Poly1305 suites for 1.2 are not among the four); for TLS 1.3
-/// the AES-GCM suites. Key exchange keeps ring's groups (X25519, P-256, P-384), each of at
-/// least the 256 bits B.12 asks of ECDHE.
+/// the AES-GCM suites. AES-128 first, as RFC 9325 lists them: the server picks in this order
+/// (`ignore_client_order`), and AES-128-GCM costs about a quarter less CPU per byte than
+/// AES-256-GCM. Key exchange keeps ring's groups (X25519, P-256, P-384), each of at least the
+/// 256 bits B.12 asks of ECDHE.
 pub fn bcp195_provider() -> Arc<CryptoProvider> {
     use ring::cipher_suite::*;
     Arc::new(CryptoProvider {
         cipher_suites: vec![
-            TLS13_AES_256_GCM_SHA384,
             TLS13_AES_128_GCM_SHA256,
-            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            TLS13_AES_256_GCM_SHA384,
             TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
             TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
         ],
         ..ring::default_provider()
     })
@@ -131,13 +133,14 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, TlsFileEr
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder.with_single_cert(certs, key).map_err(|e| {
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         let message = match e {
             rustls::Error::InconsistentKeys(_) => "does not match the certificate's public key".to_string(),
             other => format!("unusable with the certificate: {other}"),
         };
         problem(TlsFile::Key, message)
     })?;
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -159,7 +162,7 @@ pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<
 
 /// The server's side of the handshake.
 pub async fn accept(acceptor: &TlsAcceptor, tcp: TcpStream) -> io::Result<Transport> {
-    let tls = acceptor.accept(tcp).await?;
+    let tls = acceptor.accept(Transport::tls_socket(tcp)).await?;
     Ok(Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))))
 }
 
@@ -168,7 +171,7 @@ pub async fn accept(acceptor: &TlsAcceptor, tcp: TcpStream) -> io::Result<Transp
 pub async fn connect(connector: &TlsConnector, host: &str, tcp: TcpStream) -> io::Result<Transport> {
     let name = ServerName::try_from(host.to_owned())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("TLS server name {host:?}: {e}")))?;
-    let tls = connector.connect(name, tcp).await?;
+    let tls = connector.connect(name, Transport::tls_socket(tcp)).await?;
     Ok(Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
 }
 

@@ -251,9 +251,14 @@ def _oxidip_port(line: str) -> int | None:
     return None
 
 
-def start_oxidip(ctx: RunContext, settings: dict[str, str]) -> Running:
+def start_oxidip(
+    ctx: RunContext,
+    settings: dict[str, str],
+    parse_port: Callable[[str], int | None] = _oxidip_port,
+) -> Running:
     """``python -m oxidip serve`` on its defaults (default path template, no fsync), changed
-    by ``settings`` (OXIDIP_* variables)."""
+    by ``settings`` (OXIDIP_* variables); ready on the port ``parse_port`` finds in its log
+    (default: the plain listener's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
     env.update(
         {
@@ -270,7 +275,7 @@ def start_oxidip(ctx: RunContext, settings: dict[str, str]) -> Running:
         aet=ctx.aet,
         log=ctx.log,
         env=env,
-        parse_port=_oxidip_port,
+        parse_port=parse_port,
     )
 
 

@@ -1,13 +1,15 @@
-"""Certificates for the TLS tests, made with the ``openssl`` command line: a CA, a server
-certificate for 127.0.0.1/localhost and a client certificate signed by it, and a client
-certificate signed by another CA. RSA keys: dcmtk's BCP 195 profiles offer only RSA suites
-for TLS 1.2."""
+"""Certificates for the TLS benchmark and tests, made with the ``openssl`` command line: a CA,
+a server certificate for 127.0.0.1/localhost and a client certificate signed by it, and a
+client certificate signed by another CA. RSA keys: dcmtk's BCP 195 profiles offer only RSA
+suites for TLS 1.2."""
 
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers.tools import require_tool
+from oxidip.bench.tools import need
+
+__all__ = ["CLIENT_SUBJECT", "Identity", "Pki", "make_pki"]
 
 #: The subject the client certificate carries, as the receiver reports it.
 CLIENT_SUBJECT = "O=oxidip tests, CN=client"
@@ -29,7 +31,7 @@ class Pki:
 
 
 def _openssl(*args: str) -> None:
-    subprocess.run([require_tool("openssl"), *args], check=True, capture_output=True, timeout=60)
+    subprocess.run([need("openssl"), *args], check=True, capture_output=True, timeout=60)
 
 
 def _ca(directory: Path, name: str) -> tuple[Path, Path]:
