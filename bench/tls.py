@@ -19,16 +19,17 @@ The markdown report is printed and written to ``bench/results/tls-<date>-<hhmm>.
 
 import argparse
 import datetime
-import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
+
+import msgspec
 
 from oxidip._boundary import LoadOptions
 from oxidip.bench.pki import Pki, make_pki
@@ -67,22 +68,12 @@ class Series:
 
     runs: list[Run] = field(default_factory=list)
 
-    def median(self, attribute: str) -> float:
-        return statistics.median(getattr(run, attribute) for run in self.runs)
+    def median(self, value: Callable[[Run], float]) -> float:
+        return statistics.median(value(run) for run in self.runs)
 
-    def span(self, attribute: str) -> tuple[float, float]:
-        values = [getattr(run, attribute) for run in self.runs]
+    def span(self, value: Callable[[Run], float]) -> tuple[float, float]:
+        values = [value(run) for run in self.runs]
         return min(values), max(values)
-
-
-def tls_port(line: str) -> int | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(record, dict) and record.get("msg") == "listening":
-        return int(record["tls_port"])
-    return None
 
 
 def start(mode: str, storage: Path, pki: Pki, log: TextIO) -> Running:
@@ -96,20 +87,13 @@ def start(mode: str, storage: Path, pki: Pki, log: TextIO) -> Running:
         "OXIDIP_TLS_KEY": str(pki.server.key),
         "OXIDIP_TLS_CA": str(pki.ca),
     }
-    return start_oxidip(context, settings, parse_port=tls_port)
+    return start_oxidip(context, settings, port_field="tls_port")
 
 
 def measure(mode: str, workload: Workload, scratch: Path, pki: Pki, log: TextIO) -> Run:
     storage = scratch / f"{workload.name}-{mode}"
     receiver = start(mode, storage, pki, log)
     try:
-        tls = {}
-        if mode == "tls":
-            tls = {
-                "tls_ca": str(pki.ca),
-                "tls_cert": str(pki.client.cert),
-                "tls_key": str(pki.client.key),
-            }
         options = LoadOptions(
             addr=f"{HOST}:{receiver.port}",
             calling_aet="TLSBENCH",
@@ -120,8 +104,14 @@ def measure(mode: str, workload: Workload, scratch: Path, pki: Pki, log: TextIO)
             transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN,
             max_pdu_length=16384,
             image=workload.image,
-            **tls,
         )
+        if mode == "tls":
+            options = msgspec.structs.replace(
+                options,
+                tls_ca=str(pki.ca),
+                tls_cert=str(pki.client.cert),
+                tls_key=str(pki.client.key),
+            )
         cpu_before, sender_before = tree_cpu_seconds(receiver.proc.pid), time.process_time()
         report = send_load(options)
         sender_cpu = time.process_time() - sender_before
@@ -184,15 +174,17 @@ def markdown(
         ratios = paired_ratios(results[workload.name])
         for mode in MODES:
             series = results[workload.name][mode]
-            low, high = series.span("instances_per_s")
+            low, high = series.span(lambda run: run.instances_per_s)
+            rate = series.median(lambda run: run.instances_per_s)
+            mb = series.median(lambda run: run.mb_per_s)
+            cpu = series.median(lambda run: run.cpu_us_per_instance)
+            sender_cpu = series.median(lambda run: run.sender_cpu_us_per_instance)
             ratio = ""
             if mode == "tls":
                 ratio = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
             lines.append(
                 f"| {workload.name} ({workload.instances} x {workload.image}) | {mode}"
-                f" | {series.median('instances_per_s'):,.0f} | {series.median('mb_per_s'):,.1f}"
-                f" | {low:,.0f}-{high:,.0f} | {series.median('cpu_us_per_instance'):,.0f},"
-                f" {series.median('sender_cpu_us_per_instance'):,.0f}"
+                f" | {rate:,.0f} | {mb:,.1f} | {low:,.0f}-{high:,.0f} | {cpu:,.0f}, {sender_cpu:,.0f}"
                 f" | {ratio} |"
             )
     lines += [

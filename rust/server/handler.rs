@@ -115,12 +115,15 @@ impl Accepted {
     }
 }
 
-/// The peer, as the AssociationClosed event reports it.
+/// Who the AssociationClosed event is about.
 struct PeerIdentity {
     id: u64,
     peer: String,
     tls: bool,
     certificate_subject: String,
+    /// From the A-ASSOCIATE-RQ, when one came.
+    calling_aet: String,
+    called_aet: String,
 }
 
 /// Serves one accepted connection: on the TLS port first the handshake (PS3.15 annex B),
@@ -142,9 +145,15 @@ pub async fn serve_connection(
     match transport {
         Ok(transport) => Handler::new(transport, shared, id, peer, abort, accepted).run().await,
         Err(end) => {
-            let identity = PeerIdentity { id, peer, tls: true, certificate_subject: String::new() };
-            let closed =
-                association_closed(&identity, &accepted, String::new(), String::new(), &Counters::default(), &end);
+            let identity = PeerIdentity {
+                id,
+                peer,
+                tls: true,
+                certificate_subject: String::new(),
+                calling_aet: String::new(),
+                called_aet: String::new(),
+            };
+            let closed = association_closed(identity, &accepted, &Counters::default(), &end);
             shared.events.send(Event::AssociationClosed(closed)).await;
         }
     }
@@ -168,19 +177,17 @@ async fn handshake(
 }
 
 fn association_closed(
-    identity: &PeerIdentity,
+    identity: PeerIdentity,
     accepted: &Accepted,
-    calling_aet: String,
-    called_aet: String,
     counters: &Counters,
     end: &End,
 ) -> AssociationClosed {
     let (outcome, detail) = end.outcome();
     AssociationClosed {
         association_id: identity.id,
-        calling_aet,
-        called_aet,
-        peer: identity.peer.clone(),
+        calling_aet: identity.calling_aet,
+        called_aet: identity.called_aet,
+        peer: identity.peer,
         started_at: unix_time(accepted.started),
         duration: accepted.clock.elapsed().as_secs_f64(),
         instances_stored: counters.stored,
@@ -189,7 +196,7 @@ fn association_closed(
         outcome,
         detail,
         tls: identity.tls,
-        peer_certificate_subject: identity.certificate_subject.clone(),
+        peer_certificate_subject: identity.certificate_subject,
     }
 }
 
@@ -251,10 +258,10 @@ impl Handler {
             peer: std::mem::take(&mut self.peer),
             tls: self.conn.get_ref().is_tls(),
             certificate_subject: std::mem::take(&mut self.certificate_subject),
+            calling_aet: std::mem::take(&mut self.calling_aet),
+            called_aet: std::mem::take(&mut self.called_aet),
         };
-        let calling_aet = std::mem::take(&mut self.calling_aet);
-        let called_aet = std::mem::take(&mut self.called_aet);
-        let closed = association_closed(&identity, &self.accepted, calling_aet, called_aet, &self.counters, &end);
+        let closed = association_closed(identity, &self.accepted, &self.counters, &end);
         self.shared.events.send(Event::AssociationClosed(closed)).await;
     }
 

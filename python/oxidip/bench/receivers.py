@@ -241,24 +241,30 @@ def count_files(root: Path) -> int:
 # --- the receivers --------------------------------------------------------------------------
 
 
-def _oxidip_port(line: str) -> int | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
+def _oxidip_listening(field: str) -> Callable[[str], int | None]:
+    """Finds a port in oxidip's JSON ``listening`` log line: ``port`` (the plain listener's)
+    or ``tls_port``."""
+
+    def port(line: str) -> int | None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(record, dict) and record.get("msg") == "listening":
+            return int(record[field])
         return None
-    if isinstance(record, dict) and record.get("msg") == "listening":
-        return int(record["port"])
-    return None
+
+    return port
 
 
 def start_oxidip(
     ctx: RunContext,
     settings: dict[str, str],
-    parse_port: Callable[[str], int | None] = _oxidip_port,
+    port_field: str = "port",
 ) -> Running:
     """``python -m oxidip serve`` on its defaults (default path template, no fsync), changed
-    by ``settings`` (OXIDIP_* variables); ready on the port ``parse_port`` finds in its log
-    (default: the plain listener's)."""
+    by ``settings`` (OXIDIP_* variables); ready on the port its ``listening`` log line gives
+    as ``port_field``: ``port`` (the plain listener's) or ``tls_port``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
     env.update(
         {
@@ -275,7 +281,7 @@ def start_oxidip(
         aet=ctx.aet,
         log=ctx.log,
         env=env,
-        parse_port=parse_port,
+        parse_port=_oxidip_listening(port_field),
     )
 
 
