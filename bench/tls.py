@@ -134,6 +134,17 @@ def paired_ratios(results: dict[str, Series]) -> list[float]:
     return [t.instances_per_s / p.instances_per_s for p, t in zip(plain, tls, strict=True)]
 
 
+def cpu_ratio(results: dict[str, Series]) -> float:
+    """Median CPU per instance, receiver plus sender, plain over TLS."""
+
+    def total(mode: str) -> float:
+        series = results[mode]
+        receiver = series.median(lambda run: run.cpu_us_per_instance)
+        return receiver + series.median(lambda run: run.sender_cpu_us_per_instance)
+
+    return total("plain") / total("tls")
+
+
 def markdown(
     workloads: Sequence[Workload],
     results: dict[str, dict[str, Series]],
@@ -159,7 +170,9 @@ def markdown(
         lines += [
             (
                 f"Target: CT over TLS at least {TARGET_CT_RATIO}x plain: **{ct_ratio:.2f}x,"
-                f" {verdict}** (median of the per-repetition ratios)."
+                f" {verdict}** (median of the per-repetition ratios). CPU per CT instance,"
+                f" receiver and sender together: plain/TLS = {cpu_ratio(results['ct']):.2f}, the"
+                " throughput ratio two CPU-bound processes would reach."
             ),
             "",
         ]
