@@ -252,7 +252,9 @@ impl Handler {
         let end = self.serve().await;
         // Aborts, lost connections: gone before the association is reported closed.
         self.discard_temp_files();
-        self.conn.shutdown().await;
+        // Over TLS, closing writes a close_notify alert, which a peer that stopped reading
+        // could hold up: bounded like the wait for the peer to close (PS3.8 ARTIM).
+        let _ = tokio::time::timeout(self.shared.settings.artim_timeout, self.conn.shutdown()).await;
         let identity = PeerIdentity {
             id: self.id,
             peer: std::mem::take(&mut self.peer),
