@@ -21,6 +21,7 @@ use crate::server::Server;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
 use crate::storage::{journal, read_back};
+use crate::transport::tls;
 use crate::ul::codec;
 use std::path::Path;
 
@@ -47,20 +48,21 @@ impl Receiver {
         Ok(Receiver { config, server: Mutex::new(None), events: Mutex::new(None), queued: OnceLock::new() })
     }
 
-    fn start(&self, py: Python<'_>) -> PyResult<u16> {
+    /// The bound ports: (plain, TLS), None for a listener not configured.
+    fn start(&self, py: Python<'_>) -> PyResult<(Option<u16>, Option<u16>)> {
         let mut server = lock(&self.server);
         if server.is_some() {
             return Err(PyRuntimeError::new_err("receiver already started"));
         }
         let settings = self.config.settings().map_err(PyValueError::new_err)?;
-        let (started, events) = py.allow_threads(|| Server::start(settings)).map_err(|e| {
-            PyOSError::new_err(format!("cannot start on {}:{}: {e}", self.config.host, self.config.port))
-        })?;
-        let port = started.port();
+        let (started, events) = py
+            .allow_threads(|| Server::start(settings))
+            .map_err(|e| PyOSError::new_err(format!("cannot start on {}: {e}", self.config.listeners())))?;
+        let ports = started.ports();
         let _ = self.queued.set(events.queued_counter());
         *lock(&self.events) = Some(events);
         *server = Some(started);
-        Ok(port)
+        Ok((ports.plain, ports.tls))
     }
 
     fn next_batch<'py>(
@@ -144,6 +146,15 @@ impl Receiver {
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0")))
+}
+
+/// Loads the TLS listener's PEM files as the receiver will; None when they are usable, else
+/// (which file: "cert", "key" or "ca", why).
+#[pyfunction]
+#[pyo3(signature = (cert, key, ca=None))]
+fn check_tls(py: Python<'_>, cert: &str, key: &str, ca: Option<&str>) -> Option<(&'static str, String)> {
+    let files = tls::ServerFiles { cert: cert.into(), key: key.into(), ca: ca.map(Into::into) };
+    py.allow_threads(|| tls::server_config(&files)).err().map(|e| (e.file.name(), e.message))
 }
 
 #[pyfunction]
@@ -311,6 +322,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(extract_attributes, m)?)?;
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
     m.add_function(wrap_pyfunction!(claim_orphan_journals, m)?)?;
+    m.add_function(wrap_pyfunction!(check_tls, m)?)?;
     m.add_function(wrap_pyfunction!(read_instance, m)?)?;
     m.add_function(wrap_pyfunction!(send_load, m)?)?;
     Ok(())

@@ -17,7 +17,8 @@ import msgspec
 import pytest
 
 from oxidip import _core
-from oxidip._boundary import Attributes, CoreConfig
+from oxidip._boundary import Attributes, CoreConfig, TlsListener
+from oxidip.bench.pki import Pki, make_pki
 from oxidip.config import VARIABLES, Config, ConfigError, unknown_variables
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -25,6 +26,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 DEFAULTS: dict[str, Any] = {
     "listener_host": "0.0.0.0",
     "listener_port": 11111,
+    "plain_listener": True,
+    "tls_port": 2762,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_ca": None,
     "scp_aet": "OXIDIP",
     "scp_enforce_aet": False,
     "allowed_calling_aets": (),
@@ -155,6 +161,13 @@ GOOD += [
     ("OXIDIP_HTTP_PORT", "8080", 8080),
     ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "0", 0),
     ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "500", 500),
+    # Alone: the TLS files need each other, and "false" needs the TLS listener (see below).
+    ("OXIDIP_PLAIN_LISTENER", "yes", True),
+    ("OXIDIP_TLS_PORT", "0", 0),
+    ("OXIDIP_TLS_PORT", "11112", 11112),
+    ("OXIDIP_TLS_CERT", "", None),
+    ("OXIDIP_TLS_KEY", " ", None),
+    ("OXIDIP_TLS_CA", "", None),
 ]
 GOOD += [(name, raw, True) for name in BOOLEANS for raw in ("true", "1", "yes", "on", "TRUE")]
 GOOD += [(name, raw, False) for name in BOOLEANS for raw in ("false", "0", "no", "off", "Off")]
@@ -240,6 +253,11 @@ BAD += [
     ("OXIDIP_HTTP_PORT", "65536"),
     ("OXIDIP_HTTP_PORT", "http"),
     ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "-1"),
+    ("OXIDIP_PLAIN_LISTENER", "maybe"),
+    ("OXIDIP_TLS_PORT", "65536"),
+    ("OXIDIP_TLS_CERT", "/nonexistent/server.crt"),
+    ("OXIDIP_TLS_KEY", "/nonexistent/server.key"),
+    ("OXIDIP_TLS_CA", "/"),
 ]
 BAD += [(name, raw) for name in BOOLEANS for raw in ("", "maybe", "2", "y", "enabled")]
 
@@ -352,6 +370,8 @@ def test_core_config() -> None:
     assert core == CoreConfig(
         host="127.0.0.1",
         port=0,
+        plain_listener=True,
+        tls=None,
         aet="ME",
         enforce_called_aet=True,
         allowed_calling_aets=["A", "B"],
@@ -560,3 +580,94 @@ def test_consume_stops_once_drains_and_survives_a_failing_handler(
     assert fake.stopped_with == [7.0]
     assert seen == [1, 2, 3]
     assert [r.msg for r in caplog.records].count("event handler failed") == 2
+
+
+# --- TLS listener --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_env(pki: Pki, **overrides: str) -> dict[str, str]:
+    env = {"OXIDIP_TLS_CERT": str(pki.server.cert), "OXIDIP_TLS_KEY": str(pki.server.key)}
+    env.update({f"OXIDIP_{name}": value for name, value in overrides.items()})
+    return env
+
+
+def only_problem(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(env)
+    (problem,) = caught.value.problems
+    return problem
+
+
+def test_tls_listener_core_config(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(pki.ca.parent)
+    env = tls_env(pki, TLS_CA=pki.ca.name, TLS_PORT="0", PLAIN_LISTENER="off")
+    core = Config.from_env(env).core()
+    assert core.plain_listener is False
+    assert core.tls == TlsListener(
+        port=0, cert=str(pki.server.cert), key=str(pki.server.key), ca=str(pki.ca)
+    )
+    assert Config.from_env(tls_env(pki)).core().tls == TlsListener(
+        port=2762, cert=str(pki.server.cert), key=str(pki.server.key), ca=None
+    )
+    _core.Receiver(msgspec.msgpack.encode(core))
+
+
+def test_tls_files_go_in_pairs_and_some_listener_is_left(pki: Pki) -> None:
+    cert, key, ca = str(pki.server.cert), str(pki.server.key), str(pki.ca)
+    assert only_problem({"OXIDIP_TLS_CERT": cert}).startswith(
+        "OXIDIP_TLS_KEY='': required when OXIDIP_TLS_CERT is set"
+    )
+    assert only_problem({"OXIDIP_TLS_KEY": key}).startswith("OXIDIP_TLS_CERT='': required")
+    assert only_problem({"OXIDIP_TLS_CA": ca}).startswith(f"OXIDIP_TLS_CA={ca!r}: needs")
+    assert only_problem({"OXIDIP_PLAIN_LISTENER": "false"}).startswith(
+        "OXIDIP_PLAIN_LISTENER='false': no listener left"
+    )
+    same_port = tls_env(pki, LISTENER_PORT="11112", TLS_PORT="11112")
+    assert only_problem(same_port).startswith("OXIDIP_TLS_PORT='11112': ")
+    # Without the plain listener, the port is free for TLS.
+    Config.from_env({**same_port, "OXIDIP_PLAIN_LISTENER": "false"})
+
+
+def test_tls_files_that_do_not_load_name_their_variable(pki: Pki, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n"
+    )
+    cases = [
+        # A key where the certificate should be: no CERTIFICATE section.
+        (tls_env(pki, TLS_CERT=str(pki.server.key)), "OXIDIP_TLS_CERT", "no CERTIFICATE"),
+        (tls_env(pki, TLS_KEY=str(pki.server.cert)), "OXIDIP_TLS_KEY", "no private key"),
+        (tls_env(pki, TLS_KEY=str(pki.client.key)), "OXIDIP_TLS_KEY", "does not match"),
+        (tls_env(pki, TLS_CA=str(garbage)), "OXIDIP_TLS_CA", "cannot read PEM"),
+        (tls_env(pki, TLS_KEY=str(tmp_path)), "OXIDIP_TLS_KEY", "cannot read it"),
+    ]
+    for env, name, reason in cases:
+        problem = only_problem(env)
+        assert problem.startswith(f"{name}={env[name]!r}: "), problem
+        assert reason in problem, problem
+
+
+def test_serve_with_a_certificate_but_no_key_exits_2(pki: Pki, tmp_path: Path) -> None:
+    env = clean_env(
+        OXIDIP_LISTENER_HOST="127.0.0.1",
+        OXIDIP_LISTENER_PORT="0",
+        OXIDIP_TLS_CERT=str(pki.server.cert),
+    )
+    result = oxidip("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "oxidip: configuration error: OXIDIP_TLS_KEY='': required when OXIDIP_TLS_CERT is set"
+    ), result.stderr
+    assert not (tmp_path / "data").exists()
+    env["OXIDIP_TLS_KEY"] = str(pki.client.key)
+    result = oxidip("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: OXIDIP_TLS_KEY=" in result.stderr, result.stderr
+    assert "does not match" in result.stderr

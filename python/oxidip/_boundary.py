@@ -21,14 +21,29 @@ __all__ = [
     "LoadOptions",
     "LoadReport",
     "ReceiverMetrics",
+    "TlsListener",
 ]
+
+
+class TlsListener(msgspec.Struct, frozen=True):
+    """The TLS listener (``server::config::TlsListenerConfig``): PS3.15 annex B."""
+
+    port: int
+    #: PEM files: our certificate chain (leaf first) and its private key.
+    cert: str
+    key: str
+    #: PEM CA certificates a client certificate must chain to (mutual TLS); None: none asked.
+    ca: str | None
 
 
 class CoreConfig(msgspec.Struct, frozen=True):
     """Everything the Rust receiver needs; built by ``oxidip.config.Config.core``."""
 
     host: str
+    #: The plain TCP listener's port, unless ``plain_listener`` is false.
     port: int
+    plain_listener: bool
+    tls: TlsListener | None
     aet: str
     enforce_called_aet: bool
     allowed_calling_aets: list[str]
@@ -146,6 +161,11 @@ class AssociationClosed(msgspec.Struct, tag_field="kind", tag="association"):
     outcome: str
     #: Human readable reason; "" when released normally.
     detail: str
+    #: Came on the TLS listener.
+    tls: bool = False
+    #: Subject of the peer's certificate (mutual TLS), e.g. "CN=modality, O=Hospital"; "" if
+    #: none.
+    peer_certificate_subject: str = ""
 
 
 Event: TypeAlias = InstanceStored | InstanceFailed | AssociationClosed
@@ -233,6 +253,11 @@ class LoadOptions(msgspec.Struct, frozen=True):
     idle_associations: int = 0
     #: Seconds after which no more instances are sent (0 = none).
     deadline: float = 0.0
+    #: DICOM over TLS: PEM CA file the receiver's certificate must chain to; None: plain TCP.
+    tls_ca: str | None = None
+    #: With ``tls_ca``: our client certificate chain and key (PEM), for mutual TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class LoadReport(msgspec.Struct, frozen=True):

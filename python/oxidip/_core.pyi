@@ -17,6 +17,10 @@ DEFAULT_PATH_TEMPLATE: str
 def check_path_template(template: str) -> None:
     """Raises ValueError with a readable reason when the template is invalid."""
 
+def check_tls(cert: str, key: str, ca: str | None = None) -> tuple[str, str] | None:
+    """Loads the TLS listener's PEM files as the receiver will: None when they are usable,
+    else (which file: "cert", "key" or "ca", why)."""
+
 class OrphanJournal:
     """A journal segment of an oxidip process that no longer runs (its lock was free),
     whatever its host, locked by this process until ``finish`` or ``release``: no other
@@ -59,9 +63,10 @@ class Receiver:
         """``config``: msgpack of ``oxidip._boundary.CoreConfig``. Raises ValueError when a
         value is out of range (the Python layer validates first, naming the variable)."""
 
-    def start(self) -> int:
-        """Opens storage, binds and starts serving; returns the bound TCP port (useful with
-        port 0). Raises OSError when the port cannot be bound or storage is unusable."""
+    def start(self) -> tuple[int | None, int | None]:
+        """Opens storage, binds and starts serving; returns the bound ports (useful with port
+        0): (plain TCP, TLS), None for a listener not configured. Raises OSError when a port
+        cannot be bound or storage is unusable."""
 
     def next_batch(self, max_events: int, timeout: float, linger: float) -> bytes | None:
         """Waits up to ``timeout`` seconds (GIL released) for a first event, then up to

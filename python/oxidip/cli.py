@@ -114,8 +114,16 @@ def log_events(batch: list[Event]) -> None:
                     "bytes": event.bytes_received,
                     "duration": round(event.duration, 3),
                     "mb_per_s": round(rate, 2),
+                    **_tls_fields(event),
                 },
             )
+
+
+def _tls_fields(event: AssociationClosed) -> dict[str, object]:
+    """For an association on the TLS listener: that it was, and who its certificate names."""
+    if not event.tls:
+        return {}
+    return {"tls": True, "peer_certificate_subject": event.peer_certificate_subject}
 
 
 def consume(
@@ -272,7 +280,7 @@ def serve(args: argparse.Namespace) -> int:
             "listening",
             extra={
                 "host": config.listener_host,
-                "port": receiver.port,
+                **_listening_ports(config, receiver),
                 "aet": config.scp_aet,
                 "files_root": config.core().files_root,
                 "version": __version__,
@@ -305,6 +313,19 @@ def serve(args: argparse.Namespace) -> int:
             http.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _listening_ports(config: Config, receiver: Receiver) -> dict[str, object]:
+    """The bound ports of the listeners configured: ``port`` (plain TCP), ``tls_port`` and,
+    with mutual TLS, ``tls_client_ca``."""
+    ports: dict[str, object] = {}
+    if config.plain_listener:
+        ports["port"] = receiver.port
+    if config.core().tls is not None:
+        ports["tls_port"] = receiver.tls_port
+        if config.tls_ca is not None:
+            ports["tls_client_ca"] = config.tls_ca
+    return ports
 
 
 def _environment_help() -> str:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import msgspec
 
 from oxidip import _core
-from oxidip._boundary import CoreConfig
+from oxidip._boundary import CoreConfig, TlsListener
 
 __all__ = [
     "PREFIX",
@@ -305,6 +305,26 @@ class Group:
 
 
 @dataclass(frozen=True)
+class PemFile:
+    """A file that must exist and be readable now (what is in it is checked with the other
+    TLS variables, see ``_listener_problems``); empty for none."""
+
+    accepts: str = "empty, or the path of a readable PEM file"
+
+    def __call__(self, raw: str) -> str | None:
+        if not raw.strip():
+            return None
+        if "\0" in raw:
+            raise Invalid("contains a NUL character")
+        try:
+            with open(raw, "rb"):
+                pass
+        except OSError as error:
+            raise Invalid(f"cannot read it: {error.strerror}") from None
+        return raw
+
+
+@dataclass(frozen=True)
 class PathTemplate:
     accepts: str = "a path template (see README: Path template)"
 
@@ -449,6 +469,35 @@ VARIABLES: tuple[Variable, ...] = (
         "11111",
         Integer(0, 65535, note="0 = any free port"),
         "TCP port to listen on.",
+    ),
+    Variable(
+        "OXIDIP_PLAIN_LISTENER",
+        "true",
+        Boolean(),
+        "Listen for plain (unencrypted) DICOM on OXIDIP_LISTENER_PORT; false: only on the TLS"
+        " listener, which must then be configured.",
+    ),
+    Variable(
+        "OXIDIP_TLS_PORT",
+        # The registered dicom-tls port (PS3.15 annex B).
+        "2762",
+        Integer(0, 65535, note="0 = any free port"),
+        "TCP port of the DICOM TLS listener, on when OXIDIP_TLS_CERT and OXIDIP_TLS_KEY are set.",
+    ),
+    Variable(
+        "OXIDIP_TLS_CERT",
+        "",
+        PemFile(),
+        "PEM certificate chain (ours first) of the TLS listener; with OXIDIP_TLS_KEY it turns"
+        " the listener on.",
+    ),
+    Variable("OXIDIP_TLS_KEY", "", PemFile(), "PEM private key of OXIDIP_TLS_CERT."),
+    Variable(
+        "OXIDIP_TLS_CA",
+        "",
+        PemFile(),
+        "PEM CA certificates: TLS clients must present a certificate signed by one (mutual"
+        " TLS). Empty: no client certificate asked for.",
     ),
     Variable("OXIDIP_SCP_AET", "OXIDIP", AeTitle(), "Our AE title."),
     Variable(
@@ -673,6 +722,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     listener_host: str
     listener_port: int
+    plain_listener: bool
+    tls_port: int
+    tls_cert: str | None
+    tls_key: str | None
+    tls_ca: str | None
     scp_aet: str
     scp_enforce_aet: bool
     allowed_calling_aets: tuple[str, ...]
@@ -728,6 +782,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 values[variable.field] = variable.read(variable.default if raw is None else raw)
             except ConfigError as error:
                 problems.extend(error.problems)
+        problems.extend(_listener_problems(values) if not problems else [])
         if problems:
             raise ConfigError(problems)
         if warn_unknown:
@@ -736,9 +791,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     def core(self) -> CoreConfig:
         """The part the Rust receiver needs, with ``files_root`` made absolute."""
+        tls = None
+        if self.tls_cert is not None and self.tls_key is not None:
+            tls = TlsListener(
+                port=self.tls_port,
+                cert=os.path.abspath(self.tls_cert),
+                key=os.path.abspath(self.tls_key),
+                ca=None if self.tls_ca is None else os.path.abspath(self.tls_ca),
+            )
         return CoreConfig(
             host=self.listener_host,
             port=self.listener_port,
+            plain_listener=self.plain_listener,
+            tls=tls,
             aet=self.scp_aet,
             enforce_called_aet=self.scp_enforce_aet,
             allowed_calling_aets=list(self.allowed_calling_aets),
@@ -760,6 +825,39 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             dir_mode=self.dir_mode,
             group=self.group,
         )
+
+
+_TLS_FILE_VARIABLES = {"cert": "OXIDIP_TLS_CERT", "key": "OXIDIP_TLS_KEY", "ca": "OXIDIP_TLS_CA"}
+
+
+def _listener_problems(values: Mapping[str, Any]) -> list[str]:
+    """What the listener variables get wrong together: the TLS files go in pairs and must
+    load (the receiver's own check: certificate and key PEM, the key the certificate's, the
+    CA usable), and some listener must be left."""
+    cert, key, ca = values["tls_cert"], values["tls_key"], values["tls_ca"]
+    if cert is not None and key is None:
+        return ["OXIDIP_TLS_KEY='': required when OXIDIP_TLS_CERT is set"]
+    if key is not None and cert is None:
+        return ["OXIDIP_TLS_CERT='': required when OXIDIP_TLS_KEY is set"]
+    if cert is None:
+        if ca is not None:
+            return [f"OXIDIP_TLS_CA={ca!r}: needs OXIDIP_TLS_CERT and OXIDIP_TLS_KEY"]
+        if not values["plain_listener"]:
+            no_listener = (
+                "OXIDIP_PLAIN_LISTENER='false': no listener left; set OXIDIP_TLS_CERT and"
+                " OXIDIP_TLS_KEY for the TLS one"
+            )
+            return [no_listener]
+        return []
+    if values["plain_listener"] and values["tls_port"] == values["listener_port"] != 0:
+        port = values["tls_port"]
+        return [f"OXIDIP_TLS_PORT='{port}': OXIDIP_LISTENER_PORT, the plain listener, has it"]
+    problem = _core.check_tls(cert, key, ca)
+    if problem is None:
+        return []
+    which, reason = problem
+    name = _TLS_FILE_VARIABLES[which]
+    return [f"{name}={values[name.removeprefix(PREFIX).lower()]!r}: {reason}"]
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

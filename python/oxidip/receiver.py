@@ -41,19 +41,30 @@ class Receiver:
         self.node = new_node_id() if node is None else node
         core = msgspec.structs.replace(config.core(), node=self.node)
         self._core = _core.Receiver(msgspec.msgpack.encode(core))
-        self._port: int | None = None
+        self._ports: tuple[int | None, int | None] | None = None
 
     def start(self) -> None:
-        """Opens storage and binds the listening socket. Raises OSError when the port cannot
+        """Opens storage and binds the listening sockets. Raises OSError when a port cannot
         be bound or storage is unusable."""
-        self._port = self._core.start()
+        self._ports = self._core.start()
 
     @property
     def port(self) -> int:
-        """The bound TCP port (the real one when configured with port 0)."""
-        if self._port is None:
-            raise RuntimeError("Receiver.port is only known after start()")
-        return self._port
+        """The plain TCP listener's bound port (the real one when configured with port 0)."""
+        return self._bound(0, "plain TCP listener (OXIDIP_PLAIN_LISTENER=false)")
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's bound port (the real one when configured with port 0)."""
+        return self._bound(1, "TLS listener (OXIDIP_TLS_CERT and OXIDIP_TLS_KEY unset)")
+
+    def _bound(self, index: int, listener: str) -> int:
+        if self._ports is None:
+            raise RuntimeError("the receiver's ports are only known after start()")
+        port = self._ports[index]
+        if port is None:
+            raise RuntimeError(f"the receiver has no {listener}")
+        return port
 
     def next_batch(
         self, max_events: int = 1000, timeout: float = 0.5, linger: float = 0.0

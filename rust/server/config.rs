@@ -2,6 +2,7 @@
 //! `oxidip._boundary.CoreConfig`), and its checked, ready-to-use form.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -11,6 +12,7 @@ use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 use crate::storage::path_template::PathTemplate;
 use crate::storage::permissions::Permissions;
 use crate::storage::writer::{DuplicatePolicy, FsyncPolicy};
+use crate::transport::tls::{self, ServerFiles, TlsFileError};
 use crate::ul::association::AcceptorPolicy;
 
 /// Receive limit when the configured maximum is 0 ("no limit", PS3.8 §D.1) or when, outside
@@ -21,7 +23,11 @@ pub const HARD_PDATA_LIMIT: u32 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerConfig {
     pub host: String,
+    /// The plain TCP listener's port, unless `plain_listener` is false.
     pub port: u16,
+    pub plain_listener: bool,
+    /// A TLS listener beside the plain one (PS3.15 annex B).
+    pub tls: Option<TlsListenerConfig>,
     pub aet: String,
     pub enforce_called_aet: bool,
     pub allowed_calling_aets: Vec<String>,
@@ -51,10 +57,42 @@ pub struct ServerConfig {
     pub node: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsListenerConfig {
+    pub port: u16,
+    /// PEM: our certificate chain, leaf first.
+    pub cert: String,
+    /// PEM: its private key.
+    pub key: String,
+    /// PEM: CA certificates a client certificate must chain to; None: none asked for.
+    pub ca: Option<String>,
+}
+
+impl TlsListenerConfig {
+    /// Loads and checks the files: the error says which file and why.
+    pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
+        let files = ServerFiles {
+            cert: PathBuf::from(&self.cert),
+            key: PathBuf::from(&self.key),
+            ca: self.ca.as_ref().map(PathBuf::from),
+        };
+        tls::server_config(&files)
+    }
+}
+
+/// The TLS listener, ready.
+#[derive(Debug)]
+pub struct TlsListener {
+    pub bind: String,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
 /// Everything the server needs, checked.
 #[derive(Debug)]
 pub struct Settings {
-    pub bind: String,
+    /// Where the plain TCP listener binds; None: no plain listener.
+    pub bind: Option<String>,
+    pub tls: Option<TlsListener>,
     pub acceptor: AcceptorPolicy,
     pub files_root: PathBuf,
     pub template: PathTemplate,
@@ -75,6 +113,13 @@ pub struct Settings {
 }
 
 impl ServerConfig {
+    /// Where it listens, for messages: "host:port" and/or "host:port (TLS)".
+    pub fn listeners(&self) -> String {
+        let plain = self.plain_listener.then(|| format!("{}:{}", self.host, self.port));
+        let tls = self.tls.as_ref().map(|tls| format!("{}:{} (TLS)", self.host, tls.port));
+        plain.into_iter().chain(tls).collect::<Vec<_>>().join(" and ")
+    }
+
     /// Checks every value; the error names the field and what it accepts.
     pub fn settings(&self) -> Result<Settings, String> {
         let template = PathTemplate::parse(&self.path_template).map_err(|e| format!("path_template: {e}"))?;
@@ -114,8 +159,19 @@ impl ServerConfig {
             (n, true) => n,
             (n, false) => n.max(HARD_PDATA_LIMIT),
         };
+        if !self.plain_listener && self.tls.is_none() {
+            return Err("plain_listener: false, but no TLS listener is configured either".into());
+        }
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => Some(TlsListener {
+                bind: format!("{}:{}", self.host, tls.port),
+                config: tls.load().map_err(|e| format!("tls {e}"))?,
+            }),
+        };
         Ok(Settings {
-            bind: format!("{}:{}", self.host, self.port),
+            bind: self.plain_listener.then(|| format!("{}:{}", self.host, self.port)),
+            tls,
             acceptor: AcceptorPolicy {
                 ae_title: self.aet.clone(),
                 enforce_called_ae_title: self.enforce_called_aet,

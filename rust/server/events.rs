@@ -65,6 +65,10 @@ pub struct AssociationClosed {
     pub bytes_received: u64,
     pub outcome: &'static str,
     pub detail: String,
+    /// Came on the TLS listener.
+    pub tls: bool,
+    /// Subject of the peer's certificate (mutual TLS), "" without one.
+    pub peer_certificate_subject: String,
 }
 
 /// Seconds since the Unix epoch, as Python's `time.time()`.
@@ -166,6 +170,8 @@ mod tests {
             bytes_received: 0,
             outcome: "released",
             detail: String::new(),
+            tls: false,
+            peer_certificate_subject: String::new(),
         })
     }
 

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant as Deadline;
+use tokio_rustls::TlsAcceptor;
 
 use super::events::{unix_time, AssociationClosed, Event, InstanceFailed, InstanceStored};
 use super::metrics::Refusal;
@@ -24,6 +26,7 @@ use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
 use crate::storage::writer::TempFile;
+use crate::transport::{tls, Transport};
 use crate::ul::association::{self, Association};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::{Abort, Pdu, Pdv};
@@ -97,12 +100,115 @@ struct Counters {
     bytes: u64,
 }
 
+/// When a connection was accepted: the start of its report, and of its ARTIM timer.
+struct Accepted {
+    started: SystemTime,
+    clock: Instant,
+    /// PS3.8 §9.1.5: ARTIM runs from the transport connection (its TLS handshake included) to
+    /// the A-ASSOCIATE-RQ.
+    artim_deadline: Deadline,
+}
+
+impl Accepted {
+    fn now(artim: Duration) -> Self {
+        Accepted { started: SystemTime::now(), clock: Instant::now(), artim_deadline: Deadline::now() + artim }
+    }
+}
+
+/// Who the AssociationClosed event is about.
+struct PeerIdentity {
+    id: u64,
+    peer: String,
+    tls: bool,
+    certificate_subject: String,
+    /// From the A-ASSOCIATE-RQ, when one came.
+    calling_aet: String,
+    called_aet: String,
+}
+
+/// Serves one accepted connection: on the TLS port first the handshake (PS3.15 annex B),
+/// here in the association's task, never in the accept loop, and within the ARTIM timer;
+/// then the association.
+pub async fn serve_connection(
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    id: u64,
+    peer: String,
+    mut abort: watch::Receiver<bool>,
+) {
+    let accepted = Accepted::now(shared.settings.artim_timeout);
+    let transport = match tls {
+        None => Ok(Transport::Plain(tcp)),
+        Some(acceptor) => handshake(&acceptor, tcp, accepted.artim_deadline, &mut abort).await,
+    };
+    match transport {
+        Ok(transport) => Handler::new(transport, shared, id, peer, abort, accepted).run().await,
+        Err(end) => {
+            let identity = PeerIdentity {
+                id,
+                peer,
+                tls: true,
+                certificate_subject: String::new(),
+                calling_aet: String::new(),
+                called_aet: String::new(),
+            };
+            let closed = association_closed(identity, &accepted, &Counters::default(), &end);
+            shared.events.send(Event::AssociationClosed(closed)).await;
+        }
+    }
+}
+
+/// The server's side of the TLS handshake, bounded by the ARTIM timer and the shutdown abort.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    deadline: Deadline,
+    abort: &mut watch::Receiver<bool>,
+) -> Result<Transport, End> {
+    tokio::select! {
+        result = tokio::time::timeout_at(deadline, tls::accept(acceptor, tcp)) => match result {
+            Ok(Ok(transport)) => Ok(transport),
+            Ok(Err(e)) => Err(End::Rejected(format!("TLS handshake failed: {e}"))),
+            Err(_) => Err(End::Timeout("no TLS handshake before the ARTIM timer expired".into())),
+        },
+        _ = abort_requested(abort) => Err(End::Shutdown),
+    }
+}
+
+fn association_closed(
+    identity: PeerIdentity,
+    accepted: &Accepted,
+    counters: &Counters,
+    end: &End,
+) -> AssociationClosed {
+    let (outcome, detail) = end.outcome();
+    AssociationClosed {
+        association_id: identity.id,
+        calling_aet: identity.calling_aet,
+        called_aet: identity.called_aet,
+        peer: identity.peer,
+        started_at: unix_time(accepted.started),
+        duration: accepted.clock.elapsed().as_secs_f64(),
+        instances_stored: counters.stored,
+        instances_failed: counters.failed,
+        bytes_received: counters.bytes,
+        outcome,
+        detail,
+        tls: identity.tls,
+        peer_certificate_subject: identity.certificate_subject,
+    }
+}
+
 pub struct Handler {
-    conn: Connection<TcpStream>,
+    conn: Connection<Transport>,
     shared: Arc<Shared>,
     id: u64,
     peer: String,
     abort: watch::Receiver<bool>,
+    accepted: Accepted,
+    /// The peer certificate's subject, read once after the handshake ("" without one).
+    certificate_subject: String,
     /// From the A-ASSOCIATE-RQ, kept for the report even when the association is rejected.
     calling_aet: String,
     called_aet: String,
@@ -114,15 +220,24 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(stream: TcpStream, shared: Arc<Shared>, id: u64, peer: String, abort: watch::Receiver<bool>) -> Self {
+    fn new(
+        transport: Transport,
+        shared: Arc<Shared>,
+        id: u64,
+        peer: String,
+        abort: watch::Receiver<bool>,
+        accepted: Accepted,
+    ) -> Self {
         Handler {
+            certificate_subject: transport.peer_certificate_subject(),
             // The read buffer grows to the largest PDU the peer sends (the codec bounds it):
             // an association that stays idle, or sends only small PDUs, keeps it small.
-            conn: Connection::new(stream, INITIAL_READ_BUFFER),
+            conn: Connection::new(transport, INITIAL_READ_BUFFER),
             shared,
             id,
             peer,
             abort,
+            accepted,
             calling_aet: String::new(),
             called_aet: String::new(),
             association: None,
@@ -133,29 +248,24 @@ impl Handler {
     }
 
     /// Serves the association to its end and reports it.
-    pub async fn run(mut self) {
-        let started = SystemTime::now();
-        let clock = Instant::now();
+    async fn run(mut self) {
         self.shared.metrics.association_opened();
         let end = self.serve().await;
         // Aborts, lost connections: gone before the association is reported closed.
         self.discard_temp_files();
-        self.conn.shutdown().await;
-        let (outcome, detail) = end.outcome();
-        self.shared.metrics.association_closed(outcome);
-        let closed = AssociationClosed {
-            association_id: self.id,
+        // Over TLS, closing writes a close_notify alert, which a peer that stopped reading
+        // could hold up: bounded like the wait for the peer to close (PS3.8 ARTIM).
+        let _ = tokio::time::timeout(self.shared.settings.artim_timeout, self.conn.shutdown()).await;
+        self.shared.metrics.association_closed(end.outcome().0);
+        let identity = PeerIdentity {
+            id: self.id,
+            peer: std::mem::take(&mut self.peer),
+            tls: self.conn.get_ref().is_tls(),
+            certificate_subject: std::mem::take(&mut self.certificate_subject),
             calling_aet: std::mem::take(&mut self.calling_aet),
             called_aet: std::mem::take(&mut self.called_aet),
-            peer: self.peer.clone(),
-            started_at: unix_time(started),
-            duration: clock.elapsed().as_secs_f64(),
-            instances_stored: self.counters.stored,
-            instances_failed: self.counters.failed,
-            bytes_received: self.counters.bytes,
-            outcome,
-            detail,
         };
+        let closed = association_closed(identity, &self.accepted, &self.counters, &end);
         self.shared.events.send(Event::AssociationClosed(closed)).await;
     }
 
@@ -193,8 +303,7 @@ impl Handler {
 
     /// Reads the A-ASSOCIATE-RQ under the ARTIM timer (PS3.8 §9.1.5) and answers it.
     async fn establish(&mut self) -> Result<(), End> {
-        let artim = self.shared.settings.artim_timeout;
-        let rq = match tokio::time::timeout(artim, self.conn.read_pdu()).await {
+        let rq = match tokio::time::timeout_at(self.accepted.artim_deadline, self.conn.read_pdu()).await {
             Err(_) => return Err(End::Timeout("no A-ASSOCIATE-RQ before the ARTIM timer expired".into())),
             Ok(Ok(None)) => return Err(End::ConnectionLost("closed before A-ASSOCIATE-RQ".into())),
             Ok(Err(e)) => return Err(self.read_failed(e).await),
@@ -538,10 +647,18 @@ async fn abort_requested(abort: &mut watch::Receiver<bool>) {
 
 /// Sends A-ASSOCIATE-RJ (transient, presentation-related, local limit exceeded: PS3.8 table
 /// 9-21) to a peer that came when every association slot was taken. The RQ is read first
-/// (under ARTIM): a rejection answers a request.
-pub async fn reject_over_limit(stream: TcpStream, artim: Duration) {
-    let mut conn = Connection::new(stream, 16 * 1024);
-    if let Ok(Ok(Some(Pdu::AssociateRq(_)))) = tokio::time::timeout(artim, conn.read_pdu()).await {
+/// (under ARTIM, after the TLS handshake on the TLS port): a rejection answers a request.
+pub async fn reject_over_limit(tcp: TcpStream, tls: Option<TlsAcceptor>, artim: Duration) {
+    let deadline = Deadline::now() + artim;
+    let transport = match tls {
+        None => Transport::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, tls::accept(&acceptor, tcp)).await {
+            Ok(Ok(transport)) => transport,
+            _ => return,
+        },
+    };
+    let mut conn = Connection::new(transport, 16 * 1024);
+    if let Ok(Ok(Some(Pdu::AssociateRq(_)))) = tokio::time::timeout_at(deadline, conn.read_pdu()).await {
         let rj = crate::ul::pdu::AssociateRj {
             result: association::REJECTED_TRANSIENT,
             source: association::SOURCE_SERVICE_PROVIDER_PRESENTATION,

@@ -5,10 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use std::io;
+use std::net::SocketAddr;
 
-use super::handler::{self, Handler};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use super::handler;
 use super::metrics::Refusal;
 use super::Shared;
 
@@ -18,6 +22,34 @@ const MAX_PENDING_REJECTIONS: usize = 64;
 
 /// After the grace period, how long aborted associations get to clean up.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
+
+/// The listening sockets: plain TCP, TLS (PS3.15 annex B) with its acceptor, or both.
+pub struct Sockets {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+impl Sockets {
+    /// The next connection on either socket, with the acceptor when it came on the TLS one.
+    /// Unbiased, so that a flood on one port cannot starve the other.
+    async fn accept(&self) -> io::Result<(TcpStream, SocketAddr, Option<TlsAcceptor>)> {
+        tokio::select! {
+            accepted = accept_on(self.plain.as_ref()) => accepted.map(|(stream, peer)| (stream, peer, None)),
+            accepted = accept_on(self.tls.as_ref().map(|(socket, _)| socket)) => {
+                let acceptor = self.tls.as_ref().map(|(_, acceptor)| acceptor.clone());
+                accepted.map(|(stream, peer)| (stream, peer, acceptor))
+            }
+        }
+    }
+}
+
+/// Accepts on `socket`; never returns without one.
+async fn accept_on(socket: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.accept().await,
+        None => std::future::pending().await,
+    }
+}
 
 pub struct Listener {
     pub shared: Arc<Shared>,
@@ -32,9 +64,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Accepts until told to stop, then closes the socket and waits for the running
+    /// Accepts until told to stop, then closes the sockets and waits for the running
     /// associations.
-    pub async fn run(self, listener: TcpListener) {
+    pub async fn run(self, sockets: Sockets) {
         let ids = AtomicU64::new(1);
         let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
         self.shared.metrics.set_listening(true);
@@ -43,9 +75,9 @@ impl Listener {
             let accepted = tokio::select! {
                 biased;
                 _ = self.stop.notified() => break,
-                accepted = listener.accept() => accepted,
+                accepted = sockets.accept() => accepted,
             };
-            let Ok((stream, peer)) = accepted else {
+            let Ok((stream, peer, tls)) = accepted else {
                 // Accept errors are per connection (e.g. EMFILE, a reset before accept);
                 // back off a moment rather than spin.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -57,10 +89,16 @@ impl Listener {
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let id = ids.fetch_add(1, Ordering::Relaxed);
-                    let handler =
-                        Handler::new(stream, self.shared.clone(), id, peer.to_string(), self.abort.subscribe());
+                    let connection = handler::serve_connection(
+                        stream,
+                        tls,
+                        self.shared.clone(),
+                        id,
+                        peer.to_string(),
+                        self.abort.subscribe(),
+                    );
                     tokio::spawn(async move {
-                        handler.run().await;
+                        connection.await;
                         drop(permit);
                     });
                 }
@@ -69,7 +107,7 @@ impl Listener {
                     if let Ok(permit) = rejections.clone().try_acquire_owned() {
                         let artim = self.shared.settings.artim_timeout;
                         tokio::spawn(async move {
-                            handler::reject_over_limit(stream, artim).await;
+                            handler::reject_over_limit(stream, tls, artim).await;
                             drop(permit);
                         });
                     }
@@ -77,7 +115,7 @@ impl Listener {
             }
         }
         self.shared.metrics.set_listening(false);
-        drop(listener);
+        drop(sockets);
         self.drain().await;
     }
 

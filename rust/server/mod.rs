@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::storage::journal::Journal;
 use crate::storage::writer::{Storage, StorageOptions};
@@ -29,10 +30,27 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
-/// A running server: its runtime, its port, and the means to stop it.
+/// The ports a server listens on: plain TCP and TLS, each when configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub plain: Option<u16>,
+    pub tls: Option<u16>,
+}
+
+fn bind(addr: &str) -> io::Result<std::net::TcpListener> {
+    let socket = std::net::TcpListener::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn local_port(socket: Option<&std::net::TcpListener>) -> io::Result<Option<u16>> {
+    socket.map(|s| s.local_addr().map(|a| a.port())).transpose()
+}
+
+/// A running server: its runtime, its ports, and the means to stop it.
 pub struct Server {
     runtime: Runtime,
-    port: u16,
+    ports: Ports,
     stop: Arc<Notify>,
     grace: Arc<Mutex<Duration>>,
     journal: Arc<Journal>,
@@ -58,9 +76,20 @@ impl Server {
         };
         let storage = Arc::new(Storage::open(&settings.files_root, options)?);
         let journal = storage.journal().clone();
-        let std_listener = std::net::TcpListener::bind(&settings.bind)?;
-        std_listener.set_nonblocking(true)?;
-        let port = std_listener.local_addr()?.port();
+        let plain = settings.bind.as_deref().map(bind).transpose()?;
+        let tls = match &settings.tls {
+            Some(tls) => Some((bind(&tls.bind)?, TlsAcceptor::from(tls.config.clone()))),
+            None => None,
+        };
+        let ports = Ports { plain: local_port(plain.as_ref())?, tls: local_port(tls.as_ref().map(|(s, _)| s))? };
+        let sockets = {
+            let _guard = runtime.enter();
+            let tls = match tls {
+                Some((socket, acceptor)) => Some((tokio::net::TcpListener::from_std(socket)?, acceptor)),
+                None => None,
+            };
+            listener::Sockets { plain: plain.map(tokio::net::TcpListener::from_std).transpose()?, tls }
+        };
         let (sink, stream) = events::channel(settings.event_queue_size);
         let slots = Arc::new(Semaphore::new(settings.max_associations));
         let queued = stream.queued_counter();
@@ -69,17 +98,19 @@ impl Server {
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (abort, _) = watch::channel(false);
-        let socket = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(std_listener)?
-        };
         let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
-        runtime.spawn(listener.run(socket));
-        Ok((Server { runtime, port, stop, grace, journal, metrics, storage, queued }, stream))
+        runtime.spawn(listener.run(sockets));
+        Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued }, stream))
     }
 
+    /// The plain TCP listener's port; 0 when there is none.
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports.plain.unwrap_or(0)
+    }
+
+    /// The bound ports (the real ones when configured with port 0).
+    pub fn ports(&self) -> Ports {
+        self.ports
     }
 
     pub fn runtime(&self) -> &Runtime {

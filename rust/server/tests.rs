@@ -21,6 +21,8 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
     ServerConfig {
         host: "127.0.0.1".into(),
         port: 0,
+        plain_listener: true,
+        tls: None,
         aet: "OXIDIP".into(),
         enforce_called_aet: true,
         allowed_calling_aets: vec![],
@@ -125,7 +127,7 @@ impl Scu {
 }
 
 /// Events until `associations` associations have been reported closed.
-fn events_until_closed(server: &Server, stream: &mut EventStream, associations: usize) -> Vec<Event> {
+pub(crate) fn events_until_closed(server: &Server, stream: &mut EventStream, associations: usize) -> Vec<Event> {
     let mut all = Vec::new();
     let closed = |all: &Vec<Event>| all.iter().filter(|e| matches!(e, Event::AssociationClosed(_))).count();
     while closed(&all) < associations {

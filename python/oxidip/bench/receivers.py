@@ -245,22 +245,32 @@ def count_files(root: Path) -> int:
 # --- the receivers --------------------------------------------------------------------------
 
 
-def _oxidip_port(line: str) -> int | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
+def _oxidip_listening(field: str) -> Callable[[str], int | None]:
+    """Finds a port in oxidip's JSON ``listening`` log line: ``port`` (the plain listener's)
+    or ``tls_port``."""
+
+    def port(line: str) -> int | None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(record, dict) and record.get("msg") == "listening":
+            return int(record[field])
         return None
-    if isinstance(record, dict) and record.get("msg") == "listening":
-        return int(record["port"])
-    return None
+
+    return port
 
 
 def start_oxidip(
-    ctx: RunContext, settings: dict[str, str], python: str = sys.executable
+    ctx: RunContext,
+    settings: dict[str, str],
+    port_field: str = "port",
+    python: str = sys.executable,
 ) -> Running:
     """``python -m oxidip serve`` on its defaults (default path template, no fsync), changed
-    by ``settings`` (OXIDIP_* variables); ``python``: the interpreter whose oxidip runs (another
-    installation's, to compare two builds)."""
+    by ``settings`` (OXIDIP_* variables); ready on the port its ``listening`` log line gives
+    as ``port_field``: ``port`` (the plain listener's) or ``tls_port``. ``python``: the
+    interpreter whose oxidip runs (another installation's, to compare two builds)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
     env.update(
         {
@@ -277,7 +287,7 @@ def start_oxidip(
         aet=ctx.aet,
         log=ctx.log,
         env=env,
-        parse_port=_oxidip_port,
+        parse_port=_oxidip_listening(port_field),
     )
 
 
@@ -301,7 +311,7 @@ def add_oxidip_baseline(python: str) -> str:
     before/after comparison in one run. Returns its name."""
 
     def start(ctx: RunContext) -> Running:
-        return start_oxidip(ctx, {}, python)
+        return start_oxidip(ctx, {}, python=python)
 
     RECEIVERS[BASELINE_OXIDIP] = ReceiverSpec(
         BASELINE_OXIDIP, start, (), "OXIDIP", concurrent=True, registry="sqlite"
