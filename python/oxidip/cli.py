@@ -124,34 +124,45 @@ def consume(
     shutdown_timeout: float,
     *,
     tick: Callable[[], None] = lambda: None,
+    ready: Callable[[float], bool] = lambda timeout: True,
+    on_stop: Callable[[float], None] = lambda timeout: None,
     max_events: int = 1000,
     poll: float = 0.5,
     linger: float = 0.0,
 ) -> bool:
     """Passes every batch of events to every handler until the receiver has stopped and all
-    events were taken, calling ``tick`` after every wait (with or without events). Once
-    ``stop_requested`` is set (checked at least every ``poll`` seconds), stops the receiver
-    gracefully and keeps draining. A handler that raises is logged and does not stop the
-    loop. ``linger``: see ``Receiver.next_batch``. Returns whether the receiver stopped
-    because it was asked to (False: it stopped by itself)."""
+    events were taken, calling ``tick`` after every wait (with or without events). Takes
+    events only while ``ready(timeout)`` says the handlers have room (it may wait up to
+    ``timeout`` seconds for it): otherwise the receiver's bounded event queue fills and TCP
+    pushes back on the senders. Once ``stop_requested`` is set (checked at least every
+    ``poll`` seconds), stops the receiver gracefully, calls ``on_stop(shutdown_timeout)``,
+    and drains every event, ready or not (the receiver cannot end before). A handler that
+    raises is logged and does not stop the loop. ``linger``: see ``Receiver.next_batch``.
+    Returns whether the receiver stopped because it was asked to (False: by itself)."""
     stopping = False
     while True:
         if not stopping and stop_requested.is_set():
             stopping = True
             receiver.stop(shutdown_timeout)
             log.info("stopping", extra={"timeout": shutdown_timeout})
+            on_stop(shutdown_timeout)
+        if not stopping and not ready(poll):
+            _call(tick)
+            continue
         batch = receiver.next_batch(max_events, poll, linger)
         if batch is None:
             return stopping
         for handler in handlers if batch else ():
-            try:
-                handler(batch)
-            except Exception:
-                log.exception("event handler failed", extra={"handler": _name(handler)})
-        try:
-            tick()
-        except Exception:
-            log.exception("event handler failed", extra={"handler": _name(tick)})
+            _call(handler, batch)
+        _call(tick)
+
+
+def _call(handler: Callable[..., None], *args: object) -> None:
+    """Calls an event handler; its exception is logged and goes no further."""
+    try:
+        handler(*args)
+    except Exception:
+        log.exception("event handler failed", extra={"handler": _name(handler)})
 
 
 def _name(handler: Callable[..., None]) -> str:
@@ -203,7 +214,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         root_subject=config.nats_root_subject or sanitize_subject_part(config.scp_aet),
         progress_interval=config.progress_interval,
     )
-    pipeline = Pipeline(
+    return Pipeline(
         receiver=receiver,
         registry=registry,
         lookup=lookup,
@@ -211,9 +222,10 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         notifier=notifier,
         node=node,
         series_idle_timeout=config.series_idle_timeout,
+        backlog=config.registration_backlog,
+        answer_within=config.registration_timeout if config.ack == "registered" else None,
+        pending=pending,
     )
-    pipeline.request_expected(pending)
-    return pipeline
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -276,6 +288,8 @@ def serve(args: argparse.Namespace) -> int:
                 stop_requested,
                 config.shutdown_timeout,
                 tick=pipeline.tick,
+                ready=pipeline.wait_for_room,
+                on_stop=pipeline.begin_stop,
                 linger=0.0 if config.ack == "registered" else EVENT_LINGER,
             )
         except Exception:

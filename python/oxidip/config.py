@@ -504,6 +504,20 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("OXIDIP_DB_POOL", "4", Integer(1, 100), "PostgreSQL connection pool size."),
     Variable(
+        "OXIDIP_REGISTRATION_BACKLOG",
+        "20000",
+        Integer(1, 1000000),
+        "Stored instances waiting for registration (database unreachable or slow) before"
+        " oxidip stops taking events: the event queue fills and TCP pushes back on senders.",
+    ),
+    Variable(
+        "OXIDIP_REGISTRATION_TIMEOUT",
+        "10",
+        Seconds(3600.0),
+        "With OXIDIP_ACK=registered: how long a sender waits for its instance's registration"
+        " before it gets A700 (the instance stays journaled and is registered later).",
+    ),
+    Variable(
         "OXIDIP_PACS_ADDRESS",
         "",
         PacsAddresses(),
@@ -595,6 +609,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ack: str
     db_connection: str | None
     db_pool: int
+    registration_backlog: int
+    registration_timeout: float
     pacs_address: str
     cfind_timeout: float
     cfind_retries: int

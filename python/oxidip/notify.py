@@ -248,7 +248,7 @@ class Notifier(Protocol):
     def complete(self, series: SeriesLike) -> None: ...
     def finalized(self, series: SeriesLike) -> None: ...
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None: ...
-    def close(self) -> None: ...
+    def close(self, timeout: float = 5.0) -> None: ...
 
 
 class NullNotifier:
@@ -266,7 +266,7 @@ class NullNotifier:
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         pass
 
 
