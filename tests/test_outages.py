@@ -13,6 +13,10 @@ cut while dcmtk's storescu and raw DICOM clients send, then restored.
 - ``test_sigterm_during_an_outage``: exits within ``OXIDIP_SHUTDOWN_TIMEOUT`` with one line
   saying what stays journaled, no traceback; the next start registers it. With
   ``OXIDIP_ACK=registered`` a sender waiting on the registration is answered at once.
+
+And NATS, a side channel, unreachable when ``oxidip serve`` starts (item 14):
+``test_nats_unreachable_at_start`` starts, warns, receives, and publishes once a nats-server
+comes up on the configured port.
 """
 
 import threading
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from oxidip.notify import Finalized, decode_message
 from tests.helpers.dicom import encode_dataset, write_part10
 from tests.helpers.e2e import (
     HOST,
@@ -36,6 +41,7 @@ from tests.helpers.e2e import (
     postgres_database,
     send,
 )
+from tests.helpers.nats import NatsServer, Subscriber, free_port
 from tests.helpers.pdu import EXPLICIT_LE, SECONDARY_CAPTURE, Context, RawClient
 from tests.helpers.query_scp import QueryScp
 from tests.helpers.senders import storescu
@@ -306,3 +312,31 @@ def test_sigterm_during_an_outage(database: tuple[str, TcpProxy], ack: str, tmp_
                 view.wait_series(counts_are(counts), server=server)
             server.stop()
     assert journal_files(root) == []
+
+
+def test_nats_unreachable_at_start(tmp_path: Path) -> None:
+    port = free_port()
+    before, after = make_series(3), make_series(3)
+    root = tmp_path / "storage"
+    with Oxidip(root, env={"OXIDIP_NATS_ADDRESS": f"127.0.0.1:{port}"}) as server:
+        warning = server.process.wait_for_record("nats unreachable", timeout=30)
+        assert warning["level"] == "WARNING"
+        assert warning["address"] == f"127.0.0.1:{port}"
+        assert set(send(server.port, before.datasets, calling_aet=MODALITY).values()) == {0}
+        with NatsServer(port=port) as nats, Subscriber(nats.url, "OXIDIP.>") as subscriber:
+            server.process.wait_for_record("nats connected", timeout=30)
+            assert set(send(server.port, after.datasets, calling_aet=MODALITY).values()) == {0}
+
+            def finalized() -> bool:
+                return any(
+                    isinstance(m, Finalized) and m.series_instance_uid == after.series_instance_uid
+                    for m in (decode_message(r.data) for r in list(subscriber.messages))
+                )
+
+            wait_until(finalized, 30, "the series' finalized message received")
+            server.stop()
+        with RegistryView(root, None) as view:
+            assert set(view.instance_paths()) == {
+                *before.sop_instance_uids,
+                *after.sop_instance_uids,
+            }
