@@ -184,6 +184,30 @@ def open_migrated_registry(config: Config) -> Registry:
     return registry
 
 
+def warn_untracked_series(config: Config, hooks: Hooks) -> None:
+    """With ``REGISTER_MODE = "replace"`` nothing is registered in oxidip's database, so no
+    series state is tracked: says which of what is configured therefore does nothing (a
+    WARNING), or that nothing is lost (INFO)."""
+    off = [name for name in ("on_series_complete", "on_series_finalized") if name in hooks.names]
+    if config.nats_address:
+        off.append("NATS progress, complete and finalized messages (OXIDIP_NATS_ADDRESS)")
+    if config.pacs_address:
+        off.append("expected-count C-FINDs (OXIDIP_PACS_ADDRESS)")
+    fields = {"hooks_module": hooks.module_name or "", "register_mode": "replace"}
+    if not off:
+        log.info("series states are not tracked", extra=fields)
+        return
+    log.warning(
+        "series states are not tracked",
+        extra={
+            **fields,
+            "off": "; ".join(off),
+            "why": "the register hook replaces oxidip's database, where series states live;"
+            ' use REGISTER_MODE = "add" to keep them',
+        },
+    )
+
+
 def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline:
     """Opens the registry (migrating it, replaying journals of dead processes), the expected
     count lookup and the notifier."""
@@ -191,7 +215,9 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
     files_root = config.core().files_root
     registry = None
     pending: list[SeriesRow] = []
-    if not hooks.replaces_registry:
+    if hooks.replaces_registry:
+        warn_untracked_series(config, hooks)
+    else:
         registry = open_migrated_registry(config)
         replayed = replay_journals(files_root, registry, node)
         if replayed:
