@@ -12,6 +12,8 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
+import sys
 import textwrap
 import threading
 import time
@@ -30,6 +32,7 @@ from oxidip.config import (
     Config,
     ConfigError,
     report_config_error,
+    storage_root_problem,
     warn_unknown_variables,
 )
 from oxidip.hooks import HookError, Hooks
@@ -165,6 +168,11 @@ def _call(handler: Callable[..., None], *args: object) -> None:
         log.exception("event handler failed", extra={"handler": _name(handler)})
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (libpq's messages span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
 def _name(handler: Callable[..., None]) -> str:
     return getattr(handler, "__qualname__", None) or repr(handler)
 
@@ -260,6 +268,9 @@ def serve(args: argparse.Namespace) -> int:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
         return report_config_error(error.problems)
+    problem = storage_root_problem(config.files_root)
+    if problem is not None:
+        return report_config_error([problem])
     logs.configure(config.log_level, config.log_format)
     warn_unknown_variables()
     try:
@@ -271,9 +282,20 @@ def serve(args: argparse.Namespace) -> int:
         return report_config_error([str(error)])
     try:
         pipeline = build_pipeline(config, receiver, hooks)
-    except (OSError, ValueError, NotifierError, psycopg.Error) as error:
+    except psycopg.Error as error:
         hooks.close(0)
-        log.error("cannot start", extra={"error": f"{type(error).__name__}: {error}"})
+        log.error(
+            "cannot start",
+            extra={
+                "reason": "registry database unreachable",
+                "variable": "OXIDIP_DB_CONNECTION",
+                "error": one_line(error),
+            },
+        )
+        return EXIT_FAILURE
+    except (OSError, ValueError, NotifierError, sqlite3.Error) as error:
+        hooks.close(0)
+        log.error("cannot start", extra={"error": one_line(error)})
         return EXIT_FAILURE
 
     stop_requested = threading.Event()
@@ -366,12 +388,22 @@ def run_reconcile(args: argparse.Namespace) -> int:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
         return report_config_error(error.problems)
-    logs.configure(config.log_level, config.log_format)
     files_root = config.core().files_root
-    registry = open_migrated_registry(config)
+    if not os.path.isdir(files_root):
+        return report_config_error([f"OXIDIP_FILES_ROOT={config.files_root!r}: not a directory"])
+    logs.configure(config.log_level, config.log_format)
+    node = f"{socket.gethostname()}-{os.getpid()}-reconcile"
     try:
-        node = f"{socket.gethostname()}-{os.getpid()}-reconcile"
+        registry = open_migrated_registry(config)
+    except (psycopg.Error, sqlite3.Error, OSError) as error:
+        where = "OXIDIP_DB_CONNECTION" if config.db_connection else "the SQLite registry"
+        print(f"oxidip reconcile: cannot open {where}: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
         report = reconcile(files_root, registry, node)
+    except (psycopg.Error, sqlite3.Error, OSError) as error:
+        print(f"oxidip reconcile: stopped: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         registry.close()
     print(f"registered {report.registered} files, {report.unreadable} unreadable")
