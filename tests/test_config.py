@@ -19,6 +19,7 @@ import pytest
 from oxidip import _core
 from oxidip._boundary import Attributes, CoreConfig
 from oxidip.config import VARIABLES, Config, ConfigError, unknown_variables
+from tests.helpers.process import clean_env, run_oxidip
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -362,25 +363,6 @@ def test_readme_documents_every_variable() -> None:
 # --- CLI ---------------------------------------------------------------------------------
 
 
-def clean_env(**overrides: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OXIDIP_")}
-    env.update(overrides)
-    return env
-
-
-def oxidip(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oxidip", *args],
-        env=env,
-        cwd=cwd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     """A port on 127.0.0.1 that is bound and listening for the duration of the test."""
@@ -391,7 +373,7 @@ def busy_port() -> Iterator[int]:
 
 
 def test_version(tmp_path: Path) -> None:
-    result = oxidip("--version", env=clean_env(), cwd=tmp_path)
+    result = run_oxidip("--version", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.strip() == f"oxidip {_core.__version__}"
 
@@ -402,7 +384,7 @@ def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port:
         OXIDIP_LISTENER_PORT=str(busy_port),
         OXIDIP_SCP_MAX_PDU_LENGTH="12",
     )
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(
         "oxidip: configuration error: OXIDIP_SCP_MAX_PDU_LENGTH='12': "
@@ -416,7 +398,7 @@ def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port:
 def test_serve_on_busy_port_fails_to_start(tmp_path: Path, busy_port: int) -> None:
     """The control for the test above: with a good configuration the busy port is noticed."""
     env = clean_env(OXIDIP_LISTENER_HOST="127.0.0.1", OXIDIP_LISTENER_PORT=str(busy_port))
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "cannot start" in result.stderr
     assert f"port={busy_port}" in result.stderr

@@ -13,44 +13,24 @@ line that says why, never a traceback.
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.nats import closed_port
+from tests.helpers.process import clean_env, run_oxidip
 
 UNREACHABLE_DB = f"postgresql://postgres@127.0.0.1:{closed_port()}/oxidip"
 
 
-def run_oxidip(
-    *args: str, env: dict[str, str], extra_path: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
-    full.update(env)
-    if extra_path is not None:
-        full["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(extra_path), full.get("PYTHONPATH")])
-        )
-    return subprocess.run(
-        [sys.executable, "-m", "oxidip", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def serve_env(root: Path | str, **extra: str) -> dict[str, str]:
-    return {
-        "OXIDIP_FILES_ROOT": str(root),
-        "OXIDIP_LISTENER_HOST": "127.0.0.1",
-        "OXIDIP_LISTENER_PORT": "0",
+    return clean_env(
+        OXIDIP_FILES_ROOT=str(root),
+        OXIDIP_LISTENER_HOST="127.0.0.1",
+        OXIDIP_LISTENER_PORT="0",
         **extra,
-    }
+    )
 
 
 def one_line(stderr: str) -> str:
@@ -128,59 +108,43 @@ def without_matplotlib(tmp_path: Path) -> Path:
     return hidden
 
 
+def bench_compare(
+    hidden: Path, tmp_path: Path, *extra: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """A quick ``oxidip bench compare`` into ``tmp_path/results``, matplotlib hidden."""
+    env = clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hidden), env.get("PYTHONPATH")]))
+    return run_oxidip(
+        "bench",
+        "compare",
+        *("--quick", "--repeats", "1", "--prefill", "0", "--storage", str(tmp_path)),
+        *("--output-dir", str(tmp_path / "results"), *extra),
+        env=env,
+        timeout=timeout,
+    )
+
+
 def test_bench_compare_without_matplotlib_refuses_at_once(
     without_matplotlib: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "results"
     started = time.monotonic()
-    result = run_oxidip(
-        "bench",
-        "compare",
-        "--quick",
-        "--repeats",
-        "1",
-        "--prefill",
-        "0",
-        "--storage",
-        str(tmp_path),
-        "--output-dir",
-        str(out),
-        env={},
-        extra_path=without_matplotlib,
-        timeout=120,
-    )
+    result = bench_compare(without_matplotlib, tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr
     line = one_line(result.stderr)
     assert "matplotlib" in line and "--no-chart" in line
     assert time.monotonic() - started < 30, "refused before running anything"
-    assert not out.exists()
+    assert not (tmp_path / "results").exists()
 
 
 def test_bench_compare_no_chart_writes_the_report(without_matplotlib: Path, tmp_path: Path) -> None:
-    out = tmp_path / "results"
-    result = run_oxidip(
-        "bench",
-        "compare",
-        "--quick",
-        "--repeats",
-        "1",
-        "--workloads",
-        "small",
-        "--receivers",
-        "oxidip",
-        "--prefill",
-        "0",
-        "--storage",
-        str(tmp_path),
-        "--output-dir",
-        str(out),
-        "--no-chart",
-        env={},
-        extra_path=without_matplotlib,
+    result = bench_compare(
+        without_matplotlib,
+        tmp_path,
+        *("--workloads", "small", "--receivers", "oxidip", "--no-chart"),
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    names = sorted(path.name for path in out.iterdir())
+    names = sorted(path.name for path in (tmp_path / "results").iterdir())
     assert [n for n in names if n.endswith(".png")] == []
     assert "latest.md" in names and "latest.json" in names
