@@ -196,7 +196,9 @@ def warn_untracked_series(config: Config, hooks: Hooks) -> None:
     """With ``REGISTER_MODE = "replace"`` nothing is registered in oxidip's database, so no
     series state is tracked: says which of what is configured therefore does nothing (a
     WARNING), or that nothing is lost (INFO)."""
-    off = [name for name in ("on_series_complete", "on_series_finalized") if name in hooks.names]
+    off: list[str] = [
+        name for name in ("on_series_complete", "on_series_finalized") if name in hooks.names
+    ]
     if config.nats_address:
         off.append("NATS progress, complete and finalized messages (OXIDIP_NATS_ADDRESS)")
     if config.pacs_address:

@@ -408,10 +408,10 @@ def _cpu_set(text: str) -> list[int]:
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not args.no_chart:
         # Checked first: finding it missing at the end would waste the whole run.
-        missing = report.chart_unavailable()
-        if missing is not None:
+        no_chart = report.chart_unavailable()
+        if no_chart is not None:
             print(
-                f"oxidip bench compare: the chart needs matplotlib ({missing}): install it"
+                f"oxidip bench compare: the chart needs matplotlib ({no_chart}): install it"
                 " (pip install 'oxidip[bench]', or '.[bench]' in a checkout), or pass"
                 " --no-chart for the report without it",
                 file=sys.stderr,
