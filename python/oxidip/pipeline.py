@@ -56,8 +56,10 @@ log = logging.getLogger("oxidip.pipeline")
 
 #: How often idle series are looked for, at most (seconds).
 IDLE_CHECK_INTERVAL = 1.0
-#: Seconds ``close`` lets a reachable database register what is left, even when the shutdown
-#: timeout is shorter: otherwise the last batch would wait for the next start in the journal.
+#: Seconds ``close`` gives the last registrations, hook calls and NATS messages even when the
+#: shutdown timeout is spent (associations used it all): without them the last batch would
+#: wait in the journal for the next start, and the last series states never be told. Not
+#: for a database that is unreachable: its registrations wait in the journal anyway.
 DRAIN_AT_LEAST = 1.0
 
 
@@ -153,21 +155,20 @@ class Pipeline:
         self.registrar.stopping()
 
     def close(self, timeout: float) -> None:
-        """Last answers and idle checks, lets the registrar finish (see ``DRAIN_AT_LEAST``),
-        then stops the helpers (hooks drain), all within ``timeout`` seconds or the deadline
-        of ``begin_stop``, whichever comes first. What is left unregistered stays in the
-        journal (logged by the registrar)."""
-        deadline = time.monotonic() + timeout
+        """Last answers and idle checks, lets the registrar finish, then stops the helpers
+        (hooks and NATS drain), within ``timeout`` seconds or the deadline of ``begin_stop``,
+        whichever comes first, or ``DRAIN_AT_LEAST`` when that is later. What is left
+        unregistered stays in the journal (logged by the registrar)."""
+        now = time.monotonic()
+        deadline = now + timeout
         if self._deadline is not None:
             deadline = min(deadline, self._deadline)
+        end = max(deadline, now + DRAIN_AT_LEAST)
         self.tick()
-        drain = deadline - time.monotonic()
-        if not self.registrar.outage:
-            drain = max(drain, DRAIN_AT_LEAST)
-        self.registrar.close(drain)
+        self.registrar.close((deadline if self.registrar.outage else end) - time.monotonic())
         self.lookup.close()
-        self.hooks.close(max(deadline - time.monotonic(), 0.0))
-        self.notifier.close(max(deadline - time.monotonic(), 0.0))
+        self.hooks.close(max(end - time.monotonic(), 0.0))
+        self.notifier.close(max(end - time.monotonic(), 0.0))
         # A registry call stuck on an unreachable server still holds it (SQLite: its lock).
         if self.registry is not None and self.registrar.finished:
             self.registry.close()

@@ -71,10 +71,12 @@ class _Registration:
 
     def __init__(self, batches: list[_Batch]) -> None:
         self.batches = batches
+        self.events = [event for batch in batches for event in batch.events]
+        self.seqs = [seq for batch in batches for seq in batch.seqs]
 
     @property
     def instances(self) -> int:
-        return sum(len(batch.events) for batch in self.batches)
+        return len(self.events)
 
 
 class _Call:
@@ -118,7 +120,7 @@ class Registrar(Generic[R]):
         self._clock = clock
 
         self._cond = threading.Condition(threading.Lock())
-        self._queue: collections.deque[_Registration | _Call] = collections.deque()
+        self._queue: collections.deque[_Batch | _Call] = collections.deque()
         self._current: _Registration | _Call | None = None
         #: Instances handed over and not registered (nor finally failed) yet.
         self._backlog = 0
@@ -153,7 +155,7 @@ class Registrar(Generic[R]):
                 shed = True
             else:
                 shed = False
-                self._queue.append(_Registration([batch]))
+                self._queue.append(batch)
                 self._backlog += len(events)
                 if self.answer_within is not None and batch.seqs:
                     self._waiting.append(batch)
@@ -282,15 +284,15 @@ class Registrar(Generic[R]):
         job = self._queue.popleft()
         if isinstance(job, _Call):
             return job
-        batches = list(job.batches)
-        size = job.instances
+        batches = [job]
+        size = len(job.events)
         while self._queue:
             following = self._queue[0]
-            if not isinstance(following, _Registration) or size + following.instances > MERGE_LIMIT:
+            if not isinstance(following, _Batch) or size + len(following.events) > MERGE_LIMIT:
                 break
             self._queue.popleft()
-            batches.extend(following.batches)
-            size += following.instances
+            batches.append(following)
+            size += len(following.events)
         return _Registration(batches)
 
     def _work(self) -> None:
@@ -308,7 +310,7 @@ class Registrar(Generic[R]):
                 job = self._current
             try:
                 if isinstance(job, _Registration):
-                    result: Any = self._register([e for b in job.batches for e in b.events])
+                    result: Any = self._register(job.events)
                 else:
                     result = job.work()
             except Exception as error:  # noqa: BLE001 - every failure is judged, none lost
@@ -341,16 +343,14 @@ class Registrar(Generic[R]):
                         exc_info=error,
                     )
             else:
-                events = [event for batch in job.batches for event in batch.events]
-                seqs = [seq for batch in job.batches for seq in batch.seqs]
                 with self._cond:
                     for batch in job.batches:
                         batch.answered = True
-                self.receiver.acknowledge(seqs, registered=error is None)
+                self.receiver.acknowledge(job.seqs, registered=error is None)
                 if error is None:
-                    self._registered(events, result)
+                    self._registered(job.events, result)
                 else:
-                    self._not_registered(events, error)
+                    self._not_registered(job.events, error)
         except Exception:
             log.exception("after a registry call", extra={"job": type(job).__name__})
         finally:
