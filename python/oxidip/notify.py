@@ -72,7 +72,7 @@ import threading
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import msgspec
 import nats.aio.client
@@ -527,10 +527,8 @@ class NatsNotifier:
             self._loop.run_forever()
         finally:
             with contextlib.suppress(Exception):
-                pending = asyncio.all_tasks(self._loop)
-                for task in pending:
-                    task.cancel()
-                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                pending = list(asyncio.all_tasks(self._loop))
+                self._loop.run_until_complete(_cancel(pending, 1.0))
             self._loop.close()
 
     def _stop_loop(self) -> None:
@@ -658,16 +656,13 @@ class NatsNotifier:
             await asyncio.gather(self._release_task, return_exceptions=True)
         if not self._up.is_set():
             # Never connected: nothing can be sent, and there is no point waiting.
-            tasks = [t for t in (self._connect_task, self._pump_task) if t is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel([t for t in (self._connect_task, self._pump_task) if t is not None], 1.0)
             with self._cond:
                 unsent = len(self._queue) + len(self._held)
                 self._queue.clear()
                 self._held.clear()
             with contextlib.suppress(Exception):
-                await self._nc.close()
+                await asyncio.wait_for(self._nc.close(), 1.0)
             return unsent
         # _closing is set, so nothing more comes in: the held progress goes last.
         self._release_due(time.monotonic(), everything=True)
@@ -699,6 +694,22 @@ class NatsNotifier:
         with contextlib.suppress(Exception):
             await self._nc.close()
         return unsent
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Cancels ``tasks`` and waits up to ``timeout`` seconds for them to end, cancelling again
+    those that go on: nats-py's connection loop can swallow a cancellation (asyncio.wait_for
+    does, before Python 3.12, when what it waits for ends at the same moment), and one wait on
+    it would then last for ever."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [task for task in tasks if not task.done()]
+        remaining = deadline - time.monotonic()
+        if not pending or remaining <= 0:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=min(remaining, 0.1))
 
 
 async def _with_timeout(awaitable: Awaitable[None], timeout: float) -> None:
