@@ -92,14 +92,22 @@ impl Receiver {
     }
 
     /// Python's word on journal entries: registered (their entries may go; with
-    /// `ack=registered` their senders get success) or not.
+    /// `ack=registered` their senders get success) or not. Called from Python's registration
+    /// thread while another thread may wait in `next_batch`: the server lock is taken and
+    /// released without the GIL, so that no thread ever holds it while waiting for the GIL
+    /// (the thread holding the GIL may be waiting for the lock).
     fn acknowledge(&self, py: Python<'_>, seqs: Vec<u64>, registered: bool) -> PyResult<()> {
-        match lock(&self.server).as_ref() {
+        let started = py.allow_threads(|| match lock(&self.server).as_ref() {
             Some(server) => {
-                py.allow_threads(|| server.acknowledge(&seqs, registered));
-                Ok(())
+                server.acknowledge(&seqs, registered);
+                true
             }
-            None => Err(PyRuntimeError::new_err("receiver not started")),
+            None => false,
+        });
+        if started {
+            Ok(())
+        } else {
+            Err(PyRuntimeError::new_err("receiver not started"))
         }
     }
 

@@ -20,6 +20,7 @@ from oxidip import _core
 from oxidip._boundary import Attributes, CoreConfig, TlsListener
 from oxidip.bench.pki import Pki, make_pki
 from oxidip.config import VARIABLES, Config, ConfigError, unknown_variables
+from tests.helpers.process import clean_env, run_oxidip
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -54,6 +55,8 @@ DEFAULTS: dict[str, Any] = {
     "ack": "stored",
     "db_connection": None,
     "db_pool": 4,
+    "registration_backlog": 20000,
+    "registration_timeout": 10.0,
     "pacs_address": "",
     "cfind_timeout": 10.0,
     "cfind_retries": 2,
@@ -143,6 +146,8 @@ GOOD += [
     ("OXIDIP_DB_CONNECTION", "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db"),
     ("OXIDIP_DB_CONNECTION", " ", None),
     ("OXIDIP_DB_POOL", "16", 16),
+    ("OXIDIP_REGISTRATION_BACKLOG", "1", 1),
+    ("OXIDIP_REGISTRATION_TIMEOUT", "0.5", 0.5),
     ("OXIDIP_PACS_ADDRESS", "PACS=10.0.0.5:104", "PACS=10.0.0.5:104"),
     ("OXIDIP_CFIND_TIMEOUT", "2.5", 2.5),
     ("OXIDIP_CFIND_RETRIES", "0", 0),
@@ -240,6 +245,8 @@ BAD += [
     ("OXIDIP_ACK", "committed"),
     ("OXIDIP_DB_CONNECTION", "mysql://x"),
     ("OXIDIP_DB_POOL", "0"),
+    ("OXIDIP_REGISTRATION_BACKLOG", "0"),
+    ("OXIDIP_REGISTRATION_TIMEOUT", "0"),
     ("OXIDIP_PACS_ADDRESS", "PACS=host"),
     ("OXIDIP_CFIND_TIMEOUT", "0"),
     ("OXIDIP_CFIND_RETRIES", "11"),
@@ -420,25 +427,6 @@ def test_readme_documents_every_variable() -> None:
 # --- CLI ---------------------------------------------------------------------------------
 
 
-def clean_env(**overrides: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OXIDIP_")}
-    env.update(overrides)
-    return env
-
-
-def oxidip(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oxidip", *args],
-        env=env,
-        cwd=cwd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     """A port on 127.0.0.1 that is bound and listening for the duration of the test."""
@@ -449,7 +437,7 @@ def busy_port() -> Iterator[int]:
 
 
 def test_version(tmp_path: Path) -> None:
-    result = oxidip("--version", env=clean_env(), cwd=tmp_path)
+    result = run_oxidip("--version", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.strip() == f"oxidip {_core.__version__}"
 
@@ -460,7 +448,7 @@ def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port:
         OXIDIP_LISTENER_PORT=str(busy_port),
         OXIDIP_SCP_MAX_PDU_LENGTH="12",
     )
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(
         "oxidip: configuration error: OXIDIP_SCP_MAX_PDU_LENGTH='12': "
@@ -476,7 +464,7 @@ def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port:
     [("OXIDIP_FILE_MODE", "0400"), ("OXIDIP_DIR_MODE", "755x"), ("OXIDIP_GROUP", "no-such-group")],
 )
 def test_serve_with_a_bad_mode_or_group_exits_2(tmp_path: Path, name: str, raw: str) -> None:
-    result = oxidip("serve", env=clean_env(**{name: raw}), cwd=tmp_path)
+    result = run_oxidip("serve", env=clean_env(**{name: raw}), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"oxidip: configuration error: {name}={raw!r}: "), result.stderr
     assert not (tmp_path / "data").exists()
@@ -485,7 +473,7 @@ def test_serve_with_a_bad_mode_or_group_exits_2(tmp_path: Path, name: str, raw: 
 def test_serve_on_busy_port_fails_to_start(tmp_path: Path, busy_port: int) -> None:
     """The control for the test above: with a good configuration the busy port is noticed."""
     env = clean_env(OXIDIP_LISTENER_HOST="127.0.0.1", OXIDIP_LISTENER_PORT=str(busy_port))
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "cannot start" in result.stderr
     assert f"port={busy_port}" in result.stderr
@@ -660,14 +648,14 @@ def test_serve_with_a_certificate_but_no_key_exits_2(pki: Pki, tmp_path: Path) -
         OXIDIP_LISTENER_PORT="0",
         OXIDIP_TLS_CERT=str(pki.server.cert),
     )
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(
         "oxidip: configuration error: OXIDIP_TLS_KEY='': required when OXIDIP_TLS_CERT is set"
     ), result.stderr
     assert not (tmp_path / "data").exists()
     env["OXIDIP_TLS_KEY"] = str(pki.client.key)
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "configuration error: OXIDIP_TLS_KEY=" in result.stderr, result.stderr
     assert "does not match" in result.stderr

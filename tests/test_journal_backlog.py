@@ -54,8 +54,8 @@ def test_a_dead_journal_that_cannot_be_replayed_is_reported(
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("DROP TABLE instances CASCADE")
             with caplog.at_level(logging.WARNING, logger="oxidip.adoption"):
-                assert adopter.poll() is None
-                assert adopter.poll() is None
+                assert adopter.adopt() is None
+                assert adopter.adopt() is None
         finally:
             registry.close()
     warnings = [r for r in caplog.records if r.msg.startswith("journals of stopped processes")]

@@ -51,13 +51,17 @@ class JournalAdopter:
         self.pending_entries = 0
         self._failing = False
 
-    def poll(self) -> Registration | None:
-        """Adopts what there is if ``interval`` has passed since the last look; None if not
-        (or if the look failed: logged)."""
+    def due(self) -> bool:
+        """Whether ``interval`` has passed since the last look (which it then starts again)."""
         now = self.clock()
         if now - self._last < self.interval:
-            return None
+            return False
         self._last = now
+        return True
+
+    def adopt(self) -> Registration | None:
+        """Adopts the journals of dead processes there are now; None if that failed (logged,
+        tried again at the next look)."""
         try:
             done = adopt_journals(self.files_root, self.registry, self.node)
         except Exception as error:  # noqa: BLE001 - any failure: retried at the next look

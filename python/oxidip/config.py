@@ -14,11 +14,15 @@ import math
 import os
 import re
 import sys
+import tempfile
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from oxidip import _core
 from oxidip._boundary import CoreConfig, TlsListener
@@ -29,6 +33,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Variable",
+    "storage_root_problem",
     "unknown_variables",
     "warn_unknown_variables",
 ]
@@ -346,6 +351,16 @@ class DatabaseUrl:
             return None
         if not text.startswith(("postgresql://", "postgres://")):
             raise Invalid()
+        try:
+            _ = urllib.parse.urlsplit(text).port
+        except ValueError:
+            raise Invalid("its port is not a number from 0 to 65535") from None
+        try:
+            conninfo_to_dict(text)
+        except psycopg.ProgrammingError as error:
+            # libpq's reason, without the URL it quotes (it may hold a password).
+            reason = str(error).split(" in URI", 1)[0].strip()
+            raise Invalid(f"libpq cannot read it: {reason}") from None
         return text
 
 
@@ -632,6 +647,20 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("OXIDIP_DB_POOL", "4", Integer(1, 100), "PostgreSQL connection pool size."),
     Variable(
+        "OXIDIP_REGISTRATION_BACKLOG",
+        "20000",
+        Integer(1, 1000000),
+        "Stored instances waiting for registration (database unreachable or slow) before"
+        " oxidip stops taking events: the event queue fills and TCP pushes back on senders.",
+    ),
+    Variable(
+        "OXIDIP_REGISTRATION_TIMEOUT",
+        "10",
+        Seconds(3600.0),
+        "With OXIDIP_ACK=registered: how long a sender waits for its instance's registration"
+        " before it gets A700 (the instance stays journaled and is registered later).",
+    ),
+    Variable(
         "OXIDIP_PACS_ADDRESS",
         "",
         PacsAddresses(),
@@ -750,6 +779,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ack: str
     db_connection: str | None
     db_pool: int
+    registration_backlog: int
+    registration_timeout: float
     pacs_address: str
     cfind_timeout: float
     cfind_retries: int
@@ -875,3 +906,29 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
         if close:
             fields["did_you_mean"] = close[0]
         log.warning("unknown configuration variable ignored", extra=fields)
+
+
+def storage_root_problem(files_root: str) -> str | None:
+    """What makes ``files_root`` unusable as the storage root, as a configuration problem
+    naming ``OXIDIP_FILES_ROOT`` (the value parses, the file system says no): not a
+    directory, cannot be created (it is created when missing), or no file can be created in
+    it by this user. None when it is usable. Checked by creating and removing a file, since
+    permission bits do not tell (root ignores them; /proc, read-only mounts...)."""
+    shown = f"OXIDIP_FILES_ROOT={files_root!r}"
+    path = os.path.abspath(files_root)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{shown}: not a directory"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        return f"{shown}: cannot be created: {error.strerror or error}"
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".oxidip-check-")
+    except OSError as error:
+        return (
+            f"{shown}: this user (uid {os.getuid()}) cannot create files in it:"
+            f" {error.strerror or error}"
+        )
+    os.close(fd)
+    os.unlink(probe)
+    return None

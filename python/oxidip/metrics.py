@@ -160,8 +160,8 @@ _PIPELINE = (
     _Family(
         "gauge",
         "oxidip_database_reachable",
-        "1 when the database answered the last registration attempt.",
-        attrgetter("metrics.database_reachable"),
+        "0 while registration waits for an unreachable database, 1 otherwise.",
+        lambda pipeline: 0 if pipeline.registrar.outage else 1,
     ),
     _Family(
         "counter",
@@ -175,6 +175,12 @@ _PIPELINE = (
         "oxidip_cfind_pending",
         "C-FIND lookups queued or running.",
         attrgetter("lookup.pending"),
+    ),
+    _Family(
+        "gauge",
+        "oxidip_registration_backlog",
+        "Stored instances waiting for registration (OXIDIP_REGISTRATION_BACKLOG bounds it).",
+        attrgetter("registrar.backlog"),
     ),
     _Family(
         "gauge",

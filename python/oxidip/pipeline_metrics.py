@@ -4,13 +4,11 @@ endpoint is on (~70 ms and 2 MB).
 
 Metric names: ``oxidip_registered_instances_total``,
 ``oxidip_registration_failed_instances_total``, ``oxidip_registration_lag_seconds``,
-``oxidip_database_reachable``, ``oxidip_cfind_lookups_total{outcome}``.
+``oxidip_cfind_lookups_total{outcome}`` (``oxidip_database_reachable`` and
+``oxidip_registration_backlog`` come from the pipeline's ``Registrar``).
 """
 
-import sqlite3
 from collections.abc import Sequence
-
-import psycopg
 
 from oxidip._boundary import InstanceStored
 
@@ -33,8 +31,6 @@ class PipelineMetrics:
         #: Seconds from the storing of the oldest instance of the last registered batch to its
         #: registration.
         self.registration_lag = 0.0
-        #: Whether the database answered the last registration attempt.
-        self.database_reachable = True
         #: C-FIND lookups answered, by ``ExpectedCount.status``.
         self.cfind: dict[str, int] = dict.fromkeys(CFIND_OUTCOMES, 0)
 
@@ -44,16 +40,11 @@ class PipelineMetrics:
             return
         self.registered += len(instances)
         self.registration_lag = max(0.0, now - min(event.stored_at for event in instances))
-        self.database_reachable = True
 
-    def instances_not_registered(self, count: int, error: BaseException) -> None:
-        """A batch of ``count`` instances failed to register with ``error``; an operational
-        error (connection refused or lost, pool timeout, SQLite file unusable) means the
-        database is not reachable, anything else (a hook's exception, a bug) does not."""
+    def instances_not_registered(self, count: int) -> None:
+        """A batch of ``count`` instances failed to register for good (not because the
+        database was unreachable: such registrations are retried, ``Registrar.outage``)."""
         self.registration_failed += count
-        self.database_reachable = not isinstance(
-            error, (psycopg.OperationalError, sqlite3.OperationalError)
-        )
 
     def cfind_answered(self, status: str) -> None:
         self.cfind[status] = self.cfind.get(status, 0) + 1

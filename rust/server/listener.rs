@@ -69,7 +69,6 @@ impl Listener {
     pub async fn run(self, sockets: Sockets) {
         let ids = AtomicU64::new(1);
         let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
-        self.shared.metrics.set_listening(true);
         loop {
             // Biased: once a stop is asked for, no further connection is accepted.
             let accepted = tokio::select! {

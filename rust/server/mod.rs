@@ -98,6 +98,9 @@ impl Server {
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (abort, _) = watch::channel(false);
+        // Bound and listening already: connections queue in the backlog until the listener
+        // task takes them, so `/healthz` may say so before `start` returns.
+        metrics.set_listening(true);
         let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(sockets));
         Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued }, stream))

@@ -4,7 +4,8 @@ driven by the same load generator (``oxidip bench send``'s) with the same data; 
 alternate (the order rotates every repetition); the report gives medians with min/max, the
 ratios to dcmtk storescp, the receiver's CPU time and peak resident memory, and checks the
 targets of issue 4. Writes ``compare-<date>-<hhmm>.md``, ``.json`` and ``.png`` (and copies
-named ``latest``) into the output directory.
+named ``latest``) into the output directory; the chart needs matplotlib, checked before the
+first run (``--no-chart`` leaves it out).
 
 Workloads (``--quick`` shrinks each, for smoke tests):
 
@@ -253,6 +254,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the report goes (default: %(default)s)",
     )
     parser.add_argument(
+        "--no-chart",
+        action="store_true",
+        help="write the report and its data without the chart (which needs matplotlib)",
+    )
+    parser.add_argument(
         "--postgres",
         default=DEFAULT_POSTGRES,
         help="PostgreSQL server for 'oxidip postgresql' (a scratch database is created and"
@@ -400,6 +406,17 @@ def _cpu_set(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if not args.no_chart:
+        # Checked first: finding it missing at the end would waste the whole run.
+        no_chart = report.chart_unavailable()
+        if no_chart is not None:
+            print(
+                f"oxidip bench compare: the chart needs matplotlib ({no_chart}): install it"
+                " (pip install 'oxidip[bench]', or '.[bench]' in a checkout), or pass"
+                " --no-chart for the report without it",
+                file=sys.stderr,
+            )
+            return 2
     table = QUICK if args.quick else FULL
     keys = _selected(args.workloads, [w.key for w in table], "workloads")
     workloads = [w for w in table if w.key in keys]
@@ -472,7 +489,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         when = datetime.datetime.now()
         results = Results(context, when, workloads, names, measurements, failures, ceilings)
-        written = report.write(args.output_dir, results)
+        written = report.write(args.output_dir, results, with_chart=not args.no_chart)
         print(written.read_text())
         print(f"written to {written}", file=sys.stderr)
     finally:

@@ -335,15 +335,27 @@ def chart(path: Path, results: "Results") -> None:
     plt.close(fig)
 
 
-def write(directory: Path, results: "Results") -> Path:
-    """Writes ``compare-<date>-<hhmm>.md``, ``.json`` (the results) and ``.png`` into
-    ``directory``, and copies named ``latest``; returns the markdown's path."""
+def chart_unavailable() -> str | None:
+    """Why ``chart`` cannot draw (matplotlib is not installed), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        return str(error)
+    return None
+
+
+def write(directory: Path, results: "Results", *, with_chart: bool = True) -> Path:
+    """Writes ``compare-<date>-<hhmm>.md``, ``.json`` (the results) and, ``with_chart``,
+    ``.png`` into ``directory``, and copies named ``latest``; returns the markdown's path."""
     directory.mkdir(parents=True, exist_ok=True)
     # Date and time: several runs a day each keep their report.
     stem = directory / f"compare-{results.when.strftime('%Y-%m-%d-%H%M')}"
     stem.with_suffix(".md").write_text(markdown(results))
     stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
-    chart(stem.with_suffix(".png"), results)
-    for suffix in (".md", ".json", ".png"):
+    suffixes = [".md", ".json"]
+    if with_chart:
+        chart(stem.with_suffix(".png"), results)
+        suffixes.append(".png")
+    for suffix in suffixes:
         shutil.copyfile(stem.with_suffix(suffix), (directory / "latest").with_suffix(suffix))
     return stem.with_suffix(".md")

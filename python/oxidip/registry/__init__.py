@@ -100,8 +100,11 @@ Concurrency
 
 import contextlib
 import os
+import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import psycopg
 
 from oxidip.registry._model import (
     DUPLICATES,
@@ -122,9 +125,46 @@ __all__ = [
     "Transition",
     "open_registry",
     "sqlite_path",
+    "unreachable",
 ]
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+#: SQLSTATE classes (PostgreSQL, appendix A) of errors that go away with time: 08 connection
+#: exception, 53 insufficient resources (disk full, too many connections), 57 operator
+#: intervention (server shutting down or starting, query canceled), 58 system error (I/O).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+#: ... and single codes: 40001 serialization failure, 40P01 deadlock, 55P03 lock not available.
+_TRANSIENT_SQLSTATES = ("40001", "40P01", "55P03")
+#: SQLite result codes (and their extended codes) of a database that is busy or unreachable.
+_TRANSIENT_SQLITE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+)
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when ``error`` says the database cannot be reached or used for now (connection
+    refused or lost, pool timeout, server shutting down, disk full, SQLite busy...), so that
+    the same call is worth retrying later; False for errors the call itself causes. A hook's
+    ``OSError`` (``ConnectionError``, ``TimeoutError``) counts as its backend being
+    unreachable."""
+    if isinstance(error, psycopg.OperationalError):
+        # No SQLSTATE: the client's own failure (connecting, a broken connection, the pool).
+        code = error.sqlstate
+        return (
+            code is None or code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES
+        )
+    if isinstance(error, psycopg.InterfaceError):
+        return True  # a connection closed under a call
+    if isinstance(error, sqlite3.OperationalError):
+        name = getattr(error, "sqlite_errorname", None) or ""
+        return name.startswith(_TRANSIENT_SQLITE)
+    return isinstance(error, OSError)
 
 
 def sqlite_path(files_root: Path | str) -> Path:

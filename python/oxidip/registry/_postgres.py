@@ -17,6 +17,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 
 from oxidip._boundary import InstanceStored
 from oxidip.registry._model import (
@@ -47,6 +48,16 @@ _MIGRATION_LOCK = 0x6F7869646970_01
 
 #: Attempts of a transaction that hit a deadlock or a serialization failure.
 _ATTEMPTS = 5
+
+#: Seconds a call waits for a pooled connection, and the pool keeps trying to replace a lost
+#: one before giving up until the next call asks (psycopg_pool's defaults, 30 s and 5 min,
+#: would hold a call 30 s while the server is away and let the pool's reconnection backoff
+#: grow to minutes, so that registration would resume minutes after the server is back).
+#: Retrying during an outage is the caller's business (``oxidip.registration``).
+POOL_TIMEOUT = 5.0
+#: Seconds to connect, unless the URL says otherwise (libpq waits for ever by default: a
+#: server whose packets are dropped would hold a connection attempt for minutes).
+CONNECT_TIMEOUT = 5
 
 #: (version, statements): applied in order, each version once, in one transaction.
 MIGRATIONS: tuple[tuple[int, tuple[LiteralString, ...]], ...] = (
@@ -211,10 +222,14 @@ class PostgresRegistry:
         self._instances_sql: LiteralString = _INSTANCES.format(
             on_duplicate=_ON_DUPLICATE[duplicates]
         )
+        options: dict[str, Any] = {}
+        if "connect_timeout" not in conninfo_to_dict(conninfo):
+            options["connect_timeout"] = CONNECT_TIMEOUT
         # One plain connection first: its error says why (the pool's would only time out).
-        psycopg.connect(conninfo, connect_timeout=10).close()
+        psycopg.connect(conninfo, **options).close()
         self._pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
             conninfo,
+            kwargs=options,
             min_size=pool_size,
             max_size=pool_size,
             open=False,
@@ -223,6 +238,8 @@ class PostgresRegistry:
             # server restart is replaced instead of failing a batch.
             check=psycopg_pool.ConnectionPool.check_connection,
             name="oxidip-registry",
+            timeout=POOL_TIMEOUT,
+            reconnect_timeout=POOL_TIMEOUT,
         )
         self._pool.open(wait=True, timeout=30)
 
