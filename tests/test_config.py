@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "path_template": _core.DEFAULT_PATH_TEMPLATE,
     "fsync": "none",
     "duplicates": "overwrite",
-    "required_attributes": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"),
+    "required_attributes": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
     "inflate_max_mib": 4096,
     "inflate_max_ratio": 200,
     "artim_timeout": 30.0,

@@ -459,7 +459,9 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "OXIDIP_REQUIRED_ATTRIBUTES",
-        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID,PatientID",
+        # What identifying an instance needs. Not PatientID: it is Type 2 (may be empty) in
+        # every IOD, and dcmtk's storescp and Orthanc store instances without one.
+        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID",
         KeywordList(tuple(_core.EXTRACTED_KEYWORDS)),
         "Instances without a value for any of these are refused (C001) and not stored.",
     ),
