@@ -313,37 +313,41 @@ impl Parser {
         self.stack.last().and_then(|container| container.limit)
     }
 
-    fn header_tag(&self) -> Tag {
+    /// The tag of a header whose first 4 bytes (at least) are `h`.
+    fn tag_of(&self, h: &[u8]) -> Tag {
         let syntax = self.current_syntax();
-        let group = syntax.u16([self.header[0], self.header[1]]);
-        let element = syntax.u16([self.header[2], self.header[3]]);
+        let group = syntax.u16([h[0], h[1]]);
+        let element = syntax.u16([h[2], h[3]]);
         (u32::from(group) << 16) | u32::from(element)
     }
 
-    /// Copies header bytes from `input` until the header is complete, then acts on it.
-    /// Returns how many bytes it used.
+    /// Reads the next header, then acts on it; returns how many bytes of `input` it used.
+    /// A header wholly in `input` (most are) is decoded where it is; one split across
+    /// fragments, or the very first (see `detect_implicit_vr`), is gathered in `header`.
     fn read_header(&mut self, input: &[u8]) -> Result<usize, ExtractError> {
+        if self.header_len == 0 && !self.at_start && input.len() >= self.header.len() {
+            let h = &input[..self.header.len()];
+            if self.stops_at(self.tag_of(h)) {
+                self.state = State::Done;
+                return Ok(0);
+            }
+            let size = self.header_size(h)?;
+            self.position += size as u64;
+            self.on_complete_header(&h[..size])?;
+            return Ok(size);
+        }
         let mut used = 0;
         loop {
-            if !self.whole && self.header_len == 4 && self.stack.is_empty() && self.header_tag() > LAST_EXTRACTED_TAG {
+            if self.header_len == 4 && self.stops_at(self.tag_of(&self.header)) {
                 self.state = State::Done;
                 return Ok(used);
             }
             self.detect_implicit_vr();
-            let size = self.header_size()?;
+            let size = self.header_size(&self.header[..self.header_len])?;
             if self.header_len == size {
                 self.header_len = 0;
-                self.at_start = false;
-                if let Some((end, kind)) = self.limit() {
-                    if self.position > end {
-                        return error(format!("a header runs past the end of its {}", kind.name()));
-                    }
-                }
-                let header = self.decode_header(size);
-                self.on_header(header)?;
-                if matches!(self.state, State::Header) {
-                    self.close_ended()?;
-                }
+                let header = self.header;
+                self.on_complete_header(&header[..size])?;
                 return Ok(used);
             }
             let n = (size - self.header_len).min(input.len() - used);
@@ -355,6 +359,27 @@ impl Parser {
             used += n;
             self.position += n as u64;
         }
+    }
+
+    /// Reading only the attributes, parsing stops at the first top-level tag past the last.
+    fn stops_at(&self, tag: Tag) -> bool {
+        !self.whole && self.stack.is_empty() && tag > LAST_EXTRACTED_TAG
+    }
+
+    /// Acts on header `h`, read whole (`position` is past it).
+    fn on_complete_header(&mut self, h: &[u8]) -> Result<(), ExtractError> {
+        self.at_start = false;
+        if let Some((end, kind)) = self.limit() {
+            if self.position > end {
+                return error(format!("a header runs past the end of its {}", kind.name()));
+            }
+        }
+        let header = self.decode_header(h);
+        self.on_header(header)?;
+        if matches!(self.state, State::Header) {
+            self.close_ended()?;
+        }
+        Ok(())
     }
 
     /// Some writers label implicit VR datasets as explicit VR little endian. Like dcmtk and
@@ -370,21 +395,21 @@ impl Parser {
         }
     }
 
-    /// The size of the header being read, as far as its bytes so far tell: the tag first,
+    /// The size of a header whose first bytes are `h`, as far as they tell: the tag first,
     /// then in explicit VR the VR, which says whether the length has 2 or 4 bytes (PS3.5
     /// §7.1.2).
-    fn header_size(&self) -> Result<usize, ExtractError> {
-        if self.header_len < 4 {
+    fn header_size(&self, h: &[u8]) -> Result<usize, ExtractError> {
+        if h.len() < 4 {
             return Ok(4);
         }
-        let tag = self.header_tag();
+        let tag = self.tag_of(h);
         if !self.has_vr(tag) {
             return Ok(8);
         }
-        if self.header_len < 6 {
+        if h.len() < 6 {
             return Ok(6);
         }
-        let vr = [self.header[4], self.header[5]];
+        let vr = [h[4], h[5]];
         explicit_header_size(vr)
             .map_or_else(|| error(format!("invalid VR {:02X}{:02X} in {}", vr[0], vr[1], TagName(tag))), Ok)
     }
@@ -395,11 +420,12 @@ impl Parser {
         self.current_syntax() != Syntax::ImplicitLittle && !self.in_sequence() && tag >> 16 != ITEM_GROUP
     }
 
-    fn decode_header(&self, size: usize) -> Header {
+    /// Decodes a whole header `h` (8 or 12 bytes).
+    fn decode_header(&self, h: &[u8]) -> Header {
         let syntax = self.current_syntax();
-        let h = &self.header;
-        let tag = self.header_tag();
+        let tag = self.tag_of(h);
         let vr = self.has_vr(tag).then_some([h[4], h[5]]);
+        let size = h.len();
         let length = match (size, vr) {
             (8, Some(_)) => u32::from(syntax.u16([h[6], h[7]])),
             _ => syntax.u32([h[size - 4], h[size - 3], h[size - 2], h[size - 1]]),
