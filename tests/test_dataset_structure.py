@@ -173,29 +173,27 @@ def _refused(rx: RunningReceiver, data: bytes, uid: str, transfer_syntax: str) -
 
 
 SYNTAXES = [IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE, DEFLATED_LE]
+EXPLICIT_SYNTAXES = [EXPLICIT_LE, EXPLICIT_BE, DEFLATED_LE]
+MALFORMED = [
+    *((fault, ts) for fault in sorted(_malformed_tails(Encoder(EXPLICIT_LE))) for ts in SYNTAXES),
+    *(
+        (fault, ts)
+        for fault in sorted(_malformed_explicit_tails(Encoder(EXPLICIT_LE)))
+        for ts in EXPLICIT_SYNTAXES
+    ),
+]
 
 
-@pytest.mark.parametrize("transfer_syntax", SYNTAXES)
-@pytest.mark.parametrize("fault", sorted(_malformed_tails(Encoder(EXPLICIT_LE))))
+@pytest.mark.parametrize(("fault", "transfer_syntax"), MALFORMED)
 def test_malformed_after_the_extracted_attributes_is_refused(
-    receiver: RunningReceiver, transfer_syntax: str, fault: str
+    receiver: RunningReceiver, fault: str, transfer_syntax: str
 ) -> None:
     e = _encoder(transfer_syntax)
     uid = generate_uid()
-    dataset = e.identifying(uid) + _malformed_tails(e)[fault]
+    tails = {**_malformed_tails(e), **_malformed_explicit_tails(e)}
+    dataset = e.identifying(uid) + tails[fault]
     _refused(receiver, _wire(transfer_syntax, dataset), uid, transfer_syntax)
     assert_receiver_works(receiver)
-
-
-@pytest.mark.parametrize("transfer_syntax", [EXPLICIT_LE, EXPLICIT_BE, DEFLATED_LE])
-@pytest.mark.parametrize("fault", sorted(_malformed_explicit_tails(Encoder(EXPLICIT_LE))))
-def test_lengths_that_do_not_add_up_are_refused(
-    receiver: RunningReceiver, transfer_syntax: str, fault: str
-) -> None:
-    e = _encoder(transfer_syntax)
-    uid = generate_uid()
-    dataset = e.identifying(uid) + _malformed_explicit_tails(e)[fault]
-    _refused(receiver, _wire(transfer_syntax, dataset), uid, transfer_syntax)
 
 
 def test_malformed_inside_a_sequence_before_the_attributes_is_refused(

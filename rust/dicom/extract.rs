@@ -1112,64 +1112,57 @@ mod tests {
         Err(ExtractError::Malformed(message.into()))
     }
 
+    /// The extracted attributes, a defined-length sequence of what `items` builds, Pixel Data.
+    fn with_sequence_of(items: impl FnOnce(&mut Builder)) -> Result<Attributes, ExtractError> {
+        with_tail(|b| {
+            let items = b.nested(items);
+            b.element(0x0040_0275, b"SQ", &items).element(PIXEL_DATA, b"OB", &[0; 100]);
+        })
+    }
+
     #[test]
     fn an_item_longer_than_its_sequence_is_an_error() {
-        let got = with_tail(|b| {
-            let items = b.nested(|n| {
-                n.tag(ITEM);
-                n.u32(100);
-                n.text(0x0008_0100, b"SH", "CODE");
-            });
-            b.element(0x0040_0275, b"SQ", &items).element(PIXEL_DATA, b"OB", &[0; 100]);
+        let got = with_sequence_of(|n| {
+            n.tag(ITEM);
+            n.u32(100);
+            n.text(0x0008_0100, b"SH", "CODE");
         });
         assert_eq!(got, malformed("item runs past the end of its sequence"));
     }
 
     #[test]
     fn an_element_longer_than_its_item_is_an_error() {
-        let got = with_tail(|b| {
-            let element = b.nested(|n| {
-                n.text(0x0008_0100, b"SH", "CODE");
-            });
-            let items = b.nested(|n| {
-                n.defined_item(&element[..element.len() - 2]);
-            });
-            b.element(0x0040_0275, b"SQ", &items).element(PIXEL_DATA, b"OB", &[0; 100]);
+        let mut element = Builder::new(Syntax::ExplicitLittle);
+        element.text(0x0008_0100, b"SH", "CODE");
+        let cut = &element.bytes[..element.bytes.len() - 2];
+        let got = with_sequence_of(|n| {
+            n.defined_item(cut);
         });
         assert_eq!(got, malformed("(0008,0100) runs past the end of its item"));
     }
 
     #[test]
     fn a_header_across_the_end_of_its_item_is_an_error() {
-        let got = with_tail(|b| {
-            let items = b.nested(|n| {
-                n.defined_item(&[0x08, 0x00, 0x00, 0x01, b'S', b'H']);
-            });
-            b.element(0x0040_0275, b"SQ", &items).element(PIXEL_DATA, b"OB", &[0; 100]);
+        let got = with_sequence_of(|n| {
+            n.defined_item(&[0x08, 0x00, 0x00, 0x01, b'S', b'H']);
         });
         assert_eq!(got, malformed("a header runs past the end of its item"));
     }
 
     #[test]
     fn an_undefined_length_item_must_end_before_its_defined_length_sequence() {
-        let got = with_tail(|b| {
-            let items = b.nested(|n| {
-                n.open_item().text(0x0008_0100, b"SH", "CODE");
-            });
-            b.element(0x0040_0275, b"SQ", &items).element(PIXEL_DATA, b"OB", &[0; 100]);
+        let got = with_sequence_of(|n| {
+            n.open_item().text(0x0008_0100, b"SH", "CODE");
         });
         assert_eq!(got, malformed("item not delimited within its sequence"));
     }
 
     #[test]
     fn a_sequence_delimiter_in_a_defined_length_sequence_is_an_error() {
-        let got = with_tail(|b| {
-            let items = b.nested(|n| {
-                n.defined_item(&[]);
-                n.tag(SEQUENCE_DELIMITATION);
-                n.u32(0);
-            });
-            b.element(0x0040_0275, b"SQ", &items);
+        let got = with_sequence_of(|n| {
+            n.defined_item(&[]);
+            n.tag(SEQUENCE_DELIMITATION);
+            n.u32(0);
         });
         assert_eq!(got, malformed("sequence delimiter in a defined-length sequence"));
     }
