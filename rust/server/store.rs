@@ -109,7 +109,7 @@ impl InstanceReception {
 
     /// One data set fragment, in order: walked (see `walk`), then written. Blocking file I/O
     /// for the first part of a data set (see the handler for why); the rest of a large one
-    /// waits while its background writer's previous batch is being written.
+    /// waits while its background writer's queue is full.
     pub async fn on_fragment(&mut self, data: Bytes) {
         if self.failure.is_some() {
             return;
