@@ -236,6 +236,31 @@ def test_well_formed_structures_are_stored_byte_for_byte(
     assert read_part10(event.path).dataset == sent
 
 
+def test_implicit_vr_items_in_an_explicit_vr_data_set_are_stored(
+    receiver: RunningReceiver,
+) -> None:
+    """Some writers encode the items of (private) sequences in implicit VR inside an
+    explicit VR data set; pydicom reads such elements as implicit VR and dcmtk's storescp
+    stores them. So does the walk: no VR where one should be means an implicit VR element."""
+    e = Encoder(EXPLICIT_LE)
+    implicit = Encoder(IMPLICIT_LE)
+    uid = generate_uid()
+    content = implicit.element(0x0029_1010, "OB", b"CSA header") + implicit.element(
+        0x0029_1020, "LO", b"SIEMENS"
+    )
+    items = e.item(content) + e.item(content)
+    tail = e.element(0x0029_0010, "LO", b"SIEMENS CSA HEADER")
+    tail += e.header(0x0029_1000, "SQ", len(items)) + items
+    tail += e.header(0x0029_1100, "SQ", UNDEFINED) + e.item(content, UNDEFINED)
+    tail += e.delimiter(ITEM_DELIMITATION) + e.delimiter(SEQUENCE_DELIMITATION)
+    sent = e.identifying(uid) + tail
+    since = receiver.mark()
+    status, comment = raw_store(receiver, data=sent, sop_instance=uid)
+    assert status == 0x0000, (hex(status), comment)
+    (event,) = receiver.wait_stored(1, since=since)
+    assert read_part10(event.path).dataset == sent
+
+
 @pytest.mark.parametrize("name", ["MR_truncated.dcm", "rtplan_truncated.dcm"])
 def test_truncated_corpus_files_are_refused(receiver: RunningReceiver, name: str) -> None:
     """pydicom's deliberately truncated files (Pixel Data cut short; a sequence cut inside,

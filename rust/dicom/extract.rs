@@ -331,7 +331,7 @@ impl Parser {
                 self.state = State::Done;
                 return Ok(0);
             }
-            let size = self.header_size(h)?;
+            let size = self.header_size(h);
             self.position += size as u64;
             self.on_complete_header(&h[..size])?;
             return Ok(size);
@@ -343,7 +343,7 @@ impl Parser {
                 return Ok(used);
             }
             self.detect_implicit_vr();
-            let size = self.header_size(&self.header[..self.header_len])?;
+            let size = self.header_size(&self.header[..self.header_len]);
             if self.header_len == size {
                 self.header_len = 0;
                 let header = self.header;
@@ -397,21 +397,28 @@ impl Parser {
 
     /// The size of a header whose first bytes are `h`, as far as they tell: the tag first,
     /// then in explicit VR the VR, which says whether the length has 2 or 4 bytes (PS3.5
-    /// §7.1.2).
-    fn header_size(&self, h: &[u8]) -> Result<usize, ExtractError> {
+    /// §7.1.2). Bytes that are no VR at all: an implicit VR element (see `element_vr`).
+    fn header_size(&self, h: &[u8]) -> usize {
         if h.len() < 4 {
-            return Ok(4);
+            return 4;
         }
-        let tag = self.tag_of(h);
-        if !self.has_vr(tag) {
-            return Ok(8);
+        if !self.has_vr(self.tag_of(h)) {
+            return 8;
         }
         if h.len() < 6 {
-            return Ok(6);
+            return 6;
         }
+        explicit_header_size([h[4], h[5]]).unwrap_or(8)
+    }
+
+    /// The VR of header `h`, if it has one. Some writers encode elements in implicit VR
+    /// inside explicit VR data sets, most often the items of (private) sequences: where the
+    /// VR should be, bytes that are no VR at all (not two capital letters) mean an implicit
+    /// VR element with its 4-byte length, as pydicom reads them (dcmtk's storescp stores
+    /// such data sets too). Refusing them would refuse what other receivers accept.
+    fn element_vr(&self, tag: Tag, h: &[u8]) -> Option<[u8; 2]> {
         let vr = [h[4], h[5]];
-        explicit_header_size(vr)
-            .map_or_else(|| error(format!("invalid VR {:02X}{:02X} in {}", vr[0], vr[1], TagName(tag))), Ok)
+        (self.has_vr(tag) && explicit_header_size(vr).is_some()).then_some(vr)
     }
 
     /// Whether the header of this tag has a VR: explicit VR data elements only, not items
@@ -424,7 +431,7 @@ impl Parser {
     fn decode_header(&self, h: &[u8]) -> Header {
         let syntax = self.current_syntax();
         let tag = self.tag_of(h);
-        let vr = self.has_vr(tag).then_some([h[4], h[5]]);
+        let vr = self.element_vr(tag, h);
         let size = h.len();
         let length = match (size, vr) {
             (8, Some(_)) => u32::from(syntax.u16([h[6], h[7]])),
@@ -622,15 +629,15 @@ fn is_uid(tag: Tag) -> bool {
 }
 
 /// Header size of an explicit VR data element (PS3.5 §7.1.2, table 7.1-1 and 7.1-2): 12
-/// bytes for the VRs with a reserved field and a 4-byte length, 8 for the others. None for
-/// bytes that are not a VR.
+/// bytes for the VRs with a reserved field and a 4-byte length, 8 for the others, and 8 for
+/// two capital letters this table does not know (as dcmtk and pydicom read them: a 2-byte
+/// length). None for bytes that are no VR.
 fn explicit_header_size(vr: [u8; 2]) -> Option<usize> {
     match &vr {
         b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV" => {
             Some(12)
         }
-        b"AE" | b"AS" | b"AT" | b"CS" | b"DA" | b"DS" | b"DT" | b"FD" | b"FL" | b"IS" | b"LO" | b"LT" | b"PN"
-        | b"SH" | b"SL" | b"SS" | b"ST" | b"TM" | b"UI" | b"UL" | b"US" => Some(8),
+        _ if vr.iter().all(u8::is_ascii_uppercase) => Some(8),
         _ => None,
     }
 }
@@ -926,11 +933,6 @@ mod tests {
     fn implicit_vr_labelled_explicit_is_read_as_implicit() {
         let (dataset, _) = sample_bytes(Syntax::ImplicitLittle);
         assert_eq!(extract_one(Encoding::ExplicitLittle, &dataset), Ok(expected()));
-        // Only at the start: a bad VR later on is still an error.
-        let (mut explicit, _) = sample_bytes(Syntax::ExplicitLittle);
-        let first_header = 8 + 4; // (0008,0000) UL with a 4-byte value
-        explicit[first_header + 4..first_header + 6].copy_from_slice(b"\x01\x02");
-        assert!(extract_one(Encoding::ExplicitLittle, &explicit).is_err());
     }
 
     #[test]
@@ -1274,11 +1276,27 @@ mod tests {
     }
 
     #[test]
-    fn invalid_vr_is_an_error() {
-        // After a valid first element (at the very start, a missing VR means implicit VR).
-        let dataset = b"\x08\x00\x05\x00CS\x00\x00\x08\x00\x20\x00\x00\x00\x02\x00AB";
-        let error = extract_one(Encoding::ExplicitLittle, dataset).unwrap_err();
-        assert_eq!(error.to_string(), "invalid VR 0000 in (0008,0020)");
+    fn an_element_without_a_vr_in_explicit_vr_is_read_as_implicit_vr() {
+        // Implicit VR items in an explicit VR sequence, as some writers make them.
+        let mut implicit = Builder::new(Syntax::ImplicitLittle);
+        implicit.text(0x0008_0100, b"SH", "CODE").text(0x0008_0102, b"SH", "DCM");
+        let mut b = Builder::new(Syntax::ExplicitLittle);
+        b.text(0x0008_0018, b"UI", "1.2");
+        let items = b.nested(|n| {
+            n.defined_item(&implicit.bytes);
+        });
+        b.element(0x0040_0275, b"SQ", &items).open_sequence(0x0040_0280, b"SQ").open_item();
+        b.bytes.extend_from_slice(&implicit.bytes);
+        b.close_item().close_sequence().text(0x0010_0020, b"LO", "P");
+        let got = extract_one(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        assert_eq!((got.sop_instance_uid.as_deref(), got.patient_id.as_deref()), (Some("1.2"), Some("P")));
+    }
+
+    #[test]
+    fn an_unknown_vr_has_a_two_byte_length() {
+        let dataset = b"\x08\x00\x18\x00UI\x04\x001.2\x00\x09\x00\x10\x00XX\x02\x00ab\x10\x00\x20\x00LO\x02\x00P ";
+        let got = extract_one(Encoding::ExplicitLittle, dataset).unwrap();
+        assert_eq!(got.patient_id.as_deref(), Some("P"));
     }
 
     #[test]
@@ -1309,7 +1327,7 @@ mod tests {
     #[test]
     fn errors_are_sticky() {
         let mut extractor = extractor(Mode::Whole, Encoding::ExplicitLittle);
-        let bad = b"\x08\x00\x20\x00zz\x02\x00";
+        let bad = b"\xFE\xFF\x00\xE0\x00\x00\x00\x00"; // an item outside a sequence
         let error = extractor.feed(bad).unwrap_err();
         assert_eq!(extractor.feed(b""), Err(error.clone()));
         assert_eq!(extractor.finish(), Err(error));
