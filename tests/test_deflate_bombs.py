@@ -18,6 +18,7 @@ from tests.helpers.dicom import encode_dataset, explicit_le_element, make_datase
 from tests.helpers.pdu import (
     DEFLATED_LE,
     EXPLICIT_LE,
+    P_DATA_TF,
     SECONDARY_CAPTURE,
     VERIFICATION,
     Context,
@@ -39,27 +40,31 @@ def _flushed(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush(zlib.Z_FULL_FLUSH)
 
 
-def _deflate_bomb(sop_instance: str, gib: int) -> bytes:
+#: One GiB of zeros, deflated: 1 MiB (shared by every bomb of a test run).
+_GIB_OF_ZEROS = _flushed(bytes(MIB)) * 1024
+
+
+def _deflate_bomb(sop_instance: str, gib: int) -> list[bytes]:
     """A well-formed data set that inflates to ``gib`` GiB of zeros (private OB elements of
-    1 GiB each, before the identifying attributes), deflated about 1000:1. Built from one
-    compressed MiB of zeros repeated, so that making it costs nothing."""
-    zeros = _flushed(bytes(MIB))
+    1 GiB each, before the identifying attributes), deflated about 1000:1, in pieces to send
+    one after the other. Built from one compressed MiB of zeros repeated, so that making it
+    costs nothing and its pieces are the same few objects."""
     head = explicit_le_element(0x0008_0016, "UI", SECONDARY_CAPTURE.encode())
     head += explicit_le_element(0x0008_0018, "UI", sop_instance.encode())
     head += explicit_le_element(0x0009_0010, "LO", b"BOMB")
     pieces = [_flushed(head)]
     for n in range(gib):
         header = struct.pack("<HH2sHI", 0x0009, 0x1001 + n, b"OB", 0, GIB)
-        pieces += [_flushed(header), zeros * 1024]
+        pieces += [_flushed(header), _GIB_OF_ZEROS]
     tail = explicit_le_element(0x0010_0020, "LO", b"PAT")
     tail += explicit_le_element(0x0020_000D, "UI", b"1.2.3.4")
     tail += explicit_le_element(0x0020_000E, "UI", b"1.2.3.4.5")
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     pieces += [compressor.compress(tail), compressor.flush()]
-    return b"".join(pieces)
+    return pieces
 
 
-def _send_bomb(rx: RunningReceiver, sop_instance: str, bomb: bytes) -> tuple[int, str | None]:
+def _send_bomb(rx: RunningReceiver, sop_instance: str, bomb: list[bytes]) -> tuple[int, str | None]:
     """Sends the bomb's data set in one P-DATA-TF (one fragment of up to 64 MiB, which the
     receiver tolerates outside strict mode): the largest single piece of work a peer can hand
     over at once."""
@@ -69,7 +74,12 @@ def _send_bomb(rx: RunningReceiver, sop_instance: str, bomb: bytes) -> tuple[int
         )
         command = c_store_rq(1, SECONDARY_CAPTURE, sop_instance)
         client.send(p_data(pdv(1, command, command=True, last=True)))
-        client.send(p_data(pdv(1, bomb, command=False, last=True)))
+        length = sum(map(len, bomb))
+        # The PDU and PDV headers (PS3.8 §9.3.5): PDV length counts its 2 header bytes; the
+        # data set follows piece by piece, never joined.
+        client.send(struct.pack(">BBIIBB", P_DATA_TF, 0, length + 6, length + 2, 1, 0x02))
+        for piece in bomb:
+            client.send(piece)
         rsp = client.read_response(120)
         client.release()
     return rsp.status, rsp.error_comment
