@@ -44,8 +44,9 @@ pub struct InstanceReception {
     pub request: Request,
     pub received_at: SystemTime,
     partial: Option<PartialInstance>,
-    /// Walks the data set; None only while a slice of inflation has it (`walk`).
-    extractor: Option<Box<Extractor>>,
+    /// Walks the data set; None only while a slice of inflation has it (`walk`), or when
+    /// the instance was refused before its data set.
+    extractor: Option<Extractor>,
     /// The first failure; once set, later fragments are only counted, never written.
     failure: Option<Status>,
 }
@@ -88,7 +89,7 @@ impl InstanceReception {
             Err(e) => (None, Some(Status::failure(status::OUT_OF_RESOURCES, format!("cannot create file: {e}")))),
         };
         InstanceReception {
-            extractor: Some(Box::new(Extractor::whole(request.transfer_syntax.encoding, inflate))),
+            extractor: Some(Extractor::whole(request.transfer_syntax.encoding, inflate)),
             request,
             received_at: SystemTime::now(),
             partial,
