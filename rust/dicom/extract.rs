@@ -464,9 +464,10 @@ impl Parser {
                 self.stack.pop();
                 Ok(())
             }
-            SEQUENCE_DELIMITATION => error("sequence delimiter in a defined-length sequence"),
-            // A stray item delimiter changes nothing: tolerated as other readers do.
-            ITEM_DELIMITATION => Ok(()),
+            // A sequence delimiter in a defined-length sequence (some writers end one with it,
+            // pydicom reads it as the end), or a stray item delimiter: changes nothing, the
+            // length still ends the sequence and must add up.
+            SEQUENCE_DELIMITATION | ITEM_DELIMITATION => Ok(()),
             tag => error(format!("{} in a sequence, where an item must be", TagName(tag))),
         }
     }
@@ -1160,13 +1161,21 @@ mod tests {
     }
 
     #[test]
-    fn a_sequence_delimiter_in_a_defined_length_sequence_is_an_error() {
+    fn a_sequence_delimiter_ending_a_defined_length_sequence_is_tolerated() {
         let got = with_sequence_of(|n| {
             n.defined_item(&[]);
             n.tag(SEQUENCE_DELIMITATION);
             n.u32(0);
         });
-        assert_eq!(got, malformed("sequence delimiter in a defined-length sequence"));
+        assert_eq!(got.unwrap().sop_instance_uid.as_deref(), Some("1.2"));
+        // The length still counts: an item after the delimiter past the end is an error.
+        let got = with_sequence_of(|n| {
+            n.tag(SEQUENCE_DELIMITATION);
+            n.u32(0);
+            n.tag(ITEM);
+            n.u32(100);
+        });
+        assert_eq!(got, malformed("item runs past the end of its sequence"));
     }
 
     #[test]
