@@ -13,6 +13,7 @@ use pyo3::types::PyBytes;
 
 use crate::dicom::attributes::{Attributes, EXTRACTED};
 use crate::dicom::extract::Extractor;
+use crate::dicom::inflate::InflateLimits;
 use crate::dicom::transfer_syntax;
 use crate::scu::load;
 use crate::server::config::ServerConfig;
@@ -210,13 +211,14 @@ impl ExtractedAttributes {
 }
 
 /// Extracts the attributes of a data set (no file meta) encoded in `transfer_syntax`, fed in
-/// one piece. ValueError when the transfer syntax is unknown or the data set unreadable.
+/// one piece and walked whole, as the receiver does. ValueError when the transfer syntax is
+/// unknown or the data set malformed.
 #[pyfunction]
 fn extract_attributes(py: Python<'_>, dataset: &[u8], transfer_syntax: &str) -> PyResult<ExtractedAttributes> {
     let syntax = transfer_syntax::lookup(transfer_syntax)
         .ok_or_else(|| PyValueError::new_err(format!("unknown transfer syntax {transfer_syntax}")))?;
     let attributes = py.allow_threads(|| {
-        let mut extractor = Extractor::new(syntax.encoding);
+        let mut extractor = Extractor::whole(syntax.encoding, InflateLimits::NONE);
         extractor.feed(dataset)?;
         extractor.finish()
     });

@@ -59,6 +59,9 @@ class CoreConfig(msgspec.Struct, frozen=True):
     #: "overwrite" | "keep-first" | "reject"
     duplicates: str
     required_attributes: list[str]
+    #: Bounds on a deflated data set: inflated MiB, and inflated bytes per deflated byte.
+    inflate_max_mib: int
+    inflate_max_ratio: int
     #: Seconds.
     artim_timeout: float
     #: Seconds; 0 means no idle timeout.

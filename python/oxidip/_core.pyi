@@ -118,8 +118,9 @@ class ExtractedAttributes:
         """msgpack of ``oxidip._boundary.Attributes``."""
 
 def extract_attributes(dataset: bytes, transfer_syntax: str) -> ExtractedAttributes:
-    """Extracts the attributes of a data set (no file meta) encoded in ``transfer_syntax``.
-    ValueError when the transfer syntax is unknown or the data set cannot be read."""
+    """Extracts the attributes of a data set (no file meta) encoded in ``transfer_syntax``,
+    walking it whole as the receiver does. ValueError when the transfer syntax is unknown or
+    the data set is malformed."""
 
 class PathTemplate:
     """A parsed path template (``OXIDIP_PATH_TEMPLATE``)."""

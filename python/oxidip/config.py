@@ -602,9 +602,24 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "OXIDIP_REQUIRED_ATTRIBUTES",
-        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID,PatientID",
+        # What identifying an instance needs. Not PatientID: it is Type 2 (may be empty) in
+        # every IOD, and dcmtk's storescp and Orthanc store instances without one.
+        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID",
         KeywordList(tuple(_core.EXTRACTED_KEYWORDS)),
         "Instances without a value for any of these are refused (C001) and not stored.",
+    ),
+    Variable(
+        "OXIDIP_INFLATE_MAX_MIB",
+        "4096",
+        Integer(1, 1048576),
+        "A deflated data set that would inflate past this many MiB is refused (A701).",
+    ),
+    Variable(
+        "OXIDIP_INFLATE_MAX_RATIO",
+        "200",
+        Integer(1, 1000000),
+        "A deflated data set that inflates more than this to 1 (past its first MiB) is refused"
+        " (A701).",
     ),
     Variable(
         "OXIDIP_ARTIM_TIMEOUT",
@@ -772,6 +787,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     fsync: str
     duplicates: str
     required_attributes: tuple[str, ...]
+    inflate_max_mib: int
+    inflate_max_ratio: int
     artim_timeout: float
     idle_timeout: float
     shutdown_timeout: float
@@ -848,6 +865,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             fsync=self.fsync,
             duplicates=self.duplicates,
             required_attributes=list(self.required_attributes),
+            inflate_max_mib=self.inflate_max_mib,
+            inflate_max_ratio=self.inflate_max_ratio,
             artim_timeout=self.artim_timeout,
             idle_timeout=self.idle_timeout,
             event_queue_size=self.event_queue,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::dicom::attributes::{Tag, EXTRACTED};
+use crate::dicom::inflate::InflateLimits;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::PathTemplate;
 use crate::storage::permissions::Permissions;
@@ -41,6 +42,10 @@ pub struct ServerConfig {
     pub fsync: String,
     pub duplicates: String,
     pub required_attributes: Vec<String>,
+    /// Bounds on a deflated data set (PS3.5 §A.5): inflated MiB at most, and inflated bytes
+    /// per deflated byte at most.
+    pub inflate_max_mib: u64,
+    pub inflate_max_ratio: u64,
     pub artim_timeout: f64,
     pub idle_timeout: f64,
     pub event_queue_size: usize,
@@ -102,6 +107,7 @@ pub struct Settings {
     pub node: String,
     /// (tag, keyword) of the attributes an instance must have to be stored.
     pub required: Vec<(Tag, &'static str)>,
+    pub inflate: InflateLimits,
     pub artim_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     /// The largest P-DATA-TF accepted from a peer (see HARD_PDATA_LIMIT).
@@ -144,6 +150,11 @@ impl ServerConfig {
         if self.max_associations == 0 || self.event_queue_size == 0 {
             return Err("max_associations and event_queue_size must be at least 1".into());
         }
+        if self.inflate_max_mib == 0 || self.inflate_max_ratio == 0 {
+            return Err("inflate_max_mib and inflate_max_ratio must be at least 1".into());
+        }
+        let inflate =
+            InflateLimits { max_size: self.inflate_max_mib.saturating_mul(1 << 20), max_ratio: self.inflate_max_ratio };
         let seconds = |name: &str, s: f64| {
             Duration::try_from_secs_f64(s).map_err(|_| format!("{name}: expected seconds >= 0, got {s}"))
         };
@@ -189,6 +200,7 @@ impl ServerConfig {
             permissions,
             node: self.node.clone(),
             required,
+            inflate,
             artim_timeout,
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
             receive_limit,

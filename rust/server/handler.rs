@@ -493,7 +493,9 @@ impl Handler {
             sop_instance_uid: command.affected_sop_instance_uid().unwrap_or_default(),
             transfer_syntax: context.transfer_syntax,
         };
-        let mut reception = InstanceReception::begin(&self.shared.storage, self.reserved.take(), &sender, request);
+        let inflate = self.shared.settings.inflate;
+        let mut reception =
+            InstanceReception::begin(&self.shared.storage, self.reserved.take(), &sender, request, inflate);
         let request = &reception.request;
         if request.sop_instance_uid.is_empty() || request.sop_class_uid.is_empty() {
             reception

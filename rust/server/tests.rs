@@ -36,6 +36,8 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
         fsync: "none".into(),
         duplicates: "overwrite".into(),
         required_attributes: vec!["SOPInstanceUID".into(), "SeriesInstanceUID".into()],
+        inflate_max_mib: 4096,
+        inflate_max_ratio: 200,
         artim_timeout: 5.0,
         idle_timeout: 5.0,
         event_queue_size: 100,

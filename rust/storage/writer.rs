@@ -441,8 +441,8 @@ pub struct PartialInstance {
 
 impl PartialInstance {
     /// Appends dataset bytes, exactly as received. Past `BACKGROUND_AFTER` bytes they are
-    /// queued for a background writer (waiting while its queue is full), whose errors come
-    /// with `finish_writes`. Must be awaited within a tokio runtime.
+    /// queued for a background writer (waiting while its previous batch is being written),
+    /// whose errors come with `finish_writes`. Must be awaited within a tokio runtime.
     pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
         self.dataset_len += data.len() as u64;
         if self.background.is_none() && self.dataset_len > BACKGROUND_AFTER {
@@ -451,7 +451,7 @@ impl PartialInstance {
             file.write_all(&std::mem::take(&mut self.buffer))?;
             self.background = Some(BackgroundWriter::start(file));
         }
-        match &self.background {
+        match &mut self.background {
             Some(background) => {
                 background.write(data).await;
                 Ok(())
