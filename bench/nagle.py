@@ -3,7 +3,7 @@
 Debian's dcmtk 3.6.7 (and Orthanc 1.10, built on it) writes a PDU header and its body
 separately; with Nagle on (no ``TCP_NODELAY=1`` in its environment) the body waits until the
 header is acknowledged, and a receiver that delays its ACKs makes every message wait ~40 ms.
-oxidip acknowledges at once (TCP_QUICKACK after every read, ``rust/ul/transport.rs``); dcmtk's
+oxidip acknowledges at once (TCP_QUICKACK, ``rust/transport/stream.rs``); dcmtk's
 storescp does not. The target (issue 9): a Nagle-on sender reaches at least 80% of its
 TCP_NODELAY rate into oxidip.
 

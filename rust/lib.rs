@@ -7,6 +7,7 @@ pub mod dimse;
 pub mod scu;
 pub mod server;
 pub mod storage;
+pub mod transport;
 pub mod ul;
 
 #[cfg(feature = "python")]

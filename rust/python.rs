@@ -13,6 +13,7 @@ use pyo3::types::PyBytes;
 
 use crate::dicom::attributes::{Attributes, EXTRACTED};
 use crate::dicom::extract::Extractor;
+use crate::dicom::inflate::InflateLimits;
 use crate::dicom::transfer_syntax;
 use crate::scu::load;
 use crate::server::config::ServerConfig;
@@ -21,6 +22,7 @@ use crate::server::Server;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
 use crate::storage::{journal, read_back};
+use crate::transport::tls;
 use crate::ul::codec;
 use crate::ul::pdu::Pdu;
 use std::path::Path;
@@ -48,20 +50,21 @@ impl Receiver {
         Ok(Receiver { config, server: Mutex::new(None), events: Mutex::new(None), queued: OnceLock::new() })
     }
 
-    fn start(&self, py: Python<'_>) -> PyResult<u16> {
+    /// The bound ports: (plain, TLS), None for a listener not configured.
+    fn start(&self, py: Python<'_>) -> PyResult<(Option<u16>, Option<u16>)> {
         let mut server = lock(&self.server);
         if server.is_some() {
             return Err(PyRuntimeError::new_err("receiver already started"));
         }
         let settings = self.config.settings().map_err(PyValueError::new_err)?;
-        let (started, events) = py.allow_threads(|| Server::start(settings)).map_err(|e| {
-            PyOSError::new_err(format!("cannot start on {}:{}: {e}", self.config.host, self.config.port))
-        })?;
-        let port = started.port();
+        let (started, events) = py
+            .allow_threads(|| Server::start(settings))
+            .map_err(|e| PyOSError::new_err(format!("cannot start on {}: {e}", self.config.listeners())))?;
+        let ports = started.ports();
         let _ = self.queued.set(events.queued_counter());
         *lock(&self.events) = Some(events);
         *server = Some(started);
-        Ok(port)
+        Ok((ports.plain, ports.tls))
     }
 
     fn next_batch<'py>(
@@ -91,14 +94,22 @@ impl Receiver {
     }
 
     /// Python's word on journal entries: registered (their entries may go; with
-    /// `ack=registered` their senders get success) or not.
+    /// `ack=registered` their senders get success) or not. Called from Python's registration
+    /// thread while another thread may wait in `next_batch`: the server lock is taken and
+    /// released without the GIL, so that no thread ever holds it while waiting for the GIL
+    /// (the thread holding the GIL may be waiting for the lock).
     fn acknowledge(&self, py: Python<'_>, seqs: Vec<u64>, registered: bool) -> PyResult<()> {
-        match lock(&self.server).as_ref() {
+        let started = py.allow_threads(|| match lock(&self.server).as_ref() {
             Some(server) => {
-                py.allow_threads(|| server.acknowledge(&seqs, registered));
-                Ok(())
+                server.acknowledge(&seqs, registered);
+                true
             }
-            None => Err(PyRuntimeError::new_err("receiver not started")),
+            None => false,
+        });
+        if started {
+            Ok(())
+        } else {
+            Err(PyRuntimeError::new_err("receiver not started"))
         }
     }
 
@@ -110,14 +121,50 @@ impl Receiver {
         Ok(())
     }
 
+    /// msgpack of `oxidip._boundary.ReceiverMetrics`: every counter of `/metrics`, read
+    /// without stopping the association tasks (atomics, see `server::metrics`).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let snapshot = match lock(&self.server).as_ref() {
+            Some(server) => server.metrics(),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        let bytes = rmp_serde::to_vec_named(&snapshot).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// OSError saying why when the storage root cannot take a new file now.
+    fn check_storage(&self, py: Python<'_>) -> PyResult<()> {
+        // Not under the server's lock: a hung file system must not hold up `acknowledge`.
+        let storage = match lock(&self.server).as_ref() {
+            Some(server) => server.storage().clone(),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        py.allow_threads(|| storage.check_writable()).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
     #[getter]
     fn queued_events(&self) -> usize {
         self.queued.get().map_or(0, |q| q.load(Ordering::Relaxed))
+    }
+
+    /// Journal entries of this receiver not yet registered (0 before start).
+    #[getter]
+    fn journal_backlog(&self) -> usize {
+        lock(&self.server).as_ref().map_or(0, Server::journal_backlog)
     }
 }
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0")))
+}
+
+/// Loads the TLS listener's PEM files as the receiver will; None when they are usable, else
+/// (which file: "cert", "key" or "ca", why).
+#[pyfunction]
+#[pyo3(signature = (cert, key, ca=None))]
+fn check_tls(py: Python<'_>, cert: &str, key: &str, ca: Option<&str>) -> Option<(&'static str, String)> {
+    let files = tls::ServerFiles { cert: cert.into(), key: key.into(), ca: ca.map(Into::into) };
+    py.allow_threads(|| tls::server_config(&files)).err().map(|e| (e.file.name(), e.message))
 }
 
 #[pyfunction]
@@ -171,13 +218,14 @@ impl ExtractedAttributes {
 }
 
 /// Extracts the attributes of a data set (no file meta) encoded in `transfer_syntax`, fed in
-/// one piece. ValueError when the transfer syntax is unknown or the data set unreadable.
+/// one piece and walked whole, as the receiver does. ValueError when the transfer syntax is
+/// unknown or the data set malformed.
 #[pyfunction]
 fn extract_attributes(py: Python<'_>, dataset: &[u8], transfer_syntax: &str) -> PyResult<ExtractedAttributes> {
     let syntax = transfer_syntax::lookup(transfer_syntax)
         .ok_or_else(|| PyValueError::new_err(format!("unknown transfer syntax {transfer_syntax}")))?;
     let attributes = py.allow_threads(|| {
-        let mut extractor = Extractor::new(syntax.encoding);
+        let mut extractor = Extractor::whole(syntax.encoding, InflateLimits::NONE);
         extractor.feed(dataset)?;
         extractor.finish()
     });
@@ -207,11 +255,51 @@ impl PyPathTemplate {
     }
 }
 
-/// Journal segments left by dead oxidip processes of this host, to replay.
+/// A journal segment of a dead oxidip process, locked by us until `finish` or `release`.
+#[pyclass(module = "oxidip._core", frozen)]
+struct OrphanJournal {
+    #[pyo3(get)]
+    path: String,
+    #[pyo3(get)]
+    node: Option<String>,
+    #[pyo3(get)]
+    entries: Vec<String>,
+    files_root: std::path::PathBuf,
+    claim: Mutex<Option<journal::Orphan>>,
+}
+
+#[pymethods]
+impl OrphanJournal {
+    /// Its entries are registered: deletes it, and the temp files its process left.
+    fn finish(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(orphan) = lock(&self.claim).take() else {
+            return Err(PyRuntimeError::new_err("journal already finished or released"));
+        };
+        py.allow_threads(|| orphan.finish(&self.files_root)).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Leaves it for a later claim (by us or another process): lets go of its lock.
+    fn release(&self) {
+        lock(&self.claim).take();
+    }
+}
+
+/// The journal segments under `files_root` whose process no longer runs, whatever its host,
+/// each locked until finished or released.
 #[pyfunction]
-fn orphan_journals(files_root: &str) -> PyResult<Vec<String>> {
-    let found = journal::orphans(Path::new(files_root)).map_err(|e| PyOSError::new_err(e.to_string()))?;
-    Ok(found.into_iter().map(|p| p.to_string_lossy().into_owned()).collect())
+fn claim_orphan_journals(py: Python<'_>, files_root: &str) -> PyResult<Vec<OrphanJournal>> {
+    let root = Path::new(files_root);
+    let claimed = py.allow_threads(|| journal::claim_orphans(root)).map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(claimed
+        .into_iter()
+        .map(|mut orphan| OrphanJournal {
+            path: orphan.path.to_string_lossy().into_owned(),
+            node: orphan.node.clone(),
+            entries: std::mem::take(&mut orphan.entries),
+            files_root: root.to_path_buf(),
+            claim: Mutex::new(Some(orphan)),
+        })
+        .collect())
 }
 
 /// A stored Part 10 file's meta and extracted attributes, as msgpack of
@@ -246,10 +334,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Receiver>()?;
     m.add_class::<ExtractedAttributes>()?;
     m.add_class::<PyPathTemplate>()?;
+    m.add_class::<OrphanJournal>()?;
     m.add_function(wrap_pyfunction!(decode_pdus, m)?)?;
     m.add_function(wrap_pyfunction!(extract_attributes, m)?)?;
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
-    m.add_function(wrap_pyfunction!(orphan_journals, m)?)?;
+    m.add_function(wrap_pyfunction!(claim_orphan_journals, m)?)?;
+    m.add_function(wrap_pyfunction!(check_tls, m)?)?;
     m.add_function(wrap_pyfunction!(read_instance, m)?)?;
     m.add_function(wrap_pyfunction!(send_load, m)?)?;
     Ok(())

@@ -1,5 +1,6 @@
 """Shared fixtures: in-process receivers on free ports with their own storage roots, always
-stopped at the end of the test (even when it fails)."""
+stopped at the end of the test (even when it fails); the registry database of a test, once
+SQLite and once a PostgreSQL database of its own."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.dicom import SIMPLE_TEMPLATE
+from tests.helpers.e2e import postgres_database
 from tests.helpers.receiver import RunningReceiver, build_env
 
 StartReceiver = Callable[..., RunningReceiver]
@@ -44,3 +46,14 @@ def start_receiver(tmp_path: Path) -> Iterator[StartReceiver]:
 def receiver(start_receiver: StartReceiver) -> RunningReceiver:
     """A receiver with defaults, except the simple path template (exact paths)."""
     return start_receiver(PATH_TEMPLATE=SIMPLE_TEMPLATE)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The registry connection of a test: None (SQLite under the storage root), then the URL
+    of a fresh PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with postgres_database() as url:
+        yield url

@@ -90,6 +90,41 @@ def test_quick_comparison_of_every_receiver(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("oxidip-compare-*"))
 
 
+def test_baseline_build_runs_alongside_and_is_compared(tmp_path: Path) -> None:
+    # The interpreter running the tests stands in for another installation: what matters is
+    # that the baseline runs as a receiver of its own and gets its before/after table.
+    out = tmp_path / "results"
+    result = run_compare(
+        "--quick",
+        "--repeats",
+        "2",
+        "--workloads",
+        "small",
+        "--receivers",
+        "oxidip",
+        "--baseline",
+        sys.executable,
+        "--storage",
+        str(tmp_path),
+        "--prefill",
+        "0.01",
+        "--output-dir",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "latest.md").read_text()
+    assert "## oxidip against `oxidip baseline`" in table
+    section = table.split("## oxidip against `oxidip baseline`")[1].split("## Results")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| small | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1].endswith("inst/s") and cells[2].endswith("inst/s")
+    assert float(cells[3].rstrip("x")) > 0
+    assert cells[4] == "2 / 2"
+    raw = json.loads((out / "latest.json").read_text())
+    receivers = {m["receiver"] for m in raw["measurements"]}
+    assert receivers == {"oxidip", "oxidip baseline"}
+
+
 def _m(workload: str, receiver: str, seconds: float, peak_rss: int = 50 << 20) -> Measurement:
     return Measurement(
         workload=workload,

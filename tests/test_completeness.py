@@ -133,7 +133,7 @@ def test_known_count_and_the_query_sent() -> None:
     with QueryScp({SERIES: 7}, aet="THEPACS") as scp:
         result = lookup_once(scp.address)
         assert result == ExpectedCount(
-            SERIES, 7, "known", "PACS THEPACS answered NumberOfSeriesRelatedInstances=7"
+            SERIES, 7, "known", "PACS THEPACS answered NumberOfSeriesRelatedInstances=7", SENDER
         )
         assert scp.calling_aets == [OUR_AET]
         (query,) = scp.queries

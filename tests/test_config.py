@@ -17,18 +17,28 @@ import msgspec
 import pytest
 
 from oxidip import _core
-from oxidip._boundary import Attributes, CoreConfig
+from oxidip._boundary import Attributes, CoreConfig, TlsListener
+from oxidip.bench.pki import Pki, make_pki
 from oxidip.config import VARIABLES, Config, ConfigError, unknown_variables
+from tests.helpers.process import clean_env, run_oxidip
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 DEFAULTS: dict[str, Any] = {
     "listener_host": "0.0.0.0",
     "listener_port": 11111,
+    "plain_listener": True,
+    "tls_port": 2762,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_ca": None,
     "scp_aet": "OXIDIP",
     "scp_enforce_aet": False,
     "allowed_calling_aets": (),
     "files_root": "./data",
+    "file_mode": 0o640,
+    "dir_mode": 0o750,
+    "group": None,
     "scp_max_pdu_length": 131072,
     "scp_strict": False,
     "scp_promiscuous": False,
@@ -37,7 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "path_template": _core.DEFAULT_PATH_TEMPLATE,
     "fsync": "none",
     "duplicates": "overwrite",
-    "required_attributes": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID"),
+    "required_attributes": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
+    "inflate_max_mib": 4096,
+    "inflate_max_ratio": 200,
     "artim_timeout": 30.0,
     "idle_timeout": 300.0,
     "write_timeout": 30.0,
@@ -46,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "ack": "stored",
     "db_connection": None,
     "db_pool": 4,
+    "registration_backlog": 20000,
+    "registration_timeout": 10.0,
     "pacs_address": "",
     "cfind_timeout": 10.0,
     "cfind_retries": 2,
@@ -55,6 +69,9 @@ DEFAULTS: dict[str, Any] = {
     "nats_address": None,
     "nats_root_subject": "",
     "progress_interval": 0.5,
+    "http_host": "0.0.0.0",
+    "http_port": None,
+    "health_max_journal_backlog": 100000,
     "log_level": "INFO",
     "log_format": "text",
 }
@@ -103,6 +120,10 @@ GOOD: list[tuple[str, str, Any]] = [
         "PatientID, StudyDate,NumberOfSeriesRelatedInstances",
         ("PatientID", "StudyDate", "NumberOfSeriesRelatedInstances"),
     ),
+    ("OXIDIP_INFLATE_MAX_MIB", "1", 1),
+    ("OXIDIP_INFLATE_MAX_MIB", "1048576", 1048576),
+    ("OXIDIP_INFLATE_MAX_RATIO", "1", 1),
+    ("OXIDIP_INFLATE_MAX_RATIO", " 1000000 ", 1000000),
     ("OXIDIP_ARTIM_TIMEOUT", "0.5", 0.5),
     ("OXIDIP_ARTIM_TIMEOUT", "120", 120.0),
     ("OXIDIP_IDLE_TIMEOUT", "0", 0.0),
@@ -120,10 +141,22 @@ GOOD: list[tuple[str, str, Any]] = [
     ("OXIDIP_LOG_FORMAT", "TEXT", "text"),
 ]
 GOOD += [
+    ("OXIDIP_FILE_MODE", "0600", 0o600),
+    ("OXIDIP_FILE_MODE", " 664", 0o664),
+    ("OXIDIP_FILE_MODE", "0777", 0o777),
+    ("OXIDIP_DIR_MODE", "0700", 0o700),
+    ("OXIDIP_GROUP", "", None),
+    ("OXIDIP_GROUP", "0", 0),
+    ("OXIDIP_GROUP", "root", 0),
+    ("OXIDIP_GROUP", "54321", 54321),
+]
+GOOD += [
     ("OXIDIP_ACK", "Registered", "registered"),
     ("OXIDIP_DB_CONNECTION", "postgresql://u@127.0.0.1/db", "postgresql://u@127.0.0.1/db"),
     ("OXIDIP_DB_CONNECTION", " ", None),
     ("OXIDIP_DB_POOL", "16", 16),
+    ("OXIDIP_REGISTRATION_BACKLOG", "1", 1),
+    ("OXIDIP_REGISTRATION_TIMEOUT", "0.5", 0.5),
     ("OXIDIP_PACS_ADDRESS", "PACS=10.0.0.5:104", "PACS=10.0.0.5:104"),
     ("OXIDIP_CFIND_TIMEOUT", "2.5", 2.5),
     ("OXIDIP_CFIND_RETRIES", "0", 0),
@@ -134,6 +167,21 @@ GOOD += [
     ("OXIDIP_NATS_ADDRESS", "localhost:4222", "localhost:4222"),
     ("OXIDIP_NATS_ROOT_SUBJECT", "chris.pacs", "chris.pacs"),
     ("OXIDIP_PROGRESS_INTERVAL", "1", 1.0),
+    ("OXIDIP_HTTP_HOST", "::", "::"),
+    ("OXIDIP_HTTP_HOST", "127.0.0.1", "127.0.0.1"),
+    ("OXIDIP_HTTP_PORT", "", None),
+    ("OXIDIP_HTTP_PORT", " ", None),
+    ("OXIDIP_HTTP_PORT", "0", 0),
+    ("OXIDIP_HTTP_PORT", "8080", 8080),
+    ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "0", 0),
+    ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "500", 500),
+    # Alone: the TLS files need each other, and "false" needs the TLS listener (see below).
+    ("OXIDIP_PLAIN_LISTENER", "yes", True),
+    ("OXIDIP_TLS_PORT", "0", 0),
+    ("OXIDIP_TLS_PORT", "11112", 11112),
+    ("OXIDIP_TLS_CERT", "", None),
+    ("OXIDIP_TLS_KEY", " ", None),
+    ("OXIDIP_TLS_CA", "", None),
 ]
 GOOD += [(name, raw, True) for name in BOOLEANS for raw in ("true", "1", "yes", "on", "TRUE")]
 GOOD += [(name, raw, False) for name in BOOLEANS for raw in ("false", "0", "no", "off", "Off")]
@@ -174,6 +222,12 @@ BAD: list[tuple[str, str]] = [
     ("OXIDIP_REQUIRED_ATTRIBUTES", "PatientId"),
     ("OXIDIP_REQUIRED_ATTRIBUTES", "PixelData"),
     ("OXIDIP_REQUIRED_ATTRIBUTES", "SOPInstanceUID,,PatientID"),
+    ("OXIDIP_INFLATE_MAX_MIB", "0"),
+    ("OXIDIP_INFLATE_MAX_MIB", "1048577"),
+    ("OXIDIP_INFLATE_MAX_MIB", "4G"),
+    ("OXIDIP_INFLATE_MAX_RATIO", "0"),
+    ("OXIDIP_INFLATE_MAX_RATIO", "1000001"),
+    ("OXIDIP_INFLATE_MAX_RATIO", "200:1"),
     ("OXIDIP_ARTIM_TIMEOUT", "0"),
     ("OXIDIP_ARTIM_TIMEOUT", "-1"),
     ("OXIDIP_ARTIM_TIMEOUT", "30s"),
@@ -192,9 +246,24 @@ BAD: list[tuple[str, str]] = [
     ("OXIDIP_LOG_FORMAT", "yaml"),
 ]
 BAD += [
+    ("OXIDIP_FILE_MODE", "640x"),
+    ("OXIDIP_FILE_MODE", "0648"),
+    ("OXIDIP_FILE_MODE", "0440"),  # the owner could not write it
+    ("OXIDIP_FILE_MODE", "4640"),
+    ("OXIDIP_FILE_MODE", "rw-r-----"),
+    ("OXIDIP_DIR_MODE", "0650"),  # the owner could not enter it
+    ("OXIDIP_DIR_MODE", "2750"),  # the setgid bit comes with OXIDIP_GROUP
+    ("OXIDIP_DIR_MODE", ""),
+    ("OXIDIP_GROUP", "no-such-group-oxidip"),
+    ("OXIDIP_GROUP", "-1"),
+    ("OXIDIP_GROUP", "99999999999"),
+]
+BAD += [
     ("OXIDIP_ACK", "committed"),
     ("OXIDIP_DB_CONNECTION", "mysql://x"),
     ("OXIDIP_DB_POOL", "0"),
+    ("OXIDIP_REGISTRATION_BACKLOG", "0"),
+    ("OXIDIP_REGISTRATION_TIMEOUT", "0"),
     ("OXIDIP_PACS_ADDRESS", "PACS=host"),
     ("OXIDIP_CFIND_TIMEOUT", "0"),
     ("OXIDIP_CFIND_RETRIES", "11"),
@@ -204,6 +273,15 @@ BAD += [
     ("OXIDIP_NATS_ADDRESS", "http://x y"),
     ("OXIDIP_NATS_ROOT_SUBJECT", "a..b"),
     ("OXIDIP_PROGRESS_INTERVAL", "x"),
+    ("OXIDIP_HTTP_HOST", "localhost"),
+    ("OXIDIP_HTTP_PORT", "65536"),
+    ("OXIDIP_HTTP_PORT", "http"),
+    ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "-1"),
+    ("OXIDIP_PLAIN_LISTENER", "maybe"),
+    ("OXIDIP_TLS_PORT", "65536"),
+    ("OXIDIP_TLS_CERT", "/nonexistent/server.crt"),
+    ("OXIDIP_TLS_KEY", "/nonexistent/server.key"),
+    ("OXIDIP_TLS_CA", "/"),
 ]
 BAD += [(name, raw) for name in BOOLEANS for raw in ("", "maybe", "2", "y", "enabled")]
 
@@ -308,6 +386,8 @@ def test_core_config() -> None:
             "OXIDIP_FSYNC": "file",
             "OXIDIP_DUPLICATES": "reject",
             "OXIDIP_REQUIRED_ATTRIBUTES": "SOPInstanceUID",
+            "OXIDIP_INFLATE_MAX_MIB": "64",
+            "OXIDIP_INFLATE_MAX_RATIO": "50",
             "OXIDIP_IDLE_TIMEOUT": "0",
             "OXIDIP_WRITE_TIMEOUT": "2.5",
             "OXIDIP_EVENT_QUEUE": "5",
@@ -317,6 +397,8 @@ def test_core_config() -> None:
     assert core == CoreConfig(
         host="127.0.0.1",
         port=0,
+        plain_listener=True,
+        tls=None,
         aet="ME",
         enforce_called_aet=True,
         allowed_calling_aets=["A", "B"],
@@ -330,11 +412,16 @@ def test_core_config() -> None:
         fsync="file",
         duplicates="reject",
         required_attributes=["SOPInstanceUID"],
+        inflate_max_mib=64,
+        inflate_max_ratio=50,
         artim_timeout=30.0,
         idle_timeout=0.0,
         write_timeout=2.5,
         event_queue_size=5,
         ack="stored",
+        file_mode=0o640,
+        dir_mode=0o750,
+        group=None,
     )
     encoded = msgspec.msgpack.encode(core)
     assert msgspec.msgpack.decode(encoded, type=CoreConfig) == core
@@ -363,25 +450,6 @@ def test_readme_documents_every_variable() -> None:
 # --- CLI ---------------------------------------------------------------------------------
 
 
-def clean_env(**overrides: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OXIDIP_")}
-    env.update(overrides)
-    return env
-
-
-def oxidip(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oxidip", *args],
-        env=env,
-        cwd=cwd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture
 def busy_port() -> Iterator[int]:
     """A port on 127.0.0.1 that is bound and listening for the duration of the test."""
@@ -392,7 +460,7 @@ def busy_port() -> Iterator[int]:
 
 
 def test_version(tmp_path: Path) -> None:
-    result = oxidip("--version", env=clean_env(), cwd=tmp_path)
+    result = run_oxidip("--version", env=clean_env(), cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.strip() == f"oxidip {_core.__version__}"
 
@@ -403,7 +471,7 @@ def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port:
         OXIDIP_LISTENER_PORT=str(busy_port),
         OXIDIP_SCP_MAX_PDU_LENGTH="12",
     )
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(
         "oxidip: configuration error: OXIDIP_SCP_MAX_PDU_LENGTH='12': "
@@ -414,10 +482,21 @@ def test_serve_with_bad_config_exits_2_before_binding(tmp_path: Path, busy_port:
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [("OXIDIP_FILE_MODE", "0400"), ("OXIDIP_DIR_MODE", "755x"), ("OXIDIP_GROUP", "no-such-group")],
+)
+def test_serve_with_a_bad_mode_or_group_exits_2(tmp_path: Path, name: str, raw: str) -> None:
+    result = run_oxidip("serve", env=clean_env(**{name: raw}), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"oxidip: configuration error: {name}={raw!r}: "), result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_serve_on_busy_port_fails_to_start(tmp_path: Path, busy_port: int) -> None:
     """The control for the test above: with a good configuration the busy port is noticed."""
     env = clean_env(OXIDIP_LISTENER_HOST="127.0.0.1", OXIDIP_LISTENER_PORT=str(busy_port))
-    result = oxidip("serve", env=env, cwd=tmp_path)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "cannot start" in result.stderr
     assert f"port={busy_port}" in result.stderr
@@ -512,3 +591,94 @@ def test_consume_stops_once_drains_and_survives_a_failing_handler(
     assert fake.stopped_with == [7.0]
     assert seen == [1, 2, 3]
     assert [r.msg for r in caplog.records].count("event handler failed") == 2
+
+
+# --- TLS listener --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_env(pki: Pki, **overrides: str) -> dict[str, str]:
+    env = {"OXIDIP_TLS_CERT": str(pki.server.cert), "OXIDIP_TLS_KEY": str(pki.server.key)}
+    env.update({f"OXIDIP_{name}": value for name, value in overrides.items()})
+    return env
+
+
+def only_problem(env: dict[str, str]) -> str:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(env)
+    (problem,) = caught.value.problems
+    return problem
+
+
+def test_tls_listener_core_config(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(pki.ca.parent)
+    env = tls_env(pki, TLS_CA=pki.ca.name, TLS_PORT="0", PLAIN_LISTENER="off")
+    core = Config.from_env(env).core()
+    assert core.plain_listener is False
+    assert core.tls == TlsListener(
+        port=0, cert=str(pki.server.cert), key=str(pki.server.key), ca=str(pki.ca)
+    )
+    assert Config.from_env(tls_env(pki)).core().tls == TlsListener(
+        port=2762, cert=str(pki.server.cert), key=str(pki.server.key), ca=None
+    )
+    _core.Receiver(msgspec.msgpack.encode(core))
+
+
+def test_tls_files_go_in_pairs_and_some_listener_is_left(pki: Pki) -> None:
+    cert, key, ca = str(pki.server.cert), str(pki.server.key), str(pki.ca)
+    assert only_problem({"OXIDIP_TLS_CERT": cert}).startswith(
+        "OXIDIP_TLS_KEY='': required when OXIDIP_TLS_CERT is set"
+    )
+    assert only_problem({"OXIDIP_TLS_KEY": key}).startswith("OXIDIP_TLS_CERT='': required")
+    assert only_problem({"OXIDIP_TLS_CA": ca}).startswith(f"OXIDIP_TLS_CA={ca!r}: needs")
+    assert only_problem({"OXIDIP_PLAIN_LISTENER": "false"}).startswith(
+        "OXIDIP_PLAIN_LISTENER='false': no listener left"
+    )
+    same_port = tls_env(pki, LISTENER_PORT="11112", TLS_PORT="11112")
+    assert only_problem(same_port).startswith("OXIDIP_TLS_PORT='11112': ")
+    # Without the plain listener, the port is free for TLS.
+    Config.from_env({**same_port, "OXIDIP_PLAIN_LISTENER": "false"})
+
+
+def test_tls_files_that_do_not_load_name_their_variable(pki: Pki, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n"
+    )
+    cases = [
+        # A key where the certificate should be: no CERTIFICATE section.
+        (tls_env(pki, TLS_CERT=str(pki.server.key)), "OXIDIP_TLS_CERT", "no CERTIFICATE"),
+        (tls_env(pki, TLS_KEY=str(pki.server.cert)), "OXIDIP_TLS_KEY", "no private key"),
+        (tls_env(pki, TLS_KEY=str(pki.client.key)), "OXIDIP_TLS_KEY", "does not match"),
+        (tls_env(pki, TLS_CA=str(garbage)), "OXIDIP_TLS_CA", "cannot read PEM"),
+        (tls_env(pki, TLS_KEY=str(tmp_path)), "OXIDIP_TLS_KEY", "cannot read it"),
+    ]
+    for env, name, reason in cases:
+        problem = only_problem(env)
+        assert problem.startswith(f"{name}={env[name]!r}: "), problem
+        assert reason in problem, problem
+
+
+def test_serve_with_a_certificate_but_no_key_exits_2(pki: Pki, tmp_path: Path) -> None:
+    env = clean_env(
+        OXIDIP_LISTENER_HOST="127.0.0.1",
+        OXIDIP_LISTENER_PORT="0",
+        OXIDIP_TLS_CERT=str(pki.server.cert),
+    )
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "oxidip: configuration error: OXIDIP_TLS_KEY='': required when OXIDIP_TLS_CERT is set"
+    ), result.stderr
+    assert not (tmp_path / "data").exists()
+    env["OXIDIP_TLS_KEY"] = str(pki.client.key)
+    result = run_oxidip("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: OXIDIP_TLS_KEY=" in result.stderr, result.stderr
+    assert "does not match" in result.stderr

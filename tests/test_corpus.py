@@ -47,7 +47,11 @@ from tests.helpers.senders import (
     storescu_config,
 )
 
-CORPUS = corpus.selected()
+SELECTED = corpus.selected()
+#: Sent to receivers with the default configuration: every file that has the Study and
+#: Series Instance UIDs the receiver requires by default (see ``test_unidentified_files``).
+CORPUS = [f for f in SELECTED if f.identified]
+UNIDENTIFIED = [f for f in SELECTED if not f.identified]
 TEMPLATES = {"simple": SIMPLE_TEMPLATE, "default": None}
 
 
@@ -64,10 +68,10 @@ def test_corpus_selection_is_explicit() -> None:
     assert not listed_but_selected, (
         f"listed as excluded but the rule selects: {listed_but_selected}"
     )
-    selected = {f.rel for f in CORPUS}
+    selected = {f.rel for f in SELECTED}
     assert set(STORESCU_EXCLUDED) <= selected
     # All the transfer syntax families the issue names are covered.
-    syntaxes = {f.transfer_syntax for f in CORPUS}
+    syntaxes = {f.transfer_syntax for f in SELECTED}
     for ts in (
         "1.2.840.10008.1.2",  # implicit VR little endian
         "1.2.840.10008.1.2.1",  # explicit VR little endian
@@ -81,12 +85,18 @@ def test_corpus_selection_is_explicit() -> None:
         assert ts in syntaxes, ts
 
 
+def test_files_without_patient_id_are_sent_with_the_defaults() -> None:
+    """PatientID is Type 2: the corpus files where it is empty or absent (14 in pydicom 3.0)
+    are among those the round tests send to receivers with the default configuration, so
+    they must be stored like any other (they were refused with C001 when the default
+    required PatientID)."""
+    without = [f.rel for f in CORPUS if f.patient_id is None]
+    assert len(without) >= 10, without
+
+
 def _start(start_receiver, template: str) -> RunningReceiver:
-    overrides: dict[str, object] = {
-        # Several corpus files have no PatientID (or other default required attributes):
-        # requiring them is tested elsewhere; here every valid instance must be stored.
-        "REQUIRED_ATTRIBUTES": "SOPInstanceUID",
-    }
+    """A receiver with the default configuration (required attributes included)."""
+    overrides: dict[str, object] = {}
     if TEMPLATES[template] is not None:
         overrides["PATH_TEMPLATE"] = TEMPLATES[template]
     return start_receiver(**overrides)
@@ -189,11 +199,43 @@ def test_corpus_pynetdicom(start_receiver, tmp_path: Path, template: str) -> Non
     """Each round (unique SOP Instance UIDs) is one pynetdicom association proposing each
     (SOP class, transfer syntax) of its files; the dataset bytes are sent as in the file."""
     rx = _start(start_receiver, template)
-    fixed = tmp_path / "fixed-meta"
+    total = _send_pynetdicom_rounds(rx, template, CORPUS, tmp_path, "PYNET")
+    _check_storage_clean(rx, total)
+
+
+def test_unidentified_files(start_receiver, tmp_path: Path) -> None:
+    """The corpus files without Study and Series Instance UIDs (Type 1 in their IODs): by
+    default refused with C001 naming both; stored byte for byte once only the SOP Instance
+    UID is required."""
+    assert UNIDENTIFIED, "pydicom's corpus has files without Study/Series Instance UIDs"
+    rx = start_receiver(PATH_TEMPLATE=SIMPLE_TEMPLATE)
+    ae = scu("UNIDENTIFIED")
+    for sop_class, ts in dict.fromkeys((f.sop_class, f.transfer_syntax) for f in UNIDENTIFIED):
+        ae.add_requested_context(sop_class, [ts])
+    assoc = ae.associate(rx.host, rx.port, ae_title="OXIDIP")
+    assert assoc.is_established
+    try:
+        for cf in UNIDENTIFIED:
+            result = assoc.send_c_store(cf.path)
+            assert status_of(result) == 0xC001, cf.rel
+            assert result.ErrorComment == "missing StudyInstanceUID, SeriesInstanceUID", cf.rel
+    finally:
+        assoc.release()
+    assert stored_files(rx.root) == []
+    relaxed = start_receiver(PATH_TEMPLATE=SIMPLE_TEMPLATE, REQUIRED_ATTRIBUTES="SOPInstanceUID")
+    total = _send_pynetdicom_rounds(relaxed, "simple", UNIDENTIFIED, tmp_path, "UNID")
+    _check_storage_clean(relaxed, total)
+
+
+def _send_pynetdicom_rounds(
+    rx: RunningReceiver, template: str, files_all: list[CorpusFile], tmp_path: Path, prefix: str
+) -> int:
+    """Sends ``files_all`` round by round, each checked; returns how many were stored."""
+    fixed = tmp_path / f"fixed-meta-{prefix}"
     fixed.mkdir()
     total = 0
-    for index, files in enumerate(corpus.rounds(CORPUS)):
-        aet = _calling_aet("PYNET", index)
+    for index, files in enumerate(corpus.rounds(files_all)):
+        aet = _calling_aet(prefix, index)
         ae = scu(aet)
         for sop_class, ts in dict.fromkeys((f.sop_class, f.transfer_syntax) for f in files):
             ae.add_requested_context(sop_class, [ts])
@@ -212,7 +254,7 @@ def test_corpus_pynetdicom(start_receiver, tmp_path: Path, template: str) -> Non
             assoc.release()
         _verify_round(rx, template, aet, sent, since)
         total += len(files)
-    _check_storage_clean(rx, total)
+    return total
 
 
 def _with_matching_meta(cf: CorpusFile, directory: Path) -> Path:
@@ -275,7 +317,7 @@ def test_default_template_hash_is_per_series(start_receiver) -> None:
     digits) and different series get different ones (the dicomdirtests tree: several
     patients, studies and series)."""
     files = [f for f in CORPUS if f.rel.startswith("test_files/dicomdirtests/")]
-    rx = start_receiver(REQUIRED_ATTRIBUTES="SOPInstanceUID")
+    rx = start_receiver()
     ae = scu("HASHTEST")
     for sop_class, ts in dict.fromkeys((f.sop_class, f.transfer_syntax) for f in files):
         ae.add_requested_context(sop_class, [ts])

@@ -25,7 +25,6 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,6 @@ from tests.helpers.e2e import (
     instances_on_disk,
     journal_files,
     make_series,
-    postgres_database,
     registration_stalled,
     send,
 )
@@ -58,15 +56,6 @@ KILLS = 5
 KILL_AFTER_ACKS = (1, 60)
 #: Bound on the whole push, restarts included.
 DEADLINE = 90.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    if request.param == "sqlite":
-        yield None
-        return
-    with postgres_database() as url:
-        yield url
 
 
 # --- senders that survive the server -------------------------------------------------------

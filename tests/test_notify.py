@@ -19,7 +19,6 @@ from oxidip.notify import (
     Error,
     Finalized,
     NatsNotifier,
-    NotifierError,
     NullNotifier,
     Progress,
     decode_message,
@@ -140,16 +139,31 @@ def test_invalid_root_subject() -> None:
 # --- connection ----------------------------------------------------------------------------
 
 
-def test_connecting_to_a_closed_port_fails_clearly() -> None:
+def test_unreachable_at_start_warns_queues_and_closes_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A side channel must not stop intake: no exception, one warning; messages wait in the
+    queue (dropped and counted past it) and ``close`` does not wait for a server that never
+    answered."""
     port = closed_port()
     started = time.monotonic()
-    with pytest.raises(NotifierError) as raised:
-        NatsNotifier(f"127.0.0.1:{port}", connect_timeout=1.0)
-    elapsed = time.monotonic() - started
-    message = str(raised.value)
-    assert f"cannot connect to NATS at 127.0.0.1:{port} within 1 s" in message
-    assert "refused" in message.lower() or "connect call failed" in message.lower()
-    assert elapsed < 5
+    with caplog.at_level(logging.INFO, logger="oxidip.notify"):
+        n = NatsNotifier(f"127.0.0.1:{port}", connect_timeout=1.0, queue_size=2)
+        assert time.monotonic() - started < 5
+        for uid in ("1.2.1", "1.2.2", "1.2.3"):
+            n.finalized(Row(series_instance_uid=uid, state="complete"))
+        assert n.backlog == 2
+        assert n.lost == 1
+        closing = time.monotonic()
+        n.close(timeout=5.0)
+        assert time.monotonic() - closing < 2
+    [warning] = [r for r in caplog.records if r.getMessage() == "nats unreachable"]
+    assert warning.levelname == "WARNING"
+    assert f"127.0.0.1:{port}" == warning.__dict__["address"]
+    assert "refused" in warning.__dict__["error"].lower() or "connect" in warning.__dict__["error"]
+    [closed] = [r for r in caplog.records if r.getMessage() == "nats closed"]
+    assert closed.__dict__["lost"] == 3
+    assert closed.__dict__["ever_connected"] is False
     # No thread left behind.
     assert not [t for t in threading.enumerate() if t.name == "oxidip-nats"]
 

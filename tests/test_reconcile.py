@@ -2,24 +2,11 @@
 whose file is gone reported."""
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers.e2e import Oxidip, RegistryView, make_series, send
+from tests.helpers.e2e import Oxidip, RegistryView, make_series, reconcile, send
 
 SENDER = "MODALITY"
-
-
-def reconcile(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oxidip", "reconcile"],
-        env={"OXIDIP_FILES_ROOT": str(root), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_reconcile_rebuilds_the_registry_from_the_files(tmp_path: Path) -> None:

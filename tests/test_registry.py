@@ -598,18 +598,18 @@ def test_schema_version_and_indexes(
         registry.migrate()
         registry.close()
     versions, indexes = _schema(connection, tmp_path)
-    assert versions == [1]
+    assert versions == [1, 2]
     for index in (
         "studies_patient_id",
         "series_study_instance_uid",
         "series_state",
-        "instances_series_instance_uid",
+        "instances_series",
         "series_activity_association",
     ):
         assert index in indexes
-    # The primary keys: lookups by Study, Series and SOP Instance UID.
+    # The primary keys: lookups by Study UID, by Series and SOP Instance UID (and sender).
     if backend == "postgresql":
-        assert {"studies_pkey", "series_pkey", "instances_pkey"} <= indexes
+        assert {"studies_pkey", "series_key", "instances_key"} <= indexes
 
 
 def test_open_registry(tmp_path: Path) -> None:

@@ -101,6 +101,6 @@ def test_a_refusal_over_the_association_limit_is_a_warning_with_the_peer(tmp_pat
             record = server.wait_for_record("association refused", peer=_peer(late))
             holder.release()
         assert record["level"] == "WARNING"
-        assert (record["reason"], record["calling_aet"]) == ("association-limit", "LATECOMER")
+        assert (record["reason"], record["calling_aet"]) == ("over-limit", "LATECOMER")
         assert "OXIDIP_MAX_ASSOCIATIONS" in record["detail"]
         assert server.terminate() == 0, server.output()

@@ -128,22 +128,38 @@ def test_c000_when_the_dataset_cannot_be_parsed(receiver: RunningReceiver) -> No
 
 
 def test_c001_names_the_missing_required_attributes(receiver: RunningReceiver) -> None:
-    ds = make_dataset(patient_id=None, SeriesInstanceUID=None)
+    ds = make_dataset(StudyInstanceUID=None, SeriesInstanceUID=None)
     since = receiver.mark()
     status, comment = raw_store(receiver, ds)
     assert status == 0xC001, (hex(status), comment)
-    assert comment and "PatientID" in comment and "SeriesInstanceUID" in comment, comment
+    assert comment == "missing StudyInstanceUID, SeriesInstanceUID", comment
     failure = _failure(receiver, since, str(ds.SOPInstanceUID))
-    assert failure.status == 0xC001 and "PatientID" in failure.comment
+    assert failure.status == 0xC001 and "SeriesInstanceUID" in failure.comment
     assert_nothing_stored(receiver, str(ds.SOPInstanceUID))
     assert_receiver_works(receiver)
 
 
 def test_c001_for_an_empty_required_value(receiver: RunningReceiver) -> None:
-    ds = make_dataset(patient_id="")
+    ds = make_dataset(SeriesInstanceUID="")
     status, comment = raw_store(receiver, ds)
-    assert status == 0xC001 and comment and "PatientID" in comment, (hex(status), comment)
+    assert status == 0xC001 and comment == "missing SeriesInstanceUID", (hex(status), comment)
     assert_nothing_stored(receiver, str(ds.SOPInstanceUID))
+
+
+@pytest.mark.parametrize("patient_id", ["", None], ids=["empty", "absent"])
+def test_patient_id_is_not_required_by_default(start_receiver, patient_id: str | None) -> None:
+    """PatientID is Type 2 (it may be empty): by default only the UIDs that identify an
+    instance are required, and the default template renders the missing value as its
+    placeholder."""
+    rx = start_receiver()
+    ds = make_dataset(patient_id=patient_id)
+    status, comment = raw_store(rx, ds, calling_aet="NOPATIENT")
+    assert status == 0x0000, (hex(status), comment)
+    (event,) = rx.wait_stored(1)
+    assert event.attributes.PatientID is None
+    rel = Path(event.path).relative_to(rx.root).as_posix()
+    assert rel.startswith("NOPATIENT/PatientID-Doe_Jane-19700101/"), rel
+    assert read_part10(event.path).dataset == encode_dataset(ds)
 
 
 def test_required_attributes_are_configurable(start_receiver) -> None:

@@ -17,20 +17,37 @@ __all__ = [
     "ContextsRefused",
     "CoreConfig",
     "Event",
+    "Histogram",
     "InstanceFailed",
     "InstanceStored",
     "LoadOptions",
     "LoadReport",
+    "ReceiverMetrics",
     "RefusedContext",
     "ServerWarning",
+    "TlsListener",
 ]
+
+
+class TlsListener(msgspec.Struct, frozen=True):
+    """The TLS listener (``server::config::TlsListenerConfig``): PS3.15 annex B."""
+
+    port: int
+    #: PEM files: our certificate chain (leaf first) and its private key.
+    cert: str
+    key: str
+    #: PEM CA certificates a client certificate must chain to (mutual TLS); None: none asked.
+    ca: str | None
 
 
 class CoreConfig(msgspec.Struct, frozen=True):
     """Everything the Rust receiver needs; built by ``oxidip.config.Config.core``."""
 
     host: str
+    #: The plain TCP listener's port, unless ``plain_listener`` is false.
     port: int
+    plain_listener: bool
+    tls: TlsListener | None
     aet: str
     enforce_called_aet: bool
     allowed_calling_aets: list[str]
@@ -46,6 +63,9 @@ class CoreConfig(msgspec.Struct, frozen=True):
     #: "overwrite" | "keep-first" | "reject"
     duplicates: str
     required_attributes: list[str]
+    #: Bounds on a deflated data set: inflated MiB, and inflated bytes per deflated byte.
+    inflate_max_mib: int
+    inflate_max_ratio: int
     #: Seconds.
     artim_timeout: float
     #: Seconds; 0 means no idle timeout.
@@ -55,6 +75,14 @@ class CoreConfig(msgspec.Struct, frozen=True):
     event_queue_size: int
     #: "stored" | "registered"
     ack: str
+    #: Permission bits of stored files and of the directories created for them.
+    file_mode: int
+    dir_mode: int
+    #: The gid stored files and directories get (through setgid directories); None: the
+    #: process's group.
+    group: int | None
+    #: The registry node id of this process, written in its journal (``Receiver`` sets it).
+    node: str = ""
 
 
 class Attributes(msgspec.Struct):
@@ -142,6 +170,11 @@ class AssociationClosed(msgspec.Struct, tag_field="kind", tag="association"):
     outcome: str
     #: Human readable reason; "" when released normally.
     detail: str
+    #: Came on the TLS listener.
+    tls: bool = False
+    #: Subject of the peer's certificate (mutual TLS), e.g. "CN=modality, O=Hospital"; "" if
+    #: none.
+    peer_certificate_subject: str = ""
 
 
 class RefusedContext(msgspec.Struct):
@@ -177,7 +210,8 @@ class ConnectionRefused(msgspec.Struct, tag_field="kind", tag="refused"):
     #: From its A-ASSOCIATE-RQ; "" when none was read.
     calling_aet: str
     called_aet: str
-    #: "association-limit" (OXIDIP_MAX_ASSOCIATIONS) | "open-files" (RLIMIT_NOFILE)
+    #: "over-limit" (OXIDIP_MAX_ASSOCIATIONS) | "open-files" (RLIMIT_NOFILE), the labels of
+    #: ``ReceiverMetrics.associations_refused``
     reason: str
     detail: str
 
@@ -197,6 +231,46 @@ Event: TypeAlias = (
     | ConnectionRefused
     | ServerWarning
 )
+
+
+class Histogram(msgspec.Struct, frozen=True):
+    """Fixed-bucket histogram (``server::metrics::HistogramSnapshot``)."""
+
+    #: Upper bounds in seconds, +Inf left out.
+    bounds: list[float]
+    #: Observations per bucket, not cumulative; one more than ``bounds`` (the +Inf bucket).
+    counts: list[int]
+    #: Seconds.
+    sum: float
+
+
+class ReceiverMetrics(msgspec.Struct, frozen=True):
+    """The receiver's counters at one moment (``_core.Receiver.metrics``,
+    ``server::metrics::MetricsSnapshot``)."""
+
+    #: The listener accepts connections.
+    listening: bool
+    #: Associations being served.
+    associations_open: int
+    #: Connections served as associations since start (refused at negotiation included;
+    #: over the association limit they are turned away before, see associations_refused).
+    associations_total: int
+    #: Ended associations by outcome (``AssociationClosed.outcome``; "other" for new ones).
+    associations_closed: dict[str, int]
+    #: Refused associations by reason: "over-limit", "open-files", "calling-aet", "called-aet",
+    #: "application-context", "protocol-version", "other".
+    associations_refused: dict[str, int]
+    instances_stored: int
+    #: Instances answered with a failure, by status in hex ("A700").
+    instances_failed: dict[str, int]
+    #: Data set bytes received.
+    bytes_received: int
+    #: Seconds from a C-STORE-RQ's command to its response, whatever the status.
+    store_latency: Histogram
+    #: Events not yet taken by Python.
+    event_queue_backlog: int
+    #: Journaled instances not yet registered.
+    journal_backlog: int
 
 
 class StoredInstance(msgspec.Struct, frozen=True):
@@ -241,6 +315,11 @@ class LoadOptions(msgspec.Struct, frozen=True):
     idle_associations: int = 0
     #: Seconds after which no more instances are sent (0 = none).
     deadline: float = 0.0
+    #: DICOM over TLS: PEM CA file the receiver's certificate must chain to; None: plain TCP.
+    tls_ca: str | None = None
+    #: With ``tls_ca``: our client certificate chain and key (PEM), for mutual TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class LoadReport(msgspec.Struct, frozen=True):

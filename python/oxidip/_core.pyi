@@ -17,10 +17,35 @@ DEFAULT_PATH_TEMPLATE: str
 def check_path_template(template: str) -> None:
     """Raises ValueError with a readable reason when the template is invalid."""
 
-def orphan_journals(files_root: str) -> list[str]:
-    """Journal segments left by oxidip processes of this host that no longer run: each line
-    is the path (relative to ``files_root``) of an instance that was acknowledged, maybe not
-    registered. Register them, then delete the segment."""
+def check_tls(cert: str, key: str, ca: str | None = None) -> tuple[str, str] | None:
+    """Loads the TLS listener's PEM files as the receiver will: None when they are usable,
+    else (which file: "cert", "key" or "ca", why)."""
+
+class OrphanJournal:
+    """A journal segment of an oxidip process that no longer runs (its lock was free),
+    whatever its host, locked by this process until ``finish`` or ``release``: no other
+    process replays it meanwhile."""
+
+    #: Its path.
+    path: str
+    #: The registry node id of the process that wrote it; None for a segment of an oxidip
+    #: from before the node was recorded.
+    node: str | None
+    #: Final paths relative to the files root, one per instance the process announced (some
+    #: may have no file: the process died before placing it).
+    entries: list[str]
+
+    def finish(self) -> None:
+        """Its entries are registered: deletes the segment (and the temp files its process
+        left) and lets go of it. OSError if it cannot be deleted."""
+
+    def release(self) -> None:
+        """Lets go of it, left in place for a later claim."""
+
+def claim_orphan_journals(files_root: str) -> list[OrphanJournal]:
+    """The journal segments under ``files_root`` whose process no longer runs, each claimed
+    (locked) by this process; segments of live processes, or claimed by another, are left
+    alone. OSError when the journal directory cannot be read."""
 
 def read_instance(path: str) -> bytes:
     """msgpack of ``oxidip._boundary.StoredInstance`` for a stored Part 10 file. Raises
@@ -38,9 +63,10 @@ class Receiver:
         """``config``: msgpack of ``oxidip._boundary.CoreConfig``. Raises ValueError when a
         value is out of range (the Python layer validates first, naming the variable)."""
 
-    def start(self) -> int:
-        """Opens storage, binds and starts serving; returns the bound TCP port (useful with
-        port 0). Raises OSError when the port cannot be bound or storage is unusable."""
+    def start(self) -> tuple[int | None, int | None]:
+        """Opens storage, binds and starts serving; returns the bound ports (useful with port
+        0): (plain TCP, TLS), None for a listener not configured. Raises OSError when a port
+        cannot be bound or storage is unusable."""
 
     def next_batch(self, max_events: int, timeout: float, linger: float) -> bytes | None:
         """Waits up to ``timeout`` seconds (GIL released) for a first event, then up to
@@ -60,9 +86,22 @@ class Receiver:
         instances are removed). Keep taking batches: ``next_batch`` returns None once every
         association has ended and every event was taken."""
 
+    def metrics(self) -> bytes:
+        """msgpack of ``oxidip._boundary.ReceiverMetrics``: every counter, read without
+        stopping the associations. RuntimeError before ``start``."""
+
+    def check_storage(self) -> None:
+        """Creates and writes a file where every instance starts (the storage root's temp
+        directory), then removes it; OSError saying why when that fails. RuntimeError before
+        ``start``."""
+
     @property
     def queued_events(self) -> int:
         """Events waiting to be taken: the backlog when Python falls behind."""
+
+    @property
+    def journal_backlog(self) -> int:
+        """Journal entries of this receiver not yet registered (0 before start)."""
 
 # The receiver's hot-path steps, one call each: for the micro-benchmarks (bench/micro/) and for
 # tests that hold them against pydicom.
@@ -79,8 +118,9 @@ class ExtractedAttributes:
         """msgpack of ``oxidip._boundary.Attributes``."""
 
 def extract_attributes(dataset: bytes, transfer_syntax: str) -> ExtractedAttributes:
-    """Extracts the attributes of a data set (no file meta) encoded in ``transfer_syntax``.
-    ValueError when the transfer syntax is unknown or the data set cannot be read."""
+    """Extracts the attributes of a data set (no file meta) encoded in ``transfer_syntax``,
+    walking it whole as the receiver does. ValueError when the transfer syntax is unknown or
+    the data set is malformed."""
 
 class PathTemplate:
     """A parsed path template (``OXIDIP_PATH_TEMPLATE``)."""

@@ -12,10 +12,11 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
+import sys
 import textwrap
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TypeAlias
@@ -32,19 +33,22 @@ from oxidip._boundary import (
     InstanceStored,
     ServerWarning,
 )
+from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import (
     VARIABLES,
     Config,
     ConfigError,
     report_config_error,
+    storage_root_problem,
     warn_unknown_variables,
 )
 from oxidip.hooks import HookError, Hooks
+from oxidip.http_endpoint import HttpEndpoint, open_http_endpoint
 from oxidip.notify import NotifierError, open_notifier, sanitize_subject_part
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
-from oxidip.reconcile import reconcile, replay_journals
+from oxidip.reconcile import Registration, adopt_journals, reconcile
 from oxidip.registry import ExpectedStatus, Registry, SeriesRow, open_registry
 
 __all__ = ["EventHandler", "build_parser", "build_pipeline", "consume", "log_events", "main"]
@@ -117,6 +121,7 @@ def log_events(batch: list[Event]) -> None:
                         "called_aet": event.called_aet,
                         "peer": event.peer,
                         "reason": event.detail,
+                        **_tls_fields(event),
                     },
                 )
                 continue
@@ -135,6 +140,7 @@ def log_events(batch: list[Event]) -> None:
                     "bytes": event.bytes_received,
                     "duration": round(event.duration, 3),
                     "mb_per_s": round(rate, 2),
+                    **_tls_fields(event),
                 },
             )
         elif isinstance(event, ContextsRefused):
@@ -169,6 +175,13 @@ def log_events(batch: list[Event]) -> None:
             log.warning(event.message, extra={"detail": event.detail})
 
 
+def _tls_fields(event: AssociationClosed) -> dict[str, object]:
+    """For an association on the TLS listener: that it was, and who its certificate names."""
+    if not event.tls:
+        return {}
+    return {"tls": True, "peer_certificate_subject": event.peer_certificate_subject}
+
+
 def consume(
     receiver: Receiver,
     handlers: Sequence[EventHandler],
@@ -176,34 +189,50 @@ def consume(
     shutdown_timeout: float,
     *,
     tick: Callable[[], None] = lambda: None,
+    ready: Callable[[float], bool] = lambda timeout: True,
+    on_stop: Callable[[float], None] = lambda timeout: None,
     max_events: int = 1000,
     poll: float = 0.5,
     linger: float = 0.0,
 ) -> bool:
     """Passes every batch of events to every handler until the receiver has stopped and all
-    events were taken, calling ``tick`` after every wait (with or without events). Once
-    ``stop_requested`` is set (checked at least every ``poll`` seconds), stops the receiver
-    gracefully and keeps draining. A handler that raises is logged and does not stop the
-    loop. ``linger``: see ``Receiver.next_batch``. Returns whether the receiver stopped
-    because it was asked to (False: it stopped by itself)."""
+    events were taken, calling ``tick`` after every wait (with or without events). Takes
+    events only while ``ready(timeout)`` says the handlers have room (it may wait up to
+    ``timeout`` seconds for it): otherwise the receiver's bounded event queue fills and TCP
+    pushes back on the senders. Once ``stop_requested`` is set (checked at least every
+    ``poll`` seconds), stops the receiver gracefully, calls ``on_stop(shutdown_timeout)``,
+    and drains every event, ready or not (the receiver cannot end before). A handler that
+    raises is logged and does not stop the loop. ``linger``: see ``Receiver.next_batch``.
+    Returns whether the receiver stopped because it was asked to (False: by itself)."""
     stopping = False
     while True:
         if not stopping and stop_requested.is_set():
             stopping = True
             receiver.stop(shutdown_timeout)
             log.info("stopping", extra={"timeout": shutdown_timeout})
+            on_stop(shutdown_timeout)
+        if not stopping and not ready(poll):
+            _call(tick)
+            continue
         batch = receiver.next_batch(max_events, poll, linger)
         if batch is None:
             return stopping
         for handler in handlers if batch else ():
-            try:
-                handler(batch)
-            except Exception:
-                log.exception("event handler failed", extra={"handler": _name(handler)})
-        try:
-            tick()
-        except Exception:
-            log.exception("event handler failed", extra={"handler": _name(tick)})
+            _call(handler, batch)
+        _call(tick)
+
+
+def _call(handler: Callable[..., None], *args: object) -> None:
+    """Calls an event handler; its exception is logged and goes no further."""
+    try:
+        handler(*args)
+    except Exception:
+        log.exception("event handler failed", extra={"handler": _name(handler)})
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (libpq's messages span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def _name(handler: Callable[..., None]) -> str:
@@ -220,26 +249,58 @@ def open_migrated_registry(config: Config) -> Registry:
         config.core().files_root,
         pool_size=config.db_pool,
         duplicates=config.duplicates,
+        dir_mode=config.dir_mode,
     )
     registry.migrate()
     return registry
 
 
+def warn_untracked_series(config: Config, hooks: Hooks) -> None:
+    """With ``REGISTER_MODE = "replace"`` nothing is registered in oxidip's database, so no
+    series state is tracked: says which of what is configured therefore does nothing (a
+    WARNING), or that nothing is lost (INFO)."""
+    off: list[str] = [
+        name for name in ("on_series_complete", "on_series_finalized") if name in hooks.names
+    ]
+    if config.nats_address:
+        off.append("NATS progress, complete and finalized messages (OXIDIP_NATS_ADDRESS)")
+    if config.pacs_address:
+        off.append("expected-count C-FINDs (OXIDIP_PACS_ADDRESS)")
+    fields = {"hooks_module": hooks.module_name or "", "register_mode": "replace"}
+    if not off:
+        log.info("series states are not tracked", extra=fields)
+        return
+    log.warning(
+        "series states are not tracked",
+        extra={
+            **fields,
+            "off": "; ".join(off),
+            "why": "the register hook replaces oxidip's database, where series states live;"
+            ' use REGISTER_MODE = "add" to keep them',
+        },
+    )
+
+
 def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline:
     """Opens the registry (migrating it, replaying journals of dead processes), the expected
     count lookup and the notifier."""
-    node = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    node = receiver.node
     files_root = config.core().files_root
     registry = None
+    adopter = None
+    replayed = Registration()
     pending: list[SeriesRow] = []
-    if not hooks.replaces_registry:
+    if hooks.replaces_registry:
+        warn_untracked_series(config, hooks)
+    else:
         registry = open_migrated_registry(config)
-        replayed = replay_journals(files_root, registry, node)
-        if replayed:
+        replayed = adopt_journals(files_root, registry, node)
+        if replayed.registered:
             log.info(
                 "registered instances from journals of stopped processes",
-                extra={"count": replayed},
+                extra={"count": replayed.registered},
             )
+        adopter = JournalAdopter(files_root, registry, node)
         # Series whose expected count is still pending, whatever their state: a lookup that
         # died with a killed process is never answered otherwise. (Another live process may
         # be asking too: a second C-FIND for one series is harmless.)
@@ -263,8 +324,12 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         notifier=notifier,
         node=node,
         series_idle_timeout=config.series_idle_timeout,
+        adopter=adopter,
+        backlog=config.registration_backlog,
+        answer_within=config.registration_timeout if config.ack == "registered" else None,
+        pending=pending,
     )
-    pipeline.request_expected(pending)
+    pipeline.registered_from_files(replayed)
     return pipeline
 
 
@@ -274,6 +339,9 @@ def serve(args: argparse.Namespace) -> int:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
         return report_config_error(error.problems)
+    problem = storage_root_problem(config.files_root)
+    if problem is not None:
+        return report_config_error([problem])
     logs.configure(config.log_level, config.log_format)
     warn_unknown_variables()
     try:
@@ -285,9 +353,20 @@ def serve(args: argparse.Namespace) -> int:
         return report_config_error([str(error)])
     try:
         pipeline = build_pipeline(config, receiver, hooks)
-    except (OSError, ValueError, NotifierError, psycopg.Error) as error:
+    except psycopg.Error as error:
         hooks.close(0)
-        log.error("cannot start", extra={"error": f"{type(error).__name__}: {error}"})
+        log.error(
+            "cannot start",
+            extra={
+                "reason": "registry database unreachable",
+                "variable": "OXIDIP_DB_CONNECTION",
+                "error": one_line(error),
+            },
+        )
+        return EXIT_FAILURE
+    except (OSError, ValueError, NotifierError, sqlite3.Error) as error:
+        hooks.close(0)
+        log.error("cannot start", extra={"error": one_line(error)})
         return EXIT_FAILURE
 
     stop_requested = threading.Event()
@@ -296,8 +375,10 @@ def serve(args: argparse.Namespace) -> int:
         stop_requested.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    http: HttpEndpoint | None = None
     try:
         try:
+            http = open_http_endpoint(config, receiver, pipeline)
             receiver.start()
         except OSError as error:
             log.error(
@@ -315,7 +396,7 @@ def serve(args: argparse.Namespace) -> int:
             "listening",
             extra={
                 "host": config.listener_host,
-                "port": receiver.port,
+                **_listening_ports(config, receiver),
                 "aet": config.scp_aet,
                 "files_root": config.core().files_root,
                 "version": __version__,
@@ -328,6 +409,8 @@ def serve(args: argparse.Namespace) -> int:
                 stop_requested,
                 config.shutdown_timeout,
                 tick=pipeline.tick,
+                ready=pipeline.wait_for_room,
+                on_stop=pipeline.begin_stop,
                 linger=0.0 if config.ack == "registered" else EVENT_LINGER,
             )
         except Exception:
@@ -344,8 +427,23 @@ def serve(args: argparse.Namespace) -> int:
         log.info("stopped", extra={"uptime": uptime})
         return EXIT_OK
     finally:
+        if http is not None:
+            http.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _listening_ports(config: Config, receiver: Receiver) -> dict[str, object]:
+    """The bound ports of the listeners configured: ``port`` (plain TCP), ``tls_port`` and,
+    with mutual TLS, ``tls_client_ca``."""
+    ports: dict[str, object] = {}
+    if config.plain_listener:
+        ports["port"] = receiver.port
+    if config.core().tls is not None:
+        ports["tls_port"] = receiver.tls_port
+        if config.tls_ca is not None:
+            ports["tls_client_ca"] = config.tls_ca
+    return ports
 
 
 def _environment_help() -> str:
@@ -378,12 +476,22 @@ def run_reconcile(args: argparse.Namespace) -> int:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
         return report_config_error(error.problems)
-    logs.configure(config.log_level, config.log_format)
     files_root = config.core().files_root
-    registry = open_migrated_registry(config)
+    if not os.path.isdir(files_root):
+        return report_config_error([f"OXIDIP_FILES_ROOT={config.files_root!r}: not a directory"])
+    logs.configure(config.log_level, config.log_format)
+    node = f"{socket.gethostname()}-{os.getpid()}-reconcile"
     try:
-        node = f"{socket.gethostname()}-{os.getpid()}-reconcile"
+        registry = open_migrated_registry(config)
+    except (psycopg.Error, sqlite3.Error, OSError) as error:
+        where = "OXIDIP_DB_CONNECTION" if config.db_connection else "the SQLite registry"
+        print(f"oxidip reconcile: cannot open {where}: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
         report = reconcile(files_root, registry, node)
+    except (psycopg.Error, sqlite3.Error, OSError) as error:
+        print(f"oxidip reconcile: stopped: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
     finally:
         registry.close()
     print(f"registered {report.registered} files, {report.unreadable} unreadable")

@@ -161,6 +161,8 @@ class ExpectedCount(msgspec.Struct, frozen=True):
     status: str
     #: Human readable: what was asked of whom and what came back.
     detail: str
+    #: The calling AE title the series was sent by (whose PACS was asked).
+    calling_aet: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class _Job:
     pacs: PacsAddress
     study_instance_uid: str
     series_instance_uid: str
+    calling_aet: str
 
 
 class _Attempt:
@@ -292,6 +295,7 @@ class ExpectedCountLookup:
                     "unknown",
                     f"no PACS address for calling AE {calling_aet.strip()!r} "
                     "(not in OXIDIP_PACS_ADDRESS)",
+                    calling_aet,
                 )
             )
             return
@@ -305,9 +309,11 @@ class ExpectedCountLookup:
                 self._pending += 1
                 self._start_worker()
         if refused:
-            self._results.put(ExpectedCount(series_instance_uid, None, "error", refused))
+            self._results.put(
+                ExpectedCount(series_instance_uid, None, "error", refused, calling_aet)
+            )
             return
-        self._jobs.put(_Job(pacs, study_instance_uid, series_instance_uid))
+        self._jobs.put(_Job(pacs, study_instance_uid, series_instance_uid, calling_aet))
 
     def poll(self) -> list[ExpectedCount]:
         """The results that arrived since the last call; never blocks."""
@@ -394,7 +400,7 @@ class ExpectedCountLookup:
                 if self._closed.is_set():
                     return
                 self._pending -= 1
-                self._results.put(result)
+                self._results.put(msgspec.structs.replace(result, calling_aet=job.calling_aet))
 
     def _lookup(self, job: _Job) -> ExpectedCount:
         """Up to ``retries + 1`` attempts; an error result says how many were made."""

@@ -7,20 +7,25 @@ table and the matching field to ``Config``.
 """
 
 import difflib
+import grp
 import ipaddress
 import logging
 import math
 import os
 import re
 import sys
+import tempfile
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from oxidip import _core
-from oxidip._boundary import CoreConfig
+from oxidip._boundary import CoreConfig, TlsListener
 
 __all__ = [
     "PREFIX",
@@ -28,6 +33,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Variable",
+    "storage_root_problem",
     "unknown_variables",
     "warn_unknown_variables",
 ]
@@ -261,6 +267,69 @@ class DirectoryPath:
 
 
 @dataclass(frozen=True)
+class Mode:
+    """Octal permission bits (``0640``, ``640``) that keep at least ``owner`` for the owner."""
+
+    owner: int
+    example: str
+
+    @property
+    def accepts(self) -> str:
+        return (
+            f"octal permission bits from {self.owner:04o} to 0777 that keep {self.owner:04o}"
+            f" for the owner, e.g. {self.example}"
+        )
+
+    def __call__(self, raw: str) -> int:
+        text = raw.strip()
+        if not re.fullmatch(r"0?[0-7]{3}", text, re.ASCII):
+            raise Invalid()
+        mode = int(text, 8)
+        if mode & self.owner != self.owner:
+            raise Invalid(f"the owner needs {self.owner:04o}")
+        return mode
+
+
+@dataclass(frozen=True)
+class Group:
+    accepts: str = "empty (the process's group), a group name or a numeric gid"
+
+    def __call__(self, raw: str) -> int | None:
+        text = raw.strip()
+        if not text:
+            return None
+        if re.fullmatch(r"[0-9]+", text, re.ASCII):
+            gid = int(text)
+            if gid > 0xFFFFFFFE:
+                raise Invalid("gid out of range")
+            return gid
+        try:
+            return grp.getgrnam(text).gr_gid
+        except KeyError:
+            raise Invalid("no such group") from None
+
+
+@dataclass(frozen=True)
+class PemFile:
+    """A file that must exist and be readable now (what is in it is checked with the other
+    TLS variables, see ``_listener_problems``); empty for none."""
+
+    accepts: str = "empty, or the path of a readable PEM file"
+
+    def __call__(self, raw: str) -> str | None:
+        if not raw.strip():
+            return None
+        if "\0" in raw:
+            raise Invalid("contains a NUL character")
+        try:
+            with open(raw, "rb"):
+                pass
+        except OSError as error:
+            raise Invalid(f"cannot read it: {error.strerror}") from None
+        return raw
+
+
+@dataclass(frozen=True)
 class PathTemplate:
     accepts: str = "a path template (see README: Path template)"
 
@@ -282,6 +351,16 @@ class DatabaseUrl:
             return None
         if not text.startswith(("postgresql://", "postgres://")):
             raise Invalid()
+        try:
+            _ = urllib.parse.urlsplit(text).port
+        except ValueError:
+            raise Invalid("its port is not a number from 0 to 65535") from None
+        try:
+            conninfo_to_dict(text)
+        except psycopg.ProgrammingError as error:
+            # libpq's reason, without the URL it quotes (it may hold a password).
+            reason = str(error).split(" in URI", 1)[0].strip()
+            raise Invalid(f"libpq cannot read it: {reason}") from None
         return text
 
 
@@ -350,6 +429,21 @@ class Parser(Protocol):
 
 
 @dataclass(frozen=True)
+class OrEmpty:
+    """Empty text is None (``meaning`` says what that does); any other goes to ``parse``."""
+
+    parse: Parser
+    meaning: str
+
+    @property
+    def accepts(self) -> str:
+        return f"empty ({self.meaning}) or {self.parse.accepts}"
+
+    def __call__(self, raw: str) -> Any:
+        return None if not raw.strip() else self.parse(raw)
+
+
+@dataclass(frozen=True)
 class Variable:
     """One environment variable: its name, default (as text, parsed like any other value),
     parser and a short description."""
@@ -391,6 +485,35 @@ VARIABLES: tuple[Variable, ...] = (
         Integer(0, 65535, note="0 = any free port"),
         "TCP port to listen on.",
     ),
+    Variable(
+        "OXIDIP_PLAIN_LISTENER",
+        "true",
+        Boolean(),
+        "Listen for plain (unencrypted) DICOM on OXIDIP_LISTENER_PORT; false: only on the TLS"
+        " listener, which must then be configured.",
+    ),
+    Variable(
+        "OXIDIP_TLS_PORT",
+        # The registered dicom-tls port (PS3.15 annex B).
+        "2762",
+        Integer(0, 65535, note="0 = any free port"),
+        "TCP port of the DICOM TLS listener, on when OXIDIP_TLS_CERT and OXIDIP_TLS_KEY are set.",
+    ),
+    Variable(
+        "OXIDIP_TLS_CERT",
+        "",
+        PemFile(),
+        "PEM certificate chain (ours first) of the TLS listener; with OXIDIP_TLS_KEY it turns"
+        " the listener on.",
+    ),
+    Variable("OXIDIP_TLS_KEY", "", PemFile(), "PEM private key of OXIDIP_TLS_CERT."),
+    Variable(
+        "OXIDIP_TLS_CA",
+        "",
+        PemFile(),
+        "PEM CA certificates: TLS clients must present a certificate signed by one (mutual"
+        " TLS). Empty: no client certificate asked for.",
+    ),
     Variable("OXIDIP_SCP_AET", "OXIDIP", AeTitle(), "Our AE title."),
     Variable(
         "OXIDIP_SCP_ENFORCE_AET",
@@ -407,6 +530,26 @@ VARIABLES: tuple[Variable, ...] = (
         " (A-ASSOCIATE-RJ permanent, source 1, reason 3). Empty: anyone.",
     ),
     Variable("OXIDIP_FILES_ROOT", "./data", DirectoryPath(), "Directory files are stored under."),
+    Variable(
+        "OXIDIP_FILE_MODE",
+        "0640",
+        Mode(0o600, "0640"),
+        "Permissions of stored files (whatever the umask): owner and the group of the"
+        " backend that reads them, by default.",
+    ),
+    Variable(
+        "OXIDIP_DIR_MODE",
+        "0750",
+        Mode(0o700, "0750"),
+        "Permissions of the directories created for stored files (whatever the umask).",
+    ),
+    Variable(
+        "OXIDIP_GROUP",
+        "",
+        Group(),
+        "Group of stored files and their directories (the storage root and its directories"
+        " get the setgid bit, so what is created below inherits it).",
+    ),
     Variable(
         "OXIDIP_SCP_MAX_PDU_LENGTH",
         # dcmtk never sends more than 131072 however much is announced; see README Benchmarks.
@@ -459,9 +602,24 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "OXIDIP_REQUIRED_ATTRIBUTES",
-        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID,PatientID",
+        # What identifying an instance needs. Not PatientID: it is Type 2 (may be empty) in
+        # every IOD, and dcmtk's storescp and Orthanc store instances without one.
+        "StudyInstanceUID,SeriesInstanceUID,SOPInstanceUID",
         KeywordList(tuple(_core.EXTRACTED_KEYWORDS)),
         "Instances without a value for any of these are refused (C001) and not stored.",
+    ),
+    Variable(
+        "OXIDIP_INFLATE_MAX_MIB",
+        "4096",
+        Integer(1, 1048576),
+        "A deflated data set that would inflate past this many MiB is refused (A701).",
+    ),
+    Variable(
+        "OXIDIP_INFLATE_MAX_RATIO",
+        "200",
+        Integer(1, 1000000),
+        "A deflated data set that inflates more than this to 1 (past its first MiB) is refused"
+        " (A701).",
     ),
     Variable(
         "OXIDIP_ARTIM_TIMEOUT",
@@ -510,6 +668,20 @@ VARIABLES: tuple[Variable, ...] = (
         secret=True,
     ),
     Variable("OXIDIP_DB_POOL", "4", Integer(1, 100), "PostgreSQL connection pool size."),
+    Variable(
+        "OXIDIP_REGISTRATION_BACKLOG",
+        "20000",
+        Integer(1, 1000000),
+        "Stored instances waiting for registration (database unreachable or slow) before"
+        " oxidip stops taking events: the event queue fills and TCP pushes back on senders.",
+    ),
+    Variable(
+        "OXIDIP_REGISTRATION_TIMEOUT",
+        "10",
+        Seconds(3600.0),
+        "With OXIDIP_ACK=registered: how long a sender waits for its instance's registration"
+        " before it gets A700 (the instance stays journaled and is registered later).",
+    ),
     Variable(
         "OXIDIP_PACS_ADDRESS",
         "",
@@ -561,6 +733,25 @@ VARIABLES: tuple[Variable, ...] = (
         "At most one progress message per series per this many seconds.",
     ),
     Variable(
+        "OXIDIP_HTTP_HOST",
+        "0.0.0.0",
+        IpAddress(),
+        "Address of the HTTP endpoint (/healthz, /metrics).",
+    ),
+    Variable(
+        "OXIDIP_HTTP_PORT",
+        "",
+        OrEmpty(Integer(0, 65535, note="0 = any free port"), "no HTTP endpoint"),
+        "TCP port of the HTTP endpoint: /healthz (readiness) and /metrics (Prometheus).",
+    ),
+    Variable(
+        "OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG",
+        "100000",
+        Integer(1, 1000000000, special=(0, "no limit")),
+        "/healthz reports not ready while more journaled instances than this wait for"
+        " registration.",
+    ),
+    Variable(
         "OXIDIP_LOG_LEVEL",
         "INFO",
         Choice(("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -582,10 +773,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     listener_host: str
     listener_port: int
+    plain_listener: bool
+    tls_port: int
+    tls_cert: str | None
+    tls_key: str | None
+    tls_ca: str | None
     scp_aet: str
     scp_enforce_aet: bool
     allowed_calling_aets: tuple[str, ...]
     files_root: str
+    file_mode: int
+    dir_mode: int
+    group: int | None
     scp_max_pdu_length: int
     scp_strict: bool
     scp_promiscuous: bool
@@ -595,6 +794,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     fsync: str
     duplicates: str
     required_attributes: tuple[str, ...]
+    inflate_max_mib: int
+    inflate_max_ratio: int
     artim_timeout: float
     idle_timeout: float
     write_timeout: float
@@ -603,6 +804,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ack: str
     db_connection: str | None
     db_pool: int
+    registration_backlog: int
+    registration_timeout: float
     pacs_address: str
     cfind_timeout: float
     cfind_retries: int
@@ -612,6 +815,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     nats_address: str | None
     nats_root_subject: str
     progress_interval: float
+    http_host: str
+    http_port: int | None
+    health_max_journal_backlog: int
     log_level: str
     log_format: str
 
@@ -632,6 +838,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 values[variable.field] = variable.read(variable.default if raw is None else raw)
             except ConfigError as error:
                 problems.extend(error.problems)
+        problems.extend(_listener_problems(values) if not problems else [])
         if problems:
             raise ConfigError(problems)
         if warn_unknown:
@@ -640,9 +847,19 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     def core(self) -> CoreConfig:
         """The part the Rust receiver needs, with ``files_root`` made absolute."""
+        tls = None
+        if self.tls_cert is not None and self.tls_key is not None:
+            tls = TlsListener(
+                port=self.tls_port,
+                cert=os.path.abspath(self.tls_cert),
+                key=os.path.abspath(self.tls_key),
+                ca=None if self.tls_ca is None else os.path.abspath(self.tls_ca),
+            )
         return CoreConfig(
             host=self.listener_host,
             port=self.listener_port,
+            plain_listener=self.plain_listener,
+            tls=tls,
             aet=self.scp_aet,
             enforce_called_aet=self.scp_enforce_aet,
             allowed_calling_aets=list(self.allowed_calling_aets),
@@ -656,12 +873,50 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             fsync=self.fsync,
             duplicates=self.duplicates,
             required_attributes=list(self.required_attributes),
+            inflate_max_mib=self.inflate_max_mib,
+            inflate_max_ratio=self.inflate_max_ratio,
             artim_timeout=self.artim_timeout,
             idle_timeout=self.idle_timeout,
             write_timeout=self.write_timeout,
             event_queue_size=self.event_queue,
             ack=self.ack,
+            file_mode=self.file_mode,
+            dir_mode=self.dir_mode,
+            group=self.group,
         )
+
+
+_TLS_FILE_VARIABLES = {"cert": "OXIDIP_TLS_CERT", "key": "OXIDIP_TLS_KEY", "ca": "OXIDIP_TLS_CA"}
+
+
+def _listener_problems(values: Mapping[str, Any]) -> list[str]:
+    """What the listener variables get wrong together: the TLS files go in pairs and must
+    load (the receiver's own check: certificate and key PEM, the key the certificate's, the
+    CA usable), and some listener must be left."""
+    cert, key, ca = values["tls_cert"], values["tls_key"], values["tls_ca"]
+    if cert is not None and key is None:
+        return ["OXIDIP_TLS_KEY='': required when OXIDIP_TLS_CERT is set"]
+    if key is not None and cert is None:
+        return ["OXIDIP_TLS_CERT='': required when OXIDIP_TLS_KEY is set"]
+    if cert is None:
+        if ca is not None:
+            return [f"OXIDIP_TLS_CA={ca!r}: needs OXIDIP_TLS_CERT and OXIDIP_TLS_KEY"]
+        if not values["plain_listener"]:
+            no_listener = (
+                "OXIDIP_PLAIN_LISTENER='false': no listener left; set OXIDIP_TLS_CERT and"
+                " OXIDIP_TLS_KEY for the TLS one"
+            )
+            return [no_listener]
+        return []
+    if values["plain_listener"] and values["tls_port"] == values["listener_port"] != 0:
+        port = values["tls_port"]
+        return [f"OXIDIP_TLS_PORT='{port}': OXIDIP_LISTENER_PORT, the plain listener, has it"]
+    problem = _core.check_tls(cert, key, ca)
+    if problem is None:
+        return []
+    which, reason = problem
+    name = _TLS_FILE_VARIABLES[which]
+    return [f"{name}={values[name.removeprefix(PREFIX).lower()]!r}: {reason}"]
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -679,3 +934,29 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
         if close:
             fields["did_you_mean"] = close[0]
         log.warning("unknown configuration variable ignored", extra=fields)
+
+
+def storage_root_problem(files_root: str) -> str | None:
+    """What makes ``files_root`` unusable as the storage root, as a configuration problem
+    naming ``OXIDIP_FILES_ROOT`` (the value parses, the file system says no): not a
+    directory, cannot be created (it is created when missing), or no file can be created in
+    it by this user. None when it is usable. Checked by creating and removing a file, since
+    permission bits do not tell (root ignores them; /proc, read-only mounts...)."""
+    shown = f"OXIDIP_FILES_ROOT={files_root!r}"
+    path = os.path.abspath(files_root)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{shown}: not a directory"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        return f"{shown}: cannot be created: {error.strerror or error}"
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".oxidip-check-")
+    except OSError as error:
+        return (
+            f"{shown}: this user (uid {os.getuid()}) cannot create files in it:"
+            f" {error.strerror or error}"
+        )
+    os.close(fd)
+    os.unlink(probe)
+    return None

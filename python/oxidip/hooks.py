@@ -14,7 +14,12 @@ defining any of:
   database; ``"replace"`` calls it *instead of* the database (registration in another backend).
 
 ``register`` runs synchronously on the registration path, and its exceptions propagate to the
-caller, which decides (retry, log): a registration is never silently lost. The three
+caller, which decides: an ``OSError`` (``ConnectionError``, ``TimeoutError``...) means the
+backend is unreachable, and the batch is retried with backoff like a database outage; any
+other exception fails the batch (logged, kept in the journal for the next start). A
+registration is never silently lost. With ``"replace"`` no series state is tracked (they live
+in oxidip's database), so ``on_series_complete``, ``on_series_finalized`` and NATS series
+messages never come: ``oxidip serve`` warns at start, naming those that are configured. The three
 notification hooks run in order on one worker thread, fed by one bounded queue
 (``queue_size`` items, an item being one instance or one series): they never run on the
 network path, and when a slow hook lets the queue fill up, the producers wait (back-pressure:

@@ -96,3 +96,6 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     # at ERROR; the expected-count lookup reports each outcome per series itself (state,
     # expected_detail), so pynetdicom is heard only when we debug.
     logging.getLogger("pynetdicom").setLevel(level if level == "DEBUG" else "CRITICAL")
+    # The PostgreSQL pool logs a WARNING per failed reconnection attempt: dozens a minute
+    # while the server is away. oxidip.registration logs an outage once, and its end once.
+    logging.getLogger("psycopg.pool").setLevel(level if level == "DEBUG" else "CRITICAL")

@@ -53,11 +53,15 @@ NumberOfSeriesRelatedInstances, ``null`` when unknown); ``expected_status`` and
 Publishing never holds up the caller for long: messages are handed to a background thread
 running the NATS client through a bounded queue; only when it is full do ``complete``,
 ``finalized`` and ``error`` wait for room, for at most ``block_timeout`` seconds (after which
-the message is logged as lost). When the connection drops, the client reconnects forever,
-buffering what is published meanwhile (up to its own limit of 2 MiB; beyond it messages fail
-and are counted). ``close`` flushes what is queued; what is still buffered because the server
-is unreachable then is lost (logged). Delivery is NATS core's: at most once, to the
-subscribers present at the time.
+the message is logged as lost). NATS is a side channel: it never stops DICOM intake. A
+server unreachable at start is logged (a WARNING, ``nats unreachable``) and tried again every
+second in the background; until it answers, messages wait in the queue (up to ``queue_size``,
+published in order once connected) and those that find it full are dropped at once and
+counted (a WARNING at most every 10 s; the count is in ``nats closed``). When the connection
+drops later, the client reconnects forever, buffering what is published meanwhile (up to its
+own limit of 2 MiB; beyond it messages fail and are counted). ``close`` flushes what is
+queued; what is still waiting because the server is unreachable then is lost (logged).
+Delivery is NATS core's: at most once, to the subscribers present at the time.
 """
 
 import asyncio
@@ -68,7 +72,7 @@ import threading
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import NamedTuple, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import msgspec
 import nats.aio.client
@@ -248,7 +252,7 @@ class Notifier(Protocol):
     def complete(self, series: SeriesLike) -> None: ...
     def finalized(self, series: SeriesLike) -> None: ...
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None: ...
-    def close(self) -> None: ...
+    def close(self, timeout: float = 5.0) -> None: ...
 
 
 class NullNotifier:
@@ -266,7 +270,7 @@ class NullNotifier:
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
         pass
 
 
@@ -284,8 +288,9 @@ class _Held(NamedTuple):
 
 
 class NatsNotifier:
-    """Publishes to the NATS server(s) at ``address``; connects in the constructor and raises
-    ``NotifierError`` when that fails within ``connect_timeout`` seconds.
+    """Publishes to the NATS server(s) at ``address``. The constructor waits up to
+    ``connect_timeout`` seconds for the connection; without one it logs a warning and keeps
+    trying in the background (see the module docstring).
 
     Thread-safe. The NATS client (nats-py, asyncio) runs its own event loop in a daemon
     thread; the methods hand encoded messages over through a queue of ``queue_size``
@@ -327,8 +332,10 @@ class NatsNotifier:
         self._failed = 0
         self._last_warnings: dict[str, float] = {}
 
-        self._connected = False
+        self._connected = False  # (loop thread) connected at least once
+        self._up = threading.Event()  # the first connection is made
         self._last_error: BaseException | None = None
+        self._connect_task: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -336,23 +343,18 @@ class NatsNotifier:
         self._nc = nats.aio.client.Client()
         self._thread = threading.Thread(target=self._run_loop, name="oxidip-nats", daemon=True)
         self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._start(servers, connect_timeout), self._loop)
-        try:
-            future.result(connect_timeout + 5)
-        except Exception as error:
-            self._stop_loop()
-            cause = self._last_error if isinstance(error, TimeoutError) else error
-            detail = _describe(cause) if cause is not None else "no answer"
-            raise NotifierError(
-                f"cannot connect to NATS at {address} within {connect_timeout:g} s: {detail}"
-            ) from error
-        log.info(
-            "nats connected",
+        asyncio.run_coroutine_threadsafe(self._start(servers), self._loop).result(5)
+        if self._up.wait(connect_timeout):
+            return  # logged by _connect
+        error = self._last_error
+        log.warning(
+            "nats unreachable",
             extra={
                 "address": address,
-                "server": self._server(),
-                "root_subject": root_subject,
-                "progress_interval": progress_interval,
+                "error": _describe(error) if error is not None else "no answer",
+                "waited": connect_timeout,
+                "meanwhile": f"reconnecting in the background; up to {queue_size} messages"
+                " wait, more are dropped and counted; DICOM intake goes on",
             },
         )
 
@@ -419,6 +421,7 @@ class NatsNotifier:
                 "dropped_progress": self._dropped_progress,
                 "lost": self._lost + unsent,
                 "failed": self._failed,
+                "ever_connected": self._up.is_set(),
             },
         )
 
@@ -465,7 +468,8 @@ class NatsNotifier:
 
     def _append_locked(self, outgoing: _Outgoing) -> None:
         """Queues a message (``_cond`` held): a progress message is dropped when the queue is
-        full; others wait for room for at most ``block_timeout`` s."""
+        full, and so is any message while the server has never answered (waiting would hold
+        up registration for nothing); others wait for room for at most ``block_timeout`` s."""
         queue = self._queue
         if self._closing:
             self._lost += 1
@@ -474,6 +478,10 @@ class NatsNotifier:
             if outgoing.kind == "progress":
                 self._dropped_progress += 1
                 self._warn_locked("queue full: progress dropped", subject=outgoing.subject)
+                return
+            if not self._up.is_set():
+                self._lost += 1
+                self._warn_locked("unreachable and queue full: message dropped", lost=self._lost)
                 return
             deadline = time.monotonic() + self.block_timeout
             while len(queue) >= self.queue_size and not self._closing:
@@ -519,10 +527,8 @@ class NatsNotifier:
             self._loop.run_forever()
         finally:
             with contextlib.suppress(Exception):
-                pending = asyncio.all_tasks(self._loop)
-                for task in pending:
-                    task.cancel()
-                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                pending = list(asyncio.all_tasks(self._loop))
+                self._loop.run_until_complete(_cancel(pending, 1.0))
             self._loop.close()
 
     def _stop_loop(self) -> None:
@@ -539,29 +545,38 @@ class NatsNotifier:
         uri = self._nc.connected_url
         return uri.netloc.rsplit("@", 1)[-1] if uri is not None else ""
 
-    async def _start(self, servers: list[str], connect_timeout: float) -> None:
+    async def _start(self, servers: list[str]) -> None:
         self._wake = asyncio.Event()
-        connect = self._nc.connect(
+        self._connect_task = asyncio.create_task(self._connect(servers), name="oxidip-nats")
+        self._pump_task = asyncio.create_task(self._pump(), name="oxidip-nats-pump")
+        if self.progress_interval > 0:
+            self._release_task = asyncio.create_task(self._release(), name="oxidip-nats-release")
+
+    async def _connect(self, servers: list[str]) -> None:
+        """Connects, trying every second for as long as it takes (nats-py's initial connection
+        with ``max_reconnect_attempts=-1``); then the client reconnects by itself."""
+        await self._nc.connect(
             servers,
             name="oxidip",
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             allow_reconnect=True,
-            max_reconnect_attempts=-1,  # reconnect forever once connected
+            max_reconnect_attempts=-1,
             reconnect_time_wait=1,
-            connect_timeout=max(1, round(min(connect_timeout, 2.0))),
+            connect_timeout=2,
         )
-        try:
-            await asyncio.wait_for(connect, connect_timeout)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-            raise
         self._connected = True
-        self._pump_task = asyncio.create_task(self._pump(), name="oxidip-nats-pump")
-        if self.progress_interval > 0:
-            self._release_task = asyncio.create_task(self._release(), name="oxidip-nats-release")
+        self._up.set()
+        log.info(
+            "nats connected",
+            extra={
+                "address": self.address,
+                "server": self._server(),
+                "root_subject": self.root_subject,
+                "progress_interval": self.progress_interval,
+            },
+        )
 
     async def _on_error(self, error: Exception) -> None:
         self._last_error = error
@@ -579,8 +594,9 @@ class NatsNotifier:
     async def _pump(self) -> None:
         """Hands queued messages to the NATS client, in order; returns once closing and
         everything is handed over."""
-        assert self._wake is not None
+        assert self._wake is not None and self._connect_task is not None
         queue = self._queue
+        await asyncio.shield(self._connect_task)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -638,6 +654,16 @@ class NatsNotifier:
         if self._release_task is not None:
             self._release_task.cancel()
             await asyncio.gather(self._release_task, return_exceptions=True)
+        if not self._up.is_set():
+            # Never connected: nothing can be sent, and there is no point waiting.
+            await _cancel([t for t in (self._connect_task, self._pump_task) if t is not None], 1.0)
+            with self._cond:
+                unsent = len(self._queue) + len(self._held)
+                self._queue.clear()
+                self._held.clear()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 1.0)
+            return unsent
         # _closing is set, so nothing more comes in: the held progress goes last.
         self._release_due(time.monotonic(), everything=True)
         self._finishing = True
@@ -668,6 +694,22 @@ class NatsNotifier:
         with contextlib.suppress(Exception):
             await self._nc.close()
         return unsent
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Cancels ``tasks`` and waits up to ``timeout`` seconds for them to end, cancelling again
+    those that go on: nats-py's connection loop can swallow a cancellation (asyncio.wait_for
+    does, before Python 3.12, when what it waits for ends at the same moment), and one wait on
+    it would then last for ever."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [task for task in tasks if not task.done()]
+        remaining = deadline - time.monotonic()
+        if not pending or remaining <= 0:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=min(remaining, 0.1))
 
 
 async def _with_timeout(awaitable: Awaitable[None], timeout: float) -> None:

@@ -1,5 +1,8 @@
 """Typed wrapper around the Rust ``_core.Receiver``: takes a ``Config``, yields decoded events."""
 
+import os
+import socket
+import uuid
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Self
@@ -7,13 +10,20 @@ from typing import Self
 import msgspec
 
 from oxidip import _core
-from oxidip._boundary import Event
+from oxidip._boundary import Event, ReceiverMetrics
 from oxidip.config import Config
 
-__all__ = ["Receiver"]
+__all__ = ["Receiver", "new_node_id"]
 
 # Built once: decoding a batch is then a single call into msgspec's compiled decoder.
 _DECODER: msgspec.msgpack.Decoder[list[Event]] = msgspec.msgpack.Decoder(list[Event])
+_METRICS_DECODER = msgspec.msgpack.Decoder(ReceiverMetrics)
+
+
+def new_node_id() -> str:
+    """A registry node id for this process: unique per start (association ids are per
+    process, so (node, association id) is the global key of an association)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class Receiver:
@@ -21,25 +31,40 @@ class Receiver:
 
     ``start()`` binds and serves in Rust threads; the caller takes events with
     ``next_batch``/``batches`` until they end after ``stop()``. Usable as a context manager
-    (start on enter, stop on exit).
+    (start on enter, stop on exit). ``node`` is the registry node id its instances are
+    registered under (a new one by default): its journal records it, so that whoever replays
+    the journal after a crash can end that node's association activity.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, node: str | None = None) -> None:
         self.config = config
-        self._core = _core.Receiver(msgspec.msgpack.encode(config.core()))
-        self._port: int | None = None
+        self.node = new_node_id() if node is None else node
+        core = msgspec.structs.replace(config.core(), node=self.node)
+        self._core = _core.Receiver(msgspec.msgpack.encode(core))
+        self._ports: tuple[int | None, int | None] | None = None
 
     def start(self) -> None:
-        """Opens storage and binds the listening socket. Raises OSError when the port cannot
+        """Opens storage and binds the listening sockets. Raises OSError when a port cannot
         be bound or storage is unusable."""
-        self._port = self._core.start()
+        self._ports = self._core.start()
 
     @property
     def port(self) -> int:
-        """The bound TCP port (the real one when configured with port 0)."""
-        if self._port is None:
-            raise RuntimeError("Receiver.port is only known after start()")
-        return self._port
+        """The plain TCP listener's bound port (the real one when configured with port 0)."""
+        return self._bound(0, "plain TCP listener (OXIDIP_PLAIN_LISTENER=false)")
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's bound port (the real one when configured with port 0)."""
+        return self._bound(1, "TLS listener (OXIDIP_TLS_CERT and OXIDIP_TLS_KEY unset)")
+
+    def _bound(self, index: int, listener: str) -> int:
+        if self._ports is None:
+            raise RuntimeError("the receiver's ports are only known after start()")
+        port = self._ports[index]
+        if port is None:
+            raise RuntimeError(f"the receiver has no {listener}")
+        return port
 
     def next_batch(
         self, max_events: int = 1000, timeout: float = 0.5, linger: float = 0.0
@@ -75,10 +100,24 @@ class Receiver:
         taking events: ``next_batch`` returns None once all is done and drained."""
         self._core.stop(self.config.shutdown_timeout if timeout is None else timeout)
 
+    def metrics(self) -> ReceiverMetrics:
+        """Every counter of the receiver now (associations, instances, bytes, store latency,
+        backlogs). RuntimeError before ``start()``."""
+        return _METRICS_DECODER.decode(self._core.metrics())
+
+    def check_storage(self) -> None:
+        """Raises OSError saying why when the storage root cannot take a new file now."""
+        self._core.check_storage()
+
     @property
     def queued_events(self) -> int:
         """Events waiting to be taken: the backlog when Python falls behind."""
         return self._core.queued_events
+
+    @property
+    def journal_backlog(self) -> int:
+        """Instances acknowledged (journaled) and not yet registered."""
+        return self._core.journal_backlog
 
     def __enter__(self) -> Self:
         self.start()

@@ -1,9 +1,14 @@
 """Registering what is on disk but may not be in the database.
 
-- ``replay_journals``, at every start: the journal segments of oxidip processes that died
-  (even by kill -9) list the instances they acknowledged; some may not have been registered
-  yet. Each listed file is read back and registered (registration is idempotent: an instance
-  already there does not count twice), then the segment is deleted.
+- ``adopt_journals``, at every start and every few seconds while serving: the journal
+  segments of oxidip processes that no longer run (even killed with kill -9, on any host
+  sharing the storage root: each live process holds a lock on its own; see
+  ``rust/storage/journal.rs``) list the instances they announced; some may not have been
+  registered yet. Each listed file is read back and registered (registration is idempotent:
+  an instance already there does not count twice; a path without a file, an instance whose
+  process died before placing it, is skipped), the dead process's association activity is
+  ended (its series get a final state now rather than at the idle timeout), then the segment
+  is deleted.
 - ``reconcile`` (``oxidip reconcile``): the same for every file of a storage tree, and rows
   whose file is gone are reported; for a database rebuilt from scratch or a tree copied in.
 
@@ -11,23 +16,24 @@ Instances read back are registered as delivered by association 0 of this process
 then closed, so their series get a final state as after any association.
 """
 
-import contextlib
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
 from oxidip import _core
 from oxidip._boundary import InstanceStored, StoredInstance
-from oxidip.registry import Registry
+from oxidip.registry import Registry, SeriesRow, Transition
 
 __all__ = [
     "ReconcileReport",
+    "Registration",
+    "adopt_journals",
     "instance_from_file",
     "reconcile",
-    "replay_journals",
     "storage_files",
 ]
 
@@ -59,58 +65,83 @@ def instance_from_file(path: Path | str) -> InstanceStored:
     )
 
 
-def _register_files(paths: Iterable[Path], registry: Registry, node: str) -> tuple[int, int]:
+@dataclass
+class Registration:
+    """What registering files read back did."""
+
+    #: Files registered, and files that could not be read (logged).
+    registered: int = 0
+    unreadable: int = 0
+    #: State changes of series, in order.
+    transitions: list[Transition] = field(default_factory=list)
+    #: Series instances were registered into, after the change.
+    touched: list[SeriesRow] = field(default_factory=list)
+    #: Journal segments replayed.
+    journals: int = 0
+
+
+def _register_files(
+    paths: Iterable[Path], registry: Registry, node: str, into: Registration
+) -> Registration:
     """Registers the readable files among ``paths`` in batches, then ends their delivery (so
-    their series get a final state); returns (registered, unreadable)."""
-    registered = unreadable = 0
+    their series get a final state); adds what happened to ``into``."""
     batch: list[InstanceStored] = []
 
     def flush() -> None:
-        nonlocal registered
         if batch:
-            registry.register(batch, node)
-            registered += len(batch)
+            result = registry.register(batch, node)
+            into.registered += len(batch)
+            into.transitions.extend(result.transitions)
+            into.touched.extend(result.touched)
             batch.clear()
 
     for path in paths:
         try:
             batch.append(instance_from_file(path))
         except (ValueError, OSError) as error:
-            unreadable += 1
+            into.unreadable += 1
             log.warning("not registered", extra={"path": str(path), "error": str(error)})
             continue
         if len(batch) >= BATCH:
             flush()
     flush()
-    registry.association_ended(node, READ_BACK_ASSOCIATION)
-    return registered, unreadable
+    into.transitions.extend(registry.association_ended(node, READ_BACK_ASSOCIATION))
+    return into
 
 
-def replay_journals(files_root: Path | str, registry: Registry, node: str) -> int:
-    """Registers what dead processes' journals list; deletes the journals. Returns how many
-    instances were registered. Their series' expected counts may still be pending: the
-    caller asks for every pending one at start."""
+def adopt_journals(files_root: Path | str, registry: Registry, node: str) -> Registration:
+    """Replays the journals of processes that no longer run (see the module docstring) and
+    deletes them. Their series' expected counts may still be pending: the caller asks for
+    those of ``touched``. A journal whose replay fails is left in place for a later call, and
+    the error raised."""
     root = Path(files_root)
-    total = 0
-    for journal in _core.orphan_journals(str(root)):
-        listed = [root / line for line in Path(journal).read_text().splitlines() if line]
-        present = [path for path in listed if path.is_file()]
-        registered, unreadable = _register_files(present, registry, node)
-        total += registered
-        log.info(
-            "journal replayed",
-            extra={
-                "journal": journal,
-                "listed": len(listed),
-                "registered": registered,
-                "gone": len(listed) - len(present),
-                "unreadable": unreadable,
-            },
-        )
-        # Another process starting at the same time may have replayed it too.
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(journal)
-    return total
+    done = Registration()
+    claimed = _core.claim_orphan_journals(str(root))
+    try:
+        for journal in claimed:
+            listed = [root / entry for entry in journal.entries]
+            present = [path for path in listed if path.is_file()]
+            before = done.registered, done.unreadable
+            _register_files(present, registry, node, done)
+            if journal.node is not None:
+                done.transitions.extend(registry.node_ended(journal.node))
+            journal.finish()
+            done.journals += 1
+            log.info(
+                "journal replayed",
+                extra={
+                    "journal": journal.path,
+                    "node": journal.node or "",
+                    "listed": len(listed),
+                    "registered": done.registered - before[0],
+                    "gone": len(listed) - len(present),
+                    "unreadable": done.unreadable - before[1],
+                },
+            )
+    finally:
+        for journal in claimed:
+            journal.release()
+    return done
 
 
 def storage_files(files_root: Path | str) -> Iterator[Path]:
@@ -133,6 +164,6 @@ class ReconcileReport(msgspec.Struct, frozen=True):
 def reconcile(files_root: Path | str, registry: Registry, node: str) -> ReconcileReport:
     """Registers every file of the storage tree and lists registered instances whose file is
     gone (left in the database for a person to decide on)."""
-    registered, unreadable = _register_files(storage_files(files_root), registry, node)
+    done = _register_files(storage_files(files_root), registry, node, Registration())
     missing = [path for _, path in registry.instance_paths() if not os.path.isfile(path)]
-    return ReconcileReport(registered, unreadable, missing)
+    return ReconcileReport(done.registered, done.unreadable, missing)

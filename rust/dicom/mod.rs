@@ -4,5 +4,7 @@
 pub mod attributes;
 pub mod charset;
 pub mod extract;
+pub mod inflate;
 pub mod sop_class;
 pub mod transfer_syntax;
+pub mod uid;

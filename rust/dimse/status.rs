@@ -5,10 +5,17 @@
 pub const SUCCESS: u16 = 0x0000;
 /// Duplicate SOP Instance (PS3.7 C.4.x): used under the "reject" duplicates policy.
 pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
+/// Invalid SOP Instance (PS3.7 §9.1.1.1.9 and annex C): "the SOP Instance UID specified implied a
+/// violation of the UID construction rules" (PS3.5 §9.1).
+pub const INVALID_SOP_INSTANCE: u16 = 0x0117;
 /// Refused: SOP Class not supported (PS3.7 C.5.x).
 pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
 /// Refused: out of resources (PS3.4 table B.2-1, A7xx): storage failed.
 pub const OUT_OF_RESOURCES: u16 = 0xA700;
+/// Refused: out of resources (A7xx), a bound of ours rather than the disk: the deflated data set
+/// would inflate past `OXIDIP_INFLATE_MAX_MIB` or `OXIDIP_INFLATE_MAX_RATIO`. A distinct code
+/// tells it from a storage failure.
+pub const INFLATE_LIMIT: u16 = 0xA701;
 /// Error: data set does not match SOP Class (PS3.4 table B.2-1, A9xx): here, its SOP Class or
 /// Instance UID differs from the command's.
 pub const DATASET_DOES_NOT_MATCH: u16 = 0xA900;
@@ -19,6 +26,9 @@ pub const CANNOT_UNDERSTAND: u16 = 0xC000;
 pub const MISSING_ATTRIBUTE: u16 = 0xC001;
 /// Error: cannot understand, the command itself lacks what C-STORE needs.
 pub const INVALID_COMMAND: u16 = 0xC002;
+/// Error: cannot understand, the data set's Study or Series Instance UID is not a UID (PS3.5
+/// §9.1). (The SOP Instance UID's own status is 0117, which PS3.7 defines for it alone.)
+pub const INVALID_UID: u16 = 0xC003;
 
 /// ErrorComment (0000,0902) is LO: at most 64 characters (PS3.5 table 6.2-1).
 pub const ERROR_COMMENT_MAX_CHARS: usize = 64;

@@ -6,13 +6,16 @@
 //! files, and a 1 GB instance costs it no memory.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio_rustls::TlsConnector;
 
 use super::template::{Image, Template};
-use super::{Client, ClientOptions, ScuError};
+use super::{Client, ClientOptions, ClientTls, ScuError};
 use crate::dicom::transfer_syntax::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use crate::transport::tls;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadOptions {
@@ -43,6 +46,36 @@ pub struct LoadOptions {
     /// finishes the one in flight and releases); 0 = none.
     #[serde(default)]
     pub deadline: f64,
+    /// DICOM over TLS: the PEM CA file the server's certificate must chain to; None: plain TCP.
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    /// With `tls_ca`: our client certificate chain and key (PEM), for mutual TLS.
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+}
+
+impl LoadOptions {
+    /// The TLS side of the options, loaded once for every association.
+    fn client_tls(&self) -> Result<Option<ClientTls>, String> {
+        let Some(ca) = &self.tls_ca else {
+            if self.tls_cert.is_some() || self.tls_key.is_some() {
+                return Err("a TLS client certificate needs the TLS CA (tls_ca)".into());
+            }
+            return Ok(None);
+        };
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((Path::new(cert), Path::new(key))),
+            (None, None) => None,
+            _ => return Err("tls_cert and tls_key go together".into()),
+        };
+        let config = tls::client_config(Path::new(ca), identity).map_err(|e| format!("TLS {e}"))?;
+        // "host:port" or "[v6]:port": the host is what the certificate must name.
+        let host = self.addr.rsplit_once(':').map_or(self.addr.as_str(), |(host, _)| host);
+        let server_name = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        Ok(Some(ClientTls { connector: TlsConnector::from(config), server_name }))
+    }
 }
 
 fn default_timeout() -> f64 {
@@ -89,18 +122,20 @@ fn is_success_or_warning(status: u16) -> bool {
     status == 0x0000 || status == 0x0001 || status & 0xF000 == 0xB000
 }
 
-fn client_options(options: &LoadOptions) -> ClientOptions {
+fn client_options(options: &LoadOptions, tls: &Option<ClientTls>) -> ClientOptions {
     ClientOptions {
         calling_aet: options.calling_aet.clone(),
         called_aet: options.called_aet.clone(),
         contexts: vec![(options.image.sop_class().into(), vec![options.transfer_syntax.clone()])],
         max_pdu_length: options.max_pdu_length,
         timeout: Duration::from_secs_f64(options.timeout.max(0.001)),
+        tls: tls.clone(),
     }
 }
 
 async fn association(
     options: LoadOptions,
+    tls: Option<ClientTls>,
     deadline: Option<Instant>,
     run: u128,
     series: u64,
@@ -113,7 +148,7 @@ async fn association(
     template.set_study(run);
     template.set_series(run, series);
     let sop_class = options.image.sop_class();
-    let mut client = match Client::connect(options.addr.as_str(), client_options(&options)).await {
+    let mut client = match Client::connect(options.addr.as_str(), client_options(&options, &tls)).await {
         Ok(c) => c,
         Err(e) => {
             result.not_sent = count;
@@ -168,11 +203,11 @@ const IDLE_OPENING: usize = 4;
 
 /// Opens `n` associations, `IDLE_OPENING` at a time; returns those established and the
 /// errors of the others.
-async fn open_idle(options: &LoadOptions, n: usize) -> (Vec<Client>, Vec<String>) {
+async fn open_idle(options: &LoadOptions, tls: &Option<ClientTls>, n: usize) -> (Vec<Client>, Vec<String>) {
     let opening = std::sync::Arc::new(tokio::sync::Semaphore::new(IDLE_OPENING));
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (opening, addr, client) = (opening.clone(), options.addr.clone(), client_options(options));
+            let (opening, addr, client) = (opening.clone(), options.addr.clone(), client_options(options, tls));
             tokio::spawn(async move {
                 let _permit = opening.acquire_owned().await;
                 Client::connect(addr, client).await
@@ -223,6 +258,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
             options.transfer_syntax
         ));
     }
+    let tls = options.client_tls()?;
     let threads = options.associations.min(std::thread::available_parallelism().map_or(4, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -234,7 +270,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     let k = options.associations as u64;
     let mut report = LoadReport::default();
     let (results, seconds) = runtime.block_on(async {
-        let (idle, errors) = open_idle(&options, options.idle_associations).await;
+        let (idle, errors) = open_idle(&options, &tls, options.idle_associations).await;
         report.idle_associations = idle.len() as u64;
         report.errors.extend(errors);
         let started = Instant::now();
@@ -243,7 +279,7 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
         let mut first = 0;
         for task in 0..k {
             let count = options.instances / k + u64::from(task < options.instances % k);
-            tasks.push(tokio::spawn(association(options.clone(), deadline, run_id, task, first, count)));
+            tasks.push(tokio::spawn(association(options.clone(), tls.clone(), deadline, run_id, task, first, count)));
             first += count;
         }
         let mut results = Vec::new();

@@ -10,9 +10,11 @@ use std::io;
 use std::time::Duration;
 
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::TlsConnector;
 
 use crate::dicom::sop_class::VERIFICATION;
 use crate::dimse::command::{self, element, field, CommandSet, MAX_COMMAND_LEN};
+use crate::transport::{tls, Transport};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::*;
 
@@ -34,8 +36,24 @@ pub struct ClientOptions {
     pub contexts: Vec<(String, Vec<String>)>,
     /// The largest P-DATA-TF we accept (51H sub-item); 0 = unlimited.
     pub max_pdu_length: u32,
-    /// Bound on connecting and on each wait for the peer's answer.
+    /// Bound on connecting (TLS handshake included) and on each wait for the peer's answer.
     pub timeout: Duration,
+    /// DICOM over TLS (PS3.15 annex B); None: plain TCP.
+    pub tls: Option<ClientTls>,
+}
+
+/// How to speak TLS to the peer.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub connector: TlsConnector,
+    /// The name (DNS name or IP address) the peer's certificate must carry.
+    pub server_name: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
 }
 
 impl ClientOptions {
@@ -46,6 +64,7 @@ impl ClientOptions {
             contexts,
             max_pdu_length: 16384,
             timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -106,7 +125,7 @@ pub struct AcceptedContext {
 
 /// An established association.
 pub struct Client {
-    conn: Connection<TcpStream>,
+    conn: Connection<Transport>,
     accepted: Vec<AcceptedContext>,
     /// The peer's maximum P-DATA-TF length, 0 (unlimited) turned into `UNLIMITED_PDU_CAP`.
     peer_max_pdu: u32,
@@ -118,11 +137,18 @@ impl Client {
     /// Connects, sends the A-ASSOCIATE-RQ and waits for the answer.
     pub async fn connect(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Client, ScuError> {
         let timeout = options.timeout;
-        let stream = within(timeout, async { Ok(TcpStream::connect(addr).await?) }).await?;
-        stream.set_nodelay(true)?;
+        let transport = within(timeout, async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            Ok(match &options.tls {
+                None => Transport::Plain(tcp),
+                Some(client) => tls::connect(&client.connector, &client.server_name, tcp).await?,
+            })
+        })
+        .await?;
         // Writes are bounded like every wait for the peer: one that stops reading cannot hold
         // the association (and, forwarding, the instances queued behind it) forever.
-        let mut conn = Connection::new(stream, 64 * 1024, timeout);
+        let mut conn = Connection::new(transport, 64 * 1024, timeout);
         let mut contexts = options.contexts.clone();
         if !contexts.iter().any(|(a, _)| a == VERIFICATION) {
             contexts.push((VERIFICATION.into(), vec![IMPLICIT_VR_LITTLE_ENDIAN.into()]));
@@ -301,7 +327,7 @@ impl Client {
     }
 }
 
-async fn abort(conn: &mut Connection<TcpStream>) {
+async fn abort(conn: &mut Connection<Transport>) {
     // The peer may be gone already; nothing to do about a failure.
     let _ = conn.write_pdu(&Pdu::Abort(Abort { source: 0, reason: 0 })).await;
     conn.close().await;

@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(t.dataset_len(), len);
         assert_eq!(bytes(&t).len(), len);
         assert_ne!(first, t.sop_instance_uid());
-        assert!(first.len() <= 64 && first.len() % 2 == 0);
+        assert!(first.len() <= 64 && first.len().is_multiple_of(2));
         assert_eq!(uid(123, 3, 5), first);
         // Every component after "2.25" starts with a non-zero digit.
         assert!(first.starts_with("2.25.1") && first[5..].bytes().all(|b| b.is_ascii_digit()));

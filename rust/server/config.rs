@@ -2,14 +2,18 @@
 //! `oxidip._boundary.CoreConfig`), and its checked, ready-to-use form.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::dicom::attributes::{Tag, EXTRACTED};
+use crate::dicom::inflate::InflateLimits;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::PathTemplate;
+use crate::storage::permissions::Permissions;
 use crate::storage::writer::{DuplicatePolicy, FsyncPolicy};
+use crate::transport::tls::{self, ServerFiles, TlsFileError};
 use crate::ul::association::AcceptorPolicy;
 
 /// Receive limit when the configured maximum is 0 ("no limit", PS3.8 §D.1) or when, outside
@@ -20,7 +24,11 @@ pub const HARD_PDATA_LIMIT: u32 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerConfig {
     pub host: String,
+    /// The plain TCP listener's port, unless `plain_listener` is false.
     pub port: u16,
+    pub plain_listener: bool,
+    /// A TLS listener beside the plain one (PS3.15 annex B).
+    pub tls: Option<TlsListenerConfig>,
     pub aet: String,
     pub enforce_called_aet: bool,
     pub allowed_calling_aets: Vec<String>,
@@ -34,6 +42,10 @@ pub struct ServerConfig {
     pub fsync: String,
     pub duplicates: String,
     pub required_attributes: Vec<String>,
+    /// Bounds on a deflated data set (PS3.5 §A.5): inflated MiB at most, and inflated bytes
+    /// per deflated byte at most.
+    pub inflate_max_mib: u64,
+    pub inflate_max_ratio: u64,
     pub artim_timeout: f64,
     pub idle_timeout: f64,
     /// Seconds one write may wait for the peer to read (OXIDIP_WRITE_TIMEOUT).
@@ -42,19 +54,62 @@ pub struct ServerConfig {
     /// "stored": answer success once the file is in place (registration follows);
     /// "registered": also wait for Python to confirm its registration.
     pub ack: String,
+    /// Permission bits of stored files and of the directories created for them.
+    pub file_mode: u32,
+    pub dir_mode: u32,
+    /// The gid stored files and directories get (setgid directories); None: ours.
+    pub group: Option<u32>,
+    /// The registry node id of this process, written in its journal so that whoever replays
+    /// it after a crash can end the node's association activity.
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsListenerConfig {
+    pub port: u16,
+    /// PEM: our certificate chain, leaf first.
+    pub cert: String,
+    /// PEM: its private key.
+    pub key: String,
+    /// PEM: CA certificates a client certificate must chain to; None: none asked for.
+    pub ca: Option<String>,
+}
+
+impl TlsListenerConfig {
+    /// Loads and checks the files: the error says which file and why.
+    pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, TlsFileError> {
+        let files = ServerFiles {
+            cert: PathBuf::from(&self.cert),
+            key: PathBuf::from(&self.key),
+            ca: self.ca.as_ref().map(PathBuf::from),
+        };
+        tls::server_config(&files)
+    }
+}
+
+/// The TLS listener, ready.
+#[derive(Debug)]
+pub struct TlsListener {
+    pub bind: String,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// Everything the server needs, checked.
 #[derive(Debug)]
 pub struct Settings {
-    pub bind: String,
+    /// Where the plain TCP listener binds; None: no plain listener.
+    pub bind: Option<String>,
+    pub tls: Option<TlsListener>,
     pub acceptor: AcceptorPolicy,
     pub files_root: PathBuf,
     pub template: PathTemplate,
     pub fsync: FsyncPolicy,
     pub duplicates: DuplicatePolicy,
+    pub permissions: Permissions,
+    pub node: String,
     /// (tag, keyword) of the attributes an instance must have to be stored.
     pub required: Vec<(Tag, &'static str)>,
+    pub inflate: InflateLimits,
     pub artim_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     /// Bound on every write to a peer; past it the connection is closed.
@@ -68,6 +123,13 @@ pub struct Settings {
 }
 
 impl ServerConfig {
+    /// Where it listens, for messages: "host:port" and/or "host:port (TLS)".
+    pub fn listeners(&self) -> String {
+        let plain = self.plain_listener.then(|| format!("{}:{}", self.host, self.port));
+        let tls = self.tls.as_ref().map(|tls| format!("{}:{} (TLS)", self.host, tls.port));
+        plain.into_iter().chain(tls).collect::<Vec<_>>().join(" and ")
+    }
+
     /// Checks every value; the error names the field and what it accepts.
     pub fn settings(&self) -> Result<Settings, String> {
         let template = PathTemplate::parse(&self.path_template).map_err(|e| format!("path_template: {e}"))?;
@@ -84,9 +146,19 @@ impl ServerConfig {
                     .ok_or_else(|| format!("required_attributes: {k:?} is not an extracted attribute"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let permissions = Permissions { file_mode: self.file_mode, dir_mode: self.dir_mode, group: self.group };
+        permissions.check()?;
+        if self.node.chars().any(char::is_control) {
+            return Err(format!("node: {:?} has control characters", self.node));
+        }
         if self.max_associations == 0 || self.event_queue_size == 0 {
             return Err("max_associations and event_queue_size must be at least 1".into());
         }
+        if self.inflate_max_mib == 0 || self.inflate_max_ratio == 0 {
+            return Err("inflate_max_mib and inflate_max_ratio must be at least 1".into());
+        }
+        let inflate =
+            InflateLimits { max_size: self.inflate_max_mib.saturating_mul(1 << 20), max_ratio: self.inflate_max_ratio };
         let seconds = |name: &str, s: f64| {
             Duration::try_from_secs_f64(s).map_err(|_| format!("{name}: expected seconds >= 0, got {s}"))
         };
@@ -106,8 +178,19 @@ impl ServerConfig {
             (n, true) => n,
             (n, false) => n.max(HARD_PDATA_LIMIT),
         };
+        if !self.plain_listener && self.tls.is_none() {
+            return Err("plain_listener: false, but no TLS listener is configured either".into());
+        }
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => Some(TlsListener {
+                bind: format!("{}:{}", self.host, tls.port),
+                config: tls.load().map_err(|e| format!("tls {e}"))?,
+            }),
+        };
         Ok(Settings {
-            bind: format!("{}:{}", self.host, self.port),
+            bind: self.plain_listener.then(|| format!("{}:{}", self.host, self.port)),
+            tls,
             acceptor: AcceptorPolicy {
                 ae_title: self.aet.clone(),
                 enforce_called_ae_title: self.enforce_called_aet,
@@ -122,7 +205,10 @@ impl ServerConfig {
             template,
             fsync,
             duplicates,
+            permissions,
+            node: self.node.clone(),
             required,
+            inflate,
             artim_timeout,
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
             write_timeout,

@@ -72,6 +72,10 @@ pub struct AssociationClosed {
     pub bytes_received: u64,
     pub outcome: &'static str,
     pub detail: String,
+    /// Came on the TLS listener.
+    pub tls: bool,
+    /// Subject of the peer's certificate (mutual TLS), "" without one.
+    pub peer_certificate_subject: String,
 }
 
 /// An association was accepted with some of its proposed presentation contexts refused:
@@ -105,7 +109,7 @@ pub struct ConnectionRefused {
     /// From the A-ASSOCIATE-RQ; empty when none was read.
     pub calling_aet: String,
     pub called_aet: String,
-    /// "association-limit" (OXIDIP_MAX_ASSOCIATIONS) or "open-files" (RLIMIT_NOFILE).
+    /// `metrics::Refusal::label`: "over-limit" (OXIDIP_MAX_ASSOCIATIONS) or "open-files" (RLIMIT_NOFILE).
     pub reason: &'static str,
     pub detail: String,
 }
@@ -227,6 +231,8 @@ mod tests {
             bytes_received: 0,
             outcome: "released",
             detail: String::new(),
+            tls: false,
+            peer_certificate_subject: String::new(),
         })
     }
 

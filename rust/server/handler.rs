@@ -16,18 +16,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant as Deadline;
+use tokio_rustls::TlsAcceptor;
 
 use super::events::{
     unix_time, AssociationClosed, ConnectionRefused, ContextsRefused, Event, InstanceFailed, InstanceStored,
     RefusedContext,
 };
+use super::metrics::Refusal;
 use super::store::{InstanceReception, Outcome, Request, Sender};
 use super::{Phase, Shared};
-use crate::dicom::attributes::Attributes;
 use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
-use crate::storage::writer::{Committed, TempFile};
+use crate::storage::writer::TempFile;
+use crate::transport::{tls, Transport};
 use crate::ul::association::{self, Association};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::{Abort, AssociateRq, PData, Pdu, Pdv, PresentationContextResult};
@@ -115,14 +118,120 @@ struct Counters {
     bytes: u64,
 }
 
+/// When a connection was accepted: the start of its report, and of its ARTIM timer.
+struct Accepted {
+    started: SystemTime,
+    clock: Instant,
+    /// PS3.8 §9.1.5: ARTIM runs from the transport connection (its TLS handshake included) to
+    /// the A-ASSOCIATE-RQ.
+    artim_deadline: Deadline,
+}
+
+impl Accepted {
+    fn now(artim: Duration) -> Self {
+        Accepted { started: SystemTime::now(), clock: Instant::now(), artim_deadline: Deadline::now() + artim }
+    }
+}
+
+/// Who the AssociationClosed event is about.
+struct PeerIdentity {
+    id: u64,
+    peer: String,
+    tls: bool,
+    certificate_subject: String,
+    /// From the A-ASSOCIATE-RQ, when one came.
+    calling_aet: String,
+    called_aet: String,
+}
+
+/// Serves one accepted connection: on the TLS port first the handshake (PS3.15 annex B),
+/// here in the association's task, never in the accept loop, and within the ARTIM timer;
+/// then the association.
+pub async fn serve_connection(
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    id: u64,
+    peer: String,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let accepted = Accepted::now(shared.settings.artim_timeout);
+    let transport = match tls {
+        None => Ok(Transport::Plain(tcp)),
+        Some(acceptor) => handshake(&acceptor, tcp, accepted.artim_deadline, &mut phase).await,
+    };
+    match transport {
+        Ok(transport) => Handler::new(transport, shared, id, peer, phase, accepted).run().await,
+        Err(end) => {
+            let identity = PeerIdentity {
+                id,
+                peer,
+                tls: true,
+                certificate_subject: String::new(),
+                calling_aet: String::new(),
+                called_aet: String::new(),
+            };
+            let closed = association_closed(identity, &accepted, &Counters::default(), &end);
+            shared.events.send(Event::AssociationClosed(closed)).await;
+        }
+    }
+}
+
+/// The server's side of the TLS handshake, bounded by the ARTIM timer; a connection still in
+/// its handshake when the server begins to stop is closed at once (not an association yet).
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    deadline: Deadline,
+    phase: &mut watch::Receiver<Phase>,
+) -> Result<Transport, End> {
+    tokio::select! {
+        result = tokio::time::timeout_at(deadline, tls::accept(acceptor, tcp)) => match result {
+            Ok(Ok(transport)) => Ok(transport),
+            Ok(Err(e)) => Err(End::Rejected(format!("TLS handshake failed: {e}"))),
+            Err(_) => Err(End::Timeout("no TLS handshake before the ARTIM timer expired".into())),
+        },
+        () = phase_reached(phase, Phase::Draining) => {
+            Err(End::Shutdown("receiver stopping: closed during the TLS handshake"))
+        }
+    }
+}
+
+fn association_closed(
+    identity: PeerIdentity,
+    accepted: &Accepted,
+    counters: &Counters,
+    end: &End,
+) -> AssociationClosed {
+    let (outcome, detail) = end.outcome();
+    AssociationClosed {
+        association_id: identity.id,
+        calling_aet: identity.calling_aet,
+        called_aet: identity.called_aet,
+        peer: identity.peer,
+        started_at: unix_time(accepted.started),
+        duration: accepted.clock.elapsed().as_secs_f64(),
+        instances_stored: counters.stored,
+        instances_failed: counters.failed,
+        bytes_received: counters.bytes,
+        outcome,
+        detail,
+        tls: identity.tls,
+        peer_certificate_subject: identity.certificate_subject,
+    }
+}
+
 pub struct Handler {
-    conn: Connection<TcpStream>,
+    conn: Connection<Transport>,
     shared: Arc<Shared>,
     id: u64,
     peer: String,
     /// The server's phase: draining closes a connection still waiting for its
     /// A-ASSOCIATE-RQ, aborting ends every association wherever it waits.
     phase: watch::Receiver<Phase>,
+    accepted: Accepted,
+    /// The peer certificate's subject, read once after the handshake ("" without one).
+    certificate_subject: String,
     /// From the A-ASSOCIATE-RQ, kept for the report even when the association is rejected.
     calling_aet: String,
     called_aet: String,
@@ -134,15 +243,24 @@ pub struct Handler {
 }
 
 impl Handler {
-    pub fn new(stream: TcpStream, shared: Arc<Shared>, id: u64, peer: String, phase: watch::Receiver<Phase>) -> Self {
+    fn new(
+        transport: Transport,
+        shared: Arc<Shared>,
+        id: u64,
+        peer: String,
+        phase: watch::Receiver<Phase>,
+        accepted: Accepted,
+    ) -> Self {
         Handler {
+            certificate_subject: transport.peer_certificate_subject(),
             // The read buffer grows to the largest PDU the peer sends (the codec bounds it):
             // an association that stays idle, or sends only small PDUs, keeps it small.
-            conn: Connection::new(stream, INITIAL_READ_BUFFER, shared.settings.write_timeout),
+            conn: Connection::new(transport, INITIAL_READ_BUFFER, shared.settings.write_timeout),
             shared,
             id,
             peer,
             phase,
+            accepted,
             calling_aet: String::new(),
             called_aet: String::new(),
             association: None,
@@ -154,9 +272,8 @@ impl Handler {
 
     /// Serves the association to its end and reports it. When the server aborts everything,
     /// serving stops wherever it waits (a read, a write, the event queue, a registration).
-    pub async fn run(mut self) {
-        let started = SystemTime::now();
-        let clock = Instant::now();
+    async fn run(mut self) {
+        self.shared.metrics.association_opened();
         let mut phase = self.phase.clone();
         let served = tokio::select! {
             end = self.serve() => Some(end),
@@ -168,21 +285,19 @@ impl Handler {
         };
         // Aborts, lost connections: gone before the association is reported closed.
         self.discard_temp_files();
+        // Over TLS, closing writes a close_notify alert, which a peer that stopped reading
+        // could hold up: bounded by the write timeout (`Connection::close`).
         self.conn.close().await;
-        let (outcome, detail) = end.outcome();
-        let closed = AssociationClosed {
-            association_id: self.id,
+        self.shared.metrics.association_closed(end.outcome().0);
+        let identity = PeerIdentity {
+            id: self.id,
+            peer: std::mem::take(&mut self.peer),
+            tls: self.conn.get_ref().is_tls(),
+            certificate_subject: std::mem::take(&mut self.certificate_subject),
             calling_aet: std::mem::take(&mut self.calling_aet),
             called_aet: std::mem::take(&mut self.called_aet),
-            peer: self.peer.clone(),
-            started_at: unix_time(started),
-            duration: clock.elapsed().as_secs_f64(),
-            instances_stored: self.counters.stored,
-            instances_failed: self.counters.failed,
-            bytes_received: self.counters.bytes,
-            outcome,
-            detail,
         };
+        let closed = association_closed(identity, &self.accepted, &self.counters, &end);
         self.shared.events.send(Event::AssociationClosed(closed)).await;
     }
 
@@ -233,9 +348,8 @@ impl Handler {
     /// connection that has sent none when the server begins to stop is closed at once: it is
     /// not an association yet, and nothing of it is lost.
     async fn establish(&mut self) -> Result<(), End> {
-        let artim = self.shared.settings.artim_timeout;
         let read = tokio::select! {
-            read = tokio::time::timeout(artim, self.conn.read_pdu()) => read,
+            read = tokio::time::timeout_at(self.accepted.artim_deadline, self.conn.read_pdu()) => read,
             () = phase_reached(&mut self.phase, Phase::Draining) => {
                 return Err(End::Shutdown("receiver stopping: closed before A-ASSOCIATE-RQ"));
             }
@@ -265,6 +379,7 @@ impl Handler {
                 Ok(())
             }
             Err(rj) => {
+                self.shared.metrics.association_refused(Refusal::of(&rj));
                 let _ = self.conn.write_pdu(&Pdu::AssociateRj(rj)).await;
                 Err(End::Rejected(association::rejection_reason(&rj, &rq, &self.shared.settings.acceptor)))
             }
@@ -357,6 +472,7 @@ impl Handler {
             }
             (Incoming::Store(mut reception), false) if reception.request.context_id == pdv.context_id => {
                 self.counters.bytes += pdv.data.len() as u64;
+                self.shared.metrics.bytes_received(pdv.data.len());
                 reception.on_fragment(pdv.data).await;
                 if pdv.is_last {
                     reception.finish_writes().await;
@@ -368,6 +484,7 @@ impl Handler {
             }
             (Incoming::Discard { context_id, response }, false) if context_id == pdv.context_id => {
                 self.counters.bytes += pdv.data.len() as u64;
+                self.shared.metrics.bytes_received(pdv.data.len());
                 if pdv.is_last {
                     self.send_command(context_id, &response).await?;
                     Incoming::Idle
@@ -442,7 +559,9 @@ impl Handler {
             sop_instance_uid: command.affected_sop_instance_uid().unwrap_or_default(),
             transfer_syntax: context.transfer_syntax,
         };
-        let mut reception = InstanceReception::begin(&self.shared.storage, self.reserved.take(), &sender, request);
+        let inflate = self.shared.settings.inflate;
+        let mut reception =
+            InstanceReception::begin(&self.shared.storage, self.reserved.take(), &sender, request, inflate);
         let request = &reception.request;
         if request.sop_instance_uid.is_empty() || request.sop_class_uid.is_empty() {
             reception
@@ -467,13 +586,14 @@ impl Handler {
         let shared = self.shared.clone();
         let association = self.association.as_ref().expect("established");
         let sender = Sender { calling_aet: &association.calling_ae_title, called_aet: &association.called_ae_title };
-        let complete = || journaled(reception.complete(&shared.storage, &sender, &shared.settings.required), &shared);
+        let complete = || reception.complete(&shared.storage, &sender, &shared.settings.required);
         // An fsync waits on the device for milliseconds: hand this worker's other tasks to
         // another thread meanwhile. Without one, placing the file takes microseconds, less
         // than that hand-off (a thread wake-up per instance) would cost.
         let outcome = if shared.storage.syncs() { tokio::task::block_in_place(complete) } else { complete() };
         let (st, event, registration, stored_file) = match outcome {
-            Journaled::Stored { committed, attributes, seq, file } => {
+            Outcome::Stored { committed, attributes, file } => {
+                let seq = committed.journal_seq;
                 let event = Event::InstanceStored(Box::new(InstanceStored {
                     association_id: self.id,
                     path: committed.path.to_string_lossy().into_owned(),
@@ -488,10 +608,11 @@ impl Handler {
                     duplicate: committed.duplicate,
                     journal_seq: seq,
                 }));
-                let registration = shared.settings.ack_registered.then(|| shared.journal.registration_of(seq));
+                let registration =
+                    shared.settings.ack_registered.then(|| shared.storage.journal().registration_of(seq));
                 (Status::success(), event, registration, Some(file))
             }
-            Journaled::Failed(st) => {
+            Outcome::Failed(st) => {
                 let event = Event::InstanceFailed(InstanceFailed {
                     association_id: self.id,
                     calling_aet: association.calling_ae_title.clone(),
@@ -504,8 +625,13 @@ impl Handler {
                 (st, event, None, None)
             }
         };
-        let reply =
-            Reply { context_id, message_id, sop_class_uid: &sop_class_uid, sop_instance_uid: &sop_instance_uid };
+        let reply = Reply {
+            context_id,
+            message_id,
+            sop_class_uid: &sop_class_uid,
+            sop_instance_uid: &sop_instance_uid,
+            received_at,
+        };
         let Some(registered) = registration else {
             self.answer(&reply, &st).await?;
             self.prepare_next(stored_file);
@@ -552,6 +678,7 @@ impl Handler {
             st,
         );
         self.send_command(reply.context_id, &rsp).await?;
+        self.shared.metrics.instance_answered(st.code, reply.received_at);
         if st.is_success() {
             self.counters.stored += 1;
         } else {
@@ -572,33 +699,8 @@ struct Reply<'a> {
     message_id: u16,
     sop_class_uid: &'a str,
     sop_instance_uid: &'a str,
-}
-
-/// A completed reception, with its journal entry when stored.
-enum Journaled {
-    /// `file`: still open, closed after the answer.
-    Stored {
-        committed: Committed,
-        attributes: Box<Attributes>,
-        seq: u64,
-        file: File,
-    },
-    Failed(Status),
-}
-
-/// Journals a stored instance before anything is answered (see `storage::journal`). If the
-/// journal cannot be written the sender is told the store failed; the file stays where it is,
-/// for `oxidip reconcile` to find.
-fn journaled(outcome: Outcome, shared: &Shared) -> Journaled {
-    match outcome {
-        Outcome::Stored { committed, attributes, file } => match shared.journal.append(&committed.path) {
-            Ok(seq) => Journaled::Stored { committed, attributes, seq, file },
-            Err(e) => {
-                Journaled::Failed(Status::failure(status::OUT_OF_RESOURCES, format!("journal write failed: {e}")))
-            }
-        },
-        Outcome::Failed(st) => Journaled::Failed(st),
-    }
+    /// When its command arrived (the store latency of `/metrics`).
+    received_at: SystemTime,
 }
 
 /// Resolves once the server's phase is `target` or later, or once the server is gone.
@@ -606,59 +708,55 @@ pub(super) async fn phase_reached(phase: &mut watch::Receiver<Phase>, target: Ph
     let _ = phase.wait_for(|now| *now >= target).await;
 }
 
-/// Why a connection is refused before it becomes an association (`ConnectionRefused`).
-#[derive(Debug, Clone, Copy)]
-pub enum Refusal {
-    /// Every association slot is taken (OXIDIP_MAX_ASSOCIATIONS).
-    AssociationLimit,
-    /// The process has no file descriptor left for the association's files.
-    OpenFiles,
-}
-
-impl Refusal {
-    fn reason(self) -> &'static str {
-        match self {
-            Refusal::AssociationLimit => "association-limit",
-            Refusal::OpenFiles => "open-files",
-        }
-    }
-
-    fn detail(self, settings: &super::config::Settings) -> String {
-        match self {
-            Refusal::AssociationLimit => {
-                format!("all {} association slots are taken (OXIDIP_MAX_ASSOCIATIONS)", settings.max_associations)
-            }
-            Refusal::OpenFiles => "no file descriptor left for another association (RLIMIT_NOFILE)".into(),
-        }
+/// Why a connection refused for a limit of this server was refused, in words.
+fn refusal_detail(refusal: Refusal, settings: &super::config::Settings) -> String {
+    match refusal {
+        Refusal::OpenFiles => "no file descriptor left for another association (RLIMIT_NOFILE)".into(),
+        _ => format!("all {} association slots are taken (OXIDIP_MAX_ASSOCIATIONS)", settings.max_associations),
     }
 }
 
-/// Answers a connection the server cannot serve with an A-ASSOCIATE-RJ (transient,
+/// Answers a connection the server cannot serve (every slot taken, `Refusal::OverLimit`, or
+/// no file descriptor left, `Refusal::OpenFiles`) with an A-ASSOCIATE-RJ (transient,
 /// presentation-related, local limit exceeded: PS3.8 table 9-21), closes it and returns the
-/// report. The RQ is read first (under ARTIM): a rejection answers a request. A server that
-/// begins to stop closes the connection at once instead, and reports nothing.
+/// report. The RQ is read first (under ARTIM, after the TLS handshake on the TLS port): a
+/// rejection answers a request. A server that begins to stop closes the connection at once
+/// instead, and reports nothing.
 pub async fn refuse(
-    stream: TcpStream,
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
     peer: String,
     refusal: Refusal,
     shared: Arc<Shared>,
     mut phase: watch::Receiver<Phase>,
 ) -> Option<ConnectionRefused> {
     let settings = &shared.settings;
-    let mut conn = Connection::new(stream, INITIAL_READ_BUFFER, settings.write_timeout);
-    let read = tokio::select! {
-        read = tokio::time::timeout(settings.artim_timeout, conn.read_pdu()) => read,
-        () = phase_reached(&mut phase, Phase::Draining) => {
-            conn.close().await;
-            return None;
-        }
-    };
+    let deadline = Deadline::now() + settings.artim_timeout;
     let mut refused = ConnectionRefused {
         peer,
         calling_aet: String::new(),
         called_aet: String::new(),
-        reason: refusal.reason(),
-        detail: refusal.detail(settings),
+        reason: refusal.label(),
+        detail: refusal_detail(refusal, settings),
+    };
+    let transport = match tls {
+        None => Transport::Plain(tcp),
+        Some(acceptor) => match handshake(&acceptor, tcp, deadline, &mut phase).await {
+            Ok(transport) => transport,
+            Err(End::Shutdown(_)) => return None,
+            Err(_) => {
+                refused.detail += "; closed without an answer: no TLS handshake";
+                return Some(refused);
+            }
+        },
+    };
+    let mut conn = Connection::new(transport, INITIAL_READ_BUFFER, settings.write_timeout);
+    let read = tokio::select! {
+        read = tokio::time::timeout_at(deadline, conn.read_pdu()) => read,
+        () = phase_reached(&mut phase, Phase::Draining) => {
+            conn.close().await;
+            return None;
+        }
     };
     if let Ok(Ok(Some(Pdu::AssociateRq(rq)))) = read {
         refused.calling_aet = rq.calling_ae_title;

@@ -4,15 +4,18 @@
 
 use std::fs::File;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use super::events::{Event, ServerWarning};
-use super::handler::{self, Handler, Refusal};
+use super::handler;
+use super::metrics::Refusal;
 use super::{Phase, Shared};
 
 /// Peers over the association limit that may wait for their A-ASSOCIATE-RJ at once; past
@@ -30,6 +33,34 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// a flood must not flood the log.
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The listening sockets: plain TCP, TLS (PS3.15 annex B) with its acceptor, or both.
+pub struct Sockets {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<(TcpListener, TlsAcceptor)>,
+}
+
+impl Sockets {
+    /// The next connection on either socket, with the acceptor when it came on the TLS one.
+    /// Unbiased, so that a flood on one port cannot starve the other.
+    async fn accept(&self) -> io::Result<(TcpStream, SocketAddr, Option<TlsAcceptor>)> {
+        tokio::select! {
+            accepted = accept_on(self.plain.as_ref()) => accepted.map(|(stream, peer)| (stream, peer, None)),
+            accepted = accept_on(self.tls.as_ref().map(|(socket, _)| socket)) => {
+                let acceptor = self.tls.as_ref().map(|(_, acceptor)| acceptor.clone());
+                accepted.map(|(stream, peer)| (stream, peer, acceptor))
+            }
+        }
+    }
+}
+
+/// Accepts on `socket`; never returns without one.
+async fn accept_on(socket: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub struct Listener {
     pub shared: Arc<Shared>,
     /// One permit per association slot (OXIDIP_MAX_ASSOCIATIONS).
@@ -43,9 +74,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Accepts until told to stop, then closes the socket and waits for the running
+    /// Accepts until told to stop, then closes the sockets and waits for the running
     /// associations.
-    pub async fn run(self, listener: TcpListener) {
+    pub async fn run(self, sockets: Sockets) {
         let ids = AtomicU64::new(1);
         let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
         let spare = Arc::new(SpareDescriptor::open());
@@ -58,9 +89,9 @@ impl Listener {
             let accepted = tokio::select! {
                 biased;
                 _ = self.stop.notified() => break,
-                accepted = listener.accept() => accepted,
+                accepted = sockets.accept() => accepted,
             };
-            let (stream, peer) = match accepted {
+            let (stream, peer, tls) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if is_out_of_descriptors(&e) => {
                     if let Some(count) = out_of_descriptors.hit() {
@@ -93,27 +124,31 @@ impl Listener {
             // ran out): this connection holds the last descriptor, with no room for its
             // files. Refused; the refusal gets the spare back once it has closed.
             if std::mem::take(&mut spare_released) || !spare.ensure_open() {
-                self.spawn_refusal(stream, peer, Refusal::OpenFiles, Some(spare.clone()));
+                self.shared.metrics.association_refused(Refusal::OpenFiles);
+                tokio::spawn(self.refusal(stream, tls, peer, Refusal::OpenFiles, Some(spare.clone())));
                 continue;
             }
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let id = ids.fetch_add(1, Ordering::Relaxed);
-                    let handler = Handler::new(stream, self.shared.clone(), id, peer, self.phase.subscribe());
+                    let connection =
+                        handler::serve_connection(stream, tls, self.shared.clone(), id, peer, self.phase.subscribe());
                     tokio::spawn(async move {
-                        handler.run().await;
+                        connection.await;
                         drop(permit);
                     });
                 }
                 Err(_) => match rejections.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let refusal = self.refusal(stream, peer, Refusal::AssociationLimit, None);
+                        self.shared.metrics.association_refused(Refusal::OverLimit);
+                        let refusal = self.refusal(stream, tls, peer, Refusal::OverLimit, None);
                         tokio::spawn(async move {
                             refusal.await;
                             drop(permit);
                         });
                     }
                     Err(_) => {
+                        self.shared.metrics.association_refused(Refusal::OverLimit);
                         if let Some(count) = unanswered.hit() {
                             let detail = format!(
                                 "{count} connection(s) over OXIDIP_MAX_ASSOCIATIONS closed without an A-ASSOCIATE-RJ \
@@ -126,7 +161,8 @@ impl Listener {
                 },
             }
         }
-        drop(listener);
+        self.shared.metrics.set_listening(false);
+        drop(sockets);
         drop(spare);
         self.drain().await;
     }
@@ -136,12 +172,13 @@ impl Listener {
     fn refusal(
         &self,
         stream: TcpStream,
+        tls: Option<TlsAcceptor>,
         peer: String,
         refusal: Refusal,
         spare: Option<Arc<SpareDescriptor>>,
     ) -> impl std::future::Future<Output = ()> {
         let shared = self.shared.clone();
-        let refused = handler::refuse(stream, peer, refusal, shared.clone(), self.phase.subscribe());
+        let refused = handler::refuse(stream, tls, peer, refusal, shared.clone(), self.phase.subscribe());
         async move {
             let refused = refused.await;
             if let Some(spare) = spare {
@@ -151,10 +188,6 @@ impl Listener {
                 shared.events.send(Event::ConnectionRefused(refused)).await;
             }
         }
-    }
-
-    fn spawn_refusal(&self, stream: TcpStream, peer: String, refusal: Refusal, spare: Option<Arc<SpareDescriptor>>) {
-        tokio::spawn(self.refusal(stream, peer, refusal, spare));
     }
 
     /// Reports a warning without ever waiting on Python: dropped if the event queue is full
@@ -251,7 +284,7 @@ impl Throttled {
     /// Counts one occurrence; Some(count since the last warning) when a warning is due.
     fn hit(&mut self) -> Option<u64> {
         self.since_last_warning += 1;
-        let due = self.last_warning.map_or(true, |last| last.elapsed() >= WARNING_INTERVAL);
+        let due = self.last_warning.is_none_or(|last| last.elapsed() >= WARNING_INTERVAL);
         if !due {
             return None;
         }

@@ -4,20 +4,24 @@ pub mod config;
 pub mod events;
 mod handler;
 mod listener;
+pub mod metrics;
 mod open_files;
 mod store;
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::storage::journal::Journal;
-use crate::storage::writer::{FsyncPolicy, Storage};
+use crate::storage::writer::{Storage, StorageOptions};
 use config::Settings;
 use events::{EventSink, EventStream};
+use metrics::{Metrics, MetricsSnapshot};
 
 /// Where the server is in its life; later phases compare greater.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,18 +37,41 @@ pub enum Phase {
 /// What every association task shares.
 pub struct Shared {
     pub settings: Settings,
-    pub storage: Storage,
-    pub journal: Arc<Journal>,
+    pub storage: Arc<Storage>,
     pub events: EventSink,
+    pub metrics: Arc<Metrics>,
 }
 
-/// A running server: its runtime, its port, and the means to stop it.
+/// The ports a server listens on: plain TCP and TLS, each when configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub plain: Option<u16>,
+    pub tls: Option<u16>,
+}
+
+fn bind(addr: &str) -> io::Result<std::net::TcpListener> {
+    let socket = std::net::TcpListener::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn local_port(socket: Option<&std::net::TcpListener>) -> io::Result<Option<u16>> {
+    socket.map(|s| s.local_addr().map(|a| a.port())).transpose()
+}
+
+/// A running server: its runtime, its ports, and the means to stop it.
 pub struct Server {
     runtime: Runtime,
-    port: u16,
+    ports: Ports,
     stop: Arc<Notify>,
     grace: Arc<Mutex<Duration>>,
     journal: Arc<Journal>,
+    /// Not `Shared`: the event stream ends when the last association task drops that.
+    metrics: Arc<Metrics>,
+    /// For the storage check of `/healthz`.
+    storage: Arc<Storage>,
+    /// Events not yet taken (`EventStream::queued_counter`).
+    queued: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -52,32 +79,56 @@ impl Server {
     /// the server has stopped and every association has ended.
     pub fn start(settings: Settings) -> io::Result<(Server, EventStream)> {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oxidip").build()?;
-        let storage =
-            Storage::open(&settings.files_root, settings.template.clone(), settings.fsync, settings.duplicates)?;
-        let journal = Arc::new(Journal::open(&settings.files_root, settings.fsync != FsyncPolicy::None)?);
-        let std_listener = std::net::TcpListener::bind(&settings.bind)?;
-        std_listener.set_nonblocking(true)?;
-        let port = std_listener.local_addr()?.port();
+        let options = StorageOptions {
+            template: settings.template.clone(),
+            fsync: settings.fsync,
+            duplicates: settings.duplicates,
+            permissions: settings.permissions,
+            node: settings.node.clone(),
+        };
+        let storage = Arc::new(Storage::open(&settings.files_root, options)?);
+        let journal = storage.journal().clone();
+        let plain = settings.bind.as_deref().map(bind).transpose()?;
+        let tls = match &settings.tls {
+            Some(tls) => Some((bind(&tls.bind)?, TlsAcceptor::from(tls.config.clone()))),
+            None => None,
+        };
+        let ports = Ports { plain: local_port(plain.as_ref())?, tls: local_port(tls.as_ref().map(|(s, _)| s))? };
+        let sockets = {
+            let _guard = runtime.enter();
+            let tls = match tls {
+                Some((socket, acceptor)) => Some((tokio::net::TcpListener::from_std(socket)?, acceptor)),
+                None => None,
+            };
+            listener::Sockets { plain: plain.map(tokio::net::TcpListener::from_std).transpose()?, tls }
+        };
         let (sink, stream) = events::channel(settings.event_queue_size);
         if let Some(warning) = open_files::raise_limit(settings.max_associations) {
             sink.try_send(events::Event::ServerWarning(warning));
         }
         let slots = Arc::new(Semaphore::new(settings.max_associations));
-        let shared = Arc::new(Shared { settings, storage, journal: journal.clone(), events: sink });
+        let queued = stream.queued_counter();
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared { settings, storage: storage.clone(), events: sink, metrics: metrics.clone() });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (phase, _) = watch::channel(Phase::Serving);
-        let socket = {
-            let _guard = runtime.enter();
-            tokio::net::TcpListener::from_std(std_listener)?
-        };
+        // Bound and listening already: connections queue in the backlog until the listener
+        // task takes them, so `/healthz` may say so before `start` returns.
+        metrics.set_listening(true);
         let listener = listener::Listener { shared, slots, phase, stop: stop.clone(), grace: grace.clone() };
-        runtime.spawn(listener.run(socket));
-        Ok((Server { runtime, port, stop, grace, journal }, stream))
+        runtime.spawn(listener.run(sockets));
+        Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued }, stream))
     }
 
+    /// The plain TCP listener's port; 0 when there is none.
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports.plain.unwrap_or(0)
+    }
+
+    /// The bound ports (the real ones when configured with port 0).
+    pub fn ports(&self) -> Ports {
+        self.ports
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -87,6 +138,22 @@ impl Server {
     /// Python's word on journal entries (`InstanceStored::journal_seq`): registered or not.
     pub fn acknowledge(&self, seqs: &[u64], registered: bool) {
         self.journal.acknowledge(seqs, registered);
+    }
+
+    /// Journal entries not yet registered (the journal backlog).
+    pub fn journal_backlog(&self) -> usize {
+        self.journal.backlog()
+    }
+
+    /// Every counter of `/metrics`, and the backlogs.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let queued = self.queued.load(Ordering::Relaxed) as u64;
+        self.metrics.snapshot(queued, self.journal.backlog() as u64)
+    }
+
+    /// The storage instances go to (for its `check_writable`).
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
     }
 
     /// Begins a graceful shutdown and returns at once: no new associations; running ones may

@@ -21,6 +21,8 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
     ServerConfig {
         host: "127.0.0.1".into(),
         port: 0,
+        plain_listener: true,
+        tls: None,
         aet: "OXIDIP".into(),
         enforce_called_aet: true,
         allowed_calling_aets: vec![],
@@ -34,11 +36,17 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
         fsync: "none".into(),
         duplicates: "overwrite".into(),
         required_attributes: vec!["SOPInstanceUID".into(), "SeriesInstanceUID".into()],
+        inflate_max_mib: 4096,
+        inflate_max_ratio: 200,
         artim_timeout: 5.0,
         idle_timeout: 5.0,
         write_timeout: 5.0,
         event_queue_size: 100,
         ack: "stored".into(),
+        file_mode: 0o640,
+        dir_mode: 0o750,
+        group: None,
+        node: "test-node".into(),
     }
 }
 
@@ -122,7 +130,7 @@ impl Scu {
 }
 
 /// Events until `associations` associations have been reported closed.
-fn events_until_closed(server: &Server, stream: &mut EventStream, associations: usize) -> Vec<Event> {
+pub(crate) fn events_until_closed(server: &Server, stream: &mut EventStream, associations: usize) -> Vec<Event> {
     let mut all = Vec::new();
     let closed = |all: &Vec<Event>| all.iter().filter(|e| matches!(e, Event::AssociationClosed(_))).count();
     while closed(&all) < associations {
@@ -276,4 +284,37 @@ fn ack_registered_answers_after_python_confirms() {
     }
     let (first, second) = handle.block_on(scu).unwrap();
     assert_eq!((first, second), (Some(0x0000), Some(0xA700)));
+}
+
+#[test]
+fn metrics_count_associations_instances_bytes_and_refusals() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
+    let port = server.port();
+    let ds = dataset("1.2.3.4.5");
+    let sent = ds.clone();
+    server.runtime().block_on(async move {
+        let (_, rejected) = Scu::associate(port, "SOMEONE").await;
+        assert!(matches!(rejected, Pdu::AssociateRj(_)));
+        let (mut scu, _) = Scu::associate(port, "OXIDIP").await;
+        scu.store("1.2.3.4.5", &sent, 7).await;
+        scu.store("9.9.9", &dataset("1.2.3.4.6"), 1000).await;
+        scu.conn.write_pdu(&Pdu::ReleaseRq).await.unwrap();
+        scu.conn.read_pdu().await.unwrap();
+    });
+    events_until_closed(&server, &mut events, 2);
+    let metrics = server.metrics();
+    assert!(metrics.listening);
+    assert_eq!((metrics.associations_open, metrics.associations_total), (0, 2));
+    assert_eq!((metrics.associations_closed["released"], metrics.associations_closed["rejected"]), (1, 1));
+    assert_eq!(metrics.associations_refused["called-aet"], 1);
+    assert_eq!(metrics.instances_stored, 1);
+    assert_eq!(metrics.instances_failed.get("A900"), Some(&1));
+    assert_eq!(metrics.bytes_received, (ds.len() + dataset("1.2.3.4.6").len()) as u64);
+    assert_eq!(metrics.store_latency.counts.iter().sum::<u64>(), 2);
+    // The stored instance is journaled, and nobody acknowledged it.
+    assert_eq!(metrics.journal_backlog, 1);
+    server.stop(Duration::ZERO);
+    assert!(events.next_batch(server.runtime().handle(), 10, Duration::from_secs(10), Duration::ZERO).is_none());
+    assert!(!server.metrics().listening);
 }

@@ -11,6 +11,7 @@ mod background;
 pub mod file_meta;
 pub mod journal;
 pub mod path_template;
+pub mod permissions;
 pub mod read_back;
 mod sanitize;
 mod temp;
@@ -19,5 +20,6 @@ pub mod writer;
 pub use file_meta::{encode_file_meta, FileMeta, FileMetaError};
 pub use path_template::{PathContext, PathTemplate, TemplateError, DEFAULT_PATH_TEMPLATE};
 pub use writer::{
-    CommitError, Committed, DuplicatePolicy, FsyncPolicy, PartialInstance, Storage, TempFile, UnknownPolicy,
+    CommitError, Committed, DuplicatePolicy, FsyncPolicy, PartialInstance, Storage, StorageOptions, TempFile,
+    UnknownPolicy,
 };

@@ -9,13 +9,15 @@
 //!   pids mean nothing here) out of the sweep: only our host's files are ever removed.
 //!
 //! Liveness is read from `/proc`. Without it (not Linux) nothing is swept, since no file can
-//! be proven stale.
+//! be proven stale. The temp files of a process of another host are removed when its journal
+//! is adopted (see `journal`): that proves it dead.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::permissions::Permissions;
 use super::sanitize::push_sanitized;
 
 /// Directory under the storage root holding the temp files; rendered paths may not enter it.
@@ -46,7 +48,7 @@ impl ProcessId {
     /// stale one.
     fn is_running(self) -> bool {
         match start_time(self.pid) {
-            Ok(start_time) => start_time.map_or(true, |t| t == self.start_time),
+            Ok(start_time) => start_time.is_none_or(|t| t == self.start_time),
             Err(e) => e.kind() != io::ErrorKind::NotFound,
         }
     }
@@ -101,6 +103,11 @@ impl Owner {
         liveness_observable()
             && parse_file_name(name, suffix).is_some_and(|(process, host)| host == self.host && !process.is_running())
     }
+
+    /// The owner of a file named by [`Owner::file_name`] with `suffix`.
+    pub fn of_file(name: &str, suffix: &str) -> Option<Owner> {
+        parse_file_name(name, suffix).map(|(process, host)| Owner { process, host: host.to_string() })
+    }
 }
 
 /// The process and host of a file named by [`Owner::file_name`]; None for any other name.
@@ -122,10 +129,20 @@ pub fn temp_dir(root: &Path) -> PathBuf {
 /// Removes the temp files in `dir` of processes of our host that no longer run; returns how
 /// many.
 pub fn sweep_stale(dir: &Path, us: &Owner) -> io::Result<usize> {
+    remove_temp_files(dir, |name| us.is_orphan(name, TEMP_SUFFIX))
+}
+
+/// Removes the temp files in `dir` of `owner`, a process known to be dead (whatever its
+/// host); returns how many.
+pub fn remove_files_of(dir: &Path, owner: &Owner) -> io::Result<usize> {
+    remove_temp_files(dir, |name| Owner::of_file(name, TEMP_SUFFIX).as_ref() == Some(owner))
+}
+
+fn remove_temp_files(dir: &Path, doomed: impl Fn(&str) -> bool) -> io::Result<usize> {
     let mut removed = 0;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_str().is_some_and(|name| us.is_orphan(name, TEMP_SUFFIX)) {
+        if entry.file_name().to_str().is_some_and(&doomed) {
             match fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
                 // Another oxidip's sweep got there first.
@@ -142,14 +159,19 @@ pub fn sweep_stale(dir: &Path, us: &Owner) -> io::Result<usize> {
 pub struct TempPath(Option<PathBuf>);
 
 impl TempPath {
-    /// Creates a new, empty temp file in `dir` for `owner`. `create_new` (O_EXCL) never opens
-    /// an existing file or follows a symlink planted there.
-    pub fn create(dir: &Path, owner: &Owner) -> io::Result<(File, Self)> {
+    /// Creates a new, empty temp file in `dir` for `owner`, with the mode of a stored file
+    /// (it becomes one by a rename). `create_new` (O_EXCL) never opens an existing file or
+    /// follows a symlink planted there.
+    pub fn create(dir: &Path, owner: &Owner, permissions: &Permissions) -> io::Result<(File, Self)> {
         loop {
             let sequence = NEXT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(owner.temp_name(sequence));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok((file, Self(Some(path)))),
+            match permissions.new_file().open(&path) {
+                Ok(file) => {
+                    let temp = Self(Some(path));
+                    permissions.fix_file(&file)?;
+                    return Ok((file, temp));
+                }
                 // Only without /proc (start time 0), after pid reuse: try the next number.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -239,15 +261,35 @@ mod tests {
     }
 
     #[test]
+    fn files_of_a_dead_owner_are_removed_whatever_its_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = owner(DEAD_PID, 9, "container-before-its-restart");
+        let files = [
+            (dead.temp_name(1), false),
+            (dead.temp_name(2), false),
+            (owner(DEAD_PID, 10, "container-before-its-restart").temp_name(1), true),
+            (owner(DEAD_PID, 9, "another-container").temp_name(1), true),
+            (me().temp_name(1), true),
+        ];
+        for (name, _) in &files {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_files_of(dir.path(), &dead).unwrap(), 2);
+        for (name, kept) in &files {
+            assert_eq!(dir.path().join(name).exists(), *kept, "{name}");
+        }
+    }
+
+    #[test]
     fn temp_path_is_removed_on_drop_unless_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (_file, temp) = TempPath::create(dir.path(), &me()).unwrap();
+        let (_file, temp) = TempPath::create(dir.path(), &me(), &Permissions::default()).unwrap();
         let path = temp.path().to_path_buf();
         assert!(path.exists());
         drop(temp);
         assert!(!path.exists());
 
-        let (_file, temp) = TempPath::create(dir.path(), &me()).unwrap();
+        let (_file, temp) = TempPath::create(dir.path(), &me(), &Permissions::default()).unwrap();
         let path = temp.path().to_path_buf();
         temp.keep();
         assert!(path.exists());

@@ -7,12 +7,15 @@ use std::fs::{self, File};
 use std::io::{self, IoSlice, Write};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::background::BackgroundWriter;
 use super::file_meta::{encode_file_meta, FileMeta};
+use super::journal::Journal;
 use super::path_template::PathTemplate;
+use super::permissions::{self, Permissions};
 use super::temp::{self, Owner, TempPath, TEMP_DIR_NAME};
 
 /// Fragments are gathered up to this many bytes before a write, so small PDVs cost no
@@ -106,8 +109,18 @@ macro_rules! named_policy {
 named_policy!(FsyncPolicy, "fsync policy");
 named_policy!(DuplicatePolicy, "duplicate policy");
 
+/// How a storage root is written to.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    pub template: PathTemplate,
+    pub fsync: FsyncPolicy,
+    pub duplicates: DuplicatePolicy,
+    pub permissions: Permissions,
+    /// The registry node id of this process, written in its journal (see `journal`).
+    pub node: String,
+}
+
 /// The storage root: where instances are written, and how.
-#[derive(Debug)]
 pub struct Storage {
     root: PathBuf,
     temp_dir: PathBuf,
@@ -115,28 +128,43 @@ pub struct Storage {
     template: PathTemplate,
     fsync: FsyncPolicy,
     duplicates: DuplicatePolicy,
+    permissions: Permissions,
+    journal: Arc<Journal>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 impl Storage {
-    /// Creates the root and its temp directory (`<root>/.oxidip-tmp`), removes temp files left
-    /// by processes of this host that no longer run (a crashed oxidip; another live one sharing
-    /// the root keeps its in-flight files), and checks that the root is writable, so
-    /// that a bad root fails at startup rather than on the first instance.
-    pub fn open(
-        root: &Path,
-        template: PathTemplate,
-        fsync: FsyncPolicy,
-        duplicates: DuplicatePolicy,
-    ) -> io::Result<Self> {
+    /// Creates the root (if missing) and its temp directory (`<root>/.oxidip-tmp`), gives both
+    /// the configured group, removes temp files left by processes of this host that no longer
+    /// run (a crashed oxidip; another live one sharing the root keeps its in-flight files),
+    /// checks that the root is writable, so that a bad root fails at startup rather than on
+    /// the first instance, and opens this process's journal.
+    pub fn open(root: &Path, options: StorageOptions) -> io::Result<Self> {
+        let StorageOptions { template, fsync, duplicates, permissions, node } = options;
         let root = std::path::absolute(root)?;
         let temp_dir = temp::temp_dir(&root);
-        fs::create_dir_all(&temp_dir).map_err(|e| context(e, "cannot create the storage directory", &temp_dir))?;
+        permissions::create_dir_all_with_mode(&root, permissions.dir_mode)
+            .map_err(|e| context(e, "cannot create the storage directory", &root))?;
+        prepare_temp_dir(&root, &temp_dir, &permissions)
+            .map_err(|e| context(e, "cannot prepare the storage directory", &temp_dir))?;
         let owner = Owner::current();
         temp::sweep_stale(&temp_dir, &owner).map_err(|e| context(e, "cannot remove stale temp files in", &temp_dir))?;
         // A probe file, removed again as it drops.
-        TempPath::create(&temp_dir, &owner)
+        TempPath::create(&temp_dir, &owner, &permissions)
             .map_err(|e| context(e, "storage root is not writable: cannot create a file in", &temp_dir))?;
-        Ok(Self { root, temp_dir, owner, template, fsync, duplicates })
+        let journal = Journal::open(&root, fsync != FsyncPolicy::None, &node)
+            .map_err(|e| context(e, "cannot open the journal in", &root))?;
+        Ok(Self { root, temp_dir, owner, template, fsync, duplicates, permissions, journal: Arc::new(journal) })
+    }
+
+    /// This process's journal of stored instances.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
     }
 
     /// The absolute storage root.
@@ -157,8 +185,27 @@ impl Storage {
     /// that instance's way to its answer: an association makes the next one while it waits
     /// for its next request.
     pub fn reserve(&self) -> io::Result<TempFile> {
-        let (file, temp) = TempPath::create(&self.temp_dir, &self.owner)?;
+        let (file, temp) = match TempPath::create(&self.temp_dir, &self.owner, &self.permissions) {
+            // The temp directory is gone: the storage root was removed (and made again) under
+            // us. Made again, once; if the root itself is gone, the error says so.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                prepare_temp_dir(&self.root, &self.temp_dir, &self.permissions)?;
+                TempPath::create(&self.temp_dir, &self.owner, &self.permissions)?
+            }
+            created => created?,
+        };
         Ok(TempFile { file, temp })
+    }
+
+    /// Ok when an instance could be stored now (what `/healthz` reports as "storage"): does
+    /// what every instance's first step does, creating a temp file (the temp directory made
+    /// again if it went), and writes one byte to it, since a full file system may still have
+    /// room for an empty file. The file is removed again.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let dir = self.temp_dir.display();
+        let mut probe =
+            self.reserve().map_err(|e| io::Error::new(e.kind(), format!("cannot create a file in {dir}: {e}")))?;
+        probe.file.write_all(&[0]).map_err(|e| io::Error::new(e.kind(), format!("cannot write to {dir}: {e}")))
     }
 
     /// Starts an instance in `reserved`, or else in a new temp file: its first bytes
@@ -183,22 +230,40 @@ impl Storage {
     }
 
     /// Moves the complete temp file to `final_path` per the duplicate policy; returns whether
-    /// a file was already there.
-    fn place(&self, temp: TempPath, final_path: &Path) -> Result<bool, CommitError> {
-        let (replaced, created_dirs) = match self.duplicates {
-            DuplicatePolicy::Overwrite => self.rename_over(temp, final_path)?,
-            DuplicatePolicy::KeepFirst | DuplicatePolicy::Reject => match self.link_if_absent(temp, final_path)? {
-                Some(created_dirs) => (false, created_dirs),
-                None if self.duplicates == DuplicatePolicy::Reject => {
-                    return Err(CommitError::Duplicate(final_path.to_path_buf()))
-                }
-                None => return Ok(true),
-            },
+    /// a file was already there, and the instance's journal entry. The entry is appended
+    /// first (an intent): a kill at any moment after the rename finds the path journaled,
+    /// and a kill before it leaves an entry that replay skips (no file at its path). A
+    /// placement that fails cancels its entry, except when only the directory fsync after
+    /// the rename failed: the file is in place, and replay will register it.
+    fn place(&self, temp: TempPath, final_path: &Path) -> Result<(bool, u64), CommitError> {
+        let seq = self.journal.append(final_path).map_err(CommitError::Journal)?;
+        let (replaced, created_dirs) = match self.move_into_place(temp, final_path) {
+            Ok(Some(placed)) => placed,
+            Ok(None) => return Ok((true, seq)),
+            Err(e) => {
+                self.journal.cancel(seq);
+                return Err(e);
+            }
         };
         if self.fsync == FsyncPolicy::FileAndDirectory {
             sync_directories(final_path, &created_dirs)?;
         }
-        Ok(replaced)
+        Ok((replaced, seq))
+    }
+
+    /// Moves the temp file per the duplicate policy: Some((whether a file was replaced, the
+    /// directories created)), or None when an existing file was kept (KeepFirst).
+    fn move_into_place(&self, temp: TempPath, final_path: &Path) -> Result<Option<(bool, Vec<PathBuf>)>, CommitError> {
+        match self.duplicates {
+            DuplicatePolicy::Overwrite => Ok(Some(self.rename_over(temp, final_path)?)),
+            DuplicatePolicy::KeepFirst | DuplicatePolicy::Reject => match self.link_if_absent(temp, final_path)? {
+                Some(created_dirs) => Ok(Some((false, created_dirs))),
+                None if self.duplicates == DuplicatePolicy::Reject => {
+                    Err(CommitError::Duplicate(final_path.to_path_buf()))
+                }
+                None => Ok(None),
+            },
+        }
     }
 
     /// Renames the temp file to `final_path`, atomically replacing any file there. Returns
@@ -243,7 +308,7 @@ impl Storage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let mut created = Vec::new();
                 let parent = final_path.parent().expect("final paths are under the root");
-                create_missing_dirs(&self.root, parent, &mut created)?;
+                create_missing_dirs(&self.root, parent, &self.permissions, &mut created)?;
                 place()?;
                 Ok(created)
             }
@@ -252,17 +317,31 @@ impl Storage {
     }
 }
 
-/// Creates `dir` and its missing ancestors up to (not including) `root`, appending those it
-/// created to `created`, outermost first. Directories created meanwhile by another thread
-/// are fine.
-fn create_missing_dirs(root: &Path, dir: &Path, created: &mut Vec<PathBuf>) -> io::Result<()> {
-    match fs::create_dir(dir) {
+/// Makes the temp directory (`dir_mode`, not the root above it: see
+/// `permissions::create_dir_in_root`) if missing, and gives it and the root the configured
+/// group: directories created below inherit it.
+fn prepare_temp_dir(root: &Path, temp_dir: &Path, permissions: &Permissions) -> io::Result<()> {
+    permissions::create_dir_in_root(temp_dir, permissions.dir_mode)?;
+    permissions.apply_group(root)?;
+    permissions.apply_group(temp_dir)
+}
+
+/// Creates `dir` and its missing ancestors up to (not including) `root`, with the configured
+/// mode, appending those it created to `created`, outermost first. Directories created
+/// meanwhile by another thread are fine.
+fn create_missing_dirs(
+    root: &Path,
+    dir: &Path,
+    permissions: &Permissions,
+    created: &mut Vec<PathBuf>,
+) -> io::Result<()> {
+    match permissions.create_dir(dir) {
         Ok(()) => created.push(dir.to_path_buf()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound && dir != root => {
             let parent = dir.parent().expect("dir is under root");
-            create_missing_dirs(root, parent, created)?;
-            match fs::create_dir(dir) {
+            create_missing_dirs(root, parent, permissions, created)?;
+            match permissions.create_dir(dir) {
                 Ok(()) => created.push(dir.to_path_buf()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
@@ -362,8 +441,8 @@ pub struct PartialInstance {
 
 impl PartialInstance {
     /// Appends dataset bytes, exactly as received. Past `BACKGROUND_AFTER` bytes they are
-    /// queued for a background writer (waiting while its queue is full), whose errors come
-    /// with `finish_writes`. Must be awaited within a tokio runtime.
+    /// queued for a background writer (waiting while its previous batch is being written),
+    /// whose errors come with `finish_writes`. Must be awaited within a tokio runtime.
     pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
         self.dataset_len += data.len() as u64;
         if self.background.is_none() && self.dataset_len > BACKGROUND_AFTER {
@@ -372,7 +451,7 @@ impl PartialInstance {
             file.write_all(&std::mem::take(&mut self.buffer))?;
             self.background = Some(BackgroundWriter::start(file));
         }
-        match &self.background {
+        match &mut self.background {
             Some(background) => {
                 background.write(data).await;
                 Ok(())
@@ -430,9 +509,9 @@ impl PartialInstance {
             file.sync_data()?;
         }
         let path = storage.root.join(relative);
-        let duplicate = storage.place(self.temp, &path)?;
+        let (duplicate, journal_seq) = storage.place(self.temp, &path)?;
         let file = self.file.take().expect("checked above");
-        Ok((Committed { path, size: self.header_len + self.dataset_len, duplicate }, file))
+        Ok((Committed { path, size: self.header_len + self.dataset_len, duplicate, journal_seq }, file))
     }
 }
 
@@ -463,6 +542,8 @@ pub struct Committed {
     /// A file was already at `path`: replaced under Overwrite, kept (and ours discarded) under
     /// KeepFirst, in which case `size` is that of the discarded file.
     pub duplicate: bool,
+    /// Its entry in the storage's journal, to acknowledge once registered.
+    pub journal_seq: u64,
 }
 
 /// Why an instance was not stored. The temp file is gone either way.
@@ -473,12 +554,15 @@ pub enum CommitError {
     Io(io::Error),
     /// DuplicatePolicy::Reject, and this final path already holds a file.
     Duplicate(PathBuf),
+    /// The journal entry could not be written (before any rename: nothing was placed).
+    Journal(io::Error),
 }
 
 impl fmt::Display for CommitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io(e) => write!(f, "cannot store the instance: {e}"),
+            Self::Journal(e) => write!(f, "cannot journal the instance: {e}"),
             Self::Duplicate(path) => {
                 write!(f, "an instance is already stored at {} (duplicate policy: reject)", path.display())
             }
@@ -489,7 +573,7 @@ impl fmt::Display for CommitError {
 impl std::error::Error for CommitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Io(e) => Some(e),
+            Self::Io(e) | Self::Journal(e) => Some(e),
             Self::Duplicate(_) => None,
         }
     }
@@ -514,9 +598,13 @@ mod tests {
         source_ae_title: "SCU",
     };
 
-    fn open(root: &Path, fsync: FsyncPolicy, duplicates: DuplicatePolicy) -> Storage {
+    fn options(fsync: FsyncPolicy, duplicates: DuplicatePolicy) -> StorageOptions {
         let template = PathTemplate::parse(DEFAULT_PATH_TEMPLATE).unwrap();
-        Storage::open(root, template, fsync, duplicates).unwrap()
+        StorageOptions { template, fsync, duplicates, permissions: Permissions::default(), node: "test-node".into() }
+    }
+
+    fn open(root: &Path, fsync: FsyncPolicy, duplicates: DuplicatePolicy) -> Storage {
+        Storage::open(root, options(fsync, duplicates)).unwrap()
     }
 
     /// The runtime writes are awaited on (shared by the tests, which may call it from
@@ -770,13 +858,85 @@ mod tests {
         assert!(!stale.exists());
     }
 
+    fn journal_lines(root: &Path) -> Vec<String> {
+        let dir = root.join(crate::storage::journal::JOURNAL_DIR_NAME);
+        let mut lines = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+            lines.extend(text.lines().filter(|l| !l.starts_with('#')).map(str::to_string));
+        }
+        lines
+    }
+
+    #[test]
+    fn each_placement_is_journaled_before_its_rename() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        let committed = store(&storage, "a/1.dcm", b"x", 1).unwrap();
+        assert_eq!(journal_lines(root.path()), vec!["a/1.dcm"]);
+        assert_eq!(storage.journal().backlog(), 1);
+        storage.journal().acknowledge(&[committed.journal_seq], true);
+        // A rename that fails (the parent is a file): the entry was written first, and is
+        // cancelled, so nothing waits for its registration.
+        fs::write(root.path().join("b"), b"not a directory").unwrap();
+        let err = store(&storage, "b/2.dcm", b"x", 1).unwrap_err();
+        assert!(matches!(err, CommitError::Io(_)), "{err}");
+        assert_eq!(journal_lines(root.path()), vec!["a/1.dcm", "b/2.dcm"]);
+        assert_eq!(storage.journal().backlog(), 0);
+        // Duplicates refused under Reject are cancelled the same way.
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Reject);
+        let first = store(&storage, "c/3.dcm", b"x", 1).unwrap();
+        assert!(matches!(store(&storage, "c/3.dcm", b"y", 1), Err(CommitError::Duplicate(_))));
+        assert_eq!(storage.journal().backlog(), 1);
+        storage.journal().acknowledge(&[first.journal_seq], true);
+        assert_eq!(storage.journal().backlog(), 0);
+    }
+
+    #[test]
+    fn an_instance_that_cannot_be_journaled_is_not_placed() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        // The journal directory replaced by a file: no segment can be made.
+        let journal_dir = root.path().join(crate::storage::journal::JOURNAL_DIR_NAME);
+        fs::remove_dir_all(&journal_dir).unwrap();
+        fs::write(&journal_dir, b"").unwrap();
+        let err = store(&storage, "a/1.dcm", b"x", 1).unwrap_err();
+        assert!(matches!(err, CommitError::Journal(_)), "{err}");
+        assert!(!root.path().join("a/1.dcm").exists());
+        assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn a_storage_root_removed_and_made_again_is_stored_into() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("root");
+        let storage = open(&root, FsyncPolicy::FileAndDirectory, DuplicatePolicy::Overwrite);
+        store(&storage, "a/1.dcm", b"before", 1).unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        fs::create_dir(&root).unwrap();
+        let committed = store(&storage, "a/2.dcm", b"after", 1).unwrap();
+        assert!(fs::read(&committed.path).unwrap() == expected_file(b"after"));
+        assert_eq!(journal_lines(&root), vec!["a/1.dcm", "a/2.dcm"], "the outstanding entries, again");
+        assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn a_storage_root_that_is_gone_fails_every_store_and_is_not_made_again() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("root");
+        let storage = open(&root, FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        fs::remove_dir_all(&root).unwrap();
+        let err = storage.reserve().unwrap_err();
+        assert!(err.to_string().contains("is gone"), "{err}");
+        assert!(!root.exists());
+    }
+
     #[test]
     fn root_that_cannot_be_created_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("file");
         fs::write(&file, b"").unwrap();
-        let template = PathTemplate::parse(DEFAULT_PATH_TEMPLATE).unwrap();
-        let err = Storage::open(&file.join("root"), template, FsyncPolicy::None, DuplicatePolicy::Reject).unwrap_err();
+        let err = Storage::open(&file.join("root"), options(FsyncPolicy::None, DuplicatePolicy::Reject)).unwrap_err();
         assert!(err.to_string().contains("cannot create the storage directory"), "{err}");
     }
 
@@ -792,8 +952,7 @@ mod tests {
             eprintln!("skipped: running with CAP_DAC_OVERRIDE (root), permissions are not enforced");
             return;
         }
-        let template = PathTemplate::parse(DEFAULT_PATH_TEMPLATE).unwrap();
-        let err = Storage::open(root.path(), template, FsyncPolicy::None, DuplicatePolicy::Reject).unwrap_err();
+        let err = Storage::open(root.path(), options(FsyncPolicy::None, DuplicatePolicy::Reject)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(err.to_string().contains("not writable"), "{err}");
         fs::set_permissions(&temp_dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -824,5 +983,26 @@ mod tests {
         let err = storage.begin(&meta, None).err().expect("an oversized meta is refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(temp_files(&storage).is_empty());
+    }
+
+    #[test]
+    fn writable_root_passes_the_check_and_keeps_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = open(root.path(), FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        storage.check_writable().unwrap();
+        assert!(temp_files(&storage).is_empty());
+        // The temp directory removed under a running receiver is made again.
+        fs::remove_dir_all(&storage.temp_dir).unwrap();
+        storage.check_writable().unwrap();
+    }
+
+    #[test]
+    fn a_root_that_is_gone_fails_the_check_naming_the_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("root");
+        let storage = open(&root, FsyncPolicy::None, DuplicatePolicy::Overwrite);
+        fs::remove_dir_all(&root).unwrap();
+        let error = storage.check_writable().unwrap_err();
+        assert!(error.to_string().contains(".oxidip-tmp"), "{error}");
     }
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, CodecError, MAX_CONTROL_PDU_LEN};
 use super::pdu::Pdu;
-use super::transport::Transport;
+use crate::transport::ByteStream;
 
 /// Why reading a PDU failed.
 #[derive(Debug)]
@@ -42,11 +42,11 @@ pub struct Connection<S> {
     /// the peer may hold part of a PDU, so nothing more can be written that it could parse.
     write_unfinished: bool,
     /// We wrote since the last read: acknowledge at once what the next read takes
-    /// (`Transport::acknowledge_promptly`).
+    /// (`ByteStream::acknowledge_promptly`).
     acknowledge_next_read: bool,
 }
 
-impl<S: Transport> Connection<S> {
+impl<S: ByteStream> Connection<S> {
     /// `read_capacity`: initial read buffer size; it grows to the largest PDU received.
     /// `write_timeout`: bound on each write (PDU or message); past it the write fails with
     /// `TimedOut` and the connection can only be closed.

@@ -5,4 +5,3 @@ pub mod association;
 pub mod codec;
 pub mod connection;
 pub mod pdu;
-pub mod transport;

@@ -93,6 +93,11 @@ class CorpusFile:
     transfer_syntax: str
     #: (0002,0003) of the file; some corpus files disagree with their dataset.
     meta_sop_instance: str
+    #: Has a Study and a Series Instance UID: what the receiver requires by default to
+    #: identify an instance (a few corpus files lack both).
+    identified: bool
+    #: PatientID, None when absent or empty (Type 2: legitimately empty).
+    patient_id: str | None
 
     @property
     def name(self) -> str:
@@ -164,6 +169,10 @@ def _encoding_mismatch(ds: pydicom.Dataset, ts: UID) -> bool:
     return False
 
 
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    return str(ds.get(keyword) or "").strip() or None
+
+
 def load(path: Path) -> CorpusFile:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     return CorpusFile(
@@ -173,6 +182,8 @@ def load(path: Path) -> CorpusFile:
         sop_instance=str(ds.SOPInstanceUID),
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
         meta_sop_instance=str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")),
+        identified=bool(_text(ds, "StudyInstanceUID") and _text(ds, "SeriesInstanceUID")),
+        patient_id=_text(ds, "PatientID"),
     )
 
 

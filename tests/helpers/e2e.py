@@ -13,7 +13,7 @@ every instance.
   zombie whose journal it must not replay).
 - ``RegistryView``: the registry the server uses, opened by the test to read series states
   and registered instances; ``wait_series`` polls it with a deadline. ``series_json`` is
-  what ``oxidip series --json`` says.
+  what ``oxidip series --json`` says, ``reconcile`` runs ``oxidip reconcile``.
 - ``registration_stalled``: the test holds the registry's write lock, so the server stores
   and acknowledges but cannot register.
 - ``send``: one association, every dataset C-STOREd, the status of each recorded,
@@ -229,6 +229,18 @@ def series_json(root: Path, db: str | None, *args: str) -> list[dict[str, object
     )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def reconcile(root: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m oxidip reconcile`` on ``root`` (its SQLite registry)."""
+    return subprocess.run(
+        [sys.executable, "-m", "oxidip", "reconcile"],
+        env={"OXIDIP_FILES_ROOT": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def describe(row: SeriesRow) -> str:

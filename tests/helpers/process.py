@@ -1,5 +1,6 @@
 """``python -m oxidip serve`` as a subprocess: started with an environment, ready once it
-logs ``listening`` (JSON logs carry the bound port), always killed at the end."""
+logs ``listening`` (JSON logs carry the bound port), always killed at the end; and any other
+``oxidip`` command run to completion (``run_oxidip``)."""
 
 import json
 import os
@@ -15,6 +16,29 @@ from typing import Any, Self, TypeGuard
 
 #: ``python -m oxidip serve`` with this interpreter.
 SERVE = (sys.executable, "-m", "oxidip", "serve")
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without its ``OXIDIP_*`` variables, plus ``overrides``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OXIDIP_")}
+    env.update(overrides)
+    return env
+
+
+def run_oxidip(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """``python -m oxidip ARGS`` to completion (killed after ``timeout``), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "oxidip", *args],
+        env=env,
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 class ServerProcess:

@@ -43,7 +43,8 @@ class RunningReceiver:
         self.rx = Receiver(config)
         self.rx.start()
         self.host = HOST
-        self.port = self.rx.port
+        #: The plain listener's port; 0 without one (OXIDIP_PLAIN_LISTENER=false).
+        self.port = self.rx.port if config.plain_listener else 0
         self.events: list[object] = []
         self._cond = threading.Condition()
         self._quit = threading.Event()

@@ -4,7 +4,8 @@ driven by the same load generator (``oxidip bench send``'s) with the same data; 
 alternate (the order rotates every repetition); the report gives medians with min/max, the
 ratios to dcmtk storescp, the receiver's CPU time and peak resident memory, and checks the
 targets of issue 4. Writes ``compare-<date>-<hhmm>.md``, ``.json`` and ``.png`` (and copies
-named ``latest``) into the output directory.
+named ``latest``) into the output directory; the chart needs matplotlib, checked before the
+first run (``--no-chart`` leaves it out).
 
 Workloads (``--quick`` shrinks each, for smoke tests):
 
@@ -42,7 +43,13 @@ import msgspec
 from oxidip._boundary import LoadOptions
 from oxidip.bench import report
 from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
-from oxidip.bench.receivers import RECEIVERS, ReceiverSpec, RunContext, count_files
+from oxidip.bench.receivers import (
+    RECEIVERS,
+    ReceiverSpec,
+    RunContext,
+    add_oxidip_baseline,
+    count_files,
+)
 from oxidip.bench.resources import ResourceMonitor
 from oxidip.bench.send import EXPLICIT_VR_LITTLE_ENDIAN, send_load
 from oxidip.bench.tools import HOST, INSTALL_HINT
@@ -194,6 +201,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(RECEIVERS),
         help=f"comma-separated receivers among {', '.join(RECEIVERS)} (default: all)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="PYTHON",
+        help="also run oxidip as installed for this Python interpreter (e.g. an earlier"
+        " commit's build in a venv of its own) as the receiver 'oxidip baseline', alternating"
+        " with the others; the report compares oxidip with it",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repetitions (default: 3)")
     parser.add_argument(
         "--quick", action="store_true", help="small versions of every workload (smoke test)"
@@ -238,6 +252,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("bench/results"),
         help="where the report goes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-chart",
+        action="store_true",
+        help="write the report and its data without the chart (which needs matplotlib)",
     )
     parser.add_argument(
         "--postgres",
@@ -387,10 +406,23 @@ def _cpu_set(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if not args.no_chart:
+        # Checked first: finding it missing at the end would waste the whole run.
+        no_chart = report.chart_unavailable()
+        if no_chart is not None:
+            print(
+                f"oxidip bench compare: the chart needs matplotlib ({no_chart}): install it"
+                " (pip install 'oxidip[bench]', or '.[bench]' in a checkout), or pass"
+                " --no-chart for the report without it",
+                file=sys.stderr,
+            )
+            return 2
     table = QUICK if args.quick else FULL
     keys = _selected(args.workloads, [w.key for w in table], "workloads")
     workloads = [w for w in table if w.key in keys]
     names = _selected(args.receivers, list(RECEIVERS), "receivers")
+    if args.baseline:
+        names.append(add_oxidip_baseline(args.baseline))
     for name in names:
         missing = RECEIVERS[name].missing()
         if missing:
@@ -457,7 +489,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         )
         when = datetime.datetime.now()
         results = Results(context, when, workloads, names, measurements, failures, ceilings)
-        written = report.write(args.output_dir, results)
+        written = report.write(args.output_dir, results, with_chart=not args.no_chart)
         print(written.read_text())
         print(f"written to {written}", file=sys.stderr)
     finally:

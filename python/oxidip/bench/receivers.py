@@ -33,10 +33,12 @@ from typing import TextIO
 from oxidip.bench.tools import HOST, dcmtk_env, free_port, need, tool
 
 __all__ = [
+    "BASELINE_OXIDIP",
     "RECEIVERS",
     "ReceiverSpec",
     "RunContext",
     "Running",
+    "add_oxidip_baseline",
     "count_files",
     "receiver",
     "start_announcing",
@@ -45,6 +47,8 @@ __all__ = [
 ]
 
 READY_TIMEOUT = 60.0
+#: The receiver ``add_oxidip_baseline`` registers.
+BASELINE_OXIDIP = "oxidip baseline"
 PYNETDICOM_SCP = Path(__file__).resolve().parent / "pynetdicom_scp.py"
 
 
@@ -241,19 +245,32 @@ def count_files(root: Path) -> int:
 # --- the receivers --------------------------------------------------------------------------
 
 
-def _oxidip_port(line: str) -> int | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
+def _oxidip_listening(field: str) -> Callable[[str], int | None]:
+    """Finds a port in oxidip's JSON ``listening`` log line: ``port`` (the plain listener's)
+    or ``tls_port``."""
+
+    def port(line: str) -> int | None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(record, dict) and record.get("msg") == "listening":
+            return int(record[field])
         return None
-    if isinstance(record, dict) and record.get("msg") == "listening":
-        return int(record["port"])
-    return None
+
+    return port
 
 
-def start_oxidip(ctx: RunContext, settings: dict[str, str]) -> Running:
+def start_oxidip(
+    ctx: RunContext,
+    settings: dict[str, str],
+    port_field: str = "port",
+    python: str = sys.executable,
+) -> Running:
     """``python -m oxidip serve`` on its defaults (default path template, no fsync), changed
-    by ``settings`` (OXIDIP_* variables)."""
+    by ``settings`` (OXIDIP_* variables); ready on the port its ``listening`` log line gives
+    as ``port_field``: ``port`` (the plain listener's) or ``tls_port``. ``python``: the
+    interpreter whose oxidip runs (another installation's, to compare two builds)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
     env.update(
         {
@@ -266,11 +283,11 @@ def start_oxidip(ctx: RunContext, settings: dict[str, str]) -> Running:
         }
     )
     return start_announcing(
-        [sys.executable, "-m", "oxidip", "serve"],
+        [python, "-m", "oxidip", "serve"],
         aet=ctx.aet,
         log=ctx.log,
         env=env,
-        parse_port=_oxidip_port,
+        parse_port=_oxidip_listening(port_field),
     )
 
 
@@ -286,6 +303,20 @@ def oxidip_postgresql(ctx: RunContext) -> Running:
     if ctx.database is None:
         raise RuntimeError("oxidip postgresql needs a database URL")
     return start_oxidip(ctx, {"OXIDIP_DB_CONNECTION": ctx.database})
+
+
+def add_oxidip_baseline(python: str) -> str:
+    """Registers oxidip as installed for the interpreter ``python`` (say, a build of an earlier
+    commit in a venv of its own), on its defaults, as the receiver ``BASELINE_OXIDIP``: a
+    before/after comparison in one run. Returns its name."""
+
+    def start(ctx: RunContext) -> Running:
+        return start_oxidip(ctx, {}, python=python)
+
+    RECEIVERS[BASELINE_OXIDIP] = ReceiverSpec(
+        BASELINE_OXIDIP, start, (), "OXIDIP", concurrent=True, registry="sqlite"
+    )
+    return BASELINE_OXIDIP
 
 
 def _storescp(ctx: RunContext, *options: str) -> Running:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from oxidip.bench.receivers import BASELINE_OXIDIP
 from oxidip.bench.tools import cpu_model, versions
 
 if TYPE_CHECKING:
@@ -240,6 +241,7 @@ def markdown(results: "Results") -> str:
             f"| {t.workload} | {t.what} | {t.direction} {t.required:g} {t.unit}"
             f" | {_fmt(t.measured, '.2f', ' ' + t.unit)} | {met} |"
         )
+    lines += _before_after(results)
     lines += ["", "## Results", ""]
     for w in workloads:
         lines += _workload_table(ms, w, results.receivers)
@@ -253,6 +255,32 @@ def markdown(results: "Results") -> str:
         + "; ".join(f"{m.workload}/{m.receiver}#{m.repetition} {m.seconds:.3f}" for m in ms)
     )
     return "\n".join(lines) + "\n"
+
+
+def _before_after(results: "Results") -> list[str]:
+    """oxidip against the build ``--baseline`` ran (when it did), per workload: medians and
+    their ratio."""
+    ms = results.measurements
+    if not any(m.receiver == BASELINE_OXIDIP for m in ms):
+        return []
+    lines = [
+        "",
+        f"## oxidip against `{BASELINE_OXIDIP}` (the `--baseline` build), same run",
+        "",
+        "| workload | oxidip | baseline | oxidip / baseline | runs each |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for w in results.workloads:
+        ours, theirs = _runs(ms, w.key, "oxidip"), _runs(ms, w.key, BASELINE_OXIDIP)
+        if not ours or not theirs:
+            continue
+        rate, unit = _rate(w), "MB/s" if w.by_bytes else "inst/s"
+        lines.append(
+            f"| {w.key} | {_median(ours, rate):,.0f} {unit} | {_median(theirs, rate):,.0f} {unit}"
+            f" | {_fmt(_ratio(ms, w, 'oxidip', BASELINE_OXIDIP), '.2f', 'x')}"
+            f" | {len(ours)} / {len(theirs)} |"
+        )
+    return lines
 
 
 def chart(path: Path, results: "Results") -> None:
@@ -307,15 +335,27 @@ def chart(path: Path, results: "Results") -> None:
     plt.close(fig)
 
 
-def write(directory: Path, results: "Results") -> Path:
-    """Writes ``compare-<date>-<hhmm>.md``, ``.json`` (the results) and ``.png`` into
-    ``directory``, and copies named ``latest``; returns the markdown's path."""
+def chart_unavailable() -> str | None:
+    """Why ``chart`` cannot draw (matplotlib is not installed), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        return str(error)
+    return None
+
+
+def write(directory: Path, results: "Results", *, with_chart: bool = True) -> Path:
+    """Writes ``compare-<date>-<hhmm>.md``, ``.json`` (the results) and, ``with_chart``,
+    ``.png`` into ``directory``, and copies named ``latest``; returns the markdown's path."""
     directory.mkdir(parents=True, exist_ok=True)
     # Date and time: several runs a day each keep their report.
     stem = directory / f"compare-{results.when.strftime('%Y-%m-%d-%H%M')}"
     stem.with_suffix(".md").write_text(markdown(results))
     stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
-    chart(stem.with_suffix(".png"), results)
-    for suffix in (".md", ".json", ".png"):
+    suffixes = [".md", ".json"]
+    if with_chart:
+        chart(stem.with_suffix(".png"), results)
+        suffixes.append(".png")
+    for suffix in suffixes:
         shutil.copyfile(stem.with_suffix(suffix), (directory / "latest").with_suffix(suffix))
     return stem.with_suffix(".md")

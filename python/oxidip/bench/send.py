@@ -107,6 +107,18 @@ def add_parser(commands: Subparsers) -> None:
         default=30.0,
         help="seconds to wait for the peer at each step (default: %(default)s)",
     )
+    send.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="speak DICOM over TLS (PS3.15 annex B), checking the SCP's certificate against"
+        " these CA certificates (and --host against its names)",
+    )
+    send.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="with --tls-ca: our client certificate chain, for mutual TLS (with --tls-key)",
+    )
+    send.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     send.add_argument("--json", action="store_true", help="print the report as one JSON object")
     send.set_defaults(func=run_send)
 
@@ -156,6 +168,9 @@ def run_send(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         image=args.image,
         idle_associations=args.idle_associations,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     try:
         report = send_load(options)

@@ -32,6 +32,7 @@ INSTALL_HINT = {
     "echoscu": "apt-get install dcmtk",
     "findscu": "apt-get install dcmtk",
     "dicom-storescp": "cargo install dicom-storescp --locked --version 0.10.1",
+    "openssl": "apt-get install openssl",
 }
 
 

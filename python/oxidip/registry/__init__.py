@@ -8,23 +8,33 @@ Backends
     share the database. The tables have plain names (below): give oxidip its own database, or
     its own schema with ``?options=-csearch_path%3Dname`` in the URL.
 
-Schema (version 1; ``oxidip_schema_version`` lists the migrations applied)
+Schema (version 2; ``oxidip_schema_version`` lists the migrations applied)
     - ``patients(patient_id PK, patient_name, patient_birth_date, patient_sex)``
     - ``studies(study_instance_uid PK, patient_id -> patients, study_date, study_time,
       accession_number, study_description)``
-    - ``series(series_instance_uid PK, study_instance_uid -> studies, calling_aet, modality,
+    - ``series(series_instance_uid, calling_aet, study_instance_uid -> studies, modality,
       series_description, series_number, expected, expected_status, expected_detail, received,
-      state, first_received_at, last_received_at, finalized_at)``
-    - ``instances(sop_instance_uid PK, series_instance_uid -> series, sop_class_uid,
+      state, first_received_at, last_received_at, finalized_at)``, primary key
+      (series_instance_uid, calling_aet)
+    - ``instances(sop_instance_uid, calling_aet, series_instance_uid, sop_class_uid,
       instance_number, transfer_syntax, path, size, node, association_id, received_at,
-      stored_at)``
-    - ``series_activity(series_instance_uid, node, association_id)``: the associations
-      currently delivering each series (primary key the three columns).
+      stored_at)``, primary key (sop_instance_uid, calling_aet), (series_instance_uid,
+      calling_aet) -> series
+    - ``series_activity(series_instance_uid, calling_aet, node, association_id)``: the
+      associations currently delivering each series (primary key the four columns).
 
-    DICOM UIDs are globally unique, so they are the primary keys (no surrogate ids to look up
-    when inserting a batch); lookups by Study, Series and SOP Instance UID use those keys, and
-    secondary indexes cover studies by patient, series by study, state (with
-    last_received_at) and calling AE, instances by series and activity by association.
+    Series and instances are keyed by their UID *and the calling AE title that sent them*:
+    the same series sent by two AEs is two series rows, each with its own count, expected
+    count (asked of that AE's PACS) and state, and the same instance is one row per sender,
+    each pointing to that sender's file (the default path template keeps them apart under
+    ``{CallingAET}/``). Why: a research gateway's user retrieves a series *from* a PACS and
+    waits for that retrieval to complete (NATS subjects, C-FIND counts and ChRIS's PACS files
+    are all per sender); a second sender's copy must neither complete nor hide the first, and
+    every file on disk has its row (README: Duplicates). Version 1 keyed them by UID alone;
+    its rows are kept, attributed to the sender of their series. DICOM UIDs are globally
+    unique, so they (with the AE) are the primary keys (no surrogate ids to look up when
+    inserting a batch); secondary indexes cover studies by patient, series by study, state
+    (with last_received_at) and calling AE, instances by series and activity by association.
     Patient and study attributes are those of the first instance registered (PatientID is
     taken as the patient's key, whatever its issuer). Times are unix seconds in the API
     (``REAL`` in SQLite, ``timestamptz`` in PostgreSQL).
@@ -32,8 +42,8 @@ Schema (version 1; ``oxidip_schema_version`` lists the migrations applied)
 Registration (``register``: one transaction per batch, the group commit)
     Patients, studies and series are created when first seen; a series starts with
     ``expected_status`` "pending" and is returned in ``new_series`` so the caller can start
-    its C-FIND. Instances are keyed by SOP Instance UID: an instance sent again never counts
-    twice. With the duplicates policy "overwrite" its row is updated (path, size, transfer
+    its C-FIND. Instances are keyed by SOP Instance UID and sender: an instance sent again
+    never counts twice. With the duplicates policy "overwrite" its row is updated (path, size, transfer
     syntax, times, node and association); with "keep-first" (and "reject", whose duplicates
     the receiver refuses before they get here) the existing row stays as it is. An instance
     stays in the series it was first registered in, even if sent again with another Series
@@ -62,11 +72,14 @@ State rule (applied to every series a call affects, inside its transaction)
 
     - ``association_ended(node, id)`` removes that association's activity and recomputes its
       series (expected 10, 6 received, association ended -> incomplete).
+    - ``node_ended(node)`` does so for every association of a process that died (another
+      process, adopting its journal, says so; see ``oxidip.reconcile``).
     - ``finalize_idle(idle_seconds, now)`` removes the activity of series that received nothing
-      since ``now - idle_seconds`` (an idle association, or a process that crashed: its
-      activity is never ended otherwise) and recomputes them.
-    - ``set_expected(uid, expected, status, detail)`` stores what the C-FIND said and
-      recomputes; a count must come with status "known" and only with it (ValueError).
+      since ``now - idle_seconds`` (an idle association, or a process that crashed and whose
+      journal no running process has adopted yet) and recomputes them.
+    - ``set_expected(uid, expected, status, detail, calling_aet)`` stores what the C-FIND
+      said (for that sender's series; every sender's when None) and recomputes; a count must
+      come with status "known" and only with it (ValueError).
 
     Every call returns the state changes it made (``Transition``: the series after the change
     and its previous state, None for a series created by the call). All calls are idempotent
@@ -85,8 +98,13 @@ Concurrency
     are checked before each transaction, so a server restart costs no failed call.
 """
 
+import contextlib
+import os
+import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import psycopg
 
 from oxidip.registry._model import (
     DUPLICATES,
@@ -107,14 +125,65 @@ __all__ = [
     "Transition",
     "open_registry",
     "sqlite_path",
+    "unreachable",
 ]
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
+#: SQLSTATE classes (PostgreSQL, appendix A) of errors that go away with time: 08 connection
+#: exception, 53 insufficient resources (disk full, too many connections), 57 operator
+#: intervention (server shutting down or starting, query canceled), 58 system error (I/O).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+#: ... and single codes: 40001 serialization failure, 40P01 deadlock, 55P03 lock not available.
+_TRANSIENT_SQLSTATES = ("40001", "40P01", "55P03")
+#: SQLite result codes (and their extended codes) of a database that is busy or unreachable.
+_TRANSIENT_SQLITE = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_FULL",
+)
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when ``error`` says the database cannot be reached or used for now (connection
+    refused or lost, pool timeout, server shutting down, disk full, SQLite busy...), so that
+    the same call is worth retrying later; False for errors the call itself causes. A hook's
+    ``OSError`` (``ConnectionError``, ``TimeoutError``) counts as its backend being
+    unreachable."""
+    if isinstance(error, psycopg.OperationalError):
+        # No SQLSTATE: the client's own failure (connecting, a broken connection, the pool).
+        code = error.sqlstate
+        return (
+            code is None or code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES
+        )
+    if isinstance(error, psycopg.InterfaceError):
+        return True  # a connection closed under a call
+    if isinstance(error, sqlite3.OperationalError):
+        name = getattr(error, "sqlite_errorname", None) or ""
+        return name.startswith(_TRANSIENT_SQLITE)
+    return isinstance(error, OSError)
+
+
 def sqlite_path(files_root: Path | str) -> Path:
     """Where the embedded SQLite registry of a storage root lives."""
     return Path(files_root).absolute() / ".oxidip" / "registry.sqlite3"
+
+
+def _create_private(path: Path, *, root_mode: int) -> None:
+    """Creates the SQLite file (0600) and its directory (0700), for the owner only (the umask
+    can only take more away); SQLite gives its -wal and -shm files the database's mode. The
+    storage root above, if missing, gets ``root_mode``."""
+    root = path.parent.parent
+    if not root.is_dir():
+        root.mkdir(mode=root_mode, parents=True, exist_ok=True)
+        root.chmod(root_mode)  # exactly, whatever the umask (as the receiver does)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    # Only when missing: a reader without write access (oxidip series) still opens it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def open_registry(
@@ -123,9 +192,11 @@ def open_registry(
     *,
     pool_size: int = 4,
     duplicates: str = "overwrite",
+    dir_mode: int = 0o750,
 ) -> Registry:
-    """Opens the registry: SQLite under ``files_root`` when ``connection`` is None (its
-    directory is created), PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL with a
+    """Opens the registry: SQLite under ``files_root`` when ``connection`` is None (created
+    for the owner only: directory 0700, database 0600; a missing ``files_root`` is created
+    with ``dir_mode``), PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL with a
     pool of ``pool_size`` connections. ``duplicates`` is the receiver's policy ("overwrite",
     "keep-first" or "reject"). Call ``migrate`` before anything else. Raises ValueError for
     anything else, and psycopg's OperationalError when PostgreSQL cannot be reached."""
@@ -138,7 +209,7 @@ def open_registry(
         from oxidip.registry._sqlite import SqliteRegistry
 
         path = sqlite_path(files_root)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path, root_mode=dir_mode)
         return SqliteRegistry(path, policy)
     scheme = urlsplit(connection.strip()).scheme.lower() if "://" in connection else ""
     if scheme not in _POSTGRES_SCHEMES:

@@ -15,11 +15,15 @@ __all__ = [
     "Incoming",
     "RegisterResult",
     "Registry",
+    "SeriesKey",
     "SeriesRow",
     "SeriesState",
     "Transition",
     "check_expected",
     "prepare",
+    "schema_v1",
+    "schema_v2",
+    "series_key",
     "state_sql",
 ]
 
@@ -71,6 +75,15 @@ class SeriesRow(msgspec.Struct, frozen=True):
     finalized_at: float | None
 
 
+#: What identifies a series in the registry: (Series Instance UID, calling AE title). Each
+#: sender's delivery of a series is tracked on its own (see the package docstring).
+SeriesKey = tuple[str, str]
+
+
+def series_key(row: SeriesRow) -> SeriesKey:
+    return (row.series_instance_uid, row.calling_aet)
+
+
 class Transition(msgspec.Struct, frozen=True):
     #: The series after the change.
     series: SeriesRow
@@ -100,13 +113,24 @@ class Registry(Protocol):
         ...
 
     def set_expected(
-        self, series_instance_uid: str, expected: int | None, status: ExpectedStatus, detail: str
+        self,
+        series_instance_uid: str,
+        expected: int | None,
+        status: ExpectedStatus,
+        detail: str,
+        calling_aet: str | None = None,
     ) -> list[Transition]:
-        """Stores the expected count of a series and what the C-FIND said, recomputes."""
+        """Stores the expected count of a series as sent by ``calling_aet`` (None: by every
+        sender) and what the C-FIND said, recomputes."""
         ...
 
     def association_ended(self, node: str, association_id: int) -> list[Transition]:
         """The association no longer delivers anything: its series are recomputed."""
+        ...
+
+    def node_ended(self, node: str) -> list[Transition]:
+        """The process ``node`` is gone (its journal was adopted by another): every
+        association of it has ended; their series are recomputed."""
         ...
 
     def finalize_idle(self, idle_seconds: float, now: float) -> list[Transition]:
@@ -198,11 +222,11 @@ INCOMING_COLUMNS: tuple[str, ...] = tuple(Incoming.__struct_fields__)
 
 
 def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> list[Incoming]:
-    """Flattens a batch, sorted by SOP Instance UID (the order rows are locked in), with one
-    row per SOP instance: the last one with "overwrite", the first with "keep-first".
-    Instances without a Study, Series or SOP Instance UID cannot be registered: logged and
-    left out."""
-    rows: dict[str, Incoming] = {}
+    """Flattens a batch, sorted by SOP Instance UID and calling AE (the order rows are locked
+    in), with one row per SOP instance and sender: the last one with "overwrite", the first
+    with "keep-first". Instances without a Study, Series or SOP Instance UID cannot be
+    registered: logged and left out."""
+    rows: dict[tuple[str, str], Incoming] = {}
     for instance in instances:
         a = instance.attributes
         if not (a.SOPInstanceUID and a.SeriesInstanceUID and a.StudyInstanceUID):
@@ -225,9 +249,10 @@ def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> 
                 },
             )
             continue
-        if duplicates == "keep-first" and a.SOPInstanceUID in rows:
+        key = (a.SOPInstanceUID, instance.calling_aet)
+        if duplicates == "keep-first" and key in rows:
             continue
-        rows[a.SOPInstanceUID] = Incoming(
+        rows[key] = Incoming(
             sop_instance_uid=a.SOPInstanceUID,
             series_instance_uid=a.SeriesInstanceUID,
             study_instance_uid=a.StudyInstanceUID,
@@ -253,34 +278,78 @@ def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> 
             received_at=instance.received_at,
             stored_at=instance.stored_at,
         )
-    return [rows[uid] for uid in sorted(rows)]
+    return [rows[key] for key in sorted(rows)]
 
 
 def result_of(
-    rows: Sequence[SeriesRow], previous: dict[str, str | None], touched: set[str]
+    rows: Sequence[SeriesRow],
+    previous: dict[SeriesKey, str | None],
+    touched: set[SeriesKey],
 ) -> RegisterResult:
     """Builds a ``RegisterResult`` from the series rows after the change and their states
     before it (None: created by this call)."""
     return RegisterResult(
-        new_series=[row for row in rows if previous[row.series_instance_uid] is None],
+        new_series=[row for row in rows if previous[series_key(row)] is None],
         transitions=transitions_of(rows, previous),
-        touched=[row for row in rows if row.series_instance_uid in touched],
+        touched=[row for row in rows if series_key(row) in touched],
     )
 
 
-def transitions_of(rows: Sequence[SeriesRow], previous: dict[str, str | None]) -> list[Transition]:
+def transitions_of(
+    rows: Sequence[SeriesRow], previous: dict[SeriesKey, str | None]
+) -> list[Transition]:
     """The rows whose state differs from ``previous`` (missing from it: unchanged)."""
     return [
-        Transition(row, previous[row.series_instance_uid])
+        Transition(row, previous[series_key(row)])
         for row in rows
-        if row.series_instance_uid in previous and previous[row.series_instance_uid] != row.state
+        if series_key(row) in previous and previous[series_key(row)] != row.state
     ]
+
+
+def _series_columns(timestamp: LiteralString) -> LiteralString:
+    return f"""series_instance_uid text NOT NULL,
+            study_instance_uid text NOT NULL REFERENCES studies (study_instance_uid),
+            calling_aet text NOT NULL,
+            modality text,
+            series_description text,
+            series_number text,
+            expected integer CHECK (expected >= 0),
+            expected_status text NOT NULL
+                CHECK (expected_status IN ('pending', 'known', 'unknown', 'error')),
+            expected_detail text NOT NULL,
+            received integer NOT NULL,
+            state text NOT NULL CHECK (state IN
+                ('receiving', 'complete', 'incomplete', 'overfull', 'finalized-unknown')),
+            first_received_at {timestamp} NOT NULL,
+            last_received_at {timestamp} NOT NULL,
+            finalized_at {timestamp}"""
+
+
+def _instance_columns(timestamp: LiteralString) -> LiteralString:
+    return f"""sop_instance_uid text NOT NULL,
+            series_instance_uid text NOT NULL,
+            sop_class_uid text,
+            instance_number text,
+            transfer_syntax text NOT NULL,
+            path text NOT NULL,
+            size bigint NOT NULL,
+            node text NOT NULL,
+            association_id bigint NOT NULL,
+            received_at {timestamp} NOT NULL,
+            stored_at {timestamp} NOT NULL"""
+
+
+_SERIES_INDEXES: tuple[LiteralString, ...] = (
+    "CREATE INDEX series_study_instance_uid ON series (study_instance_uid)",
+    "CREATE INDEX series_state ON series (state, last_received_at)",
+    "CREATE INDEX series_calling_aet ON series (calling_aet)",
+)
 
 
 def schema_v1(*, timestamp: LiteralString) -> tuple[LiteralString, ...]:
     """Version 1 of the schema, for both backends: they differ only in the type that holds
     instants (SQLite: ``REAL`` unix seconds; PostgreSQL: ``timestamptz``). ``BIGINT`` has
-    INTEGER affinity in SQLite."""
+    INTEGER affinity in SQLite. Series and instances keyed by their UID alone."""
     return (
         """CREATE TABLE patients (
             patient_id text PRIMARY KEY,
@@ -297,39 +366,13 @@ def schema_v1(*, timestamp: LiteralString) -> tuple[LiteralString, ...]:
             study_description text
         )""",
         "CREATE INDEX studies_patient_id ON studies (patient_id)",
-        f"""CREATE TABLE series (
-            series_instance_uid text PRIMARY KEY,
-            study_instance_uid text NOT NULL REFERENCES studies (study_instance_uid),
-            calling_aet text NOT NULL,
-            modality text,
-            series_description text,
-            series_number text,
-            expected integer CHECK (expected >= 0),
-            expected_status text NOT NULL
-                CHECK (expected_status IN ('pending', 'known', 'unknown', 'error')),
-            expected_detail text NOT NULL,
-            received integer NOT NULL,
-            state text NOT NULL CHECK (state IN
-                ('receiving', 'complete', 'incomplete', 'overfull', 'finalized-unknown')),
-            first_received_at {timestamp} NOT NULL,
-            last_received_at {timestamp} NOT NULL,
-            finalized_at {timestamp}
+        f"""CREATE TABLE series ({_series_columns(timestamp)},
+            PRIMARY KEY (series_instance_uid)
         )""",
-        "CREATE INDEX series_study_instance_uid ON series (study_instance_uid)",
-        "CREATE INDEX series_state ON series (state, last_received_at)",
-        "CREATE INDEX series_calling_aet ON series (calling_aet)",
-        f"""CREATE TABLE instances (
-            sop_instance_uid text PRIMARY KEY,
-            series_instance_uid text NOT NULL REFERENCES series (series_instance_uid),
-            sop_class_uid text,
-            instance_number text,
-            transfer_syntax text NOT NULL,
-            path text NOT NULL,
-            size bigint NOT NULL,
-            node text NOT NULL,
-            association_id bigint NOT NULL,
-            received_at {timestamp} NOT NULL,
-            stored_at {timestamp} NOT NULL
+        *_SERIES_INDEXES,
+        f"""CREATE TABLE instances ({_instance_columns(timestamp)},
+            PRIMARY KEY (sop_instance_uid),
+            FOREIGN KEY (series_instance_uid) REFERENCES series (series_instance_uid)
         )""",
         "CREATE INDEX instances_series_instance_uid ON instances (series_instance_uid)",
         """CREATE TABLE series_activity (
@@ -338,6 +381,61 @@ def schema_v1(*, timestamp: LiteralString) -> tuple[LiteralString, ...]:
             association_id bigint NOT NULL,
             PRIMARY KEY (series_instance_uid, node, association_id)
         )""",
+        "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
+    )
+
+
+_SERIES_COPIED: LiteralString = """series_instance_uid, study_instance_uid, calling_aet,
+    modality, series_description, series_number, expected, expected_status, expected_detail,
+    received, state, first_received_at, last_received_at, finalized_at"""
+
+_INSTANCES_COPIED: LiteralString = """sop_instance_uid, series_instance_uid, sop_class_uid,
+    instance_number, transfer_syntax, path, size, node, association_id, received_at, stored_at"""
+
+
+def schema_v2(*, timestamp: LiteralString) -> tuple[LiteralString, ...]:
+    """Version 2: series, their instances and their activity keyed by (UID, calling AE
+    title), each sender's delivery tracked on its own (see the package docstring). The
+    tables are rebuilt (SQLite cannot change a primary key in place) and their rows copied:
+    an instance of version 1 belongs to the sender its series was attributed to."""
+    return (
+        f"""CREATE TABLE series_v2 ({_series_columns(timestamp)},
+            CONSTRAINT series_key PRIMARY KEY (series_instance_uid, calling_aet)
+        )""",
+        f"INSERT INTO series_v2 ({_SERIES_COPIED}) SELECT {_SERIES_COPIED} FROM series",
+        f"""CREATE TABLE instances_v2 ({_instance_columns(timestamp)},
+            calling_aet text NOT NULL,
+            CONSTRAINT instances_key PRIMARY KEY (sop_instance_uid, calling_aet),
+            FOREIGN KEY (series_instance_uid, calling_aet)
+                REFERENCES series_v2 (series_instance_uid, calling_aet)
+        )""",
+        f"""INSERT INTO instances_v2 ({_INSTANCES_COPIED}, calling_aet)
+            SELECT {_INSTANCES_COPIED}, (SELECT s.calling_aet FROM series s
+                WHERE s.series_instance_uid = instances.series_instance_uid)
+            FROM instances""",
+        """CREATE TABLE series_activity_v2 (
+            series_instance_uid text NOT NULL,
+            calling_aet text NOT NULL,
+            node text NOT NULL,
+            association_id bigint NOT NULL,
+            CONSTRAINT series_activity_key
+                PRIMARY KEY (series_instance_uid, calling_aet, node, association_id),
+            FOREIGN KEY (series_instance_uid, calling_aet)
+                REFERENCES series_v2 (series_instance_uid, calling_aet)
+        )""",
+        """INSERT INTO series_activity_v2 (series_instance_uid, calling_aet, node, association_id)
+            SELECT series_instance_uid, (SELECT s.calling_aet FROM series s
+                WHERE s.series_instance_uid = series_activity.series_instance_uid),
+                node, association_id
+            FROM series_activity""",
+        "DROP TABLE series_activity",
+        "DROP TABLE instances",
+        "DROP TABLE series",
+        "ALTER TABLE series_v2 RENAME TO series",
+        "ALTER TABLE instances_v2 RENAME TO instances",
+        "ALTER TABLE series_activity_v2 RENAME TO series_activity",
+        *_SERIES_INDEXES,
+        "CREATE INDEX instances_series ON instances (series_instance_uid, calling_aet)",
         "CREATE INDEX series_activity_association ON series_activity (node, association_id)",
     )
 

@@ -17,12 +17,14 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
 
 from oxidip._boundary import InstanceStored
 from oxidip.registry._model import (
     INCOMING_COLUMNS,
     ExpectedStatus,
     RegisterResult,
+    SeriesKey,
     SeriesRow,
     Transition,
     check_expected,
@@ -30,6 +32,7 @@ from oxidip.registry._model import (
     prepare,
     result_of,
     schema_v1,
+    schema_v2,
     state_sql,
     transitions_of,
 )
@@ -46,9 +49,20 @@ _MIGRATION_LOCK = 0x6F7869646970_01
 #: Attempts of a transaction that hit a deadlock or a serialization failure.
 _ATTEMPTS = 5
 
+#: Seconds a call waits for a pooled connection, and the pool keeps trying to replace a lost
+#: one before giving up until the next call asks (psycopg_pool's defaults, 30 s and 5 min,
+#: would hold a call 30 s while the server is away and let the pool's reconnection backoff
+#: grow to minutes, so that registration would resume minutes after the server is back).
+#: Retrying during an outage is the caller's business (``oxidip.registration``).
+POOL_TIMEOUT = 5.0
+#: Seconds to connect, unless the URL says otherwise (libpq waits for ever by default: a
+#: server whose packets are dropped would hold a connection attempt for minutes).
+CONNECT_TIMEOUT = 5
+
 #: (version, statements): applied in order, each version once, in one transaction.
 MIGRATIONS: tuple[tuple[int, tuple[LiteralString, ...]], ...] = (
     (1, schema_v1(timestamp="timestamptz")),
+    (2, schema_v2(timestamp="timestamptz")),
 )
 
 LATEST = MIGRATIONS[-1][0]
@@ -99,37 +113,39 @@ _STUDIES = """INSERT INTO studies (study_instance_uid, patient_id, study_date, s
 _SERIES = """INSERT INTO series (series_instance_uid, study_instance_uid, calling_aet, modality,
         series_description, series_number, expected, expected_status, expected_detail,
         received, state, first_received_at, last_received_at, finalized_at)
-    SELECT DISTINCT ON (series_instance_uid) series_instance_uid, study_instance_uid,
-        calling_aet, modality, series_description, series_number, NULL, 'pending', '', 0,
-        'receiving', to_timestamp(min(received_at) OVER w), to_timestamp(max(stored_at) OVER w),
-        NULL
-    FROM oxidip_incoming WINDOW w AS (PARTITION BY series_instance_uid)
-    ORDER BY series_instance_uid, stored_at
-    ON CONFLICT (series_instance_uid) DO UPDATE SET
+    SELECT DISTINCT ON (series_instance_uid, calling_aet) series_instance_uid,
+        study_instance_uid, calling_aet, modality, series_description, series_number, NULL,
+        'pending', '', 0, 'receiving', to_timestamp(min(received_at) OVER w),
+        to_timestamp(max(stored_at) OVER w), NULL
+    FROM oxidip_incoming WINDOW w AS (PARTITION BY series_instance_uid, calling_aet)
+    ORDER BY series_instance_uid, calling_aet, stored_at
+    ON CONFLICT (series_instance_uid, calling_aet) DO UPDATE SET
         modality = coalesce(series.modality, excluded.modality),
         series_description = coalesce(series.series_description, excluded.series_description),
         series_number = coalesce(series.series_number, excluded.series_number),
         first_received_at = least(series.first_received_at, excluded.first_received_at),
         last_received_at = greatest(series.last_received_at, excluded.last_received_at)
-    RETURNING series_instance_uid, state, xmax = 0"""
+    RETURNING series_instance_uid, calling_aet, state, xmax = 0"""
 
 # Instances, then ``received`` grown by those new to the registry (xmax = 0: inserted, not
 # updated), counted rather than recounted per batch (a recount reads the whole series:
 # quadratic in its size over a series' batches). The series rows are locked already.
-_INSTANCES = """WITH ins AS (INSERT INTO instances (sop_instance_uid, series_instance_uid,
-        sop_class_uid, instance_number, transfer_syntax, path, size, node, association_id,
-        received_at, stored_at)
-    SELECT sop_instance_uid, series_instance_uid, sop_class_uid, instance_number,
+_INSTANCES = """WITH ins AS (INSERT INTO instances (sop_instance_uid, calling_aet,
+        series_instance_uid, sop_class_uid, instance_number, transfer_syntax, path, size, node,
+        association_id, received_at, stored_at)
+    SELECT sop_instance_uid, calling_aet, series_instance_uid, sop_class_uid, instance_number,
         transfer_syntax, path, size, node, association_id, to_timestamp(received_at),
         to_timestamp(stored_at)
-    FROM oxidip_incoming ORDER BY sop_instance_uid
-    ON CONFLICT (sop_instance_uid) DO {on_duplicate}
-    RETURNING series_instance_uid, xmax = 0 AS inserted
+    FROM oxidip_incoming ORDER BY sop_instance_uid, calling_aet
+    ON CONFLICT (sop_instance_uid, calling_aet) DO {on_duplicate}
+    RETURNING series_instance_uid, calling_aet, xmax = 0 AS inserted
 ), added AS (
-    SELECT series_instance_uid, count(*) AS n FROM ins WHERE inserted GROUP BY 1
+    SELECT series_instance_uid, calling_aet, count(*) AS n FROM ins WHERE inserted
+    GROUP BY 1, 2
 )
 UPDATE series s SET received = s.received + added.n FROM added
-    WHERE s.series_instance_uid = added.series_instance_uid"""
+    WHERE s.series_instance_uid = added.series_instance_uid
+        AND s.calling_aet = added.calling_aet"""
 
 _ON_DUPLICATE: dict[str, LiteralString] = {
     "overwrite": """UPDATE SET sop_class_uid = excluded.sop_class_uid,
@@ -140,9 +156,14 @@ _ON_DUPLICATE: dict[str, LiteralString] = {
     "keep-first": "NOTHING",
 }
 
-_ACTIVITY = """INSERT INTO series_activity (series_instance_uid, node, association_id)
-    SELECT DISTINCT series_instance_uid, node, association_id FROM oxidip_incoming
-    ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING"""
+_ACTIVITY = """INSERT INTO series_activity (series_instance_uid, calling_aet, node,
+        association_id)
+    SELECT DISTINCT series_instance_uid, calling_aet, node, association_id FROM oxidip_incoming
+    ORDER BY 1, 2, 3, 4 ON CONFLICT DO NOTHING"""
+
+#: The series whose keys are given as two arrays, ``uids`` and ``aets``.
+_IN_KEYS = """(series_instance_uid, calling_aet) IN
+    (SELECT * FROM unnest(%(uids)s::text[], %(aets)s::text[]))"""
 
 _RULE = state_sql(expected="c.expected", received="c.received", active="c.active")
 
@@ -156,26 +177,24 @@ _SELECT_SERIES = f"""SELECT {_SERIES_COLUMNS} FROM series u
 
 # Applies the state rule to the given (locked) series, in one statement.
 _RECOMPUTE = f"""WITH c AS (
-        SELECT s.series_instance_uid, s.expected,
-            s.received,
+        SELECT s.series_instance_uid, s.calling_aet, s.expected, s.received,
             EXISTS (SELECT 1 FROM series_activity a
-                WHERE a.series_instance_uid = s.series_instance_uid) AS active
-        FROM series s WHERE s.series_instance_uid = ANY(%(uids)s)
+                WHERE a.series_instance_uid = s.series_instance_uid
+                    AND a.calling_aet = s.calling_aet) AS active
+        FROM series s WHERE {_IN_KEYS}
     ), decided AS (
-        SELECT c.series_instance_uid, c.received, {_RULE} AS state FROM c
+        SELECT c.series_instance_uid, c.calling_aet, c.received, {_RULE} AS state FROM c
     ), u AS (
         UPDATE series s SET received = d.received, state = d.state,
             finalized_at = CASE WHEN d.state = 'receiving' THEN NULL
                 WHEN s.state <> d.state OR s.finalized_at IS NULL THEN to_timestamp(%(now)s)
                 ELSE s.finalized_at END
         FROM decided d WHERE s.series_instance_uid = d.series_instance_uid
+            AND s.calling_aet = d.calling_aet
         RETURNING s.*
     )
     SELECT {_SERIES_COLUMNS} FROM u JOIN studies st ON st.study_instance_uid = u.study_instance_uid
-    ORDER BY u.series_instance_uid"""
-
-_LOCK_SERIES = """SELECT series_instance_uid, state FROM series
-    WHERE series_instance_uid = ANY(%s) ORDER BY series_instance_uid FOR UPDATE"""
+    ORDER BY u.series_instance_uid, u.calling_aet"""
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -190,6 +209,11 @@ def _series_rows(cursor: psycopg.Cursor[tuple[Any, ...]]) -> list[SeriesRow]:
     return [SeriesRow(*row) for row in cursor.fetchall()]
 
 
+def _key_params(keys: Sequence[SeriesKey]) -> dict[str, list[str]]:
+    """The parameters of ``_IN_KEYS``."""
+    return {"uids": [uid for uid, _ in keys], "aets": [aet for _, aet in keys]}
+
+
 class PostgresRegistry:
     """``Registry`` on PostgreSQL; any number of processes may share the database."""
 
@@ -198,10 +222,14 @@ class PostgresRegistry:
         self._instances_sql: LiteralString = _INSTANCES.format(
             on_duplicate=_ON_DUPLICATE[duplicates]
         )
+        options: dict[str, Any] = {}
+        if "connect_timeout" not in conninfo_to_dict(conninfo):
+            options["connect_timeout"] = CONNECT_TIMEOUT
         # One plain connection first: its error says why (the pool's would only time out).
-        psycopg.connect(conninfo, connect_timeout=10).close()
+        psycopg.connect(conninfo, **options).close()
         self._pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
             conninfo,
+            kwargs=options,
             min_size=pool_size,
             max_size=pool_size,
             open=False,
@@ -210,6 +238,8 @@ class PostgresRegistry:
             # server restart is replaced instead of failing a batch.
             check=psycopg_pool.ConnectionPool.check_connection,
             name="oxidip-registry",
+            timeout=POOL_TIMEOUT,
+            reconnect_timeout=POOL_TIMEOUT,
         )
         self._pool.open(wait=True, timeout=30)
 
@@ -266,16 +296,10 @@ class PostgresRegistry:
     # --- state --------------------------------------------------------------------------
 
     @staticmethod
-    def _recompute(conn: Connection, uids: Sequence[str], now: float) -> list[SeriesRow]:
-        if not uids:
+    def _recompute(conn: Connection, keys: Sequence[SeriesKey], now: float) -> list[SeriesRow]:
+        if not keys:
             return []
-        return _series_rows(conn.execute(_RECOMPUTE, {"uids": list(uids), "now": now}))
-
-    @staticmethod
-    def _lock(conn: Connection, uids: Sequence[str]) -> dict[str, str | None]:
-        """Locks the series (UID order); returns their states."""
-        rows = conn.execute(_LOCK_SERIES, (list(uids),)).fetchall()
-        return {uid: state for uid, state in rows}
+        return _series_rows(conn.execute(_RECOMPUTE, {**_key_params(keys), "now": now}))
 
     def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
         rows = prepare(instances, node, self._duplicates)
@@ -318,55 +342,88 @@ class PostgresRegistry:
                 cursor.execute(_PATIENTS)
                 cursor.execute(_STUDIES)
                 cursor.execute(_SERIES)
-                previous: dict[str, str | None] = {
-                    uid: None if inserted else state for uid, state, inserted in cursor.fetchall()
+                previous: dict[SeriesKey, str | None] = {
+                    (uid, aet): None if inserted else state
+                    for uid, aet, state, inserted in cursor.fetchall()
                 }
                 cursor.execute(self._instances_sql)
                 cursor.execute(_ACTIVITY)
-            uids = sorted(previous)
-            return result_of(self._recompute(conn, uids, now), previous, set(uids))
+            keys = sorted(previous)
+            return result_of(self._recompute(conn, keys, now), previous, set(keys))
 
         return self._run(work)
 
     def set_expected(
-        self, series_instance_uid: str, expected: int | None, status: ExpectedStatus, detail: str
+        self,
+        series_instance_uid: str,
+        expected: int | None,
+        status: ExpectedStatus,
+        detail: str,
+        calling_aet: str | None = None,
     ) -> list[Transition]:
         checked = check_expected(expected, status)
 
         def work(conn: Connection) -> list[Transition]:
-            previous = self._lock(conn, [series_instance_uid])
-            if not previous:
-                return []
-            conn.execute(
-                "UPDATE series SET expected = %s, expected_status = %s, expected_detail = %s"
-                " WHERE series_instance_uid = %s",
-                (expected, checked.value, detail, series_instance_uid),
-            )
-            return transitions_of(self._recompute(conn, list(previous), time.time()), previous)
-
-        return self._run(work)
-
-    def association_ended(self, node: str, association_id: int) -> list[Transition]:
-        def work(conn: Connection) -> list[Transition]:
-            previous = {
-                uid: state
-                for uid, state in conn.execute(
-                    """SELECT series_instance_uid, state FROM series
-                    WHERE series_instance_uid IN (SELECT series_instance_uid
-                        FROM series_activity WHERE node = %s AND association_id = %s)
-                    ORDER BY series_instance_uid FOR UPDATE""",
-                    (node, association_id),
+            previous: dict[SeriesKey, str | None] = {
+                (uid, aet): state
+                for uid, aet, state in conn.execute(
+                    """SELECT series_instance_uid, calling_aet, state FROM series
+                    WHERE series_instance_uid = %(uid)s
+                        AND calling_aet = coalesce(%(aet)s, calling_aet)
+                    ORDER BY series_instance_uid, calling_aet FOR UPDATE""",
+                    {"uid": series_instance_uid, "aet": calling_aet},
                 )
             }
             if not previous:
                 return []
-            uids = list(previous)
+            keys = list(previous)
             conn.execute(
-                "DELETE FROM series_activity WHERE node = %s AND association_id = %s"
-                " AND series_instance_uid = ANY(%s)",
-                (node, association_id, uids),
+                "UPDATE series SET expected = %(expected)s, expected_status = %(status)s,"
+                f" expected_detail = %(detail)s WHERE {_IN_KEYS}",
+                {
+                    "expected": expected,
+                    "status": checked.value,
+                    "detail": detail,
+                    **_key_params(keys),
+                },
             )
-            return transitions_of(self._recompute(conn, uids, time.time()), previous)
+            return transitions_of(self._recompute(conn, keys, time.time()), previous)
+
+        return self._run(work)
+
+    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+        return self._end_activity(
+            "node = %(node)s AND association_id = %(association_id)s",
+            {"node": node, "association_id": association_id},
+        )
+
+    def node_ended(self, node: str) -> list[Transition]:
+        return self._end_activity("node = %(node)s", {"node": node})
+
+    def _end_activity(self, where: LiteralString, params: dict[str, Any]) -> list[Transition]:
+        """Removes the activity rows matching ``where`` and recomputes their series (locked
+        first, in UID order)."""
+
+        def work(conn: Connection) -> list[Transition]:
+            previous: dict[SeriesKey, str | None] = {
+                (uid, aet): state
+                for uid, aet, state in conn.execute(
+                    f"""SELECT series_instance_uid, calling_aet, state FROM series
+                    WHERE (series_instance_uid, calling_aet) IN (
+                        SELECT series_instance_uid, calling_aet
+                        FROM series_activity WHERE {where})
+                    ORDER BY series_instance_uid, calling_aet FOR UPDATE""",
+                    params,
+                )
+            }
+            if not previous:
+                return []
+            keys = list(previous)
+            conn.execute(
+                f"DELETE FROM series_activity WHERE {where} AND {_IN_KEYS}",
+                {**params, **_key_params(keys)},
+            )
+            return transitions_of(self._recompute(conn, keys, time.time()), previous)
 
         return self._run(work)
 
@@ -375,24 +432,25 @@ class PostgresRegistry:
 
         def work(conn: Connection) -> list[Transition]:
             # SKIP LOCKED: a series locked right now is being registered, so it is not idle.
-            previous = {
-                uid: state
-                for uid, state in conn.execute(
-                    """SELECT series_instance_uid, state FROM series
+            previous: dict[SeriesKey, str | None] = {
+                (uid, aet): state
+                for uid, aet, state in conn.execute(
+                    """SELECT series_instance_uid, calling_aet, state FROM series
                     WHERE last_received_at < to_timestamp(%(cutoff)s)
-                        AND series_instance_uid IN (
-                            SELECT series_instance_uid FROM series WHERE state = 'receiving'
-                                AND last_received_at < to_timestamp(%(cutoff)s)
-                            UNION SELECT series_instance_uid FROM series_activity)
-                    ORDER BY series_instance_uid FOR UPDATE SKIP LOCKED""",
+                        AND (series_instance_uid, calling_aet) IN (
+                            SELECT series_instance_uid, calling_aet FROM series
+                                WHERE state = 'receiving'
+                                    AND last_received_at < to_timestamp(%(cutoff)s)
+                            UNION SELECT series_instance_uid, calling_aet FROM series_activity)
+                    ORDER BY series_instance_uid, calling_aet FOR UPDATE SKIP LOCKED""",
                     {"cutoff": cutoff},
                 )
             }
             if not previous:
                 return []
-            uids = list(previous)
-            conn.execute("DELETE FROM series_activity WHERE series_instance_uid = ANY(%s)", (uids,))
-            return transitions_of(self._recompute(conn, uids, now), previous)
+            keys = list(previous)
+            conn.execute(f"DELETE FROM series_activity WHERE {_IN_KEYS}", _key_params(keys))
+            return transitions_of(self._recompute(conn, keys, now), previous)
 
         return self._run(work)
 
@@ -421,7 +479,10 @@ class PostgresRegistry:
             conditions.append("u.expected_status = %s")
             params.append(expected_status)
         where: LiteralString = " WHERE " + " AND ".join(conditions) if conditions else ""
-        query = f"{_SELECT_SERIES}{where} ORDER BY u.first_received_at, u.series_instance_uid"
+        query = (
+            f"{_SELECT_SERIES}{where}"
+            " ORDER BY u.first_received_at, u.series_instance_uid, u.calling_aet"
+        )
         return self._run(lambda conn: _series_rows(conn.execute(query, params)))
 
     def instance_paths(self) -> Iterator[tuple[str, str]]:

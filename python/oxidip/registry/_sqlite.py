@@ -17,6 +17,7 @@ from oxidip.registry._model import (
     ExpectedStatus,
     Incoming,
     RegisterResult,
+    SeriesKey,
     SeriesRow,
     Transition,
     check_expected,
@@ -24,6 +25,7 @@ from oxidip.registry._model import (
     prepare,
     result_of,
     schema_v1,
+    schema_v2,
     state_sql,
     transitions_of,
 )
@@ -31,11 +33,17 @@ from oxidip.registry._model import (
 __all__ = ["MIGRATIONS", "SqliteRegistry"]
 
 #: (version, statements): applied in order, each version once, in one transaction.
-MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = ((1, schema_v1(timestamp="REAL")),)
+MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (1, schema_v1(timestamp="REAL")),
+    (2, schema_v2(timestamp="REAL")),
+)
 
 LATEST = MIGRATIONS[-1][0]
 
-_IN_UIDS = "series_instance_uid IN (SELECT value FROM json_each(?))"
+#: The (UID, calling AE) pairs given as one JSON array of pairs.
+_PAIRS = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+#: The series whose keys are given so.
+_IN_KEYS = f"(series_instance_uid, calling_aet) IN ({_PAIRS})"
 
 _SERIES_COLUMNS = """s.series_instance_uid, s.study_instance_uid, s.calling_aet, st.patient_id,
     s.modality, s.series_description, s.series_number, s.expected, s.expected_status,
@@ -47,21 +55,26 @@ _SELECT_SERIES = f"""SELECT {_SERIES_COLUMNS} FROM series s
 
 _ACTIVE = (
     "EXISTS (SELECT 1 FROM series_activity a"
-    " WHERE a.series_instance_uid = series.series_instance_uid)"
+    " WHERE a.series_instance_uid = series.series_instance_uid"
+    " AND a.calling_aet = series.calling_aet)"
 )
 _RULE = state_sql(expected="expected", received="received", active=_ACTIVE)
 
-_EXISTING = """SELECT sop_instance_uid FROM instances
+# By SOP Instance UID alone (the primary key's first column; cheaper than pairs), the caller
+# keeps the (UID, AE) pairs of its batch.
+_EXISTING = """SELECT sop_instance_uid, calling_aet FROM instances
     WHERE sop_instance_uid IN (SELECT value FROM json_each(?))"""
 
-_ADD_RECEIVED = "UPDATE series SET received = received + ? WHERE series_instance_uid = ?"
+_ADD_RECEIVED = """UPDATE series SET received = received + ?
+    WHERE series_instance_uid = ? AND calling_aet = ?"""
 
 _DECIDE = f"""UPDATE series SET state = d.state,
     finalized_at = CASE WHEN d.state = 'receiving' THEN NULL
         WHEN series.state <> d.state OR series.finalized_at IS NULL THEN ?
         ELSE series.finalized_at END
-    FROM (SELECT series_instance_uid AS uid, {_RULE} AS state FROM series WHERE {_IN_UIDS}) d
-    WHERE series.series_instance_uid = d.uid"""
+    FROM (SELECT series_instance_uid AS uid, calling_aet AS aet, {_RULE} AS state
+        FROM series WHERE {_IN_KEYS}) d
+    WHERE series.series_instance_uid = d.uid AND series.calling_aet = d.aet"""
 
 _PATIENT = """INSERT INTO patients (patient_id, patient_name, patient_birth_date, patient_sex)
     VALUES (?, ?, ?, ?) ON CONFLICT (patient_id) DO NOTHING"""
@@ -74,16 +87,18 @@ _SERIES = """INSERT INTO series (series_instance_uid, study_instance_uid, callin
     series_description, series_number, expected, expected_status, expected_detail, received,
     state, first_received_at, last_received_at, finalized_at)
     VALUES (?, ?, ?, ?, ?, ?, NULL, 'pending', '', 0, 'receiving', ?, ?, NULL)
-    ON CONFLICT (series_instance_uid) DO UPDATE SET
+    ON CONFLICT (series_instance_uid, calling_aet) DO UPDATE SET
         modality = coalesce(series.modality, excluded.modality),
         series_description = coalesce(series.series_description, excluded.series_description),
         series_number = coalesce(series.series_number, excluded.series_number),
         first_received_at = min(series.first_received_at, excluded.first_received_at),
         last_received_at = max(series.last_received_at, excluded.last_received_at)"""
 
-_INSTANCE = """INSERT INTO instances (sop_instance_uid, series_instance_uid, sop_class_uid,
-    instance_number, transfer_syntax, path, size, node, association_id, received_at, stored_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_instance_uid) DO """
+_INSTANCE = """INSERT INTO instances (sop_instance_uid, calling_aet, series_instance_uid,
+    sop_class_uid, instance_number, transfer_syntax, path, size, node, association_id,
+    received_at, stored_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (sop_instance_uid, calling_aet) DO """
 
 _ON_DUPLICATE = {
     "overwrite": """UPDATE SET sop_class_uid = excluded.sop_class_uid,
@@ -94,12 +109,12 @@ _ON_DUPLICATE = {
     "keep-first": "NOTHING",
 }
 
-_ACTIVITY = """INSERT INTO series_activity (series_instance_uid, node, association_id)
-    VALUES (?, ?, ?) ON CONFLICT DO NOTHING"""
+_ACTIVITY = """INSERT INTO series_activity (series_instance_uid, calling_aet, node,
+    association_id) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"""
 
 
-def _uids(uids: Sequence[str]) -> bytes:
-    return msgspec.json.encode(list(uids))
+def _keys(keys: Sequence[tuple[str, str]]) -> bytes:
+    return msgspec.json.encode(list(keys))
 
 
 def _series_row(row: Sequence[Any]) -> SeriesRow:
@@ -170,24 +185,27 @@ class SqliteRegistry:
     # --- state --------------------------------------------------------------------------
 
     def _recompute(
-        self, conn: sqlite3.Connection, uids: Sequence[str], now: float
+        self, conn: sqlite3.Connection, keys: Sequence[SeriesKey], now: float
     ) -> list[SeriesRow]:
-        """Re-decides the state of ``uids`` (already write-locked); returns them sorted by
-        Series Instance UID."""
-        if not uids:
+        """Re-decides the state of the series ``keys`` (already write-locked); returns them
+        sorted by key."""
+        if not keys:
             return []
-        encoded = _uids(uids)
+        encoded = _keys(keys)
         conn.execute(_DECIDE, (now, encoded))
         rows = conn.execute(
-            f"{_SELECT_SERIES} WHERE s.{_IN_UIDS} ORDER BY s.series_instance_uid", (encoded,)
+            f"{_SELECT_SERIES} WHERE (s.series_instance_uid, s.calling_aet) IN ({_PAIRS})"
+            " ORDER BY s.series_instance_uid, s.calling_aet",
+            (encoded,),
         )
         return [_series_row(row) for row in rows]
 
-    def _states(self, conn: sqlite3.Connection, uids: Sequence[str]) -> dict[str, str]:
+    def _states(self, conn: sqlite3.Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, str]:
         rows = conn.execute(
-            f"SELECT series_instance_uid, state FROM series WHERE {_IN_UIDS}", (_uids(uids),)
+            f"SELECT series_instance_uid, calling_aet, state FROM series WHERE {_IN_KEYS}",
+            (_keys(keys),),
         )
-        return dict(rows.fetchall())
+        return {(uid, aet): state for uid, aet, state in rows}
 
     def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
         rows = prepare(instances, node, self._duplicates)
@@ -195,26 +213,21 @@ class SqliteRegistry:
             return RegisterResult([], [], [])
         patients: dict[str, Incoming] = {}
         studies: dict[str, Incoming] = {}
-        series: dict[str, tuple[Incoming, float, float]] = {}
-        activity: set[tuple[str, str, int]] = set()
+        series: dict[SeriesKey, tuple[Incoming, float, float]] = {}
+        activity: set[tuple[str, str, str, int]] = set()
         for row in rows:
             if row.patient_id is not None:
                 patients.setdefault(row.patient_id, row)
             studies.setdefault(row.study_instance_uid, row)
-            first, earliest, latest = series.get(
-                row.series_instance_uid, (row, row.received_at, row.stored_at)
-            )
-            series[row.series_instance_uid] = (
-                first,
-                min(earliest, row.received_at),
-                max(latest, row.stored_at),
-            )
-            activity.add((row.series_instance_uid, row.node, row.association_id))
-        uids = sorted(series)
+            key = (row.series_instance_uid, row.calling_aet)
+            first, earliest, latest = series.get(key, (row, row.received_at, row.stored_at))
+            series[key] = (first, min(earliest, row.received_at), max(latest, row.stored_at))
+            activity.add((*key, row.node, row.association_id))
+        keys = sorted(series)
         now = time.time()
         with self._write() as conn:
-            previous: dict[str, str | None] = dict.fromkeys(uids)
-            previous.update(self._states(conn, uids))
+            previous: dict[SeriesKey, str | None] = dict.fromkeys(keys)
+            previous.update(self._states(conn, keys))
             conn.executemany(
                 _PATIENT,
                 [
@@ -242,31 +255,32 @@ class SqliteRegistry:
                     (
                         uid,
                         r.study_instance_uid,
-                        r.calling_aet,
+                        aet,
                         r.modality,
                         r.series_description,
                         r.series_number,
                         earliest,
                         latest,
                     )
-                    for uid, (r, earliest, latest) in series.items()
+                    for (uid, aet), (r, earliest, latest) in series.items()
                 ],
             )
             # ``received`` grows by the instances new to the registry, counted here rather
             # than recounted per batch (a recount reads the whole series: quadratic in its
             # size over a series' batches). The write lock makes check and insert one step.
-            existing = {
-                uid
-                for (uid,) in conn.execute(_EXISTING, (_uids([r.sop_instance_uid for r in rows]),))
-            }
+            sops = msgspec.json.encode([r.sop_instance_uid for r in rows])
+            existing = {(uid, aet) for uid, aet in conn.execute(_EXISTING, (sops,))}
             added = Counter(
-                r.series_instance_uid for r in rows if r.sop_instance_uid not in existing
+                (r.series_instance_uid, r.calling_aet)
+                for r in rows
+                if (r.sop_instance_uid, r.calling_aet) not in existing
             )
             conn.executemany(
                 self._instance_sql,
                 [
                     (
                         r.sop_instance_uid,
+                        r.calling_aet,
                         r.series_instance_uid,
                         r.sop_class_uid,
                         r.instance_number,
@@ -281,67 +295,79 @@ class SqliteRegistry:
                     for r in rows
                 ],
             )
-            conn.executemany(_ADD_RECEIVED, [(n, uid) for uid, n in sorted(added.items())])
+            conn.executemany(
+                _ADD_RECEIVED, [(n, uid, aet) for (uid, aet), n in sorted(added.items())]
+            )
             conn.executemany(_ACTIVITY, sorted(activity))
-            after = self._recompute(conn, uids, now)
-        return result_of(after, previous, set(uids))
+            after = self._recompute(conn, keys, now)
+        return result_of(after, previous, set(keys))
 
     def set_expected(
-        self, series_instance_uid: str, expected: int | None, status: ExpectedStatus, detail: str
+        self,
+        series_instance_uid: str,
+        expected: int | None,
+        status: ExpectedStatus,
+        detail: str,
+        calling_aet: str | None = None,
     ) -> list[Transition]:
         checked = check_expected(expected, status)
         with self._write() as conn:
-            previous = self._states(conn, [series_instance_uid])
+            previous = {
+                (uid, aet): state
+                for uid, aet, state in conn.execute(
+                    "SELECT series_instance_uid, calling_aet, state FROM series"
+                    " WHERE series_instance_uid = ? AND coalesce(?, calling_aet) = calling_aet",
+                    (series_instance_uid, calling_aet),
+                )
+            }
             if not previous:
                 return []
             conn.execute(
-                "UPDATE series SET expected = ?, expected_status = ?, expected_detail = ?"
-                " WHERE series_instance_uid = ?",
-                (expected, checked.value, detail, series_instance_uid),
+                f"UPDATE series SET expected = ?, expected_status = ?, expected_detail = ?"
+                f" WHERE {_IN_KEYS}",
+                (expected, checked.value, detail, _keys(list(previous))),
             )
-            after = self._recompute(conn, [series_instance_uid], time.time())
+            after = self._recompute(conn, list(previous), time.time())
         return transitions_of(after, dict(previous))
 
     def association_ended(self, node: str, association_id: int) -> list[Transition]:
+        return self._end_activity("node = ? AND association_id = ?", (node, association_id))
+
+    def node_ended(self, node: str) -> list[Transition]:
+        return self._end_activity("node = ?", (node,))
+
+    def _end_activity(self, where: str, params: tuple[str | int, ...]) -> list[Transition]:
+        """Removes the activity rows matching ``where`` and recomputes their series."""
         with self._write() as conn:
-            uids = [
-                uid
-                for (uid,) in conn.execute(
-                    "SELECT series_instance_uid FROM series_activity"
-                    " WHERE node = ? AND association_id = ? ORDER BY series_instance_uid",
-                    (node, association_id),
-                )
-            ]
-            if not uids:
+            keys: list[SeriesKey] = conn.execute(
+                "SELECT DISTINCT series_instance_uid, calling_aet FROM series_activity"
+                f" WHERE {where} ORDER BY series_instance_uid, calling_aet",
+                params,
+            ).fetchall()
+            if not keys:
                 return []
-            previous = self._states(conn, uids)
-            conn.execute(
-                "DELETE FROM series_activity WHERE node = ? AND association_id = ?",
-                (node, association_id),
-            )
-            after = self._recompute(conn, uids, time.time())
+            previous = self._states(conn, keys)
+            conn.execute(f"DELETE FROM series_activity WHERE {where}", params)
+            after = self._recompute(conn, keys, time.time())
         return transitions_of(after, dict(previous))
 
     def finalize_idle(self, idle_seconds: float, now: float) -> list[Transition]:
         cutoff = now - idle_seconds
         with self._write() as conn:
-            uids = [
-                uid
-                for (uid,) in conn.execute(
-                    """SELECT series_instance_uid FROM series
-                    WHERE last_received_at < ? AND series_instance_uid IN (
-                        SELECT series_instance_uid FROM series
-                            WHERE state = 'receiving' AND last_received_at < ?
-                        UNION SELECT series_instance_uid FROM series_activity)
-                    ORDER BY series_instance_uid""",
-                    (cutoff, cutoff),
-                )
-            ]
-            if not uids:
+            keys: list[SeriesKey] = conn.execute(
+                """SELECT series_instance_uid, calling_aet FROM series
+                WHERE last_received_at < ? AND (series_instance_uid, calling_aet) IN (
+                    SELECT series_instance_uid, calling_aet FROM series
+                        WHERE state = 'receiving' AND last_received_at < ?
+                    UNION SELECT series_instance_uid, calling_aet FROM series_activity)
+                ORDER BY series_instance_uid, calling_aet""",
+                (cutoff, cutoff),
+            ).fetchall()
+            if not keys:
                 return []
-            previous = self._states(conn, uids)
-            conn.execute(f"DELETE FROM series_activity WHERE {_IN_UIDS}", (_uids(uids),))
-            after = self._recompute(conn, uids, now)
+            previous = self._states(conn, keys)
+            conn.execute(f"DELETE FROM series_activity WHERE {_IN_KEYS}", (_keys(keys),))
+            after = self._recompute(conn, keys, now)
         return transitions_of(after, dict(previous))
 
     # --- reading ------------------------------------------------------------------------
@@ -366,7 +392,10 @@ class SqliteRegistry:
                 conditions.append(f"{column} = ?")
                 params.append(value)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        query = f"{_SELECT_SERIES}{where} ORDER BY s.first_received_at, s.series_instance_uid"
+        query = (
+            f"{_SELECT_SERIES}{where}"
+            " ORDER BY s.first_received_at, s.series_instance_uid, s.calling_aet"
+        )
         with self._lock:
             rows = self._conn.execute(query, params).fetchall()
         return [_series_row(row) for row in rows]

@@ -1,14 +1,17 @@
-//! The byte stream under the upper layer (PS3.8 §9.1: TCP), and the socket options that
-//! decide how promptly it moves. Kept apart from the framing so that another stream type (TLS
-//! over TCP) needs only an implementation of `Transport` that reaches its socket.
+//! What the upper layer's framing (`ul::connection`) asks of its byte stream besides reading
+//! and writing: the TCP socket options that decide how promptly bytes move and how a
+//! connection ends. Implemented for the socket itself and for `Transport` (plain or TLS),
+//! which reaches its socket.
 
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::Transport;
+
 /// A stream that carries PDUs.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin {
     /// Called after the first read that returns data after each of our writes: acknowledge
     /// at once what arrives, instead of delaying the acknowledgement.
     ///
@@ -32,7 +35,7 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin {
     fn reset_on_close(&self);
 }
 
-impl Transport for TcpStream {
+impl ByteStream for TcpStream {
     fn acknowledge_promptly(&self) {
         // Failing only leaves the kernel's default in place (slower, still correct).
         let _ = quick_ack(self);
@@ -41,6 +44,16 @@ impl Transport for TcpStream {
     fn reset_on_close(&self) {
         // A failure leaves the orderly close, which the kernel bounds on its own.
         let _ = self.set_zero_linger();
+    }
+}
+
+impl ByteStream for Transport {
+    fn acknowledge_promptly(&self) {
+        self.tcp().acknowledge_promptly();
+    }
+
+    fn reset_on_close(&self) {
+        self.tcp().reset_on_close();
     }
 }
 
