@@ -21,6 +21,7 @@ use crate::server::events::EventStream;
 use crate::server::Server;
 use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
+use crate::storage::writer::prepare_root;
 use crate::storage::{journal, read_back};
 use crate::transport::tls;
 use crate::ul::codec;
@@ -48,6 +49,16 @@ impl Receiver {
             rmp_serde::from_slice(config).map_err(|e| PyValueError::new_err(format!("invalid configuration: {e}")))?;
         config.settings().map_err(PyValueError::new_err)?;
         Ok(Receiver { config, server: Mutex::new(None), events: Mutex::new(None), queued: OnceLock::new() })
+    }
+
+    /// Makes the storage root ready (`storage::writer::prepare_root`: created with its mode
+    /// and group, a file created in it), before anything else may create it with other bits;
+    /// OSError whose message says why not, to follow the variable's name.
+    fn prepare_storage(&self, py: Python<'_>) -> PyResult<()> {
+        let settings = self.config.settings().map_err(PyValueError::new_err)?;
+        py.allow_threads(|| prepare_root(&settings.files_root, &settings.permissions))
+            .map(drop)
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
     /// The bound ports: (plain, TLS), None for a listener not configured.

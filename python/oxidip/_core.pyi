@@ -63,6 +63,12 @@ class Receiver:
         """``config``: msgpack of ``oxidip._boundary.CoreConfig``. Raises ValueError when a
         value is out of range (the Python layer validates first, naming the variable)."""
 
+    def prepare_storage(self) -> None:
+        """Makes the storage root ready: created when missing (with its mode and group), its
+        temp directory too, and a file created and removed there. OSError whose message says
+        why not (``not a directory``, ``cannot be created: ...``, ``this user (uid N) cannot
+        create files in it: ...``)."""
+
     def start(self) -> tuple[int | None, int | None]:
         """Opens storage, binds and starts serving; returns the bound ports (useful with port
         0): (plain TCP, TLS), None for a listener not configured. Raises OSError when a port

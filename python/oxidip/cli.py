@@ -40,7 +40,6 @@ from oxidip.config import (
     Config,
     ConfigError,
     report_config_error,
-    storage_root_problem,
     warn_unknown_variables,
 )
 from oxidip.hooks import HookError, Hooks
@@ -339,9 +338,6 @@ def serve(args: argparse.Namespace) -> int:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
         return report_config_error(error.problems)
-    problem = storage_root_problem(config.files_root)
-    if problem is not None:
-        return report_config_error([problem])
     logs.configure(config.log_level, config.log_format)
     warn_unknown_variables()
     try:
@@ -351,6 +347,11 @@ def serve(args: argparse.Namespace) -> int:
         return report_config_error([f"OXIDIP_HOOKS={config.hooks!r}: {error}"])
     except ValueError as error:  # the core's own range checks; Config should catch all first
         return report_config_error([str(error)])
+    try:
+        # First, so that the root gets its mode and group before the registry is made in it.
+        receiver.prepare_storage()
+    except OSError as error:
+        return report_config_error([f"OXIDIP_FILES_ROOT={config.files_root!r}: {error}"])
     try:
         pipeline = build_pipeline(config, receiver, hooks)
     except psycopg.Error as error:

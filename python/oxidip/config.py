@@ -14,7 +14,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ __all__ = [
     "Config",
     "ConfigError",
     "Variable",
-    "storage_root_problem",
     "unknown_variables",
     "warn_unknown_variables",
 ]
@@ -934,29 +932,3 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
         if close:
             fields["did_you_mean"] = close[0]
         log.warning("unknown configuration variable ignored", extra=fields)
-
-
-def storage_root_problem(files_root: str) -> str | None:
-    """What makes ``files_root`` unusable as the storage root, as a configuration problem
-    naming ``OXIDIP_FILES_ROOT`` (the value parses, the file system says no): not a
-    directory, cannot be created (it is created when missing), or no file can be created in
-    it by this user. None when it is usable. Checked by creating and removing a file, since
-    permission bits do not tell (root ignores them; /proc, read-only mounts...)."""
-    shown = f"OXIDIP_FILES_ROOT={files_root!r}"
-    path = os.path.abspath(files_root)
-    if os.path.exists(path) and not os.path.isdir(path):
-        return f"{shown}: not a directory"
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        return f"{shown}: cannot be created: {error.strerror or error}"
-    try:
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".oxidip-check-")
-    except OSError as error:
-        return (
-            f"{shown}: this user (uid {os.getuid()}) cannot create files in it:"
-            f" {error.strerror or error}"
-        )
-    os.close(fd)
-    os.unlink(probe)
-    return None

@@ -43,6 +43,11 @@ class Receiver:
         self._core = _core.Receiver(msgspec.msgpack.encode(core))
         self._ports: tuple[int | None, int | None] | None = None
 
+    def prepare_storage(self) -> None:
+        """Makes the storage root ready before anything else touches it (see
+        ``_core.Receiver.prepare_storage``); OSError saying why it cannot be."""
+        self._core.prepare_storage()
+
     def start(self) -> None:
         """Opens storage and binds the listening sockets. Raises OSError when a port cannot
         be bound or storage is unusable."""

@@ -135,7 +135,8 @@ pub fn create_dir_all_with_mode(dir: &Path, mode: u32) -> io::Result<()> {
 pub fn create_dir_in_root(dir: &Path, mode: u32) -> io::Result<()> {
     match create_dir_with_mode(dir, mode) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        // ENOENT with the root still there (a file system such as /proc) is left as it is.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.parent().is_some_and(Path::is_dir) => {
             let root = dir.parent().unwrap_or(dir);
             Err(io::Error::new(e.kind(), format!("the storage root {} is gone", root.display())))
         }

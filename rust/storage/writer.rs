@@ -146,17 +146,10 @@ impl Storage {
     /// the first instance, and opens this process's journal.
     pub fn open(root: &Path, options: StorageOptions) -> io::Result<Self> {
         let StorageOptions { template, fsync, duplicates, permissions, node } = options;
-        let root = std::path::absolute(root)?;
+        let root = prepare_root(root, &permissions)?;
         let temp_dir = temp::temp_dir(&root);
-        permissions::create_dir_all_with_mode(&root, permissions.dir_mode)
-            .map_err(|e| context(e, "cannot create the storage directory", &root))?;
-        prepare_temp_dir(&root, &temp_dir, &permissions)
-            .map_err(|e| context(e, "cannot prepare the storage directory", &temp_dir))?;
         let owner = Owner::current();
         temp::sweep_stale(&temp_dir, &owner).map_err(|e| context(e, "cannot remove stale temp files in", &temp_dir))?;
-        // A probe file, removed again as it drops.
-        TempPath::create(&temp_dir, &owner, &permissions)
-            .map_err(|e| context(e, "storage root is not writable: cannot create a file in", &temp_dir))?;
         let journal = Journal::open(&root, fsync != FsyncPolicy::None, &node)
             .map_err(|e| context(e, "cannot open the journal in", &root))?;
         Ok(Self { root, temp_dir, owner, template, fsync, duplicates, permissions, journal: Arc::new(journal) })
@@ -320,6 +313,33 @@ impl Storage {
 /// Makes the temp directory (`dir_mode`, not the root above it: see
 /// `permissions::create_dir_in_root`) if missing, and gives it and the root the configured
 /// group: directories created below inherit it.
+/// Makes `root` ready to store instances, or says in words why it cannot be (for a message
+/// that names the variable first): creates it if missing (with the configured mode) and its
+/// temp directory (`<root>/.oxidip-tmp`), gives both the configured group, and creates a
+/// file there (removed again), so that a bad root fails at startup rather than on the first
+/// instance; permission bits alone would not tell (root ignores them, read-only mounts,
+/// /proc). Returns the absolute root.
+pub fn prepare_root(root: &Path, permissions: &Permissions) -> io::Result<PathBuf> {
+    let root = std::path::absolute(root)?;
+    let reason = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what}: {e}"));
+    if root.exists() && !root.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
+    }
+    permissions::create_dir_all_with_mode(&root, permissions.dir_mode).map_err(|e| reason(e, "cannot be created"))?;
+    let temp_dir = temp::temp_dir(&root);
+    let cannot_create = |e| reason(e, &format!("this user (uid {}) cannot create files in it", current_uid()));
+    prepare_temp_dir(&root, &temp_dir, permissions).map_err(cannot_create)?;
+    // A probe file, removed again as it drops.
+    TempPath::create(&temp_dir, &Owner::current(), permissions).map_err(cannot_create)?;
+    Ok(root)
+}
+
+/// The real user id of this process.
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail (POSIX).
+    unsafe { libc::getuid() }
+}
+
 fn prepare_temp_dir(root: &Path, temp_dir: &Path, permissions: &Permissions) -> io::Result<()> {
     permissions::create_dir_in_root(temp_dir, permissions.dir_mode)?;
     permissions.apply_group(root)?;
@@ -937,7 +957,7 @@ mod tests {
         let file = dir.path().join("file");
         fs::write(&file, b"").unwrap();
         let err = Storage::open(&file.join("root"), options(FsyncPolicy::None, DuplicatePolicy::Reject)).unwrap_err();
-        assert!(err.to_string().contains("cannot create the storage directory"), "{err}");
+        assert!(err.to_string().contains("cannot be created"), "{err}");
     }
 
     #[test]
@@ -954,7 +974,7 @@ mod tests {
         }
         let err = Storage::open(root.path(), options(FsyncPolicy::None, DuplicatePolicy::Reject)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        assert!(err.to_string().contains("not writable"), "{err}");
+        assert!(err.to_string().contains("cannot create files in it"), "{err}");
         fs::set_permissions(&temp_dir, fs::Permissions::from_mode(0o755)).unwrap();
     }
 
