@@ -68,7 +68,7 @@ from oxidip import InstanceStored
 from oxidip._boundary import Attributes
 from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
 from oxidip.bench.receivers import RunContext, start_oxidip
-from oxidip.bench.tools import cpu_model, tool, versions
+from oxidip.bench.tools import cpu_model, keep_pynetdicom_responses, tool, versions
 from oxidip.registry import open_registry
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +94,9 @@ def _load_receive() -> ModuleType:
 
 
 receive = _load_receive()
+# The latency sender is pynetdicom, whose requestor can drop a response that comes back as
+# fast as oxidip's (see keep_pynetdicom_responses).
+keep_pynetdicom_responses()
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------

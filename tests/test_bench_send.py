@@ -4,7 +4,6 @@ against dcmtk ``storescp``: every instance stored, and the report says so."""
 import json
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MULTIFRAME = "1.2.840.10008.5.1.4.1.1.7.3"
 from tests.conftest import StartReceiver
 from tests.helpers.receiver import HOST, RunningReceiver
-from tests.helpers.tools import dcmtk_env, require_tool
+from tests.helpers.tools import dcmtk_env, require_tool, wait_listening
 
 
 def send(capsys: pytest.CaptureFixture[str], port: int, *extra: str) -> tuple[int, dict]:
@@ -113,18 +112,6 @@ def _free_port() -> int:
         return port
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "storescp exited early"
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("storescp did not start listening")
-
-
 def test_send_to_dcmtk_storescp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     storescp = require_tool("storescp")
     port = _free_port()
@@ -137,7 +124,7 @@ def test_send_to_dcmtk_storescp(tmp_path: Path, capsys: pytest.CaptureFixture[st
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_listening(port, proc)
+        wait_listening(HOST, port, proc)
         status, report = send(
             capsys,
             port,

@@ -3,9 +3,12 @@
 from oxidip._boundary import (
     AssociationClosed,
     Attributes,
+    ConnectionRefused,
+    ContextsRefused,
     Event,
     InstanceFailed,
     InstanceStored,
+    ServerWarning,
 )
 from oxidip._core import __version__
 from oxidip.config import Config, ConfigError
@@ -16,9 +19,12 @@ __all__ = [
     "Attributes",
     "Config",
     "ConfigError",
+    "ConnectionRefused",
+    "ContextsRefused",
     "Event",
     "InstanceFailed",
     "InstanceStored",
     "Receiver",
+    "ServerWarning",
     "__version__",
 ]

@@ -13,6 +13,8 @@ import msgspec
 __all__ = [
     "AssociationClosed",
     "Attributes",
+    "ConnectionRefused",
+    "ContextsRefused",
     "CoreConfig",
     "Event",
     "Histogram",
@@ -21,6 +23,8 @@ __all__ = [
     "LoadOptions",
     "LoadReport",
     "ReceiverMetrics",
+    "RefusedContext",
+    "ServerWarning",
     "TlsListener",
 ]
 
@@ -66,6 +70,8 @@ class CoreConfig(msgspec.Struct, frozen=True):
     artim_timeout: float
     #: Seconds; 0 means no idle timeout.
     idle_timeout: float
+    #: Seconds one write may wait for the peer to read.
+    write_timeout: float
     event_queue_size: int
     #: "stored" | "registered"
     ack: str
@@ -171,7 +177,60 @@ class AssociationClosed(msgspec.Struct, tag_field="kind", tag="association"):
     peer_certificate_subject: str = ""
 
 
-Event: TypeAlias = InstanceStored | InstanceFailed | AssociationClosed
+class RefusedContext(msgspec.Struct):
+    """A proposed presentation context that was not accepted."""
+
+    id: int
+    abstract_syntax: str
+    #: The transfer syntaxes proposed with it.
+    transfer_syntaxes: list[str]
+    #: The result sent (PS3.8 table 9-18) in words, e.g. "abstract syntax not supported".
+    reason: str
+
+
+class ContextsRefused(msgspec.Struct, tag_field="kind", tag="contexts-refused"):
+    """An association was accepted with some of its proposed presentation contexts refused
+    (one event per association, once it is established)."""
+
+    association_id: int
+    calling_aet: str
+    called_aet: str
+    peer: str
+    #: How many contexts were accepted; 0 means the association can do nothing.
+    accepted: int
+    refused: list[RefusedContext]
+
+
+class ConnectionRefused(msgspec.Struct, tag_field="kind", tag="refused"):
+    """A connection refused before it became an association (A-ASSOCIATE-RJ, or closed
+    without one) because of a limit of the server."""
+
+    #: "ip:port" of the peer.
+    peer: str
+    #: From its A-ASSOCIATE-RQ; "" when none was read.
+    calling_aet: str
+    called_aet: str
+    #: "over-limit" (OXIDIP_MAX_ASSOCIATIONS) | "open-files" (RLIMIT_NOFILE), the labels of
+    #: ``ReceiverMetrics.associations_refused``
+    reason: str
+    detail: str
+
+
+class ServerWarning(msgspec.Struct, tag_field="kind", tag="warning"):
+    """Something the operator must know about the server itself (e.g. the open-files limit)."""
+
+    message: str
+    detail: str
+
+
+Event: TypeAlias = (
+    InstanceStored
+    | InstanceFailed
+    | AssociationClosed
+    | ContextsRefused
+    | ConnectionRefused
+    | ServerWarning
+)
 
 
 class Histogram(msgspec.Struct, frozen=True):
@@ -198,7 +257,7 @@ class ReceiverMetrics(msgspec.Struct, frozen=True):
     associations_total: int
     #: Ended associations by outcome (``AssociationClosed.outcome``; "other" for new ones).
     associations_closed: dict[str, int]
-    #: Refused associations by reason: "over-limit", "calling-aet", "called-aet",
+    #: Refused associations by reason: "over-limit", "open-files", "calling-aet", "called-aet",
     #: "application-context", "protocol-version", "other".
     associations_refused: dict[str, int]
     instances_stored: int

@@ -114,8 +114,8 @@ class Receiver:
 
 def decode_pdus(stream: bytes, max_pdata_len: int) -> int:
     """Decodes every PDU of a received byte stream as the receiver does (``max_pdata_len``:
-    our announced maximum); returns how many. ValueError on a codec error or a stream ending
-    inside a PDU."""
+    our announced maximum), taking out each PDV of a P-DATA-TF as the handler does; returns
+    how many PDUs. ValueError on a codec error or a stream ending inside a PDU."""
 
 class ExtractedAttributes:
     """Attributes extracted from a data set (``extract_attributes``), kept in Rust."""

@@ -24,7 +24,15 @@ from typing import TypeAlias
 import psycopg
 
 from oxidip import __version__, bench, logs, series_cli
-from oxidip._boundary import AssociationClosed, Event, InstanceFailed, InstanceStored
+from oxidip._boundary import (
+    AssociationClosed,
+    ConnectionRefused,
+    ContextsRefused,
+    Event,
+    InstanceFailed,
+    InstanceStored,
+    ServerWarning,
+)
 from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
 from oxidip.config import (
@@ -68,8 +76,10 @@ EXIT_FAILURE = 1
 
 
 def log_events(batch: list[Event]) -> None:
-    """One INFO line per closed association, a WARNING per failed instance and a DEBUG line per
-    stored instance."""
+    """One INFO line per closed association (a WARNING when it was rejected), a WARNING per
+    failed instance, per connection refused for a limit and per server warning, one line per
+    association whose proposal was partly refused (INFO; a WARNING when nothing was accepted)
+    and a DEBUG line per stored instance."""
     debug = log.isEnabledFor(logging.DEBUG)
     for event in batch:
         if isinstance(event, InstanceStored):
@@ -101,6 +111,19 @@ def log_events(batch: list[Event]) -> None:
                 },
             )
         elif isinstance(event, AssociationClosed):
+            if event.outcome == "rejected":
+                log.warning(
+                    "association rejected",
+                    extra={
+                        "association_id": event.association_id,
+                        "calling_aet": event.calling_aet,
+                        "called_aet": event.called_aet,
+                        "peer": event.peer,
+                        "reason": event.detail,
+                        **_tls_fields(event),
+                    },
+                )
+                continue
             rate = event.bytes_received / event.duration / 1e6 if event.duration > 0 else 0.0
             log.info(
                 "association closed",
@@ -119,6 +142,36 @@ def log_events(batch: list[Event]) -> None:
                     **_tls_fields(event),
                 },
             )
+        elif isinstance(event, ContextsRefused):
+            log.log(
+                logging.INFO if event.accepted else logging.WARNING,
+                "presentation contexts refused",
+                extra={
+                    "association_id": event.association_id,
+                    "calling_aet": event.calling_aet,
+                    "called_aet": event.called_aet,
+                    "peer": event.peer,
+                    "accepted": event.accepted,
+                    "refused": "; ".join(
+                        f"{c.id}: {c.abstract_syntax} ({c.reason};"
+                        f" proposed {', '.join(c.transfer_syntaxes) or 'no transfer syntax'})"
+                        for c in event.refused
+                    ),
+                },
+            )
+        elif isinstance(event, ConnectionRefused):
+            log.warning(
+                "association refused",
+                extra={
+                    "peer": event.peer,
+                    "calling_aet": event.calling_aet,
+                    "called_aet": event.called_aet,
+                    "reason": event.reason,
+                    "detail": event.detail,
+                },
+            )
+        elif isinstance(event, ServerWarning):
+            log.warning(event.message, extra={"detail": event.detail})
 
 
 def _tls_fields(event: AssociationClosed) -> dict[str, object]:

@@ -633,6 +633,13 @@ VARIABLES: tuple[Variable, ...] = (
         "An association that sends nothing for this long is aborted.",
     ),
     Variable(
+        "OXIDIP_WRITE_TIMEOUT",
+        "30",
+        Seconds(_MAX_SECONDS),
+        "How long one write (A-ASSOCIATE-AC/RJ, a response, A-ABORT) may wait for a peer that"
+        " does not read; past it the connection is closed.",
+    ),
+    Variable(
         "OXIDIP_SHUTDOWN_TIMEOUT",
         "30",
         Seconds(_MAX_SECONDS, zero="abort at once"),
@@ -789,6 +796,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     inflate_max_ratio: int
     artim_timeout: float
     idle_timeout: float
+    write_timeout: float
     shutdown_timeout: float
     event_queue: int
     ack: str
@@ -867,6 +875,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             inflate_max_ratio=self.inflate_max_ratio,
             artim_timeout=self.artim_timeout,
             idle_timeout=self.idle_timeout,
+            write_timeout=self.write_timeout,
             event_queue_size=self.event_queue,
             ack=self.ack,
             file_mode=self.file_mode,

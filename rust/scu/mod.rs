@@ -146,7 +146,9 @@ impl Client {
             })
         })
         .await?;
-        let mut conn = Connection::new(transport, 64 * 1024);
+        // Writes are bounded like every wait for the peer: one that stops reading cannot hold
+        // the association (and, forwarding, the instances queued behind it) forever.
+        let mut conn = Connection::new(transport, 64 * 1024, timeout);
         let mut contexts = options.contexts.clone();
         if !contexts.iter().any(|(a, _)| a == VERIFICATION) {
             contexts.push((VERIFICATION.into(), vec![IMPLICIT_VR_LITTLE_ENDIAN.into()]));
@@ -265,15 +267,15 @@ impl Client {
         loop {
             let timeout = self.timeout;
             let pdu = within(timeout, async { Ok(self.conn.read_pdu().await?) }).await;
-            let pdvs = match pdu {
-                Ok(Some(Pdu::PData(pdvs))) => pdvs,
+            let p_data = match pdu {
+                Ok(Some(Pdu::PData(p_data))) => p_data,
                 Ok(Some(Pdu::Abort(a))) => return Err(ScuError::Aborted(a)),
                 Ok(Some(other)) => return self.fail(format!("unexpected {} awaiting a response", other.name())).await,
                 Ok(None) => return Err(ScuError::Io(io::ErrorKind::UnexpectedEof.into())),
                 Err(ScuError::Protocol(m)) => return self.fail(m).await,
                 Err(e) => return Err(e),
             };
-            for pdv in pdvs {
+            for pdv in p_data.iter() {
                 if !pdv.is_command || pdv.context_id != context_id {
                     return self.fail("response PDV not a command on the request's context".into()).await;
                 }
@@ -310,7 +312,7 @@ impl Client {
         self.conn.write_pdu(&Pdu::ReleaseRq).await?;
         let timeout = self.timeout;
         let answer = within(timeout, async { Ok(self.conn.read_pdu().await?) }).await?;
-        self.conn.shutdown().await;
+        self.conn.close().await;
         match answer {
             Some(Pdu::ReleaseRp) => Ok(()),
             Some(Pdu::Abort(a)) => Err(ScuError::Aborted(a)),
@@ -328,7 +330,7 @@ impl Client {
 async fn abort(conn: &mut Connection<Transport>) {
     // The peer may be gone already; nothing to do about a failure.
     let _ = conn.write_pdu(&Pdu::Abort(Abort { source: 0, reason: 0 })).await;
-    conn.shutdown().await;
+    conn.close().await;
 }
 
 async fn within<T>(

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub inflate_max_ratio: u64,
     pub artim_timeout: f64,
     pub idle_timeout: f64,
+    /// Seconds one write may wait for the peer to read (OXIDIP_WRITE_TIMEOUT).
+    pub write_timeout: f64,
     pub event_queue_size: usize,
     /// "stored": answer success once the file is in place (registration follows);
     /// "registered": also wait for Python to confirm its registration.
@@ -110,6 +112,8 @@ pub struct Settings {
     pub inflate: InflateLimits,
     pub artim_timeout: Duration,
     pub idle_timeout: Option<Duration>,
+    /// Bound on every write to a peer; past it the connection is closed.
+    pub write_timeout: Duration,
     /// The largest P-DATA-TF accepted from a peer (see HARD_PDATA_LIMIT).
     pub receive_limit: u32,
     pub max_associations: usize,
@@ -165,6 +169,10 @@ impl ServerConfig {
         };
         let artim_timeout = seconds("artim_timeout", self.artim_timeout)?;
         let idle_timeout = seconds("idle_timeout", self.idle_timeout)?;
+        let write_timeout = seconds("write_timeout", self.write_timeout)?;
+        if write_timeout.is_zero() {
+            return Err("write_timeout: expected seconds > 0, got 0".into());
+        }
         let receive_limit = match (self.max_pdu_length, self.strict) {
             (0, _) => HARD_PDATA_LIMIT,
             (n, true) => n,
@@ -203,6 +211,7 @@ impl ServerConfig {
             inflate,
             artim_timeout,
             idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            write_timeout,
             receive_limit,
             max_associations: self.max_associations,
             event_queue_size: self.event_queue_size,

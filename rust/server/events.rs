@@ -1,7 +1,8 @@
 //! Events the server hands to Python in batches: one per stored instance, per failed
-//! instance and per finished association. The queue is bounded: when Python falls behind,
-//! association tasks wait on `send`, stop reading their sockets, and TCP pushes back on the
-//! senders.
+//! instance and per finished association; one per association whose proposal was partly
+//! refused, per connection refused before it became an association, and warnings about the
+//! server itself. The queue is bounded: when Python falls behind, association tasks wait on
+//! `send`, stop reading their sockets, and TCP pushes back on the senders.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,12 @@ pub enum Event {
     InstanceFailed(InstanceFailed),
     #[serde(rename = "association")]
     AssociationClosed(AssociationClosed),
+    #[serde(rename = "contexts-refused")]
+    ContextsRefused(ContextsRefused),
+    #[serde(rename = "refused")]
+    ConnectionRefused(ConnectionRefused),
+    #[serde(rename = "warning")]
+    ServerWarning(ServerWarning),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +78,49 @@ pub struct AssociationClosed {
     pub peer_certificate_subject: String,
 }
 
+/// An association was accepted with some of its proposed presentation contexts refused:
+/// one event per association, sent once it is established.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextsRefused {
+    pub association_id: u64,
+    pub calling_aet: String,
+    pub called_aet: String,
+    pub peer: String,
+    /// How many contexts were accepted (0: the association can do nothing).
+    pub accepted: usize,
+    pub refused: Vec<RefusedContext>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedContext {
+    pub id: u8,
+    pub abstract_syntax: String,
+    /// The transfer syntaxes proposed with it.
+    pub transfer_syntaxes: Vec<String>,
+    /// The result sent (PS3.8 table 9-18), in words.
+    pub reason: &'static str,
+}
+
+/// A connection answered before it became an association (A-ASSOCIATE-RJ), or closed
+/// without one, because of a limit of this server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionRefused {
+    pub peer: String,
+    /// From the A-ASSOCIATE-RQ; empty when none was read.
+    pub calling_aet: String,
+    pub called_aet: String,
+    /// `metrics::Refusal::label`: "over-limit" (OXIDIP_MAX_ASSOCIATIONS) or "open-files" (RLIMIT_NOFILE).
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Something the operator must know about the server, not about one association.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerWarning {
+    pub message: String,
+    pub detail: String,
+}
+
 /// Seconds since the Unix epoch, as Python's `time.time()`.
 pub fn unix_time(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -92,6 +142,17 @@ impl EventSink {
         if self.tx.send(event).await.is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Queues an event if there is room, else drops it: for reports from a task that must
+    /// never wait on Python (the listener). Returns whether it was queued.
+    pub fn try_send(&self, event: Event) -> bool {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let queued = self.tx.try_send(event).is_ok();
+        if !queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        queued
     }
 }
 

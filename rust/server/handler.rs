@@ -10,6 +10,7 @@
 //! file, handing the event to Python.
 
 use std::fs::File;
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,10 +19,13 @@ use tokio::sync::watch;
 use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsAcceptor;
 
-use super::events::{unix_time, AssociationClosed, Event, InstanceFailed, InstanceStored};
+use super::events::{
+    unix_time, AssociationClosed, ConnectionRefused, ContextsRefused, Event, InstanceFailed, InstanceStored,
+    RefusedContext,
+};
 use super::metrics::Refusal;
 use super::store::{InstanceReception, Outcome, Request, Sender};
-use super::Shared;
+use super::{Phase, Shared};
 use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
@@ -29,10 +33,14 @@ use crate::storage::writer::TempFile;
 use crate::transport::{tls, Transport};
 use crate::ul::association::{self, Association};
 use crate::ul::connection::{Connection, ReadError};
-use crate::ul::pdu::{Abort, Pdu, Pdv};
+use crate::ul::pdu::{Abort, AssociateRq, PData, Pdu, Pdv, PresentationContextResult};
 
 /// Bytes an association's read buffer starts with: an A-ASSOCIATE-RQ or a small P-DATA-TF.
 const INITIAL_READ_BUFFER: usize = 16 * 1024;
+
+/// When the server aborts every association at the end of its shutdown, how long the A-ABORT
+/// may take to leave: the listener gives aborted associations a few seconds in all.
+const SHUTDOWN_ABORT_WRITE: Duration = Duration::from_secs(1);
 
 /// A-ABORT sources and provider reasons (PS3.8 table 9-26).
 const ABORT_SOURCE_USER: u8 = 0;
@@ -51,7 +59,7 @@ enum End {
     Rejected(String),
     Timeout(String),
     ConnectionLost(String),
-    Shutdown,
+    Shutdown(&'static str),
 }
 
 impl End {
@@ -63,19 +71,29 @@ impl End {
             End::Rejected(d) => ("rejected", d.clone()),
             End::Timeout(d) => ("timeout", d.clone()),
             End::ConnectionLost(d) => ("connection-lost", d.clone()),
-            End::Shutdown => ("shutdown", "receiver stopping".into()),
+            End::Shutdown(detail) => ("shutdown", detail.to_string()),
+        }
+    }
+
+    /// A write that failed: the peer did not read in time, or is gone.
+    fn write_failed(e: io::Error) -> End {
+        match e.kind() {
+            io::ErrorKind::TimedOut => End::Timeout(e.to_string()),
+            _ => End::ConnectionLost(e.to_string()),
         }
     }
 }
 
-/// A protocol violation: answered with an A-ABORT from the service provider.
-struct Violation {
-    reason: u8,
-    detail: String,
+/// Why serving an established association stops before its release.
+enum Stop {
+    /// A protocol violation: answered with an A-ABORT from the service provider.
+    Violation { reason: u8, detail: String },
+    /// Writing to the peer failed or timed out: nothing more can be sent.
+    WriteFailed(io::Error),
 }
 
-fn violation(reason: u8, detail: impl Into<String>) -> Violation {
-    Violation { reason, detail: detail.into() }
+fn violation(reason: u8, detail: impl Into<String>) -> Stop {
+    Stop::Violation { reason, detail: detail.into() }
 }
 
 /// The DIMSE message being reassembled (PS3.7 §8.1, PS3.8 annex E).
@@ -135,15 +153,15 @@ pub async fn serve_connection(
     shared: Arc<Shared>,
     id: u64,
     peer: String,
-    mut abort: watch::Receiver<bool>,
+    mut phase: watch::Receiver<Phase>,
 ) {
     let accepted = Accepted::now(shared.settings.artim_timeout);
     let transport = match tls {
         None => Ok(Transport::Plain(tcp)),
-        Some(acceptor) => handshake(&acceptor, tcp, accepted.artim_deadline, &mut abort).await,
+        Some(acceptor) => handshake(&acceptor, tcp, accepted.artim_deadline, &mut phase).await,
     };
     match transport {
-        Ok(transport) => Handler::new(transport, shared, id, peer, abort, accepted).run().await,
+        Ok(transport) => Handler::new(transport, shared, id, peer, phase, accepted).run().await,
         Err(end) => {
             let identity = PeerIdentity {
                 id,
@@ -159,12 +177,13 @@ pub async fn serve_connection(
     }
 }
 
-/// The server's side of the TLS handshake, bounded by the ARTIM timer and the shutdown abort.
+/// The server's side of the TLS handshake, bounded by the ARTIM timer; a connection still in
+/// its handshake when the server begins to stop is closed at once (not an association yet).
 async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     deadline: Deadline,
-    abort: &mut watch::Receiver<bool>,
+    phase: &mut watch::Receiver<Phase>,
 ) -> Result<Transport, End> {
     tokio::select! {
         result = tokio::time::timeout_at(deadline, tls::accept(acceptor, tcp)) => match result {
@@ -172,7 +191,9 @@ async fn handshake(
             Ok(Err(e)) => Err(End::Rejected(format!("TLS handshake failed: {e}"))),
             Err(_) => Err(End::Timeout("no TLS handshake before the ARTIM timer expired".into())),
         },
-        _ = abort_requested(abort) => Err(End::Shutdown),
+        () = phase_reached(phase, Phase::Draining) => {
+            Err(End::Shutdown("receiver stopping: closed during the TLS handshake"))
+        }
     }
 }
 
@@ -205,7 +226,9 @@ pub struct Handler {
     shared: Arc<Shared>,
     id: u64,
     peer: String,
-    abort: watch::Receiver<bool>,
+    /// The server's phase: draining closes a connection still waiting for its
+    /// A-ASSOCIATE-RQ, aborting ends every association wherever it waits.
+    phase: watch::Receiver<Phase>,
     accepted: Accepted,
     /// The peer certificate's subject, read once after the handshake ("" without one).
     certificate_subject: String,
@@ -225,18 +248,18 @@ impl Handler {
         shared: Arc<Shared>,
         id: u64,
         peer: String,
-        abort: watch::Receiver<bool>,
+        phase: watch::Receiver<Phase>,
         accepted: Accepted,
     ) -> Self {
         Handler {
             certificate_subject: transport.peer_certificate_subject(),
             // The read buffer grows to the largest PDU the peer sends (the codec bounds it):
             // an association that stays idle, or sends only small PDUs, keeps it small.
-            conn: Connection::new(transport, INITIAL_READ_BUFFER),
+            conn: Connection::new(transport, INITIAL_READ_BUFFER, shared.settings.write_timeout),
             shared,
             id,
             peer,
-            abort,
+            phase,
             accepted,
             calling_aet: String::new(),
             called_aet: String::new(),
@@ -247,15 +270,24 @@ impl Handler {
         }
     }
 
-    /// Serves the association to its end and reports it.
+    /// Serves the association to its end and reports it. When the server aborts everything,
+    /// serving stops wherever it waits (a read, a write, the event queue, a registration).
     async fn run(mut self) {
         self.shared.metrics.association_opened();
-        let end = self.serve().await;
+        let mut phase = self.phase.clone();
+        let served = tokio::select! {
+            end = self.serve() => Some(end),
+            () = phase_reached(&mut phase, Phase::Aborting) => None,
+        };
+        let end = match served {
+            Some(end) => end,
+            None => self.abort_for_shutdown().await,
+        };
         // Aborts, lost connections: gone before the association is reported closed.
         self.discard_temp_files();
         // Over TLS, closing writes a close_notify alert, which a peer that stopped reading
-        // could hold up: bounded like the wait for the peer to close (PS3.8 ARTIM).
-        let _ = tokio::time::timeout(self.shared.settings.artim_timeout, self.conn.shutdown()).await;
+        // could hold up: bounded by the write timeout (`Connection::close`).
+        self.conn.close().await;
         self.shared.metrics.association_closed(end.outcome().0);
         let identity = PeerIdentity {
             id: self.id,
@@ -279,7 +311,7 @@ impl Handler {
                 Err(end) => return end,
             };
             let result = match pdu {
-                Pdu::PData(pdvs) => self.on_pdata(pdvs).await,
+                Pdu::PData(p_data) => self.on_pdata(p_data).await,
                 Pdu::ReleaseRq => {
                     // A release while a message is half received drops that message: the
                     // peer gave up on it (PS3.8 §7.2). A peer that has the A-RELEASE-RP
@@ -287,7 +319,7 @@ impl Handler {
                     self.discard_temp_files();
                     return match self.conn.write_pdu(&Pdu::ReleaseRp).await {
                         Ok(()) => End::Released,
-                        Err(e) => End::ConnectionLost(e.to_string()),
+                        Err(e) => End::write_failed(e),
                     };
                 }
                 Pdu::Abort(_) => return End::AbortedByPeer,
@@ -295,22 +327,41 @@ impl Handler {
                     Err(violation(REASON_UNEXPECTED_PDU, format!("unexpected {} after association", other.name())))
                 }
             };
-            if let Err(v) = result {
-                return self.abort(v).await;
+            if let Err(stop) = result {
+                return match stop {
+                    Stop::Violation { reason, detail } => self.abort(reason, detail).await,
+                    Stop::WriteFailed(e) => End::write_failed(e),
+                };
             }
         }
     }
 
-    /// Reads the A-ASSOCIATE-RQ under the ARTIM timer (PS3.8 §9.1.5) and answers it.
+    /// The end of the server's shutdown grace period: an A-ABORT (from us as service user,
+    /// PS3.8 §7.3.1), unless a write to this peer is stuck half done.
+    async fn abort_for_shutdown(&mut self) -> End {
+        let abort = Pdu::Abort(Abort { source: ABORT_SOURCE_USER, reason: REASON_NOT_SPECIFIED });
+        let _ = tokio::time::timeout(SHUTDOWN_ABORT_WRITE, self.conn.write_pdu(&abort)).await;
+        End::Shutdown("receiver stopping: association aborted")
+    }
+
+    /// Reads the A-ASSOCIATE-RQ under the ARTIM timer (PS3.8 §9.1.5) and answers it. A
+    /// connection that has sent none when the server begins to stop is closed at once: it is
+    /// not an association yet, and nothing of it is lost.
     async fn establish(&mut self) -> Result<(), End> {
-        let rq = match tokio::time::timeout_at(self.accepted.artim_deadline, self.conn.read_pdu()).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(self.accepted.artim_deadline, self.conn.read_pdu()) => read,
+            () = phase_reached(&mut self.phase, Phase::Draining) => {
+                return Err(End::Shutdown("receiver stopping: closed before A-ASSOCIATE-RQ"));
+            }
+        };
+        let rq = match read {
             Err(_) => return Err(End::Timeout("no A-ASSOCIATE-RQ before the ARTIM timer expired".into())),
             Ok(Ok(None)) => return Err(End::ConnectionLost("closed before A-ASSOCIATE-RQ".into())),
             Ok(Err(e)) => return Err(self.read_failed(e).await),
             Ok(Ok(Some(Pdu::AssociateRq(rq)))) => rq,
             Ok(Ok(Some(other))) => {
-                let v = violation(REASON_UNEXPECTED_PDU, format!("{} before A-ASSOCIATE-RQ", other.name()));
-                return Err(self.abort(v).await);
+                let detail = format!("{} before A-ASSOCIATE-RQ", other.name());
+                return Err(self.abort(REASON_UNEXPECTED_PDU, detail).await);
             }
         };
         self.calling_aet = rq.calling_ae_title.clone();
@@ -318,42 +369,62 @@ impl Handler {
         match association::negotiate(&rq, &self.shared.settings.acceptor) {
             Ok(assoc) => {
                 let sent = self.conn.write_pdu(&Pdu::AssociateAc(assoc.accept.clone())).await;
+                let refused = self.refused_contexts(&rq, &assoc);
                 self.association = Some(assoc);
-                sent.map_err(|e| End::ConnectionLost(e.to_string()))?;
+                sent.map_err(End::write_failed)?;
                 self.conn.set_max_pdata_len(self.shared.settings.receive_limit);
+                if let Some(event) = refused {
+                    self.shared.events.send(event).await;
+                }
                 Ok(())
             }
             Err(rj) => {
                 self.shared.metrics.association_refused(Refusal::of(&rj));
                 let _ = self.conn.write_pdu(&Pdu::AssociateRj(rj)).await;
-                Err(End::Rejected(format!(
-                    "called {:?} by {:?}: result {}, source {}, reason {}",
-                    rq.called_ae_title, rq.calling_ae_title, rj.result, rj.source, rj.reason
-                )))
+                Err(End::Rejected(association::rejection_reason(&rj, &rq, &self.shared.settings.acceptor)))
             }
         }
     }
 
-    /// The next PDU, under the idle timeout, unless the server is aborting everything.
+    /// The report of the presentation contexts refused in an accepted association, if any:
+    /// one event per association, so that a sender that cannot store some SOP class is seen
+    /// in the log with why, without a line per context.
+    fn refused_contexts(&self, rq: &AssociateRq, assoc: &Association) -> Option<Event> {
+        let results = &assoc.accept.presentation_contexts;
+        let refused: Vec<RefusedContext> = rq
+            .presentation_contexts
+            .iter()
+            .zip(results)
+            .filter(|(_, ac)| ac.result != PresentationContextResult::Acceptance)
+            .map(|(proposed, ac)| RefusedContext {
+                id: proposed.id,
+                abstract_syntax: proposed.abstract_syntax.clone(),
+                transfer_syntaxes: proposed.transfer_syntaxes.clone(),
+                reason: ac.result.description(),
+            })
+            .collect();
+        (!refused.is_empty()).then(|| {
+            Event::ContextsRefused(ContextsRefused {
+                association_id: self.id,
+                calling_aet: rq.calling_ae_title.clone(),
+                called_aet: rq.called_ae_title.clone(),
+                peer: self.peer.clone(),
+                accepted: results.len() - refused.len(),
+                refused,
+            })
+        })
+    }
+
+    /// The next PDU, under the idle timeout.
     async fn next_pdu(&mut self) -> Result<Pdu, End> {
         let idle = self.shared.settings.idle_timeout;
-        let read = async {
-            match idle {
-                Some(limit) => tokio::time::timeout(limit, self.conn.read_pdu()).await.ok(),
-                None => Some(self.conn.read_pdu().await),
-            }
-        };
-        let result = tokio::select! {
-            r = read => r,
-            _ = abort_requested(&mut self.abort) => {
-                let _ = self.conn.write_pdu(&Pdu::Abort(Abort { source: ABORT_SOURCE_USER, reason: 0 })).await;
-                return Err(End::Shutdown);
-            }
+        let result = match idle {
+            Some(limit) => tokio::time::timeout(limit, self.conn.read_pdu()).await.ok(),
+            None => Some(self.conn.read_pdu().await),
         };
         match result {
             None => {
-                let v = violation(REASON_NOT_SPECIFIED, "idle timeout");
-                self.abort(v).await;
+                self.abort(REASON_NOT_SPECIFIED, "idle timeout".into()).await;
                 Err(End::Timeout("idle timeout".into()))
             }
             Some(Ok(Some(pdu))) => Ok(pdu),
@@ -364,28 +435,28 @@ impl Handler {
 
     async fn read_failed(&mut self, e: ReadError) -> End {
         match e {
-            ReadError::Protocol(codec_error) => {
-                self.abort(violation(codec_error.abort_reason(), codec_error.to_string())).await
-            }
+            ReadError::Protocol(codec_error) => self.abort(codec_error.abort_reason(), codec_error.to_string()).await,
             ReadError::Io(io) => End::ConnectionLost(io.to_string()),
         }
     }
 
-    /// Sends an A-ABORT from the service provider (PS3.8 §7.3.1).
-    async fn abort(&mut self, v: Violation) -> End {
-        let _ = self.conn.write_pdu(&Pdu::Abort(Abort { source: ABORT_SOURCE_PROVIDER, reason: v.reason })).await;
-        End::Aborted(v.detail)
+    /// Sends an A-ABORT from the service provider (PS3.8 §7.3.1) for a protocol violation.
+    async fn abort(&mut self, reason: u8, detail: String) -> End {
+        let _ = self.conn.write_pdu(&Pdu::Abort(Abort { source: ABORT_SOURCE_PROVIDER, reason })).await;
+        End::Aborted(detail)
     }
 
-    async fn on_pdata(&mut self, pdvs: Vec<Pdv>) -> Result<(), Violation> {
-        for pdv in pdvs {
+    /// The PDVs of one P-DATA-TF, in order, taken from the PDU one at a time (never
+    /// collected: see `PData`).
+    async fn on_pdata(&mut self, p_data: PData) -> Result<(), Stop> {
+        for pdv in p_data.iter() {
             self.on_pdv(pdv).await?;
         }
         Ok(())
     }
 
     /// One PDV: command fragments are collected, data fragments streamed (PS3.8 annex E).
-    async fn on_pdv(&mut self, pdv: Pdv) -> Result<(), Violation> {
+    async fn on_pdv(&mut self, pdv: Pdv) -> Result<(), Stop> {
         let association = self.association.as_ref().expect("established before P-DATA");
         if association.context(pdv.context_id).is_none() {
             return Err(violation(
@@ -427,12 +498,7 @@ impl Handler {
         Ok(())
     }
 
-    async fn on_command_fragment(
-        &mut self,
-        context_id: u8,
-        mut bytes: Vec<u8>,
-        pdv: Pdv,
-    ) -> Result<Incoming, Violation> {
+    async fn on_command_fragment(&mut self, context_id: u8, mut bytes: Vec<u8>, pdv: Pdv) -> Result<Incoming, Stop> {
         if bytes.len() + pdv.data.len() > MAX_COMMAND_LEN {
             return Err(violation(REASON_INVALID_PARAMETER, "command set larger than 64 KiB"));
         }
@@ -446,7 +512,7 @@ impl Handler {
     }
 
     /// Starts serving a complete request (PS3.7 §9.1).
-    async fn dispatch(&mut self, context_id: u8, command: CommandSet) -> Result<Incoming, Violation> {
+    async fn dispatch(&mut self, context_id: u8, command: CommandSet) -> Result<Incoming, Stop> {
         let message_id = command.message_id().unwrap_or(0);
         let sop_class_uid = command.affected_sop_class_uid().unwrap_or_default();
         match command.command_field() {
@@ -511,7 +577,7 @@ impl Handler {
 
     /// The data set is complete: store it, journal it, answer, and report it. With
     /// `ack=registered` the answer also waits for Python to register the instance.
-    async fn finish_store(&mut self, reception: InstanceReception) -> Result<(), Violation> {
+    async fn finish_store(&mut self, reception: InstanceReception) -> Result<(), Stop> {
         let (message_id, context_id) = (reception.request.message_id, reception.request.context_id);
         let sop_class_uid = reception.request.sop_class_uid.clone();
         let sop_instance_uid = reception.request.sop_instance_uid.clone();
@@ -603,7 +669,7 @@ impl Handler {
     }
 
     /// Sends the C-STORE-RSP and counts the outcome.
-    async fn answer(&mut self, reply: &Reply<'_>, st: &Status) -> Result<(), Violation> {
+    async fn answer(&mut self, reply: &Reply<'_>, st: &Status) -> Result<(), Stop> {
         let rsp = command::response(
             field::C_STORE_RSP,
             reply.message_id,
@@ -621,12 +687,9 @@ impl Handler {
         Ok(())
     }
 
-    async fn send_command(&mut self, context_id: u8, command: &CommandSet) -> Result<(), Violation> {
+    async fn send_command(&mut self, context_id: u8, command: &CommandSet) -> Result<(), Stop> {
         let peer_max = self.association.as_ref().map_or(0, |a| a.peer_max_pdu_length);
-        self.conn
-            .write_message(context_id, &command.encode(), None, peer_max)
-            .await
-            .map_err(|e| violation(REASON_NOT_SPECIFIED, format!("sending a response failed: {e}")))
+        self.conn.write_message(context_id, &command.encode(), None, peer_max).await.map_err(Stop::WriteFailed)
     }
 }
 
@@ -640,33 +703,75 @@ struct Reply<'a> {
     received_at: SystemTime,
 }
 
-/// Resolves once the server asks every association to abort (never, if it cannot anymore).
-async fn abort_requested(abort: &mut watch::Receiver<bool>) {
-    if abort.wait_for(|abort| *abort).await.is_err() {
-        std::future::pending::<()>().await;
+/// Resolves once the server's phase is `target` or later, or once the server is gone.
+pub(super) async fn phase_reached(phase: &mut watch::Receiver<Phase>, target: Phase) {
+    let _ = phase.wait_for(|now| *now >= target).await;
+}
+
+/// Why a connection refused for a limit of this server was refused, in words.
+fn refusal_detail(refusal: Refusal, settings: &super::config::Settings) -> String {
+    match refusal {
+        Refusal::OpenFiles => "no file descriptor left for another association (RLIMIT_NOFILE)".into(),
+        _ => format!("all {} association slots are taken (OXIDIP_MAX_ASSOCIATIONS)", settings.max_associations),
     }
 }
 
-/// Sends A-ASSOCIATE-RJ (transient, presentation-related, local limit exceeded: PS3.8 table
-/// 9-21) to a peer that came when every association slot was taken. The RQ is read first
-/// (under ARTIM, after the TLS handshake on the TLS port): a rejection answers a request.
-pub async fn reject_over_limit(tcp: TcpStream, tls: Option<TlsAcceptor>, artim: Duration) {
-    let deadline = Deadline::now() + artim;
+/// Answers a connection the server cannot serve (every slot taken, `Refusal::OverLimit`, or
+/// no file descriptor left, `Refusal::OpenFiles`) with an A-ASSOCIATE-RJ (transient,
+/// presentation-related, local limit exceeded: PS3.8 table 9-21), closes it and returns the
+/// report. The RQ is read first (under ARTIM, after the TLS handshake on the TLS port): a
+/// rejection answers a request. A server that begins to stop closes the connection at once
+/// instead, and reports nothing.
+pub async fn refuse(
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    peer: String,
+    refusal: Refusal,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+) -> Option<ConnectionRefused> {
+    let settings = &shared.settings;
+    let deadline = Deadline::now() + settings.artim_timeout;
+    let mut refused = ConnectionRefused {
+        peer,
+        calling_aet: String::new(),
+        called_aet: String::new(),
+        reason: refusal.label(),
+        detail: refusal_detail(refusal, settings),
+    };
     let transport = match tls {
         None => Transport::Plain(tcp),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, tls::accept(&acceptor, tcp)).await {
-            Ok(Ok(transport)) => transport,
-            _ => return,
+        Some(acceptor) => match handshake(&acceptor, tcp, deadline, &mut phase).await {
+            Ok(transport) => transport,
+            Err(End::Shutdown(_)) => return None,
+            Err(_) => {
+                refused.detail += "; closed without an answer: no TLS handshake";
+                return Some(refused);
+            }
         },
     };
-    let mut conn = Connection::new(transport, 16 * 1024);
-    if let Ok(Ok(Some(Pdu::AssociateRq(_)))) = tokio::time::timeout_at(deadline, conn.read_pdu()).await {
+    let mut conn = Connection::new(transport, INITIAL_READ_BUFFER, settings.write_timeout);
+    let read = tokio::select! {
+        read = tokio::time::timeout_at(deadline, conn.read_pdu()) => read,
+        () = phase_reached(&mut phase, Phase::Draining) => {
+            conn.close().await;
+            return None;
+        }
+    };
+    if let Ok(Ok(Some(Pdu::AssociateRq(rq)))) = read {
+        refused.calling_aet = rq.calling_ae_title;
+        refused.called_aet = rq.called_ae_title;
         let rj = crate::ul::pdu::AssociateRj {
             result: association::REJECTED_TRANSIENT,
             source: association::SOURCE_SERVICE_PROVIDER_PRESENTATION,
             reason: association::REASON_LOCAL_LIMIT_EXCEEDED,
         };
-        let _ = conn.write_pdu(&Pdu::AssociateRj(rj)).await;
+        if let Err(e) = conn.write_pdu(&Pdu::AssociateRj(rj)).await {
+            refused.detail += &format!("; the A-ASSOCIATE-RJ could not be sent: {e}");
+        }
+    } else {
+        refused.detail += "; closed without an answer: no A-ASSOCIATE-RQ came";
     }
-    conn.shutdown().await;
+    conn.close().await;
+    Some(refused)
 }

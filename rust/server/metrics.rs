@@ -33,10 +33,11 @@ const OUTCOMES: [&str; 7] =
     ["released", "aborted-by-peer", "aborted", "rejected", "timeout", "connection-lost", "shutdown"];
 
 /// Why an association was refused: an A-ASSOCIATE-RJ's source and reason (PS3.8 table 9-21),
-/// or every slot taken (`OXIDIP_MAX_ASSOCIATIONS`).
+/// every slot taken (`OXIDIP_MAX_ASSOCIATIONS`), or no file descriptor left (RLIMIT_NOFILE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     OverLimit,
+    OpenFiles,
     CallingAeTitle,
     CalledAeTitle,
     ApplicationContext,
@@ -45,8 +46,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 7] = [
         Refusal::OverLimit,
+        Refusal::OpenFiles,
         Refusal::CallingAeTitle,
         Refusal::CalledAeTitle,
         Refusal::ApplicationContext,
@@ -58,6 +60,7 @@ impl Refusal {
     pub fn label(self) -> &'static str {
         match self {
             Refusal::OverLimit => "over-limit",
+            Refusal::OpenFiles => "open-files",
             Refusal::CallingAeTitle => "calling-aet",
             Refusal::CalledAeTitle => "called-aet",
             Refusal::ApplicationContext => "application-context",

@@ -5,6 +5,7 @@ pub mod events;
 mod handler;
 mod listener;
 pub mod metrics;
+mod open_files;
 mod store;
 
 use std::io;
@@ -21,6 +22,17 @@ use crate::storage::writer::{Storage, StorageOptions};
 use config::Settings;
 use events::{EventSink, EventStream};
 use metrics::{Metrics, MetricsSnapshot};
+
+/// Where the server is in its life; later phases compare greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    /// Stopped accepting: connections that are not associations yet are closed, running
+    /// associations may finish within the grace period.
+    Draining,
+    /// The grace period is over: every association is aborted wherever it waits.
+    Aborting,
+}
 
 /// What every association task shares.
 pub struct Shared {
@@ -91,17 +103,20 @@ impl Server {
             listener::Sockets { plain: plain.map(tokio::net::TcpListener::from_std).transpose()?, tls }
         };
         let (sink, stream) = events::channel(settings.event_queue_size);
+        if let Some(warning) = open_files::raise_limit(settings.max_associations) {
+            sink.try_send(events::Event::ServerWarning(warning));
+        }
         let slots = Arc::new(Semaphore::new(settings.max_associations));
         let queued = stream.queued_counter();
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared { settings, storage: storage.clone(), events: sink, metrics: metrics.clone() });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
-        let (abort, _) = watch::channel(false);
+        let (phase, _) = watch::channel(Phase::Serving);
         // Bound and listening already: connections queue in the backlog until the listener
         // task takes them, so `/healthz` may say so before `start` returns.
         metrics.set_listening(true);
-        let listener = listener::Listener { shared, slots, abort, stop: stop.clone(), grace: grace.clone() };
+        let listener = listener::Listener { shared, slots, phase, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(sockets));
         Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued }, stream))
     }

@@ -40,6 +40,7 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
         inflate_max_ratio: 200,
         artim_timeout: 5.0,
         idle_timeout: 5.0,
+        write_timeout: 5.0,
         event_queue_size: 100,
         ack: "stored".into(),
         file_mode: 0o640,
@@ -79,7 +80,7 @@ struct Scu {
 impl Scu {
     async fn associate(port: u16, called: &str) -> (Scu, Pdu) {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut conn = Connection::new(stream, 16384);
+        let mut conn = Connection::new(stream, 16384, Duration::from_secs(5));
         let rq = AssociateRq {
             protocol_version: 1,
             called_ae_title: called.into(),
@@ -106,12 +107,12 @@ impl Scu {
 
     async fn pdv(&mut self, context_id: u8, is_command: bool, is_last: bool, data: &[u8]) {
         let pdv = Pdv { context_id, is_command, is_last, data: Bytes::copy_from_slice(data) };
-        self.conn.write_pdu(&Pdu::PData(vec![pdv])).await.unwrap();
+        self.conn.write_pdu(&Pdu::PData(PData::new(&[pdv]))).await.unwrap();
     }
 
     async fn response(&mut self) -> CommandSet {
         match self.conn.read_pdu().await.unwrap().unwrap() {
-            Pdu::PData(pdvs) => CommandSet::decode(&pdvs[0].data).unwrap(),
+            Pdu::PData(p_data) => CommandSet::decode(&p_data.iter().next().unwrap().data).unwrap(),
             other => panic!("expected a response, got {other:?}"),
         }
     }
@@ -180,6 +181,7 @@ fn echo_store_and_release() {
             Event::InstanceStored(_) => "stored",
             Event::InstanceFailed(_) => "failed",
             Event::AssociationClosed(c) => c.outcome,
+            other => panic!("unexpected {other:?}"),
         })
         .collect();
     assert_eq!(kinds, vec!["stored", "failed", "released"]);
@@ -231,6 +233,33 @@ fn stop_ends_the_event_stream() {
     let (server, mut events) = Server::start(config(root.path()).settings().unwrap()).unwrap();
     server.stop(Duration::from_secs(1));
     assert!(events.next_batch(server.runtime().handle(), 10, Duration::from_secs(10), Duration::ZERO).is_none());
+}
+
+#[test]
+fn stop_closes_connections_that_sent_no_request_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let config = ServerConfig { artim_timeout: 600.0, ..config(root.path()) };
+    let (server, mut events) = Server::start(config.settings().unwrap()).unwrap();
+    let port = server.port();
+    let handle = server.runtime().handle().clone();
+    let silent = handle.block_on(async move {
+        let silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // Accepted in order: once a later connection is an association, the silent one is
+        // in its handler, waiting for an A-ASSOCIATE-RQ.
+        let (mut scu, _) = Scu::associate(port, "OXIDIP").await;
+        scu.conn.write_pdu(&Pdu::ReleaseRq).await.unwrap();
+        assert_eq!(scu.conn.read_pdu().await.unwrap(), Some(Pdu::ReleaseRp));
+        silent
+    });
+    server.stop(Duration::from_secs(600));
+    let closed = events_until_closed(&server, &mut events, 2);
+    let outcomes: Vec<(&str, &str)> = closed
+        .iter()
+        .filter_map(|e| if let Event::AssociationClosed(c) = e { Some((c.outcome, c.detail.as_str())) } else { None })
+        .collect();
+    assert_eq!(outcomes, [("released", ""), ("shutdown", "receiver stopping: closed before A-ASSOCIATE-RQ")]);
+    assert!(events.next_batch(&handle, 10, Duration::from_secs(30), Duration::ZERO).is_none());
+    drop(silent);
 }
 
 #[test]

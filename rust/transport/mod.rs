@@ -3,6 +3,7 @@
 //! one type each, and the TCP socket stays reachable (`tcp`) for socket options whichever
 //! it is.
 
+pub mod stream;
 pub mod tls;
 
 use std::io::{self, IoSlice};
@@ -11,6 +12,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+
+pub use stream::ByteStream;
 
 /// Bytes read from the socket at once under TLS. rustls reads 4 KiB per call: a 512 KiB CT
 /// slice would take 128 read syscalls, which cost more than copying it once more.

@@ -128,6 +128,27 @@ fn check_request(rq: &AssociateRq, policy: &AcceptorPolicy) -> Result<(), Associ
     Ok(())
 }
 
+/// Why a request was rejected, in words, for the log: what `check_request` found, with the
+/// values involved and the A-ASSOCIATE-RJ fields sent (PS3.8 table 9-21).
+pub fn rejection_reason(rj: &AssociateRj, rq: &AssociateRq, policy: &AcceptorPolicy) -> String {
+    let why = match (rj.source, rj.reason) {
+        (SOURCE_SERVICE_PROVIDER_ACSE, REASON_PROTOCOL_VERSION_NOT_SUPPORTED) => {
+            format!("protocol version {:#06x} not supported", rq.protocol_version)
+        }
+        (SOURCE_SERVICE_USER, REASON_APPLICATION_CONTEXT_NOT_SUPPORTED) => {
+            format!("application context name {:?} not supported", rq.application_context)
+        }
+        (SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED) => {
+            format!("called AE title {:?} not recognized (ours is {:?})", rq.called_ae_title, policy.ae_title)
+        }
+        (SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED) => {
+            format!("calling AE title {:?} not among the allowed calling AE titles", rq.calling_ae_title)
+        }
+        _ => "rejected".to_string(),
+    };
+    format!("{why} (A-ASSOCIATE-RJ result {}, source {}, reason {})", rj.result, rj.source, rj.reason)
+}
+
 /// Result and transfer syntax for one proposed presentation context (PS3.8 table 9-18).
 fn decide_context(
     abstract_syntax: &str,
@@ -267,6 +288,25 @@ mod tests {
         let mut foreign = request(&[]);
         foreign.application_context = "1.2.3".into();
         assert_eq!(negotiate(&foreign, &policy()).unwrap_err(), AssociateRj { result: 1, source: 1, reason: 2 });
+    }
+
+    #[test]
+    fn rejections_are_explained_with_the_values_involved() {
+        let enforcing = AcceptorPolicy {
+            enforce_called_ae_title: true,
+            allowed_calling_ae_titles: vec!["PACS".into()],
+            ..policy()
+        };
+        let mut rq = request(&[]);
+        rq.called_ae_title = "SOMEONE".into();
+        let rj = negotiate(&rq, &enforcing).unwrap_err();
+        assert_eq!(
+            rejection_reason(&rj, &rq, &enforcing),
+            r#"called AE title "SOMEONE" not recognized (ours is "OXIDIP") (A-ASSOCIATE-RJ result 1, source 1, reason 7)"#
+        );
+        rq.called_ae_title = "OXIDIP".into();
+        let rj = negotiate(&rq, &enforcing).unwrap_err();
+        assert!(rejection_reason(&rj, &rq, &enforcing).starts_with(r#"calling AE title "STORESCU" not among"#));
     }
 
     #[test]

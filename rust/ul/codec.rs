@@ -202,7 +202,7 @@ fn decode_body(pdu_type: PduType, body: Bytes) -> Result<Pdu, CodecError> {
             let [_, result, source, reason] = fixed_body(&body, name)?;
             Pdu::AssociateRj(AssociateRj { result, source, reason })
         }
-        PduType::PDataTf => Pdu::PData(decode_p_data(&body)?),
+        PduType::PDataTf => Pdu::PData(decode_p_data(body)?),
         PduType::ReleaseRq => {
             fixed_body(&body, name)?;
             Pdu::ReleaseRq
@@ -224,35 +224,69 @@ fn fixed_body(body: &[u8], name: &'static str) -> Result<[u8; 4], CodecError> {
 }
 
 /// The PDV items of a P-DATA-TF (PS3.8 §9.3.5): their lengths must add up exactly to the
-/// PDU's, and there must be at least one. Each PDV's data is a slice of `body`.
-fn decode_p_data(body: &Bytes) -> Result<Vec<Pdv>, CodecError> {
-    let invalid = || CodecError::InvalidLength { field: "PDV item" };
-    let mut pdvs = Vec::with_capacity(1);
-    let mut offset = 0;
-    while let Some(rest) = body.get(offset..).filter(|rest| !rest.is_empty()) {
-        let Some(&[l0, l1, l2, l3, context_id, message_control_header]) = rest.first_chunk::<PDV_HEADER_LEN>() else {
-            return Err(invalid());
-        };
-        // The item length counts the context ID and the message control header, so it is at
-        // least 2 (PS3.8 §9.3.5.1).
-        let data_len = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3]))
-            .ok()
-            .and_then(|len| len.checked_sub(2))
-            .filter(|&len| len <= rest.len() - PDV_HEADER_LEN)
-            .ok_or_else(invalid)?;
-        let data_start = offset + PDV_HEADER_LEN;
-        pdvs.push(Pdv {
+/// PDU's, and there must be at least one. Checked here, in one pass that allocates nothing, so
+/// that `PData::iter` can hand them out later without checking again.
+fn decode_p_data(body: Bytes) -> Result<PData, CodecError> {
+    let mut rest = &body[..];
+    if rest.is_empty() {
+        return Err(CodecError::InvalidLength { field: "P-DATA-TF" });
+    }
+    while !rest.is_empty() {
+        let (_, _, data_len) = pdv_header(rest).ok_or(CodecError::InvalidLength { field: "PDV item" })?;
+        rest = &rest[PDV_HEADER_LEN + data_len..];
+    }
+    Ok(PData { items: body })
+}
+
+/// Context ID, message control header and data length of the PDV item at the front of
+/// `items`, if its header and data fit there. The item length counts the context ID and the
+/// message control header, so it is at least 2 (PS3.8 §9.3.5.1).
+fn pdv_header(items: &[u8]) -> Option<(u8, u8, usize)> {
+    let &[l0, l1, l2, l3, context_id, message_control_header] = items.first_chunk::<PDV_HEADER_LEN>()?;
+    let data_len = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3]))
+        .ok()?
+        .checked_sub(2)
+        .filter(|&len| len <= items.len() - PDV_HEADER_LEN)?;
+    Some((context_id, message_control_header, data_len))
+}
+
+impl PData {
+    /// A P-DATA-TF carrying `pdvs`, to send. A PDV over 4 GiB cannot be expressed and is left
+    /// out (its PDU could not be either).
+    pub fn new(pdvs: &[Pdv]) -> PData {
+        let mut items = BytesMut::with_capacity(pdvs.iter().map(|pdv| PDV_HEADER_LEN + pdv.data.len()).sum());
+        pdvs.iter().for_each(|pdv| put_pdv(&mut items, pdv));
+        PData { items: items.freeze() }
+    }
+
+    /// The PDVs in order; each one's data is a slice of the received PDU, never copied.
+    pub fn iter(&self) -> Pdvs<'_> {
+        Pdvs { items: &self.items, offset: 0 }
+    }
+}
+
+/// The PDVs of a `PData`, read as they are asked for.
+pub struct Pdvs<'a> {
+    items: &'a Bytes,
+    offset: usize,
+}
+
+impl Iterator for Pdvs<'_> {
+    type Item = Pdv;
+
+    fn next(&mut self) -> Option<Pdv> {
+        // The items were checked when the PDU was decoded (or built by `PData::new`): a
+        // header that does not fit can only be the end.
+        let (context_id, message_control_header, data_len) = pdv_header(self.items.get(self.offset..)?)?;
+        let start = self.offset + PDV_HEADER_LEN;
+        self.offset = start + data_len;
+        Some(Pdv {
             context_id,
             is_command: message_control_header & MCH_COMMAND != 0,
             is_last: message_control_header & MCH_LAST != 0,
-            data: body.slice(data_start..data_start + data_len),
-        });
-        offset = data_start + data_len;
+            data: self.items.slice(start..self.offset),
+        })
     }
-    if pdvs.is_empty() {
-        return Err(CodecError::InvalidLength { field: "P-DATA-TF" });
-    }
-    Ok(pdvs)
 }
 
 /// What A-ASSOCIATE-RQ and -AC share (PS3.8 §9.3.2, §9.3.3); `P` is the presentation context
@@ -593,6 +627,42 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Whether `buf` (the front of a receive buffer) holds whole PDUs only, the last one a
+/// P-DATA-TF whose last PDV is the last fragment of a data set: a sender that has sent that
+/// has sent its whole request (PS3.7 §9.3: the data set comes last) and now waits for our
+/// answer, which carries the acknowledgement of what it sent. Malformed or incomplete
+/// input is `false`; `decode` judges it.
+///
+/// Cost: a walk over the PDU and PDV item headers in `buf`, no copy; asked once per
+/// response written (see `Connection::read_pdu`).
+pub fn ends_a_data_set(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    let mut last_pdu: Option<(u8, &[u8])> = None;
+    while !rest.is_empty() {
+        let Some((&[code, _, l0, l1, l2, l3], after)) = rest.split_first_chunk::<PDU_HEADER_LEN>() else {
+            return false;
+        };
+        let Some((body, after)) = after.split_at_checked(u32::from_be_bytes([l0, l1, l2, l3]) as usize) else {
+            return false;
+        };
+        last_pdu = Some((code, body));
+        rest = after;
+    }
+    let mut items = match last_pdu {
+        Some((code, body)) if code == PduType::PDataTf as u8 => body,
+        _ => return false,
+    };
+    let mut last_control = None;
+    while !items.is_empty() {
+        let Some((_, control, data_len)) = pdv_header(items) else {
+            return false;
+        };
+        last_control = Some(control);
+        items = &items[PDV_HEADER_LEN + data_len..];
+    }
+    last_control.is_some_and(|control| control & MCH_LAST != 0 && control & MCH_COMMAND == 0)
+}
+
 /// Bytes before the data of a P-DATA-TF holding one PDV: PDU header and PDV item header.
 pub const PDATA_HEADER_LEN: usize = PDU_HEADER_LEN + PDV_HEADER_LEN;
 
@@ -661,10 +731,9 @@ pub fn encode(pdu: &Pdu, out: &mut BytesMut) {
         Pdu::AssociateRj(rj) => write_pdu(out, PduType::AssociateRj, |out| {
             out.put_slice(&[0, rj.result, rj.source, rj.reason]);
         }),
-        Pdu::PData(pdvs) => {
-            let body_len: usize = pdvs.iter().map(|pdv| PDV_HEADER_LEN + pdv.data.len()).sum();
-            out.reserve(PDU_HEADER_LEN + body_len);
-            write_pdu(out, PduType::PDataTf, |out| pdvs.iter().for_each(|pdv| put_pdv(out, pdv)));
+        Pdu::PData(p_data) => {
+            out.reserve(PDU_HEADER_LEN + p_data.items.len());
+            write_pdu(out, PduType::PDataTf, |out| out.put_slice(&p_data.items));
         }
         Pdu::ReleaseRq => write_pdu(out, PduType::ReleaseRq, |out| out.put_u32(0)),
         Pdu::ReleaseRp => write_pdu(out, PduType::ReleaseRp, |out| out.put_u32(0)),
@@ -720,9 +789,14 @@ fn put_ae_title(out: &mut BytesMut, title: &str) {
     out.put_bytes(b' ', AE_TITLE_LEN - bytes.len());
 }
 
-/// Sub-items in the order PS3.7 annex D.3.3 lists them.
+/// Sub-items in the order PS3.7 annex D.3.3 lists them. The item's length is 16 bits: SCP/SCU
+/// role selection sub-items that would push it past that are left out (an A-ASSOCIATE-AC
+/// echoing a thousand of them would otherwise lose the whole item, maximum length included,
+/// which PS3.8 makes mandatory). Leaving a role reply out is allowed: the requestor then
+/// keeps its default role for that SOP class (PS3.7 D.3.3.4).
 fn write_user_information(out: &mut BytesMut, info: &UserInformation) {
     write_item(out, USER_INFORMATION, |out| {
+        let start = out.len();
         if let Some(max) = info.max_pdu_length {
             write_item(out, MAXIMUM_LENGTH, |out| out.put_u32(max));
         }
@@ -735,7 +809,17 @@ fn write_user_information(out: &mut BytesMut, info: &UserInformation) {
                 out.put_u16(performed);
             });
         }
+        // Room the sub-items written after the role selections will take.
+        let after_roles = info.implementation_version_name.as_ref().map_or(0, |name| item_len(name.len()))
+            + info.user_identity.as_ref().map_or(0, |identity| {
+                item_len(2 + 2 + identity.primary_field.len() + 2 + identity.secondary_field.len())
+            })
+            + info.user_identity_response.as_ref().map_or(0, |response| item_len(2 + response.len()));
         for role in &info.role_selections {
+            let role_len = item_len(2 + role.sop_class_uid.len() + 2);
+            if out.len() - start + role_len + after_roles > usize::from(u16::MAX) {
+                continue;
+            }
             write_item(out, ROLE_SELECTION, |out| {
                 put_u16_prefixed(out, role.sop_class_uid.as_bytes());
                 out.put_u8(u8::from(role.scu_role));
@@ -757,6 +841,16 @@ fn write_user_information(out: &mut BytesMut, info: &UserInformation) {
             write_item(out, USER_IDENTITY_AC, |out| put_u16_prefixed(out, response));
         }
     });
+}
+
+/// Bytes an item with a body of `body_len` bytes takes once written: none when `write_item`
+/// leaves it out for not fitting its 16-bit length.
+fn item_len(body_len: usize) -> usize {
+    if body_len <= usize::from(u16::MAX) {
+        ITEM_HEADER_LEN + body_len
+    } else {
+        0
+    }
 }
 
 /// A field preceded by its 2-byte length. Only called inside an item, whose own 16-bit
@@ -1022,9 +1116,10 @@ mod tests {
         let bytes = pdu(0x04, &[pdv(1, 0b11, b"command"), pdv(3, 0b00, b"dataset fragment")].concat());
         let mut buf = BytesMut::from(&bytes[..]);
         let base = buf.as_ptr() as usize;
-        let Ok(Some(Pdu::PData(pdvs))) = decode(&mut buf, LIMIT) else {
+        let Ok(Some(Pdu::PData(p_data))) = decode(&mut buf, LIMIT) else {
             panic!("expected a P-DATA-TF");
         };
+        let pdvs: Vec<Pdv> = p_data.iter().collect();
         let expected = [(1, true, true, &b"command"[..], 12), (3, false, false, b"dataset fragment", 25)];
         assert_eq!(pdvs.len(), expected.len());
         for (pdv, (context_id, is_command, is_last, data, offset)) in pdvs.iter().zip(expected) {
@@ -1211,6 +1306,70 @@ mod tests {
         assert_eq!(decode(&mut buf, LIMIT), Ok(Some(Pdu::AssociateRq(rq))));
     }
 
+    #[test]
+    fn role_selections_that_overflow_the_user_information_item_are_left_out() {
+        // A thousand 60-byte SOP class UIDs: 66 bytes each as sub-items, more than the
+        // 65,535 the item's length can hold with the maximum length and identity beside them.
+        let roles: Vec<RoleSelection> = (0..1000)
+            .map(|i| RoleSelection { sop_class_uid: format!("1.2.{i:058}"), scu_role: true, scp_role: false })
+            .collect();
+        let mut ac = AssociateAc {
+            protocol_version: 1,
+            called_ae_title: "OXIDIP".into(),
+            calling_ae_title: "STORESCU".into(),
+            application_context: DICOM_APPLICATION_CONTEXT.into(),
+            presentation_contexts: vec![],
+            user_information: UserInformation {
+                max_pdu_length: Some(16384),
+                implementation_class_uid: Some("1.2.3.4".into()),
+                implementation_version_name: Some("OXIDIP".into()),
+                role_selections: roles.clone(),
+                ..UserInformation::default()
+            },
+        };
+        let mut buf = encoded(&[Pdu::AssociateAc(ac.clone())]);
+        let Ok(Some(Pdu::AssociateAc(decoded))) = decode_checked(&mut buf, MAX_CONTROL_PDU_LEN) else {
+            panic!("expected an A-ASSOCIATE-AC");
+        };
+        let kept = decoded.user_information.role_selections.len();
+        assert!((900..1000).contains(&kept), "{kept} role selections kept");
+        assert_eq!(decoded.user_information.role_selections[..], roles[..kept]);
+        ac.user_information.role_selections.truncate(kept);
+        assert_eq!(decoded, ac, "every other sub-item is kept");
+    }
+
+    #[test]
+    fn millions_of_empty_pdvs_decode_and_iterate_in_order() {
+        let count = 2_000_000;
+        let items: Vec<u8> = (0..count).flat_map(|i| [0, 0, 0, 2, 1 + 2 * (i % 2) as u8, 0]).collect();
+        let limit = 64 << 20;
+        let Ok(Some(Pdu::PData(p_data))) = decode(&mut BytesMut::from(&pdu(0x04, &items)[..]), limit) else {
+            panic!("expected a P-DATA-TF");
+        };
+        let context_ids: Vec<u8> = p_data.iter().map(|pdv| pdv.context_id).collect();
+        assert_eq!(context_ids.len(), count as usize);
+        assert!(context_ids.chunks(2).all(|pair| pair == [1, 3]));
+        let mut cut_short = items.clone();
+        cut_short.truncate(items.len() - 1);
+        let error = decode(&mut BytesMut::from(&pdu(0x04, &cut_short)[..]), limit).unwrap_err();
+        assert_eq!(error, CodecError::InvalidLength { field: "PDV item" });
+    }
+
+    #[test]
+    fn a_buffer_ends_a_data_set_only_on_a_whole_last_data_fragment() {
+        let command = pdu(0x04, &pdv(1, 0b11, b"command"));
+        let data_last = pdu(0x04, &[pdv(1, 0b00, b"more"), pdv(1, 0b10, b"end")].concat());
+        let data_more = pdu(0x04, &pdv(1, 0b00, b"more"));
+        assert!(ends_a_data_set(&[command.clone(), data_last.clone()].concat()));
+        assert!(ends_a_data_set(&data_last));
+        assert!(!ends_a_data_set(&command), "the data set is still to come");
+        assert!(!ends_a_data_set(&[command, data_more].concat()));
+        assert!(!ends_a_data_set(&data_last[..data_last.len() - 1]), "incomplete PDU");
+        assert!(!ends_a_data_set(&data_last[..3]), "incomplete header");
+        assert!(!ends_a_data_set(&pdu(0x05, &[0; 4])));
+        assert!(!ends_a_data_set(&[]));
+    }
+
     // Strategies whose values survive a round trip exactly: AE titles without spaces at the
     // ends, UIDs and names without trailing padding.
 
@@ -1299,11 +1458,11 @@ mod tests {
             })
     }
 
-    fn p_data() -> impl Strategy<Value = Vec<Pdv>> {
+    fn p_data() -> impl Strategy<Value = PData> {
         let pdv = (any::<u8>(), any::<bool>(), any::<bool>(), prop::collection::vec(any::<u8>(), 0..64)).prop_map(
             |(context_id, is_command, is_last, data)| Pdv { context_id, is_command, is_last, data: Bytes::from(data) },
         );
-        prop::collection::vec(pdv, 1..4)
+        prop::collection::vec(pdv, 1..4).prop_map(|pdvs| PData::new(&pdvs))
     }
 
     fn any_pdu() -> impl Strategy<Value = Pdu> {
@@ -1424,7 +1583,7 @@ mod tests {
         {
             let pdv = Pdv { context_id: 5, is_command, is_last, data: Bytes::copy_from_slice(data) };
             let mut expected = BytesMut::new();
-            encode(&Pdu::PData(vec![pdv]), &mut expected);
+            encode(&Pdu::PData(PData::new(&[pdv])), &mut expected);
             let mut written = pdata_header(5, is_command, is_last, data.len() as u32).to_vec();
             written.extend_from_slice(data);
             assert_eq!(written, &expected[..]);

@@ -1,13 +1,16 @@
 //! A framed upper-layer connection: reads whole PDUs from a byte stream and writes PDUs to it,
 //! with the codec doing the parsing (the shape of mini-redis's `Connection`).
 
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{self, CodecError, MAX_CONTROL_PDU_LEN};
 use super::pdu::Pdu;
+use crate::transport::ByteStream;
 
 /// Why reading a PDU failed.
 #[derive(Debug)]
@@ -33,16 +36,29 @@ pub struct Connection<S> {
     write_buf: BytesMut,
     /// Largest P-DATA-TF accepted from the peer (PDU length field).
     max_pdata_len: u32,
+    /// How long one write may wait for the peer to take our bytes.
+    write_timeout: Duration,
+    /// A write began and did not finish (it failed, timed out, or its future was dropped):
+    /// the peer may hold part of a PDU, so nothing more can be written that it could parse.
+    write_unfinished: bool,
+    /// We wrote since the last read: acknowledge at once what the next read takes
+    /// (`ByteStream::acknowledge_promptly`).
+    acknowledge_next_read: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+impl<S: ByteStream> Connection<S> {
     /// `read_capacity`: initial read buffer size; it grows to the largest PDU received.
-    pub fn new(stream: S, read_capacity: usize) -> Self {
+    /// `write_timeout`: bound on each write (PDU or message); past it the write fails with
+    /// `TimedOut` and the connection can only be closed.
+    pub fn new(stream: S, read_capacity: usize, write_timeout: Duration) -> Self {
         Connection {
             stream,
             read_buf: BytesMut::with_capacity(read_capacity),
             write_buf: BytesMut::with_capacity(4096),
             max_pdata_len: MAX_CONTROL_PDU_LEN,
+            write_timeout,
+            write_unfinished: false,
+            acknowledge_next_read: false,
         }
     }
 
@@ -68,6 +84,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     Err(ReadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a PDU")))
                 };
             }
+            // Once per write, not per read: writing is what puts Linux in its delayed-ACK
+            // mode, and the first read after it takes that mode off until the next write.
+            // Not when that read completed the peer's request (a TCP_NODELAY sender's whole
+            // C-STORE in one read): it holds nothing back and waits for our answer, which
+            // carries the acknowledgement; that spares the fast path its one extra syscall.
+            if std::mem::take(&mut self.acknowledge_next_read) && !codec::ends_a_data_set(&self.read_buf) {
+                self.stream.acknowledge_promptly();
+            }
         }
     }
 
@@ -83,8 +107,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn write_pdu(&mut self, pdu: &Pdu) -> io::Result<()> {
         self.write_buf.clear();
         codec::encode(pdu, &mut self.write_buf);
-        self.stream.write_all(&self.write_buf).await?;
-        self.stream.flush().await
+        self.acknowledge_next_read = true;
+        let Connection { stream, write_buf, write_timeout, write_unfinished, .. } = self;
+        bounded_write(*write_timeout, write_unfinished, async {
+            stream.write_all(write_buf).await?;
+            stream.flush().await
+        })
+        .await
     }
 
     /// Sends a DIMSE message (PS3.7 §6.3.1): its command set, then its data set if any, as
@@ -121,14 +150,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Piece::Data(data) => IoSlice::new(data),
             })
             .collect();
-        write_all_vectored(&mut self.stream, &mut slices).await?;
-        self.stream.flush().await
+        self.acknowledge_next_read = true;
+        let Connection { stream, write_timeout, write_unfinished, .. } = self;
+        bounded_write(*write_timeout, write_unfinished, async {
+            write_all_vectored(stream, &mut slices).await?;
+            stream.flush().await
+        })
+        .await
     }
 
-    /// Closes our sending side so the peer sees the end of the stream.
-    pub async fn shutdown(&mut self) {
+    /// Closes the transport. After an unfinished write the peer is not reading: the
+    /// connection is reset, dropping what it never took; otherwise our sending side is shut
+    /// down so that the peer sees the end of the stream, within the write timeout (a TLS
+    /// stream writes there).
+    pub async fn close(&mut self) {
+        if self.write_unfinished {
+            self.stream.reset_on_close();
+            return;
+        }
         // The peer may already be gone; there is nothing to do about a failure here.
-        let _ = self.stream.shutdown().await;
+        if tokio::time::timeout(self.write_timeout, self.stream.shutdown()).await.is_err() {
+            self.stream.reset_on_close();
+        }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -175,6 +218,32 @@ fn fragment<'a>(
             return;
         }
     }
+}
+
+/// Runs one write under `timeout`, keeping `unfinished` set unless it completes. A write
+/// after an unfinished one is refused: the peer would read it as the rest of the earlier PDU.
+///
+/// Cost: a timer per write is a clock read and a struct, registered with the runtime only if
+/// the write has to wait (tokio polls the write first); writes that fit the socket buffer,
+/// nearly all of them, never touch the timer wheel.
+async fn bounded_write(
+    timeout: Duration,
+    unfinished: &mut bool,
+    write: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    if *unfinished {
+        return Err(io::Error::new(io::ErrorKind::BrokenPipe, "an earlier write to this peer did not finish"));
+    }
+    *unfinished = true;
+    let result = match tokio::time::timeout(timeout, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer took nothing for {:.1} s (write timeout)", timeout.as_secs_f64()),
+        )),
+    };
+    *unfinished = result.is_err();
+    result
 }
 
 /// Most slices one writev takes (IOV_MAX on Linux).

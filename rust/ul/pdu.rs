@@ -12,7 +12,7 @@ pub enum Pdu {
     AssociateRq(AssociateRq),
     AssociateAc(AssociateAc),
     AssociateRj(AssociateRj),
-    PData(Vec<Pdv>),
+    PData(PData),
     ReleaseRq,
     ReleaseRp,
     Abort(Abort),
@@ -87,6 +87,19 @@ pub enum PresentationContextResult {
     TransferSyntaxesNotSupported = 4,
 }
 
+impl PresentationContextResult {
+    /// The result in the words of PS3.8 table 9-18, for logs.
+    pub fn description(self) -> &'static str {
+        match self {
+            PresentationContextResult::Acceptance => "acceptance",
+            PresentationContextResult::UserRejection => "user rejection",
+            PresentationContextResult::NoReason => "no reason (provider rejection)",
+            PresentationContextResult::AbstractSyntaxNotSupported => "abstract syntax not supported",
+            PresentationContextResult::TransferSyntaxesNotSupported => "transfer syntaxes not supported",
+        }
+    }
+}
+
 /// User information item (PS3.8 §9.3.2.3, PS3.7 annex D.3.3). Sub-items we do not know are
 /// skipped on receipt (PS3.7 D.3.3: unknown user information sub-items are ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -140,6 +153,16 @@ pub struct Abort {
     /// Meaningful only for source 2: 0 not specified, 1 unrecognized PDU, 2 unexpected PDU,
     /// 4 unrecognized PDU parameter, 5 unexpected PDU parameter, 6 invalid PDU parameter value.
     pub reason: u8,
+}
+
+/// The presentation data value items of a P-DATA-TF (PS3.8 §9.3.5): the PDU body, whose item
+/// lengths the codec checked on receipt, handed out one `Pdv` at a time (`iter`, in
+/// `codec`). Nothing is allocated per item: a PDU of ten million empty items costs its own
+/// bytes and no more (a vector of them cost 40 bytes each, +445 MiB for one 60 MiB PDU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PData {
+    /// PDV items back to back, each one well formed (`codec::decode` or `PData::new`).
+    pub(in crate::ul) items: Bytes,
 }
 
 /// One presentation data value item of a P-DATA-TF (PS3.8 §9.3.5.1, annex E.2).

@@ -92,13 +92,17 @@ class OrthancServer:
         stable_age: int = 2,
         startup_timeout: float = 30.0,
         extra_config: Mapping[str, Any] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
+        """``environment``: Orthanc's environment variables (default: this process's), e.g.
+        with or without ``TCP_NODELAY=1``, which the dcmtk inside Orthanc reads."""
         self.work_dir = Path(work_dir)
         self.modalities = dict(modalities or {})
         self.aet = aet
         self.stable_age = stable_age
         self.startup_timeout = startup_timeout
         self.extra_config = dict(extra_config or {})
+        self.environment = None if environment is None else dict(environment)
         self.host = HOST
         self.http_port = 0
         self.dicom_port = 0
@@ -152,6 +156,7 @@ class OrthancServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.work_dir,
+                    env=self.environment,
                 )
             if self._wait_ready():
                 return

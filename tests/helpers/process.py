@@ -10,8 +10,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeGuard
+
+#: ``python -m oxidip serve`` with this interpreter.
+SERVE = (sys.executable, "-m", "oxidip", "serve")
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -38,12 +42,15 @@ def run_oxidip(
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str], *, cwd: Path | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], *, cwd: Path | None = None, command: Sequence[str] = SERVE
+    ) -> None:
+        """``command``: what to run, ``SERVE`` unless a test wraps it (e.g. to set limits)."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDIP_")}
         full_env.update(env)
         full_env.setdefault("OXIDIP_LOG_FORMAT", "json")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oxidip", "serve"],
+            list(command),
             env=full_env,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -78,16 +85,26 @@ class ServerProcess:
                 out.append(record)
         return out
 
-    def wait_for_record(self, msg: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Waits for the first JSON record whose ``msg`` is ``msg`` (already logged or not)."""
+    def wait_for_record(self, msg: str, timeout: float = 30.0, **fields: object) -> dict[str, Any]:
+        """Waits for the first JSON record whose ``msg`` is ``msg`` and whose fields include
+        ``fields`` (already logged or not)."""
+
+        def matches(record: object) -> TypeGuard[dict[str, Any]]:
+            return (
+                isinstance(record, dict)
+                and record.get("msg") == msg
+                and all(record.get(key) == value for key, value in fields.items())
+            )
+
         deadline = time.monotonic() + timeout
         for record in self.records():
-            if record.get("msg") == msg:
+            if matches(record):
                 return record
+        wanted = f"{msg!r}" + (f" with {fields}" if fields else "")
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {msg!r} log record within {timeout} s:\n{self.output()}")
+                raise AssertionError(f"no {wanted} log record within {timeout} s:\n{self.output()}")
             try:
                 line = self._queue.get(timeout=remaining)
             except queue.Empty:
@@ -95,13 +112,13 @@ class ServerProcess:
             if line is None:
                 self.proc.wait(5)
                 raise AssertionError(
-                    f"server exited ({self.proc.returncode}) before {msg!r}:\n{self.output()}"
+                    f"server exited ({self.proc.returncode}) before {wanted}:\n{self.output()}"
                 )
             try:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(record, dict) and record.get("msg") == msg:
+            if matches(record):
                 return record
 
     def wait_listening(self, timeout: float = 30.0) -> int:

@@ -13,7 +13,12 @@ from typing import Self
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 
+from oxidip.bench.tools import keep_pynetdicom_responses
 from tests.helpers.tools import dcmtk_env, require_tool
+
+# oxidip answers within microseconds on loopback, fast enough to meet a race in pynetdicom's
+# requestor that drops the response (see keep_pynetdicom_responses).
+keep_pynetdicom_responses()
 
 # --- dcmtk storescu ------------------------------------------------------------------------
 

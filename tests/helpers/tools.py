@@ -10,7 +10,9 @@ is in its environment, so every dcmtk process gets it.
 """
 
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -18,7 +20,7 @@ import pytest
 from oxidip.bench.tools import INSTALL_HINT
 from oxidip.bench.tools import tool as find_tool
 
-__all__ = ["dcmtk_env", "find_tool", "in_ci", "require_tool", "run_dcmtk"]
+__all__ = ["dcmtk_env", "find_tool", "in_ci", "require_tool", "run_dcmtk", "wait_listening"]
 
 
 def in_ci() -> bool:
@@ -57,3 +59,18 @@ def run_dcmtk(args: Sequence[str], *, timeout: float = 120.0) -> subprocess.Comp
         timeout=timeout,
         check=False,
     )
+
+
+def wait_listening(
+    host: str, port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0
+) -> None:
+    """Waits until ``proc`` (a tool given ``port`` on its command line) accepts connections."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{proc.args!r} exited early"
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)  # polling until it listens, with the deadline above
+    raise AssertionError(f"{proc.args!r} did not start listening on {port}")

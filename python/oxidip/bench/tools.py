@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "HOST",
@@ -16,6 +17,7 @@ __all__ = [
     "cpu_model",
     "dcmtk_env",
     "free_port",
+    "keep_pynetdicom_responses",
     "need",
     "tool",
     "versions",
@@ -115,3 +117,30 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def keep_pynetdicom_responses() -> None:
+    """Works around a race in pynetdicom's requestor (3.0): ``send_c_store()`` (and the other
+    ``send_c_*()``) pauses the association's reactor thread, then sends and waits for the
+    response; but the reactor can be just past its pause check when it is told to pause, take
+    the response off the queue if it is back within microseconds, log "Received unexpected
+    C-STORE service message" and drop it, and ``send_c_store()`` then waits for its DIMSE
+    timeout (as in pydicom/pynetdicom#875 for C-FIND). A receiver that acknowledges at once
+    answers that fast on loopback. A response the reactor takes is put back once for the
+    waiting ``send_c_*()``; a request, or a response put back before, goes on as before.
+    Patches ``Association`` once for the whole process; idempotent."""
+    from pynetdicom.association import Association
+
+    if getattr(Association, "_oxidip_keeps_responses", False):
+        return
+    serve_request = Association._serve_request
+
+    def serve_or_put_back(self: Association, msg: Any, context_id: int) -> None:
+        if msg.is_valid_request or getattr(msg, "_oxidip_put_back", False):
+            serve_request(self, msg, context_id)
+            return
+        msg._oxidip_put_back = True
+        self.dimse.msg_queue.put((context_id, msg))
+
+    Association._serve_request = serve_or_put_back  # type: ignore[method-assign]
+    Association._oxidip_keeps_responses = True  # type: ignore[attr-defined]
