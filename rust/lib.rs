@@ -2,8 +2,10 @@
 //! answers (C-ECHO, C-STORE) and streaming writes to storage. No Python runs per PDU: the
 //! Python package only configures the server and consumes batches of events.
 
+pub mod clock;
 pub mod dicom;
 pub mod dimse;
+pub mod implementation;
 pub mod scu;
 pub mod server;
 pub mod storage;

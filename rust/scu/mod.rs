@@ -173,8 +173,8 @@ impl Client {
             presentation_contexts: presentation_contexts.clone(),
             user_information: UserInformation {
                 max_pdu_length: Some(options.max_pdu_length),
-                implementation_class_uid: Some(crate::storage::file_meta::IMPLEMENTATION_CLASS_UID.into()),
-                implementation_version_name: Some(crate::storage::file_meta::IMPLEMENTATION_VERSION_NAME.into()),
+                implementation_class_uid: Some(crate::implementation::IMPLEMENTATION_CLASS_UID.into()),
+                implementation_version_name: Some(crate::implementation::IMPLEMENTATION_VERSION_NAME.into()),
                 ..Default::default()
             },
         };

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::dicom::attributes::{Tag, EXTRACTED};
 use crate::dicom::inflate::InflateLimits;
-use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::PathTemplate;
 use crate::storage::permissions::Permissions;
 use crate::storage::writer::{DuplicatePolicy, FsyncPolicy};

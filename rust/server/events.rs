@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::runtime::Handle;
@@ -119,11 +119,6 @@ pub struct ConnectionRefused {
 pub struct ServerWarning {
     pub message: String,
     pub detail: String,
-}
-
-/// Seconds since the Unix epoch, as Python's `time.time()`.
-pub fn unix_time(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The sending side, cloned into every association task.

@@ -20,12 +20,12 @@ use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsAcceptor;
 
 use super::events::{
-    unix_time, AssociationClosed, ConnectionRefused, ContextsRefused, Event, InstanceFailed, InstanceStored,
-    RefusedContext,
+    AssociationClosed, ConnectionRefused, ContextsRefused, Event, InstanceFailed, InstanceStored, RefusedContext,
 };
 use super::metrics::Refusal;
 use super::store::{InstanceReception, Outcome, Request, Sender};
 use super::{Phase, Shared};
+use crate::clock::unix_time;
 use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
