@@ -14,7 +14,10 @@ use tokio_rustls::TlsConnector;
 
 use crate::dicom::sop_class::VERIFICATION;
 use crate::dimse::command::{self, element, field, CommandSet, MAX_COMMAND_LEN};
+use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::transport::{tls, Transport};
+use crate::ul::association::requestor::{Proposal, ProposedContext};
+use crate::ul::association::{AcceptedContext, Association, Roles};
 use crate::ul::connection::{Connection, ReadError};
 use crate::ul::pdu::*;
 
@@ -115,18 +118,10 @@ impl From<ReadError> for ScuError {
     }
 }
 
-/// A presentation context the peer accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AcceptedContext {
-    pub id: u8,
-    pub abstract_syntax: String,
-    pub transfer_syntax: String,
-}
-
 /// An established association.
 pub struct Client {
     conn: Connection<Transport>,
-    accepted: Vec<AcceptedContext>,
+    association: Association,
     /// The peer's maximum P-DATA-TF length, 0 (unlimited) turned into `UNLIMITED_PDU_CAP`.
     peer_max_pdu: u32,
     next_message_id: u16,
@@ -149,35 +144,27 @@ impl Client {
         // Writes are bounded like every wait for the peer: one that stops reading cannot hold
         // the association (and, forwarding, the instances queued behind it) forever.
         let mut conn = Connection::new(transport, 64 * 1024, timeout);
-        let mut contexts = options.contexts.clone();
-        if !contexts.iter().any(|(a, _)| a == VERIFICATION) {
-            contexts.push((VERIFICATION.into(), vec![IMPLICIT_VR_LITTLE_ENDIAN.into()]));
-        }
-        if contexts.len() > 128 {
-            return Err(ScuError::Protocol("more than 128 presentation contexts".into()));
-        }
-        let presentation_contexts: Vec<PresentationContextRq> = contexts
+        let mut contexts: Vec<ProposedContext> = options
+            .contexts
             .iter()
-            .enumerate()
-            .map(|(i, (abstract_syntax, ts))| PresentationContextRq {
-                id: (2 * i + 1) as u8,
+            .map(|(abstract_syntax, ts)| ProposedContext {
                 abstract_syntax: abstract_syntax.clone(),
                 transfer_syntaxes: ts.clone(),
+                roles: Roles::SCU,
             })
             .collect();
-        let rq = AssociateRq {
-            protocol_version: 1,
-            called_ae_title: options.called_aet.clone(),
+        if !contexts.iter().any(|c| c.abstract_syntax == VERIFICATION) {
+            contexts.push(ProposedContext::scu(VERIFICATION, &[IMPLICIT_VR_LITTLE_ENDIAN]));
+        }
+        let proposal = Proposal {
             calling_ae_title: options.calling_aet.clone(),
-            application_context: DICOM_APPLICATION_CONTEXT.into(),
-            presentation_contexts: presentation_contexts.clone(),
-            user_information: UserInformation {
-                max_pdu_length: Some(options.max_pdu_length),
-                implementation_class_uid: Some(crate::implementation::IMPLEMENTATION_CLASS_UID.into()),
-                implementation_version_name: Some(crate::implementation::IMPLEMENTATION_VERSION_NAME.into()),
-                ..Default::default()
-            },
+            called_ae_title: options.called_aet.clone(),
+            contexts,
+            max_pdu_length: options.max_pdu_length,
+            implementation_class_uid: IMPLEMENTATION_CLASS_UID.into(),
+            implementation_version_name: IMPLEMENTATION_VERSION_NAME.into(),
         };
+        let rq = proposal.request().map_err(|e| ScuError::Protocol(e.to_string()))?;
         conn.write_pdu(&Pdu::AssociateRq(rq)).await?;
         let answer = within(timeout, async { Ok(conn.read_pdu().await?) }).await?;
         let ac = match answer {
@@ -190,33 +177,21 @@ impl Client {
             }
             None => return Err(ScuError::Io(io::ErrorKind::UnexpectedEof.into())),
         };
-        let accepted: Vec<AcceptedContext> = ac
-            .presentation_contexts
-            .iter()
-            .filter(|pc| pc.result == PresentationContextResult::Acceptance)
-            .filter_map(|pc| {
-                let proposed = presentation_contexts.iter().find(|p| p.id == pc.id)?;
-                Some(AcceptedContext {
-                    id: pc.id,
-                    abstract_syntax: proposed.abstract_syntax.clone(),
-                    transfer_syntax: pc.transfer_syntax.clone(),
-                })
-            })
-            .collect();
-        let peer_max_pdu = match ac.user_information.max_pdu_length {
-            None | Some(0) => UNLIMITED_PDU_CAP,
-            Some(n) => n,
+        let association = proposal.accepted(&ac);
+        let peer_max_pdu = match association.peer_max_pdu_length {
+            0 => UNLIMITED_PDU_CAP,
+            n => n,
         };
         conn.set_max_pdata_len(match options.max_pdu_length {
             0 => RECEIVE_LIMIT_UNLIMITED,
             n => n,
         });
-        Ok(Client { conn, accepted, peer_max_pdu, next_message_id: 1, timeout })
+        Ok(Client { conn, association, peer_max_pdu, next_message_id: 1, timeout })
     }
 
-    /// The presentation contexts the peer accepted.
-    pub fn accepted(&self) -> &[AcceptedContext] {
-        &self.accepted
+    /// The association as negotiated.
+    pub fn association(&self) -> &Association {
+        &self.association
     }
 
     /// The peer's maximum P-DATA-TF length used to fragment (0 already capped).
@@ -226,7 +201,7 @@ impl Client {
 
     /// The first accepted context for `abstract_syntax`.
     pub fn context_for(&self, abstract_syntax: &str) -> Option<&AcceptedContext> {
-        self.accepted.iter().find(|c| c.abstract_syntax == abstract_syntax)
+        self.association.invoking(abstract_syntax)
     }
 
     fn message_id(&mut self) -> u16 {
@@ -329,7 +304,7 @@ impl Client {
 
 async fn abort(conn: &mut Connection<Transport>) {
     // The peer may be gone already; nothing to do about a failure.
-    let _ = conn.write_pdu(&Pdu::Abort(Abort { source: 0, reason: 0 })).await;
+    let _ = conn.write_pdu(&Pdu::Abort(Abort::BY_USER)).await;
     conn.close().await;
 }
 

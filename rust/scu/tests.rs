@@ -46,7 +46,7 @@ fn echo_store_and_release() {
     let uid = template.sop_instance_uid().to_owned();
     let (echo, stored, peer_max) = server.runtime().block_on(async {
         let mut client = Client::connect(("127.0.0.1", port), options("OXIDIP")).await.unwrap();
-        assert_eq!(client.context_for(SECONDARY_CAPTURE).unwrap().transfer_syntax, EXPLICIT_VR_LITTLE_ENDIAN);
+        assert_eq!(client.context_for(SECONDARY_CAPTURE).unwrap().transfer_syntax.uid, EXPLICIT_VR_LITTLE_ENDIAN);
         let echo = client.echo().await.unwrap();
         let stored = client.store(SECONDARY_CAPTURE, &uid, &[&dataset]).await.unwrap();
         let mismatch = client.store(SECONDARY_CAPTURE, "1.2.3", &[&dataset]).await.unwrap();

@@ -31,9 +31,12 @@ use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
 use crate::storage::writer::TempFile;
 use crate::transport::{tls, Transport};
-use crate::ul::association::{self, Association};
+use crate::ul::association::{acceptor, Association};
 use crate::ul::connection::{Connection, ReadError};
-use crate::ul::pdu::{Abort, AssociateRq, PData, Pdu, Pdv, PresentationContextResult};
+use crate::ul::pdu::abort::{
+    REASON_INVALID_PDU_PARAMETER_VALUE as REASON_INVALID_PARAMETER, REASON_NOT_SPECIFIED, REASON_UNEXPECTED_PDU,
+};
+use crate::ul::pdu::{reject, Abort, AssociateAc, AssociateRq, PData, Pdu, Pdv, PresentationContextResult};
 
 /// Bytes an association's read buffer starts with: an A-ASSOCIATE-RQ or a small P-DATA-TF.
 const INITIAL_READ_BUFFER: usize = 16 * 1024;
@@ -41,13 +44,6 @@ const INITIAL_READ_BUFFER: usize = 16 * 1024;
 /// When the server aborts every association at the end of its shutdown, how long the A-ABORT
 /// may take to leave: the listener gives aborted associations a few seconds in all.
 const SHUTDOWN_ABORT_WRITE: Duration = Duration::from_secs(1);
-
-/// A-ABORT sources and provider reasons (PS3.8 table 9-26).
-const ABORT_SOURCE_USER: u8 = 0;
-const ABORT_SOURCE_PROVIDER: u8 = 2;
-const REASON_NOT_SPECIFIED: u8 = 0;
-const REASON_UNEXPECTED_PDU: u8 = 2;
-const REASON_INVALID_PARAMETER: u8 = 6;
 
 /// How an association ended (`outcome` of the AssociationClosed event).
 #[derive(Debug)]
@@ -339,7 +335,7 @@ impl Handler {
     /// The end of the server's shutdown grace period: an A-ABORT (from us as service user,
     /// PS3.8 §7.3.1), unless a write to this peer is stuck half done.
     async fn abort_for_shutdown(&mut self) -> End {
-        let abort = Pdu::Abort(Abort { source: ABORT_SOURCE_USER, reason: REASON_NOT_SPECIFIED });
+        let abort = Pdu::Abort(Abort::BY_USER);
         let _ = tokio::time::timeout(SHUTDOWN_ABORT_WRITE, self.conn.write_pdu(&abort)).await;
         End::Shutdown("receiver stopping: association aborted")
     }
@@ -366,10 +362,11 @@ impl Handler {
         };
         self.calling_aet = rq.calling_ae_title.clone();
         self.called_aet = rq.called_ae_title.clone();
-        match association::negotiate(&rq, &self.shared.settings.acceptor) {
-            Ok(assoc) => {
-                let sent = self.conn.write_pdu(&Pdu::AssociateAc(assoc.accept.clone())).await;
-                let refused = self.refused_contexts(&rq, &assoc);
+        let settings = &self.shared.settings;
+        match acceptor::negotiate(&rq, &settings.acceptor, &settings.served) {
+            Ok((assoc, accept)) => {
+                let refused = self.refused_contexts(&rq, &accept);
+                let sent = self.conn.write_pdu(&Pdu::AssociateAc(accept)).await;
                 self.association = Some(assoc);
                 sent.map_err(End::write_failed)?;
                 self.conn.set_max_pdata_len(self.shared.settings.receive_limit);
@@ -381,7 +378,7 @@ impl Handler {
             Err(rj) => {
                 self.shared.metrics.association_refused(Refusal::of(&rj));
                 let _ = self.conn.write_pdu(&Pdu::AssociateRj(rj)).await;
-                Err(End::Rejected(association::rejection_reason(&rj, &rq, &self.shared.settings.acceptor)))
+                Err(End::Rejected(acceptor::rejection_reason(&rj, &rq, &self.shared.settings.acceptor)))
             }
         }
     }
@@ -389,8 +386,8 @@ impl Handler {
     /// The report of the presentation contexts refused in an accepted association, if any:
     /// one event per association, so that a sender that cannot store some SOP class is seen
     /// in the log with why, without a line per context.
-    fn refused_contexts(&self, rq: &AssociateRq, assoc: &Association) -> Option<Event> {
-        let results = &assoc.accept.presentation_contexts;
+    fn refused_contexts(&self, rq: &AssociateRq, accept: &AssociateAc) -> Option<Event> {
+        let results = &accept.presentation_contexts;
         let refused: Vec<RefusedContext> = rq
             .presentation_contexts
             .iter()
@@ -442,7 +439,7 @@ impl Handler {
 
     /// Sends an A-ABORT from the service provider (PS3.8 §7.3.1) for a protocol violation.
     async fn abort(&mut self, reason: u8, detail: String) -> End {
-        let _ = self.conn.write_pdu(&Pdu::Abort(Abort { source: ABORT_SOURCE_PROVIDER, reason })).await;
+        let _ = self.conn.write_pdu(&Pdu::Abort(Abort::by_provider(reason))).await;
         End::Aborted(detail)
     }
 
@@ -762,9 +759,9 @@ pub async fn refuse(
         refused.calling_aet = rq.calling_ae_title;
         refused.called_aet = rq.called_ae_title;
         let rj = crate::ul::pdu::AssociateRj {
-            result: association::REJECTED_TRANSIENT,
-            source: association::SOURCE_SERVICE_PROVIDER_PRESENTATION,
-            reason: association::REASON_LOCAL_LIMIT_EXCEEDED,
+            result: reject::REJECTED_TRANSIENT,
+            source: reject::SOURCE_SERVICE_PROVIDER_PRESENTATION,
+            reason: reject::REASON_LOCAL_LIMIT_EXCEEDED,
         };
         if let Err(e) = conn.write_pdu(&Pdu::AssociateRj(rj)).await {
             refused.detail += &format!("; the A-ASSOCIATE-RJ could not be sent: {e}");

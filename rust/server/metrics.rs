@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::dimse::status;
-use crate::ul::association::{
+use crate::ul::pdu::reject::{
     REASON_APPLICATION_CONTEXT_NOT_SUPPORTED, REASON_CALLED_AE_NOT_RECOGNIZED, REASON_CALLING_AE_NOT_RECOGNIZED,
     REASON_LOCAL_LIMIT_EXCEEDED, REASON_PROTOCOL_VERSION_NOT_SUPPORTED, SOURCE_SERVICE_PROVIDER_ACSE,
     SOURCE_SERVICE_PROVIDER_PRESENTATION, SOURCE_SERVICE_USER,
@@ -332,7 +332,7 @@ pub struct HistogramSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ul::association::REJECTED_PERMANENT;
+    use crate::ul::pdu::reject::REJECTED_PERMANENT;
 
     #[test]
     fn latency_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() {

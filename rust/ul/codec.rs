@@ -82,9 +82,11 @@ impl CodecError {
     /// items are skipped, PS3.8 §9.3 leniency).
     pub fn abort_reason(&self) -> u8 {
         match self {
-            CodecError::UnrecognizedPdu { .. } => 1,
-            CodecError::UnexpectedItem { .. } => 5,
-            CodecError::PduTooLong { .. } | CodecError::InvalidLength { .. } | CodecError::InvalidValue { .. } => 6,
+            CodecError::UnrecognizedPdu { .. } => abort::REASON_UNRECOGNIZED_PDU,
+            CodecError::UnexpectedItem { .. } => abort::REASON_UNEXPECTED_PDU_PARAMETER,
+            CodecError::PduTooLong { .. } | CodecError::InvalidLength { .. } | CodecError::InvalidValue { .. } => {
+                abort::REASON_INVALID_PDU_PARAMETER_VALUE
+            }
         }
     }
 }
