@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod dicom;
 pub mod dimse;
+pub mod events;
 pub mod implementation;
 pub mod scu;
 pub mod server;

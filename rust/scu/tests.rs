@@ -14,7 +14,7 @@ fn options(called: &str) -> ClientOptions {
     ClientOptions::new("LOADSCU", called, vec![(SECONDARY_CAPTURE.into(), vec![EXPLICIT_VR_LITTLE_ENDIAN.into()])])
 }
 
-fn start(config: ServerConfig) -> (Server, crate::server::events::EventStream) {
+fn start(config: ServerConfig) -> (Server, crate::events::EventStream) {
     Server::start(config.settings().unwrap()).unwrap()
 }
 
@@ -221,7 +221,7 @@ fn load_over_mutual_tls() {
     let mut closed: Vec<_> = crate::server::tests::events_until_closed(&server, &mut events, 4)
         .into_iter()
         .filter_map(|e| match e {
-            crate::server::events::Event::AssociationClosed(closed) => Some(closed),
+            crate::events::Event::AssociationClosed(closed) => Some(closed),
             _ => None,
         })
         .collect();

@@ -19,9 +19,6 @@ use tokio::sync::watch;
 use tokio::time::Instant as Deadline;
 use tokio_rustls::TlsAcceptor;
 
-use super::events::{
-    AssociationClosed, ConnectionRefused, ContextsRefused, Event, InstanceFailed, InstanceStored, RefusedContext,
-};
 use super::metrics::Refusal;
 use super::store::{InstanceReception, Outcome, Request, Sender};
 use super::{Phase, Shared};
@@ -29,6 +26,9 @@ use crate::clock::unix_time;
 use crate::dicom::sop_class;
 use crate::dimse::command::{self, field, CommandSet, MAX_COMMAND_LEN};
 use crate::dimse::status::{self, Status};
+use crate::events::{
+    AssociationClosed, ConnectionRefused, ContextsRefused, Event, InstanceFailed, InstanceStored, RefusedContext,
+};
 use crate::storage::writer::TempFile;
 use crate::transport::{tls, Transport};
 use crate::ul::association::{acceptor, Association};

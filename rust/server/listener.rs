@@ -13,10 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::events::{Event, ServerWarning};
 use super::handler;
 use super::metrics::Refusal;
 use super::{Phase, Shared};
+use crate::events::{Event, ServerWarning};
 
 /// Peers over the association limit that may wait for their A-ASSOCIATE-RJ at once; past
 /// this, a connection is closed without an answer so a flood cannot pile up tasks.

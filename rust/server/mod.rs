@@ -1,7 +1,6 @@
 //! The Storage SCP: listener, per-association handler, configuration and the events it emits.
 
 pub mod config;
-pub mod events;
 mod handler;
 mod listener;
 pub mod metrics;
@@ -17,10 +16,10 @@ use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::events::{self, EventSink, EventStream};
 use crate::storage::journal::Journal;
 use crate::storage::writer::{Storage, StorageOptions};
 use config::Settings;
-use events::{EventSink, EventStream};
 use metrics::{Metrics, MetricsSnapshot};
 
 /// Where the server is in its life; later phases compare greater.

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::config::ServerConfig;
-use super::events::{Event, EventStream};
 use super::Server;
 use crate::dimse::command::{self, field, CommandSet};
+use crate::events::{Event, EventStream};
 use crate::ul::connection::Connection;
 use crate::ul::pdu::*;
 

@@ -262,18 +262,30 @@ impl PData {
     }
 
     /// The PDVs in order; each one's data is a slice of the received PDU, never copied.
-    pub fn iter(&self) -> Pdvs<'_> {
-        Pdvs { items: &self.items, offset: 0 }
+    pub fn iter(&self) -> Pdvs {
+        self.clone().into_iter()
+    }
+}
+
+impl IntoIterator for PData {
+    type Item = Pdv;
+    type IntoIter = Pdvs;
+
+    /// The PDVs in order, owning the PDU: a reader can keep the rest of a P-DATA-TF between
+    /// messages (`dimse::channel`).
+    fn into_iter(self) -> Pdvs {
+        Pdvs { items: self.items, offset: 0 }
     }
 }
 
 /// The PDVs of a `PData`, read as they are asked for.
-pub struct Pdvs<'a> {
-    items: &'a Bytes,
+#[derive(Debug)]
+pub struct Pdvs {
+    items: Bytes,
     offset: usize,
 }
 
-impl Iterator for Pdvs<'_> {
+impl Iterator for Pdvs {
     type Item = Pdv;
 
     fn next(&mut self) -> Option<Pdv> {

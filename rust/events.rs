@@ -1,5 +1,6 @@
-//! Events the server hands to Python in batches: one per stored instance, per failed
-//! instance and per finished association; one per association whose proposal was partly
+//! Events the core hands to Python in batches: one per stored instance, per failed
+//! instance (from whichever association received it: the server's, or one a client
+//! requested) and per finished association; one per association whose proposal was partly
 //! refused, per connection refused before it became an association, and warnings about the
 //! server itself. The queue is bounded: when Python falls behind, association tasks wait on
 //! `send`, stop reading their sockets, and TCP pushes back on the senders.
