@@ -9,6 +9,7 @@ pub mod events;
 pub mod implementation;
 pub mod scu;
 pub mod server;
+pub mod service;
 pub mod storage;
 pub mod transport;
 pub mod ul;

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::command::{CommandSet, MAX_COMMAND_LEN};
+use super::command::{self, CommandSet, MAX_COMMAND_LEN};
+use super::status::{self, Status};
 use crate::transport::ByteStream;
 use crate::ul::association::Association;
 use crate::ul::codec::Pdvs;
@@ -26,6 +27,9 @@ use crate::ul::pdu::{Abort, Pdu, Pdv};
 /// Data set fragment size when the peer announces no maximum PDU length (0, unlimited): one
 /// fragment per MiB keeps a large data set from being one PDU the peer must buffer whole.
 pub const UNLIMITED_PDU_CAP: u32 = 1 << 20;
+
+/// The Command Field bit that makes a request's field its response's (PS3.7 annex E).
+const RESPONSE_BIT: u16 = 0x8000;
 
 /// Why the channel could not go on.
 #[derive(Debug)]
@@ -117,15 +121,24 @@ pub struct Channel<S> {
 }
 
 impl<S: ByteStream> Channel<S> {
-    /// The channel of an association just established on `conn`.
-    pub fn new(conn: Connection<S>, association: Association, read_timeout: Option<Duration>) -> Self {
-        Channel { conn, association, read_timeout, pdvs: None }
+    /// The channel of `conn`, whose association is to be negotiated on it (`connection`,
+    /// then `established`). Until then every PDV is refused: no context is accepted.
+    pub fn new(conn: Connection<S>) -> Self {
+        Channel { conn, association: Association::default(), read_timeout: None, pdvs: None }
+    }
+
+    /// The association is established: messages may flow on its contexts, each PDU waited
+    /// for `read_timeout` at most (None: as long as the peer takes).
+    pub fn established(&mut self, association: Association, read_timeout: Option<Duration>) {
+        self.association = association;
+        self.read_timeout = read_timeout;
     }
 
     pub fn association(&self) -> &Association {
         &self.association
     }
 
+    /// The framed connection underneath, for the negotiation PDUs.
     pub fn connection(&mut self) -> &mut Connection<S> {
         &mut self.conn
     }
@@ -283,14 +296,32 @@ impl<S: ByteStream> Channel<S> {
         }
     }
 
+    /// Answers a request we do not perform with 0211, unrecognized operation (PS3.7 C.4.2),
+    /// once its data set, if it has one, is in (handed to `discard`, which drops it).
+    pub async fn refuse_unsupported(
+        &mut self,
+        context_id: u8,
+        command: &CommandSet,
+        discard: &mut impl DataSink,
+    ) -> Result<(), ChannelError> {
+        if command.has_data_set() {
+            self.receive_data(context_id, discard).await?;
+        }
+        let response_field = command.command_field().unwrap_or(0) | RESPONSE_BIT;
+        let st = Status::failure(status::UNRECOGNIZED_OPERATION, "operation not supported");
+        let sop_class_uid = command.affected_sop_class_uid().unwrap_or_default();
+        let rsp = command::response(response_field, command.message_id().unwrap_or(0), &sop_class_uid, None, &st);
+        self.send(context_id, &rsp, None).await
+    }
+
     /// Sends an A-ABORT; the peer may be gone already, nothing to do about a failure.
     pub async fn abort(&mut self, abort: Abort) {
         let _ = self.conn.write_pdu(&Pdu::Abort(abort)).await;
     }
 
     /// Answers the peer's A-RELEASE-RQ.
-    pub async fn answer_release(&mut self) -> Result<(), ChannelError> {
-        self.conn.write_pdu(&Pdu::ReleaseRp).await.map_err(ChannelError::Write)
+    pub async fn answer_release(&mut self) -> io::Result<()> {
+        self.conn.write_pdu(&Pdu::ReleaseRp).await
     }
 
     /// Asks to release (A-RELEASE-RQ) and waits for the A-RELEASE-RP (PS3.8 §7.2).

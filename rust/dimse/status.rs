@@ -10,6 +10,8 @@ pub const DUPLICATE_SOP_INSTANCE: u16 = 0x0111;
 pub const INVALID_SOP_INSTANCE: u16 = 0x0117;
 /// Refused: SOP Class not supported (PS3.7 C.5.x).
 pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+/// Unrecognized operation (PS3.7 C.4.2): a request we do not perform.
+pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
 /// Refused: out of resources (PS3.4 table B.2-1, A7xx): storage failed.
 pub const OUT_OF_RESOURCES: u16 = 0xA700;
 /// Refused: out of resources (A7xx), a bound of ours rather than the disk: the deflated data set

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::dimse::status;
+use crate::service::store::StoreMetrics;
 use crate::ul::pdu::reject::{
     REASON_APPLICATION_CONTEXT_NOT_SUPPORTED, REASON_CALLED_AE_NOT_RECOGNIZED, REASON_CALLING_AE_NOT_RECOGNIZED,
     REASON_LOCAL_LIMIT_EXCEEDED, REASON_PROTOCOL_VERSION_NOT_SUPPORTED, SOURCE_SERVICE_PROVIDER_ACSE,
@@ -291,6 +292,17 @@ impl Metrics {
             event_queue_backlog,
             journal_backlog,
         }
+    }
+}
+
+/// The store path's counters are these (`service::store`).
+impl StoreMetrics for Metrics {
+    fn bytes_received(&self, bytes: usize) {
+        Metrics::bytes_received(self, bytes);
+    }
+
+    fn instance_answered(&self, code: u16, received_at: SystemTime) {
+        Metrics::instance_answered(self, code, received_at);
     }
 }
 

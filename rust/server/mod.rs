@@ -5,7 +5,6 @@ mod handler;
 mod listener;
 pub mod metrics;
 mod open_files;
-mod store;
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +16,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::events::{self, EventSink, EventStream};
+use crate::service::store::StoreService;
 use crate::storage::journal::Journal;
 use crate::storage::writer::{Storage, StorageOptions};
 use config::Settings;
@@ -33,12 +33,13 @@ pub enum Phase {
     Aborting,
 }
 
-/// What every association task shares.
-pub struct Shared {
+/// The server as its listener and every association task see it: settings, where events
+/// go, counters, and the store service its associations' C-STOREs run through.
+pub struct ServerContext {
     pub settings: Settings,
-    pub storage: Arc<Storage>,
     pub events: EventSink,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<StoreService>,
 }
 
 /// The ports a server listens on: plain TCP and TLS, each when configured.
@@ -65,7 +66,7 @@ pub struct Server {
     stop: Arc<Notify>,
     grace: Arc<Mutex<Duration>>,
     journal: Arc<Journal>,
-    /// Not `Shared`: the event stream ends when the last association task drops that.
+    /// Not `ServerContext`: the event stream ends when the last association task drops that.
     metrics: Arc<Metrics>,
     /// For the storage check of `/healthz`.
     storage: Arc<Storage>,
@@ -108,14 +109,22 @@ impl Server {
         let slots = Arc::new(Semaphore::new(settings.max_associations));
         let queued = stream.queued_counter();
         let metrics = Arc::new(Metrics::default());
-        let shared = Arc::new(Shared { settings, storage: storage.clone(), events: sink, metrics: metrics.clone() });
+        let store = Arc::new(StoreService {
+            storage: storage.clone(),
+            required: settings.required.clone(),
+            inflate: settings.inflate,
+            ack_registered: settings.ack_registered,
+            events: sink.clone(),
+            metrics: metrics.clone(),
+        });
+        let server = Arc::new(ServerContext { settings, events: sink, metrics: metrics.clone(), store });
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (phase, _) = watch::channel(Phase::Serving);
         // Bound and listening already: connections queue in the backlog until the listener
         // task takes them, so `/healthz` may say so before `start` returns.
         metrics.set_listening(true);
-        let listener = listener::Listener { shared, slots, phase, stop: stop.clone(), grace: grace.clone() };
+        let listener = listener::Listener { server, slots, phase, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(sockets));
         Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued }, stream))
     }

@@ -45,8 +45,8 @@ pub struct AcceptedContext {
     pub roles: Roles,
 }
 
-/// An established association, on either side.
-#[derive(Debug, Clone)]
+/// An established association, on either side; its `Default` is none yet (nothing accepted).
+#[derive(Debug, Clone, Default)]
 pub struct Association {
     /// From the A-ASSOCIATE-RQ: the requestor's AE title and the one it called (ours when we
     /// accept, the peer's when we request).
@@ -70,7 +70,7 @@ impl Association {
 
     /// The accepted context of this ID.
     pub fn context(&self, id: u8) -> Option<&AcceptedContext> {
-        self.contexts[usize::from(id)].as_ref()
+        self.contexts.get(usize::from(id)).and_then(Option::as_ref)
     }
 
     /// Every accepted context, by ID.
