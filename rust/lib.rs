@@ -2,12 +2,13 @@
 //! answers (C-ECHO, C-STORE) and streaming writes to storage. No Python runs per PDU: the
 //! Python package only configures the server and consumes batches of events.
 
+pub mod client;
 pub mod clock;
 pub mod dicom;
 pub mod dimse;
 pub mod events;
 pub mod implementation;
-pub mod scu;
+pub mod loadgen;
 pub mod server;
 pub mod service;
 pub mod storage;

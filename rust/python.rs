@@ -17,7 +17,7 @@ use crate::dicom::inflate::InflateLimits;
 use crate::dicom::transfer_syntax;
 use crate::events::EventStream;
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use crate::scu::load;
+use crate::loadgen as load;
 use crate::server::config::ServerConfig;
 use crate::server::Server;
 use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
@@ -324,7 +324,7 @@ fn read_instance<'py>(py: Python<'py>, path: &str) -> PyResult<Bound<'py, PyByte
     Ok(PyBytes::new(py, &bytes))
 }
 
-/// Runs the load generator (`scu::load`): options and report as msgpack of
+/// Runs the load generator (`loadgen`): options and report as msgpack of
 /// `oxidip._boundary.LoadOptions` / `LoadReport`. Blocks until done, without the GIL.
 #[pyfunction]
 fn send_load<'py>(py: Python<'py>, options: &[u8]) -> PyResult<Bound<'py, PyBytes>> {

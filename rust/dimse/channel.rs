@@ -82,6 +82,13 @@ pub trait DataSink {
     fn fragment(&mut self, data: Bytes) -> impl Future<Output = ()>;
 }
 
+/// A sink that drops what it is given: the data set of a request refused unread.
+pub struct Discard;
+
+impl DataSink for Discard {
+    async fn fragment(&mut self, _: Bytes) {}
+}
+
 /// A sink that keeps the data set whole, for the small ones that are read as a whole:
 /// identifiers of C-FIND matches and of retrieve responses (bounded by `limit`, past which
 /// the rest is dropped and `overflowed` set).
@@ -136,6 +143,11 @@ impl<S: ByteStream> Channel<S> {
 
     pub fn association(&self) -> &Association {
         &self.association
+    }
+
+    /// The byte stream underneath (for its socket's address, say).
+    pub fn stream(&self) -> &S {
+        self.conn.get_ref()
     }
 
     /// The framed connection underneath, for the negotiation PDUs.

@@ -13,7 +13,7 @@ use crate::dicom::sop_class;
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::PathTemplate;
 use crate::storage::permissions::Permissions;
-use crate::storage::writer::{DuplicatePolicy, FsyncPolicy};
+use crate::storage::writer::{DuplicatePolicy, FsyncPolicy, StorageOptions};
 use crate::transport::tls::{self, ServerFiles, TlsFileError};
 use crate::ul::association::acceptor::{AcceptorPolicy, SupportedSyntaxes};
 use crate::ul::association::Roles;
@@ -140,6 +140,19 @@ pub struct Settings {
     pub event_queue_size: usize,
     /// Answer success only once Python has registered the instance (`ack = "registered"`).
     pub ack_registered: bool,
+}
+
+impl Settings {
+    /// How stored instances are placed.
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
+            template: self.template.clone(),
+            fsync: self.fsync,
+            duplicates: self.duplicates,
+            permissions: self.permissions,
+            node: self.node.clone(),
+        }
+    }
 }
 
 impl ServerConfig {

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::events::{self, EventSink, EventStream};
 use crate::service::store::StoreService;
 use crate::storage::journal::Journal;
-use crate::storage::writer::{Storage, StorageOptions};
+use crate::storage::writer::Storage;
 use config::Settings;
 use metrics::{Metrics, MetricsSnapshot};
 
@@ -79,14 +79,7 @@ impl Server {
     /// the server has stopped and every association has ended.
     pub fn start(settings: Settings) -> io::Result<(Server, EventStream)> {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oxidip").build()?;
-        let options = StorageOptions {
-            template: settings.template.clone(),
-            fsync: settings.fsync,
-            duplicates: settings.duplicates,
-            permissions: settings.permissions,
-            node: settings.node.clone(),
-        };
-        let storage = Arc::new(Storage::open(&settings.files_root, options)?);
+        let storage = Arc::new(Storage::open(&settings.files_root, settings.storage_options())?);
         let journal = storage.journal().clone();
         let plain = settings.bind.as_deref().map(bind).transpose()?;
         let tls = match &settings.tls {
