@@ -25,10 +25,12 @@ pub const MAX_IDENTIFIER_LEN: usize = 4 << 20;
 pub const MAX_GET_STORAGE_CONTEXTS: usize = MAX_CONTEXTS - 1;
 
 /// The presentation contexts of an association for C-GET (PS3.4 C.4.3.1): the information
-/// model `model`, where we are SCU, and one context per storage SOP class of `sop_classes`
-/// where we propose to be SCP (PS3.7 D.3.3.4), each with `transfer_syntaxes`.
+/// model `model`, where we are SCU, with the transfer syntax its identifiers are encoded in,
+/// and one context per storage SOP class of `sop_classes` where we propose to be SCP (PS3.7
+/// D.3.3.4), each with `transfer_syntaxes` (those we store as they come).
 pub fn get_contexts(
     model: &str,
+    identifier_transfer_syntax: &str,
     sop_classes: &[&str],
     transfer_syntaxes: &[&str],
 ) -> Result<Vec<ProposedContext>, ClientError> {
@@ -41,7 +43,7 @@ pub fn get_contexts(
     let storage = sop_classes
         .iter()
         .map(|class| ProposedContext { roles: Roles::SCP, ..ProposedContext::scu(class, transfer_syntaxes) });
-    Ok(std::iter::once(ProposedContext::scu(model, transfer_syntaxes)).chain(storage).collect())
+    Ok(std::iter::once(ProposedContext::scu(model, &[identifier_transfer_syntax])).chain(storage).collect())
 }
 
 /// The status of a final response, with its ErrorComment.

@@ -437,7 +437,8 @@ fn get_stores_the_sub_operations_through_the_store_path() {
     let (answered, pendings, outcome, counts) = runtime.block_on(async {
         let (listener, port) = listener().await;
         let provider = tokio::spawn(get_scp(listener, instances.clone()));
-        let contexts = get_contexts(STUDY_ROOT_GET, &[CT], &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
+        let contexts =
+            get_contexts(STUDY_ROOT_GET, EXPLICIT_VR_LITTLE_ENDIAN, &[CT], &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
         let mut client =
             Client::connect(("127.0.0.1", port), ClientOptions::new("OXIDIP", "PACS", contexts)).await.unwrap();
         assert_eq!(client.association().contexts().find(|c| c.abstract_syntax == CT).unwrap().roles, Roles::SCP);

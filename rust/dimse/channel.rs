@@ -82,6 +82,23 @@ pub trait DataSink {
     fn fragment(&mut self, data: Bytes) -> impl Future<Output = ()>;
 }
 
+/// The command set proper: group 0000 as long as its CommandGroupLength (0000,0000) says,
+/// which PS3.7 §E.1 requires first. What follows it is dropped: dcmtk-based retrieve SCPs
+/// (Orthanc 1.10 seen here) append the Failed SOP Instance UID List (0008,0058), with its
+/// group length, to the command set of a failed C-GET-RSP, where PS3.7 §9.3.3.2 puts it in
+/// the identifier. Without a group length first, the bytes are taken as they are.
+fn command_group(bytes: &[u8]) -> &[u8] {
+    // Tag (0000,0000), value length 4, then the UL value (implicit VR little endian).
+    let Some((&[0, 0, 0, 0, 4, 0, 0, 0, l0, l1, l2, l3], body)) = bytes.split_first_chunk::<12>() else {
+        return bytes;
+    };
+    let group_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    match body.get(..group_len) {
+        Some(_) => &bytes[..12 + group_len],
+        None => bytes,
+    }
+}
+
 /// A sink that drops what it is given: the data set of a request refused unread.
 pub struct Discard;
 
@@ -222,8 +239,9 @@ impl<S: ByteStream> Channel<S> {
             return Err(ChannelError::invalid("data fragment without a command"));
         }
         let context_id = first.context_id;
-        let decode =
-            |bytes: &[u8]| CommandSet::decode(bytes).map_err(|e| ChannelError::invalid(format!("command set: {e}")));
+        let decode = |bytes: &[u8]| {
+            CommandSet::decode(command_group(bytes)).map_err(|e| ChannelError::invalid(format!("command set: {e}")))
+        };
         if first.is_last {
             // The usual case: a command set in one fragment, decoded where it lies.
             return Ok((context_id, decode(&first.data)?));
@@ -352,5 +370,30 @@ impl<S: ByteStream> Channel<S> {
     /// Closes the transport (`Connection::close`).
     pub async fn close(&mut self) {
         self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dimse::command::{element, field};
+
+    #[test]
+    fn what_follows_the_command_group_is_dropped() {
+        let mut rsp = CommandSet::default();
+        rsp.set_u16(element::COMMAND_FIELD, field::C_GET_RSP).set_u16(element::STATUS, 0xC000);
+        let group = rsp.encode();
+        // Orthanc's failed C-GET-RSP: (0008,0000) and (0008,0058) after group 0000.
+        let appended = [&[8, 0, 0, 0, 4, 0, 0, 0, 12, 0, 0, 0][..], &[8, 0, 0x58, 0, 4, 0, 0, 0], b"1.2\0"].concat();
+        let received = [&group[..], &appended].concat();
+        assert_eq!(command_group(&received), &group[..]);
+        assert_eq!(CommandSet::decode(command_group(&received)).unwrap().status(), Some(0xC000));
+        // No group length first, or one longer than the bytes: taken as they are (and
+        // refused by the decoder if they are not a command set).
+        assert_eq!(command_group(&appended), &appended[..]);
+        let mut lying = group.clone();
+        lying[8] = 0xFF;
+        assert_eq!(command_group(&lying), &lying[..]);
+        assert_eq!(command_group(&[0, 0]), &[0, 0]);
     }
 }

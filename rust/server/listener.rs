@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,7 +76,6 @@ impl Listener {
     /// Accepts until told to stop, then closes the sockets and waits for the running
     /// associations.
     pub async fn run(self, sockets: Sockets) {
-        let ids = AtomicU64::new(1);
         let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
         let spare = Arc::new(SpareDescriptor::open());
         // The spare was closed so that the next accepted connection can be answered.
@@ -130,7 +128,7 @@ impl Listener {
             }
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let id = ids.fetch_add(1, Ordering::Relaxed);
+                    let id = self.server.next_association_id();
                     let connection =
                         handler::serve_connection(stream, tls, self.server.clone(), id, peer, self.phase.subscribe());
                     tokio::spawn(async move {

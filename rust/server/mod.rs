@@ -7,8 +7,8 @@ pub mod metrics;
 mod open_files;
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
@@ -40,6 +40,15 @@ pub struct ServerContext {
     pub events: EventSink,
     pub metrics: Arc<Metrics>,
     pub store: Arc<StoreService>,
+    /// The id of the next association, accepted or requested (events carry it).
+    association_ids: AtomicU64,
+}
+
+impl ServerContext {
+    /// A new association id, unique in this process.
+    pub fn next_association_id(&self) -> u64 {
+        self.association_ids.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// The ports a server listens on: plain TCP and TLS, each when configured.
@@ -72,6 +81,8 @@ pub struct Server {
     storage: Arc<Storage>,
     /// Events not yet taken (`EventStream::queued_counter`).
     queued: Arc<AtomicUsize>,
+    /// Weak: the event stream ends once the listener and every association are done with it.
+    context: Weak<ServerContext>,
 }
 
 impl Server {
@@ -110,7 +121,14 @@ impl Server {
             events: sink.clone(),
             metrics: metrics.clone(),
         });
-        let server = Arc::new(ServerContext { settings, events: sink, metrics: metrics.clone(), store });
+        let server = Arc::new(ServerContext {
+            settings,
+            events: sink,
+            metrics: metrics.clone(),
+            store,
+            association_ids: AtomicU64::new(1),
+        });
+        let context = Arc::downgrade(&server);
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (phase, _) = watch::channel(Phase::Serving);
@@ -119,7 +137,7 @@ impl Server {
         metrics.set_listening(true);
         let listener = listener::Listener { server, slots, phase, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(sockets));
-        Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued }, stream))
+        Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued, context }, stream))
     }
 
     /// The plain TCP listener's port; 0 when there is none.
@@ -150,6 +168,12 @@ impl Server {
     pub fn metrics(&self) -> MetricsSnapshot {
         let queued = self.queued.load(Ordering::Relaxed) as u64;
         self.metrics.snapshot(queued, self.journal.backlog() as u64)
+    }
+
+    /// What the server's associations share, for an association it requests itself (a
+    /// C-GET into its storage); None once it has stopped and every association has ended.
+    pub fn context(&self) -> Option<Arc<ServerContext>> {
+        self.context.upgrade()
     }
 
     /// The storage instances go to (for its `check_writable`).
