@@ -23,11 +23,13 @@ from tests.helpers.dicom import (
     source_dataset_bytes,
 )
 from tests.helpers.orthanc import OrthancServer
+from tests.helpers.receiver import RunningReceiver
 
 OUR_AET = "OXIDIP"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 TIMEOUT = 10.0
 
 
@@ -58,6 +60,41 @@ def series_identifier(study_uid: str, series_uid: str) -> Dataset:
     return identifier
 
 
+def find(orthanc: OrthancServer, query: Dataset, calling_aet: str = OUR_AET) -> _core.FindResult:
+    """C-FIND on Orthanc's Study Root model, the query in explicit VR little endian."""
+    return _core.find(
+        orthanc.host,
+        orthanc.dicom_port,
+        calling_aet,
+        orthanc.aet,
+        STUDY_ROOT_FIND,
+        encode_dataset(query, EXPLICIT_LE),
+        EXPLICIT_LE,
+        TIMEOUT,
+    )
+
+
+def retrieve(
+    rx: RunningReceiver,
+    orthanc: OrthancServer,
+    identifier: Dataset,
+    sop_classes: list[str],
+    transfer_syntaxes: list[str],
+) -> _core.RetrieveResult:
+    """C-GET from Orthanc's Study Root model into ``rx``, as its AE title."""
+    return rx.rx._core.retrieve(
+        orthanc.host,
+        orthanc.dicom_port,
+        orthanc.aet,
+        STUDY_ROOT_GET,
+        encode_dataset(identifier, EXPLICIT_LE),
+        EXPLICIT_LE,
+        sop_classes,
+        transfer_syntaxes,
+        TIMEOUT,
+    )
+
+
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
     """One Orthanc for the module; our AE title is a modality, so it answers our C-FINDs
@@ -73,16 +110,7 @@ def test_find_against_orthanc_yields_each_match(orthanc: OrthancServer) -> None:
     query = series_identifier(study_uid, series_uid)
     query.NumberOfSeriesRelatedInstances = ""
     query.Modality = ""
-    found = _core.find(
-        orthanc.host,
-        orthanc.dicom_port,
-        OUR_AET,
-        orthanc.aet,
-        STUDY_ROOT_FIND,
-        encode_dataset(query, EXPLICIT_LE),
-        EXPLICIT_LE,
-        TIMEOUT,
-    )
+    found = find(orthanc, query)
     assert (found.status, found.comment) == (0, "")
     assert len(found.matches) == 1
     match = read_raw_dataset(found.matches[0], EXPLICIT_LE)
@@ -96,16 +124,7 @@ def test_find_against_orthanc_yields_each_match(orthanc: OrthancServer) -> None:
     everything.QueryRetrieveLevel = "SERIES"
     everything.StudyInstanceUID = study_uid
     everything.SeriesInstanceUID = ""
-    found = _core.find(
-        orthanc.host,
-        orthanc.dicom_port,
-        OUR_AET,
-        orthanc.aet,
-        STUDY_ROOT_FIND,
-        encode_dataset(everything, EXPLICIT_LE),
-        EXPLICIT_LE,
-        TIMEOUT,
-    )
+    found = find(orthanc, everything)
     assert found.status == 0
     series = {read_raw_dataset(m, EXPLICIT_LE).SeriesInstanceUID for m in found.matches}
     assert series == {series_uid}, "the other series belongs to another study"
@@ -116,16 +135,7 @@ def test_find_refused_by_orthanc_is_an_error(orthanc: OrthancServer) -> None:
     """Orthanc aborts the C-FIND of an AE title it does not know: an OSError saying so."""
     query = series_identifier(generate_uid(), generate_uid())
     with pytest.raises(OSError, match="aborted"):
-        _core.find(
-            orthanc.host,
-            orthanc.dicom_port,
-            "STRANGER",
-            orthanc.aet,
-            STUDY_ROOT_FIND,
-            encode_dataset(query, EXPLICIT_LE),
-            EXPLICIT_LE,
-            TIMEOUT,
-        )
+        find(orthanc, query, calling_aet="STRANGER")
 
 
 def test_get_from_orthanc_stores_through_the_receivers_store_path(
@@ -135,17 +145,8 @@ def test_get_from_orthanc_stores_through_the_receivers_store_path(
     rx = start_receiver(AET=OUR_AET)
     orthanc.add_modality("oxidip", OUR_AET, rx.host, rx.port)
     since = rx.mark()
-    result = rx.rx._core.retrieve(
-        orthanc.host,
-        orthanc.dicom_port,
-        orthanc.aet,
-        STUDY_ROOT_GET,
-        encode_dataset(series_identifier(study_uid, series_uid), EXPLICIT_LE),
-        EXPLICIT_LE,
-        [SECONDARY_CAPTURE],
-        [EXPLICIT_LE, IMPLICIT_LE],
-        TIMEOUT,
-    )
+    identifier = series_identifier(study_uid, series_uid)
+    result = retrieve(rx, orthanc, identifier, [SECONDARY_CAPTURE], [EXPLICIT_LE, IMPLICIT_LE])
     assert (result.status, result.comment) == (0, ""), result.comment
     assert (result.completed, result.failed, result.warning) == (len(instances), 0, 0)
     stored = rx.wait_stored(len(instances), since=since)
@@ -170,17 +171,8 @@ def test_get_of_nothing_ends_with_no_instances(
 ) -> None:
     rx = start_receiver(AET=OUR_AET)
     orthanc.add_modality("oxidip", OUR_AET, rx.host, rx.port)
-    result = rx.rx._core.retrieve(
-        orthanc.host,
-        orthanc.dicom_port,
-        orthanc.aet,
-        STUDY_ROOT_GET,
-        encode_dataset(series_identifier(generate_uid(), generate_uid()), EXPLICIT_LE),
-        EXPLICIT_LE,
-        [SECONDARY_CAPTURE],
-        [EXPLICIT_LE],
-        TIMEOUT,
-    )
+    nothing = series_identifier(generate_uid(), generate_uid())
+    result = retrieve(rx, orthanc, nothing, [SECONDARY_CAPTURE], [EXPLICIT_LE])
     # Orthanc 1.10 answers a retrieve that matches nothing with C000 (unable to process).
     assert (result.status, result.completed) == (0xC000, 0)
 
@@ -195,17 +187,8 @@ def test_get_of_a_sop_class_not_proposed_fails_without_breaking_the_association(
     rx = start_receiver(AET=OUR_AET)
     orthanc.add_modality("oxidip", OUR_AET, rx.host, rx.port)
     since = rx.mark()
-    result = rx.rx._core.retrieve(
-        orthanc.host,
-        orthanc.dicom_port,
-        orthanc.aet,
-        STUDY_ROOT_GET,
-        encode_dataset(series_identifier(study_uid, series_uid), EXPLICIT_LE),
-        EXPLICIT_LE,
-        ["1.2.840.10008.5.1.4.1.1.2"],
-        [EXPLICIT_LE],
-        TIMEOUT,
-    )
+    identifier = series_identifier(study_uid, series_uid)
+    result = retrieve(rx, orthanc, identifier, [CT_IMAGE], [EXPLICIT_LE])
     assert (result.status, result.completed) == (0xC000, 0)
     assert result.failed
     assert rx.stored(since) == [] and rx.failed(since) == []

@@ -15,7 +15,7 @@ use crate::dicom::transfer_syntax::EXPLICIT_VR_LITTLE_ENDIAN;
 use crate::dimse::channel::Collected;
 use crate::dimse::command::field;
 use crate::dimse::query_retrieve::{
-    c_find_rsp, c_get_rsp, c_move_rsp, SubOperations, STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE,
+    c_find_rsp, retrieve_rsp, SubOperations, STUDY_ROOT_FIND, STUDY_ROOT_GET, STUDY_ROOT_MOVE,
 };
 use crate::dimse::status::{self, Status};
 use crate::events::Event;
@@ -99,6 +99,11 @@ async fn accept_one(listener: TcpListener, ae_title: &str, supported: impl Suppo
     channel.connection().set_max_pdata_len(16384);
     channel.established(association, Some(Duration::from_secs(10)));
     channel
+}
+
+/// Our client, associated with the test acceptor on `port` as OXIDIP, proposing `contexts`.
+async fn connect(port: u16, called: &str, contexts: Vec<ProposedContext>) -> Client {
+    Client::connect(("127.0.0.1", port), ClientOptions::new("OXIDIP", called, contexts)).await.unwrap()
 }
 
 async fn listener() -> (TcpListener, u16) {
@@ -192,7 +197,10 @@ async fn get_scp(listener: TcpListener, instances: Vec<(String, Vec<u8>)>) -> Ve
             failed: Some(failed_uids.len() as u16),
             warning: Some(0),
         };
-        channel.send(context_id, &c_get_rsp(id, STUDY_ROOT_GET, &pending(), &counts, false), None).await.unwrap();
+        channel
+            .send(context_id, &retrieve_rsp(field::C_GET_RSP, id, STUDY_ROOT_GET, &pending(), &counts, false), None)
+            .await
+            .unwrap();
     }
     let counts = SubOperations {
         remaining: None,
@@ -203,7 +211,7 @@ async fn get_scp(listener: TcpListener, instances: Vec<(String, Vec<u8>)>) -> Ve
     let mut failed_list = Vec::new();
     element(&mut failed_list, 0x0008, 0x0058, b"UI", &failed_uids.join("\\"));
     let done = Status::failure(status::SUB_OPERATIONS_WITH_FAILURES, "sub-operations failed");
-    let rsp = c_get_rsp(id, STUDY_ROOT_GET, &done, &counts, true);
+    let rsp = retrieve_rsp(field::C_GET_RSP, id, STUDY_ROOT_GET, &done, &counts, true);
     channel.send(context_id, &rsp, Some(&[&failed_list])).await.unwrap();
     released(&mut channel).await;
     statuses
@@ -389,15 +397,21 @@ fn move_reports_pending_counts_and_the_final_outcome() {
             assert_eq!(rq.get_text(element::MOVE_DESTINATION).as_deref(), Some("ELSEWHERE"));
             let id = rq.message_id().unwrap();
             let counts = SubOperations { remaining: Some(1), completed: Some(1), failed: Some(0), warning: Some(0) };
-            channel.send(context_id, &c_move_rsp(id, STUDY_ROOT_MOVE, &pending(), &counts, false), None).await.unwrap();
+            channel
+                .send(
+                    context_id,
+                    &retrieve_rsp(field::C_MOVE_RSP, id, STUDY_ROOT_MOVE, &pending(), &counts, false),
+                    None,
+                )
+                .await
+                .unwrap();
             let last = SubOperations { remaining: None, completed: Some(2), ..counts };
-            let rsp = c_move_rsp(id, STUDY_ROOT_MOVE, &Status::success(), &last, false);
+            let rsp = retrieve_rsp(field::C_MOVE_RSP, id, STUDY_ROOT_MOVE, &Status::success(), &last, false);
             channel.send(context_id, &rsp, None).await.unwrap();
             released(&mut channel).await;
         });
         let contexts = vec![ProposedContext::scu(STUDY_ROOT_MOVE, &[EXPLICIT_VR_LITTLE_ENDIAN])];
-        let mut client =
-            Client::connect(("127.0.0.1", port), ClientOptions::new("OXIDIP", "PACS", contexts)).await.unwrap();
+        let mut client = connect(port, "PACS", contexts).await;
         let mut moving = client.move_to(STUDY_ROOT_MOVE, "ELSEWHERE", &identifier("SERIES", "1.2")).await.unwrap();
         let first = moving.next_pending().await.unwrap();
         assert_eq!(first.and_then(|c| c.remaining), Some(1));

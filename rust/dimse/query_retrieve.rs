@@ -104,30 +104,10 @@ impl SubOperations {
     }
 }
 
-/// A C-GET-RSP (PS3.7 §9.3.3.2) with its sub-operation counts; `identifier` true when a
-/// data set follows (the Failed SOP Instance UID List of a final response).
-pub fn c_get_rsp(
-    message_id: u16,
-    sop_class_uid: &str,
-    status: &Status,
-    counts: &SubOperations,
-    identifier: bool,
-) -> CommandSet {
-    retrieve_rsp(field::C_GET_RSP, message_id, sop_class_uid, status, counts, identifier)
-}
-
-/// A C-MOVE-RSP (PS3.7 §9.3.4.2), as `c_get_rsp`.
-pub fn c_move_rsp(
-    message_id: u16,
-    sop_class_uid: &str,
-    status: &Status,
-    counts: &SubOperations,
-    identifier: bool,
-) -> CommandSet {
-    retrieve_rsp(field::C_MOVE_RSP, message_id, sop_class_uid, status, counts, identifier)
-}
-
-fn retrieve_rsp(
+/// A C-GET-RSP or C-MOVE-RSP (`command_field`, PS3.7 §9.3.3.2, §9.3.4.2) with its
+/// sub-operation counts; `identifier` true when a data set follows (the Failed SOP Instance
+/// UID List of a final response).
+pub fn retrieve_rsp(
     command_field: u16,
     message_id: u16,
     sop_class_uid: &str,
@@ -180,12 +160,12 @@ mod tests {
         assert_eq!((done.status(), done.has_data_set()), (Some(0), false));
 
         let counts = SubOperations { remaining: Some(3), completed: Some(1), failed: Some(0), warning: Some(0) };
-        let get = round_trip(&c_get_rsp(6, STUDY_ROOT_GET, &pending, &counts, false));
+        let get = round_trip(&retrieve_rsp(field::C_GET_RSP, 6, STUDY_ROOT_GET, &pending, &counts, false));
         assert_eq!(get.command_field(), Some(field::C_GET_RSP));
         assert_eq!(SubOperations::of(&get), counts);
         let final_counts = SubOperations { remaining: None, ..counts };
         let failed = Status::failure(status::SUB_OPERATIONS_WITH_FAILURES, "1 failed");
-        let moved = round_trip(&c_move_rsp(7, STUDY_ROOT_MOVE, &failed, &final_counts, true));
+        let moved = round_trip(&retrieve_rsp(field::C_MOVE_RSP, 7, STUDY_ROOT_MOVE, &failed, &final_counts, true));
         assert_eq!(moved.command_field(), Some(field::C_MOVE_RSP));
         assert_eq!(SubOperations::of(&moved), final_counts);
         assert!(moved.has_data_set());

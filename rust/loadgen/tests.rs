@@ -7,19 +7,17 @@ use crate::dicom::transfer_syntax::EXPLICIT_VR_LITTLE_ENDIAN;
 use crate::server::config::ServerConfig;
 use crate::server::tests::config;
 
-#[test]
-fn load_run_stores_every_instance() {
-    let root = tempfile::tempdir().unwrap();
-    let (server, _events) = start(ServerConfig { event_queue_size: 1000, ..config(root.path()) });
-    let report = run(LoadOptions {
-        addr: format!("127.0.0.1:{}", server.port()),
+/// A small load into `addr` from LOADSCU, plain TCP.
+fn load(addr: String) -> LoadOptions {
+    LoadOptions {
+        addr,
         calling_aet: "LOADSCU".into(),
         called_aet: "OXIDIP".into(),
-        associations: 3,
-        instances: 20,
-        size: 3000,
+        associations: 1,
+        instances: 1,
+        size: 1000,
         image: Image::Sc,
-        idle_associations: 1,
+        idle_associations: 0,
         transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
         max_pdu_length: 16384,
         timeout: 10.0,
@@ -27,6 +25,19 @@ fn load_run_stores_every_instance() {
         tls_ca: None,
         tls_cert: None,
         tls_key: None,
+    }
+}
+
+#[test]
+fn load_run_stores_every_instance() {
+    let root = tempfile::tempdir().unwrap();
+    let (server, _events) = start(ServerConfig { event_queue_size: 1000, ..config(root.path()) });
+    let report = run(LoadOptions {
+        associations: 3,
+        instances: 20,
+        size: 3000,
+        idle_associations: 1,
+        ..load(format!("127.0.0.1:{}", server.port()))
     })
     .unwrap();
     assert_eq!((report.instances, report.failures), (20, 0), "{report:?}");
@@ -44,21 +55,11 @@ fn load_run_reports_rejection() {
     let root = tempfile::tempdir().unwrap();
     let (server, _events) = start(config(root.path()));
     let report = run(LoadOptions {
-        addr: format!("127.0.0.1:{}", server.port()),
-        calling_aet: "LOADSCU".into(),
         called_aet: "WRONG".into(),
         associations: 2,
         instances: 5,
-        size: 1000,
-        image: Image::Sc,
-        idle_associations: 0,
-        transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
         max_pdu_length: 0,
-        timeout: 10.0,
-        deadline: 0.0,
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
+        ..load(format!("127.0.0.1:{}", server.port()))
     })
     .unwrap();
     assert_eq!((report.instances, report.failures, report.errors.len()), (0, 5, 2), "{report:?}");
@@ -81,27 +82,18 @@ fn load_over_mutual_tls() {
     assert_eq!(server.port(), 0, "no plain listener");
     let addr = format!("127.0.0.1:{}", server.ports().tls.unwrap());
     let path = |p: &std::path::Path| Some(p.to_string_lossy().into_owned());
-    let load = |identity: Option<&(std::path::PathBuf, std::path::PathBuf)>, ca: bool| LoadOptions {
-        addr: addr.clone(),
-        calling_aet: "LOADSCU".into(),
-        called_aet: "OXIDIP".into(),
-        associations: 1,
+    let tls_load = |identity: Option<&(std::path::PathBuf, std::path::PathBuf)>, ca: bool| LoadOptions {
         instances: 3,
         size: 300_000,
-        image: Image::Sc,
-        idle_associations: 0,
-        transfer_syntax: EXPLICIT_VR_LITTLE_ENDIAN.into(),
-        max_pdu_length: 16384,
-        timeout: 10.0,
-        deadline: 0.0,
         tls_ca: if ca { path(&pki.ca) } else { None },
         tls_cert: identity.and_then(|(cert, _)| path(cert)),
         tls_key: identity.and_then(|(_, key)| path(key)),
+        ..load(addr.clone())
     };
-    let report = run(load(Some(&pki.client), true)).unwrap();
+    let report = run(tls_load(Some(&pki.client), true)).unwrap();
     assert_eq!((report.instances, report.failures), (3, 0), "{report:?}");
     for (identity, ca) in [(None, true), (Some(&pki.stranger), true), (None, false)] {
-        let report = run(load(identity, ca)).unwrap();
+        let report = run(tls_load(identity, ca)).unwrap();
         assert_eq!((report.instances, report.errors.len()), (0, 1), "{report:?}");
     }
     assert_eq!(stored_files(root.path()).len(), 3);
