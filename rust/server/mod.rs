@@ -88,6 +88,7 @@ impl Server {
         };
         let storage = Arc::new(Storage::open(&settings.files_root, options)?);
         let journal = storage.journal().clone();
+        runtime.spawn(crate::storage::journal::watch(Arc::downgrade(&journal)));
         let plain = settings.bind.as_deref().map(bind).transpose()?;
         let tls = match &settings.tls {
             Some(tls) => Some((bind(&tls.bind)?, TlsAcceptor::from(tls.config.clone()))),
