@@ -92,6 +92,7 @@ impl Server {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oxidip").build()?;
         let storage = Arc::new(Storage::open(&settings.files_root, settings.storage_options())?);
         let journal = storage.journal().clone();
+        runtime.spawn(crate::storage::journal::watch(Arc::downgrade(&journal)));
         let plain = settings.bind.as_deref().map(bind).transpose()?;
         let tls = match &settings.tls {
             Some(tls) => Some((bind(&tls.bind)?, TlsAcceptor::from(tls.config.clone()))),
