@@ -198,8 +198,13 @@ impl Receiver {
             handle.block_on(async {
                 let contexts =
                     query_retrieve::get_contexts(model, identifier_transfer_syntax, &sop_classes, &transfer_syntaxes)?;
-                let aet = &context.settings.acceptor.ae_title;
-                let options = ClientOptions { timeout, ..ClientOptions::new(aet, called_aet, contexts) };
+                // As the receiver: its AE title, and the PDU limit it announces to senders.
+                let acceptor = &context.settings.acceptor;
+                let options = ClientOptions {
+                    timeout,
+                    max_pdu_length: acceptor.max_pdu_length,
+                    ..ClientOptions::new(&acceptor.ae_title, called_aet, contexts)
+                };
                 let mut client = Client::connect((host, port), options).await?;
                 let origin = client.store_origin(context.next_association_id());
                 let mut store = StoreProvider::new(context.store.clone(), origin);
