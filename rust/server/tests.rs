@@ -8,9 +8,9 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::config::ServerConfig;
-use super::events::{Event, EventStream};
 use super::Server;
 use crate::dimse::command::{self, field, CommandSet};
+use crate::events::{Event, EventStream};
 use crate::ul::connection::Connection;
 use crate::ul::pdu::*;
 
@@ -51,7 +51,7 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
 }
 
 /// An explicit VR little endian element with a text value padded to even length.
-fn element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &str) {
+pub(crate) fn element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &str) {
     let mut v = value.as_bytes().to_vec();
     if v.len() % 2 == 1 {
         v.push(if vr == b"UI" { 0 } else { b' ' });
@@ -63,7 +63,7 @@ fn element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &str) 
     out.extend_from_slice(&v);
 }
 
-fn dataset(sop_instance_uid: &str) -> Vec<u8> {
+pub(crate) fn dataset(sop_instance_uid: &str) -> Vec<u8> {
     let mut ds = Vec::new();
     element(&mut ds, 0x0008, 0x0016, b"UI", CT);
     element(&mut ds, 0x0008, 0x0018, b"UI", sop_instance_uid);

@@ -75,7 +75,7 @@ pub fn read_stored(path: &Path) -> io::Result<StoredInstance> {
         source_aet: text(0x0016),
         media_storage_sop_class_uid: text(0x0002),
         media_storage_sop_instance_uid: text(0x0003),
-        modified_at: crate::server::events::unix_time(modified_at),
+        modified_at: crate::clock::unix_time(modified_at),
     })
 }
 
