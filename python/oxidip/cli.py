@@ -34,7 +34,7 @@ from oxidip._boundary import (
     ServerWarning,
 )
 from oxidip.adoption import JournalAdopter
-from oxidip.completeness import ExpectedCountLookup, parse_pacs_addresses
+from oxidip.completeness import ExpectedCountLookup
 from oxidip.config import (
     VARIABLES,
     Config,
@@ -44,6 +44,7 @@ from oxidip.config import (
 )
 from oxidip.hooks import HookError, Hooks
 from oxidip.http_endpoint import HttpEndpoint, open_http_endpoint
+from oxidip.nodes import NodeDirectory
 from oxidip.notify import NotifierError, open_notifier, sanitize_subject_part
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
@@ -305,7 +306,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         # be asking too: a second C-FIND for one series is harmless.)
         pending = registry.list_series(expected_status=ExpectedStatus.PENDING)
     lookup = ExpectedCountLookup(
-        parse_pacs_addresses(config.pacs_address),
+        NodeDirectory.parse(config.pacs_address),
         config.scp_aet,
         timeout=config.cfind_timeout,
         retries=config.cfind_retries,

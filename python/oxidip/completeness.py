@@ -20,27 +20,23 @@ with no PACS to ask never loads them (with numpy, which pydicom takes when insta
 are ~30 MB of every ``oxidip serve`` process and a third of a second of its start).
 """
 
-import ipaddress
 import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 import msgspec
 
+from oxidip.nodes import NodeDirectory, RemoteNode
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from pynetdicom.association import Association
 
-__all__ = [
-    "ExpectedCount",
-    "ExpectedCountLookup",
-    "PacsAddress",
-    "parse_pacs_addresses",
-]
+__all__ = ["ExpectedCount", "ExpectedCountLookup"]
 
 log = logging.getLogger("oxidip.completeness")
 
@@ -48,107 +44,6 @@ log = logging.getLogger("oxidip.completeness")
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 _NUMBER_OF_SERIES_RELATED_INSTANCES = 0x0020_1209
-
-_FORM = "AET=host:port[,AET=host:port...] (IPv6 hosts in brackets: AET=[::1]:104)"
-
-
-class PacsAddress(msgspec.Struct, frozen=True):
-    """Where the PACS known by AE title ``aet`` answers C-FIND."""
-
-    aet: str
-    host: str
-    port: int
-
-
-def _check_aet(aet: str, entry: str) -> str:
-    if not aet:
-        raise ValueError(f"entry {entry!r} has an empty AE title; expected {_FORM}")
-    if len(aet) > 16:
-        raise ValueError(
-            f"AE title {aet!r} in {entry!r} is {len(aet)} characters long, at most 16 are "
-            f"allowed; expected {_FORM}"
-        )
-    if any(not (" " <= c <= "~") or c == "\\" for c in aet):
-        raise ValueError(
-            f"AE title {aet!r} in {entry!r} must be printable ASCII without backslash; "
-            f"expected {_FORM}"
-        )
-    return aet
-
-
-def _check_port(text: str, entry: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"port {text!r} in {entry!r} is not a number; expected {_FORM}")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} in {entry!r} is not in 1-65535; expected {_FORM}")
-    return port
-
-
-def _check_host(host: str, entry: str) -> str:
-    if not host:
-        raise ValueError(f"entry {entry!r} has an empty host; expected {_FORM}")
-    if any(c.isspace() for c in host) or not host.isascii() or not host.isprintable():
-        raise ValueError(
-            f"host {host!r} in {entry!r} contains spaces or non-ASCII characters; expected {_FORM}"
-        )
-    return host
-
-
-def _parse_entry(entry: str) -> PacsAddress:
-    aet, sep, address = entry.partition("=")
-    if not sep:
-        raise ValueError(f"entry {entry!r} has no '='; expected {_FORM}")
-    aet = _check_aet(aet.strip(), entry)
-    address = address.strip()
-    if address.startswith("["):
-        close = address.find("]")
-        if close < 0:
-            raise ValueError(f"entry {entry!r} has an unclosed '[' in its host; expected {_FORM}")
-        host = address[1:close]
-        rest = address[close + 1 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(
-                f"{host!r} in {entry!r} is not an IPv6 address (brackets are only for IPv6); "
-                f"expected {_FORM}"
-            ) from None
-        if not rest.startswith(":"):
-            raise ValueError(f"entry {entry!r} has no ':port' after ']'; expected {_FORM}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = address.rpartition(":")
-        if not sep:
-            raise ValueError(f"entry {entry!r} has no ':port'; expected {_FORM}")
-        if ":" in host:
-            raise ValueError(
-                f"host {host!r} in {entry!r} looks like an IPv6 address: write it in brackets "
-                f"([{host}]:{port_text}); expected {_FORM}"
-            )
-        host = _check_host(host, entry)
-    return PacsAddress(aet=aet, host=host, port=_check_port(port_text, entry))
-
-
-def parse_pacs_addresses(value: str) -> dict[str, PacsAddress]:
-    """Parses ``AET=host:port,AET2=host2:port2`` (oxidicom's ``OXIDICOM_PACS_ADDRESS``
-    form) into a map from AE title to address. Spaces around entries, AE titles, hosts and
-    ports are ignored; an empty or blank value means no PACS. Raises ``ValueError`` saying
-    what is wrong and the accepted form (empty entries, a missing ``=`` or port, a port
-    outside 1-65535, an invalid AE title, an IPv6 address outside brackets, an AE title
-    given twice)."""
-    if not value.strip():
-        return {}
-    addresses: dict[str, PacsAddress] = {}
-    for raw in value.split(","):
-        entry = raw.strip()
-        if not entry:
-            raise ValueError(f"empty entry in {value!r} (stray comma?); expected {_FORM}")
-        address = _parse_entry(entry)
-        if address.aet in addresses:
-            raise ValueError(f"AE title {address.aet!r} is given twice; expected {_FORM}")
-        addresses[address.aet] = address
-    return addresses
 
 
 class ExpectedCount(msgspec.Struct, frozen=True):
@@ -167,7 +62,7 @@ class ExpectedCount(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class _Job:
-    pacs: PacsAddress
+    pacs: RemoteNode
     study_instance_uid: str
     series_instance_uid: str
     calling_aet: str
@@ -179,11 +74,6 @@ class _Attempt:
     def __init__(self, result: ExpectedCount, retry: bool) -> None:
         self.result = result
         self.retry = retry
-
-
-def _describe(pacs: PacsAddress) -> str:
-    host = f"[{pacs.host}]" if ":" in pacs.host else pacs.host
-    return f"{pacs.aet} at {host}:{pacs.port}"
 
 
 def _count_text(identifier: "Dataset") -> str | None:
@@ -234,7 +124,7 @@ def _drop_connection(assoc: "Association") -> None:
 class ExpectedCountLookup:
     """Asks the sending PACS for the size of each series, on ``workers`` daemon threads.
 
-    ``addresses`` maps calling AE titles to PACS addresses (``parse_pacs_addresses``);
+    ``nodes`` maps calling AE titles to the node to ask (``oxidip.nodes.NodeDirectory``);
     ``calling_aet`` is the AE title the C-FINDs are sent from (the receiver's: the PACS must
     know it, Orthanc only answers AE titles listed in its DicomModalities). Each attempt
     waits at most ``timeout`` seconds for the connection, for the association to be
@@ -250,7 +140,7 @@ class ExpectedCountLookup:
 
     def __init__(
         self,
-        addresses: dict[str, PacsAddress],
+        nodes: Mapping[str, RemoteNode],
         calling_aet: str,
         *,
         timeout: float = 10.0,
@@ -266,7 +156,7 @@ class ExpectedCountLookup:
             raise ValueError(f"workers must be >= 1, not {workers}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, not {max_pending}")
-        self.addresses = {aet.strip(): pacs for aet, pacs in addresses.items()}
+        self.nodes = NodeDirectory(nodes)
         self.calling_aet = calling_aet
         self.timeout = timeout
         self.retries = retries
@@ -286,7 +176,7 @@ class ExpectedCountLookup:
     def request(self, calling_aet: str, study_instance_uid: str, series_instance_uid: str) -> None:
         """Queues a lookup of the series sent by ``calling_aet``; never blocks. The result
         arrives through ``poll``/``wait``, immediately when there is nothing to ask."""
-        pacs = self.addresses.get(calling_aet.strip())
+        pacs = self.nodes.get(calling_aet)
         if pacs is None:
             self._results.put(
                 ExpectedCount(
@@ -394,7 +284,7 @@ class ExpectedCountLookup:
                     job.series_instance_uid,
                     None,
                     "error",
-                    f"C-FIND to {_describe(job.pacs)} failed: {type(error).__name__}: {error}",
+                    f"C-FIND to {job.pacs} failed: {type(error).__name__}: {error}",
                 )
             with self._lock:
                 if self._closed.is_set():
@@ -434,7 +324,7 @@ class ExpectedCountLookup:
         from pynetdicom import AE, evt
 
         pacs = job.pacs
-        where = _describe(pacs)
+        where = str(pacs)
         series = job.series_instance_uid
 
         def error(detail: str, retry: bool = True) -> _Attempt:

@@ -25,6 +25,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from oxidip import _core
 from oxidip._boundary import CoreConfig, TlsListener
+from oxidip.nodes import AE_TITLE_ACCEPTS, InvalidAeTitle, NodeDirectory, check_ae_title
 
 __all__ = [
     "PREFIX",
@@ -177,27 +178,16 @@ class IpAddress:
 
 
 def _check_ae_title(raw: str) -> str:
-    """Validates one AE title (PS3.5 AE VR) and returns it without the non-significant leading
-    and trailing spaces."""
-    for char in raw:
-        if char == "\\":
-            raise Invalid("contains a backslash")
-        if not " " <= char <= "~":
-            raise Invalid(f"contains {char!r}, which is not a printable ASCII character")
-    title = raw.strip(" ")
-    if not title:
-        raise Invalid("empty or only spaces")
-    if len(title) > 16:
-        raise Invalid(f"{len(title)} characters long, at most 16 allowed")
-    return title
-
-
-_AE_ACCEPTS = "1 to 16 printable ASCII characters, no backslash, not only spaces"
+    """``nodes.check_ae_title``, its complaint as a parser's."""
+    try:
+        return check_ae_title(raw)
+    except InvalidAeTitle as error:
+        raise Invalid(str(error)) from None
 
 
 @dataclass(frozen=True)
 class AeTitle:
-    accepts: str = f"an AE title: {_AE_ACCEPTS}"
+    accepts: str = f"an AE title: {AE_TITLE_ACCEPTS}"
 
     def __call__(self, raw: str) -> str:
         return _check_ae_title(raw)
@@ -220,7 +210,7 @@ def _split_list(raw: str) -> list[str]:
 
 @dataclass(frozen=True)
 class AeTitleList:
-    accepts: str = f"comma-separated AE titles ({_AE_ACCEPTS}), or empty"
+    accepts: str = f"comma-separated AE titles ({AE_TITLE_ACCEPTS}), or empty"
 
     def __call__(self, raw: str) -> tuple[str, ...]:
         titles: list[str] = []
@@ -367,10 +357,8 @@ class PacsAddresses:
     accepts: str = "empty, or comma-separated AET=host:port pairs, e.g. PACS=10.0.0.5:104"
 
     def __call__(self, raw: str) -> str:
-        from oxidip.completeness import parse_pacs_addresses
-
         try:
-            parse_pacs_addresses(raw)
+            NodeDirectory.parse(raw)
         except ValueError as error:
             raise Invalid(str(error)) from None
         return raw.strip()
