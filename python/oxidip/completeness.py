@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Self
 import msgspec
 
 from oxidip.nodes import NodeDirectory, RemoteNode
+from oxidip.workers import Run, WorkQueue
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -162,12 +163,12 @@ class ExpectedCountLookup:
         self.retries = retries
         self.workers = workers
         self.max_pending = max_pending
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: WorkQueue[_Job] = WorkQueue(
+            "cfind", self._handle, max_pending=max_pending, workers=workers
+        )
         self._results: queue.SimpleQueue[ExpectedCount] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._pending = 0
         self._closed = threading.Event()
-        self._threads: list[threading.Thread] = []
         # Associations being negotiated or used: close() drops their connections.
         self._live: set[Association] = set()
 
@@ -189,21 +190,19 @@ class ExpectedCountLookup:
                 )
             )
             return
-        with self._lock:
-            if self._closed.is_set():
-                refused = "lookup service closed"
-            elif self._pending >= self.max_pending:
-                refused = f"lookup queue full ({self.max_pending} pending)"
-            else:
-                refused = ""
-                self._pending += 1
-                self._start_worker()
-        if refused:
-            self._results.put(
-                ExpectedCount(series_instance_uid, None, "error", refused, calling_aet)
+        job = _Job(pacs, study_instance_uid, series_instance_uid, calling_aet)
+        if self._closed.is_set() or self._jobs.closed:
+            refused = "lookup service closed"
+        elif not self._jobs.put(job, timeout=0):
+            closed = self._jobs.closed
+            refused = (
+                "lookup service closed"
+                if closed
+                else f"lookup queue full ({self.max_pending} pending)"
             )
+        else:
             return
-        self._jobs.put(_Job(pacs, study_instance_uid, series_instance_uid, calling_aet))
+        self._results.put(ExpectedCount(series_instance_uid, None, "error", refused, calling_aet))
 
     def poll(self) -> list[ExpectedCount]:
         """The results that arrived since the last call; never blocks."""
@@ -226,8 +225,7 @@ class ExpectedCountLookup:
     @property
     def pending(self) -> int:
         """Lookups queued or running (those whose result has not arrived yet)."""
-        with self._lock:
-            return self._pending
+        return 0 if self._closed.is_set() else self._jobs.pending
 
     def close(self) -> None:
         """Stops the workers without waiting for running lookups: those are abandoned (their
@@ -237,16 +235,9 @@ class ExpectedCountLookup:
             if self._closed.is_set():
                 return
             self._closed.set()
-            self._pending = 0
             live = list(self._live)
-            threads = list(self._threads)
-        while True:
-            try:
-                self._jobs.get_nowait()
-            except queue.Empty:
-                break
-        for _ in threads:
-            self._jobs.put(None)
+        self._jobs.close()
+        self._jobs.abandon()
         for assoc in live:
             _drop_connection(assoc)
 
@@ -258,21 +249,8 @@ class ExpectedCountLookup:
 
     # --- workers -------------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        """Starts one more worker when every running one may be busy (called locked)."""
-        if len(self._threads) >= self.workers or len(self._threads) >= self._pending:
-            return
-        thread = threading.Thread(
-            target=self._work, name=f"oxidip-cfind-{len(self._threads)}", daemon=True
-        )
-        self._threads.append(thread)
-        thread.start()
-
-    def _work(self) -> None:
-        while not self._closed.is_set():
-            job = self._jobs.get()
-            if job is None or self._closed.is_set():
-                return
+    def _handle(self, run: Run[_Job]) -> None:
+        for job in run.items:
             try:
                 result = self._lookup(job)
             except Exception as error:  # a lookup must always end in a result
@@ -286,10 +264,10 @@ class ExpectedCountLookup:
                     "error",
                     f"C-FIND to {job.pacs} failed: {type(error).__name__}: {error}",
                 )
+            run.done()  # no longer pending once its result can be seen
             with self._lock:
                 if self._closed.is_set():
                     return
-                self._pending -= 1
                 self._results.put(msgspec.structs.replace(result, calling_aet=job.calling_aet))
 
     def _lookup(self, job: _Job) -> ExpectedCount:
