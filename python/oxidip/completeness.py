@@ -163,7 +163,8 @@ class ExpectedCountLookup:
         self.retries = retries
         self.workers = workers
         self.max_pending = max_pending
-        self._jobs: WorkQueue[_Job] = WorkQueue(
+        #: The lookups queued or running (``/metrics`` reads its counters).
+        self.jobs: WorkQueue[_Job] = WorkQueue(
             "cfind", self._handle, max_pending=max_pending, workers=workers
         )
         self._results: queue.SimpleQueue[ExpectedCount] = queue.SimpleQueue()
@@ -191,10 +192,10 @@ class ExpectedCountLookup:
             )
             return
         job = _Job(pacs, study_instance_uid, series_instance_uid, calling_aet)
-        if self._closed.is_set() or self._jobs.closed:
+        if self._closed.is_set() or self.jobs.closed:
             refused = "lookup service closed"
-        elif not self._jobs.put(job, timeout=0):
-            closed = self._jobs.closed
+        elif not self.jobs.put(job, timeout=0):
+            closed = self.jobs.closed
             refused = (
                 "lookup service closed"
                 if closed
@@ -225,7 +226,7 @@ class ExpectedCountLookup:
     @property
     def pending(self) -> int:
         """Lookups queued or running (those whose result has not arrived yet)."""
-        return 0 if self._closed.is_set() else self._jobs.pending
+        return 0 if self._closed.is_set() else self.jobs.pending
 
     def close(self) -> None:
         """Stops the workers without waiting for running lookups: those are abandoned (their
@@ -236,8 +237,8 @@ class ExpectedCountLookup:
                 return
             self._closed.set()
             live = list(self._live)
-        self._jobs.close()
-        self._jobs.abandon()
+        self.jobs.close()
+        self.jobs.abandon()
         for assoc in live:
             _drop_connection(assoc)
 

@@ -323,7 +323,7 @@ class NatsNotifier:
         # Shared between the callers and the loop thread, under _lock.
         self._lock = threading.Lock()
         #: Messages waiting for the NATS client, handed over in order by the loop's pump.
-        self._outbox: WorkQueue[_Outgoing] = WorkQueue(
+        self.outbox: WorkQueue[_Outgoing] = WorkQueue(
             "nats", max_waiting=queue_size, wake=self._wake_soon
         )
         self._last_progress: dict[str, float] = {}  # series UID -> monotonic time of the last
@@ -412,7 +412,7 @@ class NatsNotifier:
             connected = self._up.is_set()
             if connected:
                 self._release_due(time.monotonic(), everything=True)
-        self._outbox.close()  # callers waiting for room give up
+        self.outbox.close()  # callers waiting for room give up
         unsent = 0
         if self._thread.is_alive():
             future = asyncio.run_coroutine_threadsafe(
@@ -459,7 +459,7 @@ class NatsNotifier:
     @property
     def backlog(self) -> int:
         """Messages queued and not yet handed to the NATS client."""
-        return self._outbox.waiting
+        return self.outbox.waiting
 
     # --- callers' side ---------------------------------------------------------------------
 
@@ -478,7 +478,7 @@ class NatsNotifier:
     def _offer_progress(self, outgoing: _Outgoing) -> None:
         """Queues a progress message unless the outbox is full: then it is dropped (``_lock``
         held)."""
-        if not self._outbox.put(outgoing, timeout=0):
+        if not self.outbox.put(outgoing, timeout=0):
             self._dropped_progress += 1
             self._warn_locked("queue full: progress dropped", subject=outgoing.subject)
 
@@ -491,11 +491,11 @@ class NatsNotifier:
             with self._lock:
                 self._lost += 1
             return
-        if self._outbox.put(outgoing, timeout=self.block_timeout if connected else 0):
+        if self.outbox.put(outgoing, timeout=self.block_timeout if connected else 0):
             return
         with self._lock:
             self._lost += 1
-            if not connected and not self._outbox.closed:
+            if not connected and not self.outbox.closed:
                 self._warn_locked("unreachable and queue full: message dropped", lost=self._lost)
                 return
         log.error(
@@ -503,7 +503,7 @@ class NatsNotifier:
             extra={
                 "kind": outgoing.kind,
                 "subject": outgoing.subject,
-                "reason": "closing" if self._outbox.closed else "queue full",
+                "reason": "closing" if self.outbox.closed else "queue full",
                 "queue_size": self.queue_size,
             },
         )
@@ -518,7 +518,7 @@ class NatsNotifier:
             **fields,
             "dropped_progress": self._dropped_progress,
             "failed": self._failed,
-            "backlog": self._outbox.waiting,
+            "backlog": self.outbox.waiting,
         }
         log.warning(f"nats {what}", extra=extra)
 
@@ -602,7 +602,7 @@ class NatsNotifier:
         """Hands queued messages to the NATS client, in order; returns once closing and
         everything is handed over."""
         assert self._wake is not None and self._connect_task is not None
-        outbox = self._outbox
+        outbox = self.outbox
         await asyncio.shield(self._connect_task)
         while True:
             await self._wake.wait()
@@ -645,7 +645,7 @@ class NatsNotifier:
                 continue
             self._last_progress[uid] = now
             outgoing = self._outgoing(_series_message(Progress, held.series, held.at))
-            if not self._outbox.put(outgoing, timeout=0):
+            if not self.outbox.put(outgoing, timeout=0):
                 self._dropped_progress += 1
 
     async def _shutdown(self, timeout: float, connected: bool) -> int:
@@ -663,7 +663,7 @@ class NatsNotifier:
             with self._lock:
                 unsent = len(self._held)
                 self._held.clear()
-            unsent += self._outbox.abandon()
+            unsent += self.outbox.abandon()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 1.0)
             return unsent
@@ -677,7 +677,7 @@ class NatsNotifier:
             except TimeoutError:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-                unsent = self._outbox.abandon()
+                unsent = self.outbox.abandon()
         if self._nc.is_connected:
             remaining = max(deadline - time.monotonic(), 0.1)
             try:
