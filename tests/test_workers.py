@@ -5,19 +5,11 @@ closing. Handlers block on events the tests release, so nothing depends on timin
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from oxidip.workers import Run, WorkQueue
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
+from tests.helpers.polling import wait_until
 
 
 class Recorder:
