@@ -575,7 +575,7 @@ class FakeReceiver:
 def test_consume_stops_once_drains_and_survives_a_failing_handler(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from oxidip.cli import consume
+    from oxidip.serve import consume
 
     fake = FakeReceiver([[1], [], [2, 3]])
     seen: list[Any] = []
