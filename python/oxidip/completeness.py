@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Self
 import msgspec
 
 from oxidip.nodes import NodeDirectory, RemoteNode
+from oxidip.registry import ExpectedStatus
 from oxidip.workers import Run, WorkQueue
 
 if TYPE_CHECKING:
@@ -53,8 +54,8 @@ class ExpectedCount(msgspec.Struct, frozen=True):
     series_instance_uid: str
     #: NumberOfSeriesRelatedInstances as the PACS gave it; None unless ``status`` is known.
     expected: int | None
-    #: "known" | "unknown" | "error"
-    status: str
+    #: Known (with ``expected``), unknown or error, never pending.
+    status: ExpectedStatus
     #: Human readable: what was asked of whom and what came back.
     detail: str
     #: The calling AE title the series was sent by (whose PACS was asked).
@@ -184,7 +185,7 @@ class ExpectedCountLookup:
                 ExpectedCount(
                     series_instance_uid,
                     None,
-                    "unknown",
+                    ExpectedStatus.UNKNOWN,
                     f"no PACS address for calling AE {calling_aet.strip()!r} "
                     "(not in OXIDIP_PACS_ADDRESS)",
                     calling_aet,
@@ -203,7 +204,9 @@ class ExpectedCountLookup:
             )
         else:
             return
-        self._results.put(ExpectedCount(series_instance_uid, None, "error", refused, calling_aet))
+        self._results.put(
+            ExpectedCount(series_instance_uid, None, ExpectedStatus.ERROR, refused, calling_aet)
+        )
 
     def poll(self) -> list[ExpectedCount]:
         """The results that arrived since the last call; never blocks."""
@@ -262,7 +265,7 @@ class ExpectedCountLookup:
                 result = ExpectedCount(
                     job.series_instance_uid,
                     None,
-                    "error",
+                    ExpectedStatus.ERROR,
                     f"C-FIND to {job.pacs} failed: {type(error).__name__}: {error}",
                 )
             run.done()  # no longer pending once its result can be seen
@@ -291,11 +294,11 @@ class ExpectedCountLookup:
             if self._closed.wait(min(self.backoff * number, self.max_backoff)):
                 break
         result = attempt.result
-        if result.status != "error":
+        if result.status != ExpectedStatus.ERROR:
             return result
         tries = "1 attempt" if number == 1 else f"{number} attempts"
         return ExpectedCount(
-            result.series_instance_uid, None, "error", f"{result.detail} after {tries}"
+            result.series_instance_uid, None, ExpectedStatus.ERROR, f"{result.detail} after {tries}"
         )
 
     def _attempt(self, job: _Job) -> _Attempt:
@@ -307,7 +310,7 @@ class ExpectedCountLookup:
         series = job.series_instance_uid
 
         def error(detail: str, retry: bool = True) -> _Attempt:
-            return _Attempt(ExpectedCount(series, None, "error", detail), retry)
+            return _Attempt(ExpectedCount(series, None, ExpectedStatus.ERROR, detail), retry)
 
         ae = AE(ae_title=self.calling_aet)
         ae.connection_timeout = self.timeout
@@ -401,7 +404,8 @@ class ExpectedCountLookup:
                     cause = "aborted (the association ended before the PACS answered)"
                 retry = not self._closed.is_set()
                 return _Attempt(
-                    ExpectedCount(series, None, "error", f"C-FIND to {where} {cause}"), retry
+                    ExpectedCount(series, None, ExpectedStatus.ERROR, f"C-FIND to {where} {cause}"),
+                    retry,
                 )
             code = int(status.Status)
             if code in (0xFF00, 0xFF01):
@@ -413,7 +417,12 @@ class ExpectedCountLookup:
             break
         if final is None:
             return _Attempt(
-                ExpectedCount(series, None, "error", f"C-FIND to {where} failed (no final status)"),
+                ExpectedCount(
+                    series,
+                    None,
+                    ExpectedStatus.ERROR,
+                    f"C-FIND to {where} failed (no final status)",
+                ),
                 True,
             )
         if final != 0x0000:
@@ -423,7 +432,7 @@ class ExpectedCountLookup:
                 ExpectedCount(
                     series,
                     None,
-                    "error",
+                    ExpectedStatus.ERROR,
                     f"C-FIND to {where} {kind} with status 0x{final:04X}{comment}",
                 ),
                 True,
@@ -435,7 +444,10 @@ class ExpectedCountLookup:
         pacs = job.pacs.aet
         if not matches:
             return _Attempt(
-                ExpectedCount(series, None, "unknown", f"PACS {pacs} answered 0 matches"), False
+                ExpectedCount(
+                    series, None, ExpectedStatus.UNKNOWN, f"PACS {pacs} answered 0 matches"
+                ),
+                False,
             )
         texts = [_count_text(m) for m in matches]
         counts = [None if t is None else _parse_count(t) for t in texts]
@@ -448,8 +460,10 @@ class ExpectedCountLookup:
                 if count == 0:
                     # We are receiving instances of this series: a PACS that counts none does
                     # not hold it (yet); 0 as "expected" would make it overfull at once.
-                    return _Attempt(ExpectedCount(series, None, "unknown", detail), False)
-                return _Attempt(ExpectedCount(series, count, "known", detail), False)
+                    return _Attempt(
+                        ExpectedCount(series, None, ExpectedStatus.UNKNOWN, detail), False
+                    )
+                return _Attempt(ExpectedCount(series, count, ExpectedStatus.KNOWN, detail), False)
         first = texts[0]
         if first is None:
             detail = f"PACS {pacs} answered without NumberOfSeriesRelatedInstances"
@@ -462,4 +476,4 @@ class ExpectedCountLookup:
             )
         if len(matches) > 1:
             detail += f" ({len(matches)} matches, none with a count)"
-        return _Attempt(ExpectedCount(series, None, "unknown", detail), False)
+        return _Attempt(ExpectedCount(series, None, ExpectedStatus.UNKNOWN, detail), False)

@@ -231,7 +231,7 @@ class Pipeline:
         return self.registry.set_expected(
             answer.series_instance_uid,
             answer.expected,
-            ExpectedStatus(answer.status),
+            answer.status,
             answer.detail,
             answer.calling_aet,
         )

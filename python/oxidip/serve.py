@@ -26,7 +26,9 @@ import psycopg
 
 from oxidip import __version__, logs
 from oxidip._boundary import (
+    AckMode,
     AssociationClosed,
+    AssociationOutcome,
     ConnectionRefused,
     ContextsRefused,
     Event,
@@ -113,7 +115,7 @@ def log_events(batch: list[Event]) -> None:
                 },
             )
         elif isinstance(event, AssociationClosed):
-            if event.outcome == "rejected":
+            if event.outcome == AssociationOutcome.REJECTED:
                 log.warning(
                     "association rejected",
                     extra={
@@ -322,7 +324,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         series_idle_timeout=config.series_idle_timeout,
         adopter=adopter,
         backlog=config.registration_backlog,
-        answer_within=config.registration_timeout if config.ack == "registered" else None,
+        answer_within=config.registration_timeout if config.ack == AckMode.REGISTERED else None,
         pending=pending,
     )
     pipeline.registered_from_files(replayed)
@@ -430,7 +432,7 @@ def _serve(
                 tick=pipeline.tick,
                 ready=pipeline.wait_for_room,
                 on_stop=pipeline.begin_stop,
-                linger=0.0 if config.ack == "registered" else EVENT_LINGER,
+                linger=0.0 if config.ack == AckMode.REGISTERED else EVENT_LINGER,
             )
         except Exception:
             log.exception("receiver failed")

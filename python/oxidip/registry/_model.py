@@ -3,7 +3,7 @@
 import enum
 import logging
 from collections.abc import Iterator, Sequence
-from typing import LiteralString, Protocol
+from typing import Any, LiteralString, Protocol
 
 import msgspec
 
@@ -24,6 +24,7 @@ __all__ = [
     "schema_v1",
     "schema_v2",
     "series_key",
+    "series_row",
     "state_sql",
 ]
 
@@ -61,18 +62,29 @@ class SeriesRow(msgspec.Struct, frozen=True):
     series_number: str | None
     #: The count the PACS gave; None unless ``expected_status`` is "known".
     expected: int | None
-    #: An ``ExpectedStatus`` value.
-    expected_status: str
+    expected_status: ExpectedStatus
     #: Why the count is what it is (e.g. the C-FIND error); "" when there is nothing to say.
     expected_detail: str
     #: Distinct SOP instances registered for the series.
     received: int
-    #: A ``SeriesState`` value.
-    state: str
+    state: SeriesState
     first_received_at: float
     last_received_at: float
     #: When the series last left "receiving"; None while receiving.
     finalized_at: float | None
+
+
+_STATUS = SeriesRow.__struct_fields__.index("expected_status")
+_STATE = SeriesRow.__struct_fields__.index("state")
+
+
+def series_row(values: Sequence[Any]) -> SeriesRow:
+    """A series as a backend reads it (the columns in ``SeriesRow``'s order), its status and
+    state made enums."""
+    row = list(values)
+    row[_STATUS] = ExpectedStatus(row[_STATUS])
+    row[_STATE] = SeriesState(row[_STATE])
+    return SeriesRow(*row)
 
 
 #: What identifies a series in the registry: (Series Instance UID, calling AE title). Each
@@ -88,7 +100,7 @@ class Transition(msgspec.Struct, frozen=True):
     #: The series after the change.
     series: SeriesRow
     #: Its previous state; None for a series first seen in this call.
-    previous: str | None
+    previous: SeriesState | None
 
 
 class RegisterResult(msgspec.Struct, frozen=True):
@@ -300,9 +312,9 @@ def transitions_of(
 ) -> list[Transition]:
     """The rows whose state differs from ``previous`` (missing from it: unchanged)."""
     return [
-        Transition(row, previous[series_key(row)])
+        Transition(row, None if before is None else SeriesState(before))
         for row in rows
-        if series_key(row) in previous and previous[series_key(row)] != row.state
+        if series_key(row) in previous and (before := previous[series_key(row)]) != row.state
     ]
 
 

@@ -33,6 +33,7 @@ from oxidip.registry._model import (
     result_of,
     schema_v1,
     schema_v2,
+    series_row,
     state_sql,
     transitions_of,
 )
@@ -206,7 +207,7 @@ def _configure(conn: Connection) -> None:
 
 
 def _series_rows(cursor: psycopg.Cursor[tuple[Any, ...]]) -> list[SeriesRow]:
-    return [SeriesRow(*row) for row in cursor.fetchall()]
+    return [series_row(row) for row in cursor.fetchall()]
 
 
 def _key_params(keys: Sequence[SeriesKey]) -> dict[str, list[str]]:

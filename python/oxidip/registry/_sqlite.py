@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -26,6 +25,7 @@ from oxidip.registry._model import (
     result_of,
     schema_v1,
     schema_v2,
+    series_row,
     state_sql,
     transitions_of,
 )
@@ -117,10 +117,6 @@ def _keys(keys: Sequence[tuple[str, str]]) -> bytes:
     return msgspec.json.encode(list(keys))
 
 
-def _series_row(row: Sequence[Any]) -> SeriesRow:
-    return SeriesRow(*row)
-
-
 class SqliteRegistry:
     """``Registry`` on one SQLite file. One connection, used by one thread at a time; other
     processes may open the same file (SQLite's locking makes their writes take turns)."""
@@ -198,7 +194,7 @@ class SqliteRegistry:
             " ORDER BY s.series_instance_uid, s.calling_aet",
             (encoded,),
         )
-        return [_series_row(row) for row in rows]
+        return [series_row(row) for row in rows]
 
     def _states(self, conn: sqlite3.Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, str]:
         rows = conn.execute(
@@ -398,7 +394,7 @@ class SqliteRegistry:
         )
         with self._lock:
             rows = self._conn.execute(query, params).fetchall()
-        return [_series_row(row) for row in rows]
+        return [series_row(row) for row in rows]
 
     def instance_paths(self) -> Iterator[tuple[str, str]]:
         # Its own read-only connection: the caller may register while it iterates.
