@@ -30,6 +30,7 @@ __all__ = [
     "ReceiverMetrics",
     "RefusedContext",
     "ServerWarning",
+    "StoredFile",
     "TlsListener",
 ]
 
@@ -317,9 +318,10 @@ class ReceiverMetrics(msgspec.Struct, frozen=True):
     journal_backlog: int
 
 
-class StoredInstance(msgspec.Struct, frozen=True):
-    """A stored Part 10 file read back (``_core.read_instance``): for journal replay after a
-    crash and for ``oxidip reconcile``."""
+class StoredFile(msgspec.Struct, frozen=True):
+    """A stored Part 10 file as read back from disk (``_core.read_instance``,
+    ``storage::read_back::StoredInstance``): for journal replay after a crash and for
+    ``oxidip reconcile``. Not the event of its storing, ``InstanceStored``."""
 
     path: str
     size: int

@@ -48,7 +48,7 @@ def claim_orphan_journals(files_root: str) -> list[OrphanJournal]:
     alone. OSError when the journal directory cannot be read."""
 
 def read_instance(path: str) -> bytes:
-    """msgpack of ``oxidip._boundary.StoredInstance`` for a stored Part 10 file. Raises
+    """msgpack of ``oxidip._boundary.StoredFile`` for a stored Part 10 file. Raises
     ValueError when the file is not a Part 10 file oxidip can read."""
 
 def send_load(options: bytes) -> bytes:

@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from oxidip import _core
-from oxidip._boundary import InstanceStored, StoredInstance
+from oxidip._boundary import InstanceStored, StoredFile
 from oxidip.registry import Registry, SeriesRow, Transition
 
 __all__ = [
@@ -43,7 +43,7 @@ log = logging.getLogger("oxidip.reconcile")
 READ_BACK_ASSOCIATION = 0
 BATCH = 500
 
-_DECODER = msgspec.msgpack.Decoder(StoredInstance)
+_DECODER = msgspec.msgpack.Decoder(StoredFile)
 
 
 def instance_from_file(path: Path | str) -> InstanceStored:
