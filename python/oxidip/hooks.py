@@ -40,7 +40,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 from oxidip._boundary import InstanceStored
 from oxidip.workers import Run, WorkQueue
 
-__all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "SeriesLike"]
+__all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "IdentifiedSeries"]
 
 log = logging.getLogger("oxidip.hooks")
 
@@ -53,9 +53,9 @@ BACKLOG_WARNING_INTERVAL = 10.0
 RegisterMode: TypeAlias = Literal["add", "replace"]
 
 
-class SeriesLike(Protocol):
-    """What the hooks machinery reads of a series (``oxidip.registry.SeriesRow`` has it all);
-    the hook functions receive the whole row."""
+class IdentifiedSeries(Protocol):
+    """A series as the hooks machinery knows it: its key, for the log of a failed hook
+    (``oxidip.registry.SeriesRow`` has it all; the hook functions receive the whole row)."""
 
     @property
     def series_instance_uid(self) -> str: ...
@@ -79,7 +79,7 @@ class _Call(NamedTuple):
 
     hook: Callable[[Any], object]
     name: str
-    arg: InstanceStored | SeriesLike
+    arg: InstanceStored | IdentifiedSeries
 
 
 class Hooks:
@@ -199,13 +199,13 @@ class Hooks:
             name = self._qualified("on_instance")
             self._put(_Call(hook, name, event) for event in events)
 
-    def series_complete(self, series: SeriesLike) -> None:
+    def series_complete(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_complete`` call (blocks while the queue is full)."""
         if self._on_series_complete is not None:
             call = _Call(self._on_series_complete, self._qualified("on_series_complete"), series)
             self._put((call,))
 
-    def series_finalized(self, series: SeriesLike) -> None:
+    def series_finalized(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_finalized`` call (blocks while the queue is full)."""
         if self._on_series_finalized is not None:
             call = _Call(self._on_series_finalized, self._qualified("on_series_finalized"), series)
@@ -286,7 +286,7 @@ class Hooks:
                 log.exception("hook failed", extra={"hook": call.name, **_uids(call.arg)})
 
 
-def _uids(arg: InstanceStored | SeriesLike) -> dict[str, str]:
+def _uids(arg: InstanceStored | IdentifiedSeries) -> dict[str, str]:
     """The UIDs (and AE) a hook call concerns, for its log record."""
     if isinstance(arg, InstanceStored):
         attributes = arg.attributes

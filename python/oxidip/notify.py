@@ -89,7 +89,7 @@ __all__ = [
     "NotifierError",
     "NullNotifier",
     "Progress",
-    "SeriesLike",
+    "ReportedSeries",
     "check_root_subject",
     "decode_message",
     "encode_message",
@@ -160,8 +160,9 @@ def decode_message(data: bytes) -> Message:
     return message
 
 
-class SeriesLike(Protocol):
-    """What a notification reads of a series (``oxidip.registry.SeriesRow`` has it all)."""
+class ReportedSeries(Protocol):
+    """A series as a message reports it: counts, expected count and state
+    (``oxidip.registry.SeriesRow`` has it all)."""
 
     @property
     def series_instance_uid(self) -> str: ...
@@ -182,7 +183,7 @@ class SeriesLike(Protocol):
 
 
 def _series_message(
-    kind: type[Progress] | type[Complete] | type[Finalized], series: SeriesLike, at: datetime
+    kind: type[Progress] | type[Complete] | type[Finalized], series: ReportedSeries, at: datetime
 ) -> Progress | Complete | Finalized:
     return kind(
         series_instance_uid=series.series_instance_uid,
@@ -249,9 +250,9 @@ class NotifierError(Exception):
 
 
 class Notifier(Protocol):
-    def progress(self, series: SeriesLike) -> None: ...
-    def complete(self, series: SeriesLike) -> None: ...
-    def finalized(self, series: SeriesLike) -> None: ...
+    def progress(self, series: ReportedSeries) -> None: ...
+    def complete(self, series: ReportedSeries) -> None: ...
+    def finalized(self, series: ReportedSeries) -> None: ...
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None: ...
     def close(self, timeout: float = 5.0) -> None: ...
 
@@ -259,13 +260,13 @@ class Notifier(Protocol):
 class NullNotifier:
     """Notifications disabled (no ``OXIDIP_NATS_ADDRESS``)."""
 
-    def progress(self, series: SeriesLike) -> None:
+    def progress(self, series: ReportedSeries) -> None:
         pass
 
-    def complete(self, series: SeriesLike) -> None:
+    def complete(self, series: ReportedSeries) -> None:
         pass
 
-    def finalized(self, series: SeriesLike) -> None:
+    def finalized(self, series: ReportedSeries) -> None:
         pass
 
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None:
@@ -284,7 +285,7 @@ class _Outgoing(NamedTuple):
 class _Held(NamedTuple):
     """The latest progress of a series held back by the rate limit."""
 
-    series: SeriesLike
+    series: ReportedSeries
     at: datetime
 
 
@@ -364,7 +365,7 @@ class NatsNotifier:
 
     # --- the Notifier interface ------------------------------------------------------------
 
-    def progress(self, series: SeriesLike) -> None:
+    def progress(self, series: ReportedSeries) -> None:
         """Publishes the count of ``series`` unless one was published for it less than
         ``progress_interval`` ago; then the latest count is held and published once the
         interval has passed (unless ``complete``/``finalized`` come first). Never blocks."""
@@ -382,12 +383,12 @@ class NatsNotifier:
             self._held.pop(uid, None)
             self._offer_progress(self._outgoing(_series_message(Progress, series, at)))
 
-    def complete(self, series: SeriesLike) -> None:
+    def complete(self, series: ReportedSeries) -> None:
         """Publishes that ``series`` is complete, with its final count (held-back progress of
         the series is dropped: this carries a newer count)."""
         self._final(Complete, series)
 
-    def finalized(self, series: SeriesLike) -> None:
+    def finalized(self, series: ReportedSeries) -> None:
         """Publishes that ``series`` reached a final state, with its final count."""
         self._final(Finalized, series)
 
@@ -467,7 +468,7 @@ class NatsNotifier:
         subject = subject_of(self.root_subject, message.calling_aet, message.series_instance_uid)
         return _Outgoing(subject, encode_message(message), type(message).__name__.lower())
 
-    def _final(self, kind: type[Complete] | type[Finalized], series: SeriesLike) -> None:
+    def _final(self, kind: type[Complete] | type[Finalized], series: ReportedSeries) -> None:
         message = _series_message(kind, series, datetime.now(UTC))
         uid = series.series_instance_uid
         with self._lock:

@@ -12,7 +12,7 @@ from oxidip._boundary import InstanceStored
 __all__ = [
     "DUPLICATES",
     "ExpectedStatus",
-    "Incoming",
+    "InstanceRow",
     "RegisterResult",
     "Registry",
     "SeriesKey",
@@ -201,7 +201,7 @@ def check_expected(expected: int | None, status: ExpectedStatus | str) -> Expect
     return checked
 
 
-class Incoming(msgspec.Struct, array_like=True):
+class InstanceRow(msgspec.Struct, array_like=True):
     """One instance to register, flattened; the column order of the backends' inserts."""
 
     sop_instance_uid: str
@@ -230,15 +230,15 @@ class Incoming(msgspec.Struct, array_like=True):
     stored_at: float
 
 
-INCOMING_COLUMNS: tuple[str, ...] = tuple(Incoming.__struct_fields__)
+INSTANCE_ROW_COLUMNS: tuple[str, ...] = tuple(InstanceRow.__struct_fields__)
 
 
-def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> list[Incoming]:
+def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> list[InstanceRow]:
     """Flattens a batch, sorted by SOP Instance UID and calling AE (the order rows are locked
     in), with one row per SOP instance and sender: the last one with "overwrite", the first
     with "keep-first". Instances without a Study, Series or SOP Instance UID cannot be
     registered: logged and left out."""
-    rows: dict[tuple[str, str], Incoming] = {}
+    rows: dict[tuple[str, str], InstanceRow] = {}
     for instance in instances:
         a = instance.attributes
         if not (a.SOPInstanceUID and a.SeriesInstanceUID and a.StudyInstanceUID):
@@ -264,7 +264,7 @@ def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> 
         key = (a.SOPInstanceUID, instance.calling_aet)
         if duplicates == "keep-first" and key in rows:
             continue
-        rows[key] = Incoming(
+        rows[key] = InstanceRow(
             sop_instance_uid=a.SOPInstanceUID,
             series_instance_uid=a.SeriesInstanceUID,
             study_instance_uid=a.StudyInstanceUID,

@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from oxidip._boundary import InstanceStored
 from oxidip.registry._model import (
-    INCOMING_COLUMNS,
+    INSTANCE_ROW_COLUMNS,
     ExpectedStatus,
     RegisterResult,
     SeriesKey,
@@ -95,7 +95,7 @@ _INCOMING_TABLE = """CREATE TEMPORARY TABLE IF NOT EXISTS oxidip_incoming (
     stored_at float8 NOT NULL
 ) ON COMMIT DELETE ROWS"""
 
-_COPY = f"COPY oxidip_incoming ({', '.join(INCOMING_COLUMNS)}) FROM STDIN"
+_COPY = f"COPY oxidip_incoming ({', '.join(INSTANCE_ROW_COLUMNS)}) FROM STDIN"
 
 _PATIENTS = """INSERT INTO patients (patient_id, patient_name, patient_birth_date, patient_sex)
     SELECT DISTINCT ON (patient_id) patient_id, patient_name, patient_birth_date, patient_sex

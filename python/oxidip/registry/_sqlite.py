@@ -14,7 +14,7 @@ import msgspec
 from oxidip._boundary import InstanceStored
 from oxidip.registry._model import (
     ExpectedStatus,
-    Incoming,
+    InstanceRow,
     RegisterResult,
     SeriesKey,
     SeriesRow,
@@ -207,9 +207,9 @@ class SqliteRegistry:
         rows = prepare(instances, node, self._duplicates)
         if not rows:
             return RegisterResult([], [], [])
-        patients: dict[str, Incoming] = {}
-        studies: dict[str, Incoming] = {}
-        series: dict[SeriesKey, tuple[Incoming, float, float]] = {}
+        patients: dict[str, InstanceRow] = {}
+        studies: dict[str, InstanceRow] = {}
+        series: dict[SeriesKey, tuple[InstanceRow, float, float]] = {}
         activity: set[tuple[str, str, str, int]] = set()
         for row in rows:
             if row.patient_id is not None:
