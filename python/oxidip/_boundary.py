@@ -128,8 +128,9 @@ class CoreConfig(msgspec.Struct, frozen=True):
     #: The gid stored files and directories get (through setgid directories); None: the
     #: process's group.
     group: int | None
-    #: The registry node id of this process, written in its journal (``Receiver`` sets it).
-    node: str = ""
+    #: The id of this process (``Receiver`` sets it), written in its journal; ``node`` for
+    #: Rust.
+    process_id: str = msgspec.field(default="", name="node")
 
 
 class Attributes(msgspec.Struct):

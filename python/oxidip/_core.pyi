@@ -28,8 +28,8 @@ class OrphanJournal:
 
     #: Its path.
     path: str
-    #: The registry node id of the process that wrote it; None for a segment of an oxidip
-    #: from before the node was recorded.
+    #: The id of the process that wrote it (``Receiver.process_id``); None for a segment of an
+    #: oxidip from before it was recorded.
     node: str | None
     #: Final paths relative to the files root, one per instance the process announced (some
     #: may have no file: the process died before placing it).

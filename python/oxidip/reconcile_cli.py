@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(files_root):
         return report_config_error([f"OXIDIP_FILES_ROOT={config.files_root!r}: not a directory"])
     logs.configure(config.log_level, config.log_format)
-    node = f"{socket.gethostname()}-{os.getpid()}-reconcile"
+    process_id = f"{socket.gethostname()}-{os.getpid()}-reconcile"
     try:
         registry = open_migrated_registry(config)
     except (psycopg.Error, sqlite3.Error, OSError) as error:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"oxidip reconcile: cannot open {where}: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        report = reconcile(files_root, registry, node)
+        report = reconcile(files_root, registry, process_id)
     except (psycopg.Error, sqlite3.Error, OSError) as error:
         print(f"oxidip reconcile: stopped: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE

@@ -282,7 +282,7 @@ def warn_untracked_series(config: Config, hooks: Hooks) -> None:
 def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline:
     """Opens the registry (migrating it, replaying journals of dead processes), the expected
     count lookup and the notifier."""
-    node = receiver.node
+    process_id = receiver.process_id
     files_root = config.core().files_root
     registry = None
     adopter = None
@@ -292,13 +292,13 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         warn_untracked_series(config, hooks)
     else:
         registry = open_migrated_registry(config)
-        replayed = adopt_journals(files_root, registry, node)
+        replayed = adopt_journals(files_root, registry, process_id)
         if replayed.registered:
             log.info(
                 "registered instances from journals of stopped processes",
                 extra={"count": replayed.registered},
             )
-        adopter = JournalAdopter(files_root, registry, node)
+        adopter = JournalAdopter(files_root, registry, process_id)
         # Series whose expected count is still pending, whatever their state: a lookup that
         # died with a killed process is never answered otherwise. (Another live process may
         # be asking too: a second C-FIND for one series is harmless.)
@@ -320,7 +320,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         lookup=lookup,
         hooks=hooks,
         notifier=notifier,
-        node=node,
+        process_id=process_id,
         series_idle_timeout=config.series_idle_timeout,
         adopter=adopter,
         backlog=config.registration_backlog,

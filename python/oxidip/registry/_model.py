@@ -120,7 +120,7 @@ class Registry(Protocol):
         """Creates or upgrades the schema; idempotent, safe when two processes do it at once."""
         ...
 
-    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
+    def register(self, instances: Sequence[InstanceStored], process_id: str) -> RegisterResult:
         """Registers a batch of stored instances in one transaction (group commit)."""
         ...
 
@@ -136,12 +136,12 @@ class Registry(Protocol):
         sender) and what the C-FIND said, recomputes."""
         ...
 
-    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+    def association_ended(self, process_id: str, association_id: int) -> list[Transition]:
         """The association no longer delivers anything: its series are recomputed."""
         ...
 
-    def node_ended(self, node: str) -> list[Transition]:
-        """The process ``node`` is gone (its journal was adopted by another): every
+    def process_ended(self, process_id: str) -> list[Transition]:
+        """The process ``process_id`` is gone (its journal was adopted by another): every
         association of it has ended; their series are recomputed."""
         ...
 
@@ -224,16 +224,19 @@ class InstanceRow(msgspec.Struct, array_like=True):
     transfer_syntax: str
     path: str
     size: int
-    node: str
+    #: The process that stored it (``Registry.register``); its column is named ``node``.
+    process_id: str = msgspec.field(name="node")
     association_id: int
     received_at: float
     stored_at: float
 
 
-INSTANCE_ROW_COLUMNS: tuple[str, ...] = tuple(InstanceRow.__struct_fields__)
+INSTANCE_ROW_COLUMNS: tuple[str, ...] = tuple(InstanceRow.__struct_encode_fields__)
 
 
-def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> list[InstanceRow]:
+def prepare(
+    instances: Sequence[InstanceStored], process_id: str, duplicates: str
+) -> list[InstanceRow]:
     """Flattens a batch, sorted by SOP Instance UID and calling AE (the order rows are locked
     in), with one row per SOP instance and sender: the last one with "overwrite", the first
     with "keep-first". Instances without a Study, Series or SOP Instance UID cannot be
@@ -285,7 +288,7 @@ def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> 
             transfer_syntax=instance.transfer_syntax,
             path=instance.path,
             size=instance.size,
-            node=node,
+            process_id=process_id,
             association_id=instance.association_id,
             received_at=instance.received_at,
             stored_at=instance.stored_at,

@@ -302,8 +302,8 @@ class PostgresRegistry:
             return []
         return _series_rows(conn.execute(_RECOMPUTE, {**_key_params(keys), "now": now}))
 
-    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
-        rows = prepare(instances, node, self._duplicates)
+    def register(self, instances: Sequence[InstanceStored], process_id: str) -> RegisterResult:
+        rows = prepare(instances, process_id, self._duplicates)
         if not rows:
             return RegisterResult([], [], [])
         now = time.time()
@@ -334,7 +334,7 @@ class PostgresRegistry:
                                 row.transfer_syntax,
                                 row.path,
                                 row.size,
-                                row.node,
+                                row.process_id,
                                 row.association_id,
                                 row.received_at,
                                 row.stored_at,
@@ -392,14 +392,14 @@ class PostgresRegistry:
 
         return self._run(work)
 
-    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+    def association_ended(self, process_id: str, association_id: int) -> list[Transition]:
         return self._end_activity(
             "node = %(node)s AND association_id = %(association_id)s",
-            {"node": node, "association_id": association_id},
+            {"node": process_id, "association_id": association_id},
         )
 
-    def node_ended(self, node: str) -> list[Transition]:
-        return self._end_activity("node = %(node)s", {"node": node})
+    def process_ended(self, process_id: str) -> list[Transition]:
+        return self._end_activity("node = %(node)s", {"node": process_id})
 
     def _end_activity(self, where: LiteralString, params: dict[str, Any]) -> list[Transition]:
         """Removes the activity rows matching ``where`` and recomputes their series (locked

@@ -203,8 +203,8 @@ class SqliteRegistry:
         )
         return {(uid, aet): state for uid, aet, state in rows}
 
-    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
-        rows = prepare(instances, node, self._duplicates)
+    def register(self, instances: Sequence[InstanceStored], process_id: str) -> RegisterResult:
+        rows = prepare(instances, process_id, self._duplicates)
         if not rows:
             return RegisterResult([], [], [])
         patients: dict[str, InstanceRow] = {}
@@ -218,7 +218,7 @@ class SqliteRegistry:
             key = (row.series_instance_uid, row.calling_aet)
             first, earliest, latest = series.get(key, (row, row.received_at, row.stored_at))
             series[key] = (first, min(earliest, row.received_at), max(latest, row.stored_at))
-            activity.add((*key, row.node, row.association_id))
+            activity.add((*key, row.process_id, row.association_id))
         keys = sorted(series)
         now = time.time()
         with self._write() as conn:
@@ -283,7 +283,7 @@ class SqliteRegistry:
                         r.transfer_syntax,
                         r.path,
                         r.size,
-                        r.node,
+                        r.process_id,
                         r.association_id,
                         r.received_at,
                         r.stored_at,
@@ -326,11 +326,11 @@ class SqliteRegistry:
             after = self._recompute(conn, list(previous), time.time())
         return transitions_of(after, dict(previous))
 
-    def association_ended(self, node: str, association_id: int) -> list[Transition]:
-        return self._end_activity("node = ? AND association_id = ?", (node, association_id))
+    def association_ended(self, process_id: str, association_id: int) -> list[Transition]:
+        return self._end_activity("node = ? AND association_id = ?", (process_id, association_id))
 
-    def node_ended(self, node: str) -> list[Transition]:
-        return self._end_activity("node = ?", (node,))
+    def process_ended(self, process_id: str) -> list[Transition]:
+        return self._end_activity("node = ?", (process_id,))
 
     def _end_activity(self, where: str, params: tuple[str | int, ...]) -> list[Transition]:
         """Removes the activity rows matching ``where`` and recomputes their series."""
