@@ -128,9 +128,9 @@ class CoreConfig(msgspec.Struct, frozen=True):
     #: The gid stored files and directories get (through setgid directories); None: the
     #: process's group.
     group: int | None
-    #: The id of this process (``Receiver`` sets it), written in its journal; ``node`` for
-    #: Rust.
-    process_id: str = msgspec.field(default="", name="node")
+    #: The id of this process (``Receiver.process_id``, which sets it), written in its
+    #: journal. Named as in ``server::config``, like every field here.
+    node: str = ""
 
 
 class Attributes(msgspec.Struct):

@@ -39,7 +39,7 @@ class Receiver:
     def __init__(self, config: Config, *, process_id: str | None = None) -> None:
         self.config = config
         self.process_id = new_process_id() if process_id is None else process_id
-        core = msgspec.structs.replace(config.core(), process_id=self.process_id)
+        core = msgspec.structs.replace(config.core(), node=self.process_id)
         self._core = _core.Receiver(msgspec.msgpack.encode(core))
         self._ports: tuple[int | None, int | None] | None = None
 
