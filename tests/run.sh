@@ -50,8 +50,9 @@ fi
     fail ".venv has Python $("$VENV/bin/python" -V 2>&1); 3.11+ needed (remove .venv to recreate)"
 # The build and lint tools, so the quick checks can run before the (slow) build, which
 # installs the rest of the test extras.
-if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/ruff" ]; then
-    step "install build tools" "$VENV/bin/python" -m pip install --quiet 'maturin>=1.7,<2' 'ruff>=0.6'
+if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin/mypy" ]; then
+    step "install build tools" "$VENV/bin/python" -m pip install --quiet 'maturin>=1.7,<2' \
+        'ruff>=0.6' 'mypy>=1.11'
 fi
 
 export VIRTUAL_ENV=$VENV
@@ -67,6 +68,9 @@ export PYO3_PYTHON=$VENV/bin/python
 step "cargo fmt" cargo fmt --check
 step "ruff check" "$VENV/bin/ruff" check
 step "ruff format" "$VENV/bin/ruff" format --check
+# The package as its users type-check it (it ships py.typed); _core's stub, _core.pyi, is
+# held against the built extension by stubtest below.
+step "mypy --strict" "$VENV/bin/mypy" --strict python/oxidip
 step "clippy" cargo clippy --all-targets -- -D warnings
 # With the python feature pyo3 builds an extension module (no libpython to link against), so
 # it is linted here but tested only through pytest below.
@@ -74,6 +78,8 @@ step "clippy (python feature)" cargo clippy --all-targets --features python -- -
 step "cargo test" cargo test
 # Installs oxidip into .venv (editable: python/ is used in place) with the test extras.
 step "build extension" "$VENV/bin/maturin" develop --release --extras test
+# _core.pyi exactly as the extension is: every name, signature and type (no allowlist).
+step "stubtest oxidip._core" "$VENV/bin/python" -m mypy.stubtest oxidip._core
 
 pytest_args=(-p no:cacheprovider)
 status=0

@@ -13,7 +13,7 @@ from typing import IO
 
 import pytest
 
-from oxidip.bench.compare import FULL, QUICK, Measurement
+from oxidip.bench.model import FULL, QUICK, Measurement
 from oxidip.bench.receivers import RECEIVERS
 from oxidip.bench.report import check_targets
 from oxidip.bench.resources import ResourceMonitor

@@ -1,6 +1,5 @@
-"""Expected series sizes by C-FIND (``oxidip.completeness``): parsing OXIDIP_PACS_ADDRESS,
-and lookups against PACS stand-ins that answer right, empty, wrongly, with failures, slowly
-or not at all. Timing assertions are bounds derived from the configured timeout (structure:
+"""Expected series sizes by C-FIND (``oxidip.completeness``): lookups against PACS stand-ins
+that answer right, empty, wrongly, with failures, slowly or not at all. Timing assertions are bounds derived from the configured timeout (structure:
 concurrent, not serial; non-blocking), not benchmarks."""
 
 import functools
@@ -13,13 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from oxidip.completeness import (
-    STUDY_ROOT_FIND,
-    ExpectedCount,
-    ExpectedCountLookup,
-    PacsAddress,
-    parse_pacs_addresses,
-)
+from oxidip.completeness import STUDY_ROOT_FIND, ExpectedCount, ExpectedCountLookup
+from oxidip.nodes import NodeDirectory, RemoteNode
 from tests.helpers.query_scp import ClosedPort, QueryScp, SilentServer
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
@@ -46,7 +40,7 @@ def all_results(lookup: ExpectedCountLookup, count: int, timeout: float) -> list
     return results
 
 
-def lookup_once(address: PacsAddress, **options: float) -> ExpectedCount:
+def lookup_once(address: RemoteNode, **options: float) -> ExpectedCount:
     """One lookup for SERIES sent by SENDER (whose PACS is ``address``)."""
     settings: dict[str, float] = {"timeout": 2.0, "retries": 0}
     settings.update(options)
@@ -61,69 +55,6 @@ def lookup_once(address: PacsAddress, **options: float) -> ExpectedCount:
         return one_result(lookup)
     finally:
         lookup.close()
-
-
-# --- parse_pacs_addresses -------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("", {}),
-        ("   ", {}),
-        ("PACS=pacs.example.org:104", {"PACS": PacsAddress("PACS", "pacs.example.org", 104)}),
-        (
-            "A=10.0.0.1:4242,B=localhost:11112",
-            {
-                "A": PacsAddress("A", "10.0.0.1", 4242),
-                "B": PacsAddress("B", "localhost", 11112),
-            },
-        ),
-        (
-            " A = host:1 , B=h2:65535 ",
-            {"A": PacsAddress("A", "host", 1), "B": PacsAddress("B", "h2", 65535)},
-        ),
-        ("V6=[::1]:104", {"V6": PacsAddress("V6", "::1", 104)}),
-        ("V6=[fe80::1:2]:11112", {"V6": PacsAddress("V6", "fe80::1:2", 11112)}),
-        ("MY PACS=host:104", {"MY PACS": PacsAddress("MY PACS", "host", 104)}),
-        ("ABCDEFGHIJKLMNOP=h:1", {"ABCDEFGHIJKLMNOP": PacsAddress("ABCDEFGHIJKLMNOP", "h", 1)}),
-    ],
-)
-def test_parse_pacs_addresses_accepts(value: str, expected: dict[str, PacsAddress]) -> None:
-    assert parse_pacs_addresses(value) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "says"),
-    [
-        ("PACS", "no '='"),
-        ("PACS=host", "no ':port'"),
-        ("PACS=host:", "not a number"),
-        ("PACS=host:abc", "not a number"),
-        ("PACS=host:0", "not in 1-65535"),
-        ("PACS=host:65536", "not in 1-65535"),
-        ("PACS=host:-1", "not a number"),
-        ("=host:104", "empty AE title"),
-        ("PACS=:104", "empty host"),
-        ("ABCDEFGHIJKLMNOPQ=host:104", "at most 16"),
-        ("PA\\CS=host:104", "without backslash"),
-        ("PACS=ho st:104", "spaces"),
-        ("A=h:1,,B=h:2", "empty entry"),
-        ("A=h:1,", "empty entry"),
-        ("A=h:1,A=h:2", "given twice"),
-        ("V6=::1:104", "in brackets"),
-        ("V6=[::1:104", "unclosed"),
-        ("V6=[::1]104", "no ':port'"),
-        ("V6=[not-v6]:104", "not an IPv6 address"),
-        ("V6=[::1]:", "not a number"),
-    ],
-)
-def test_parse_pacs_addresses_rejects(value: str, says: str) -> None:
-    with pytest.raises(ValueError) as info:
-        parse_pacs_addresses(value)
-    message = str(info.value)
-    assert says in message
-    assert "AET=host:port" in message, f"the accepted form is not in {message!r}"
 
 
 # --- answers ----------------------------------------------------------------------------------
@@ -158,7 +89,7 @@ def test_ipv6_pacs_address() -> None:
     if not ipv6_loopback():
         pytest.skip("no IPv6 loopback (::1) on this machine")
     with QueryScp({SERIES: 9}, host="::1") as scp:
-        addresses = parse_pacs_addresses(f"{SENDER}=[::1]:{scp.port}")
+        addresses = NodeDirectory.parse(f"{SENDER}=[::1]:{scp.port}")
         result = lookup_once(addresses[SENDER])
     assert (result.status, result.expected) == ("known", 9)
 

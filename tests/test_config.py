@@ -17,7 +17,14 @@ import msgspec
 import pytest
 
 from oxidip import _core
-from oxidip._boundary import Attributes, CoreConfig, TlsListener
+from oxidip._boundary import (
+    AckMode,
+    Attributes,
+    CoreConfig,
+    DuplicatesPolicy,
+    FsyncPolicy,
+    TlsListener,
+)
 from oxidip.bench.pki import Pki, make_pki
 from oxidip.config import VARIABLES, Config, ConfigError, unknown_variables
 from tests.helpers.process import clean_env, run_oxidip
@@ -323,6 +330,19 @@ def test_bad_value_names_variable_value_and_what_it_accepts(name: str, raw: str)
     assert "expected " in message
 
 
+def test_policies_are_enums_that_cross_the_boundary_as_their_words() -> None:
+    config = Config.from_env(
+        {"OXIDIP_FSYNC": "File", "OXIDIP_DUPLICATES": "keep-first", "OXIDIP_ACK": "REGISTERED"}
+    )
+    assert config.fsync is FsyncPolicy.FILE
+    assert config.duplicates is DuplicatesPolicy.KEEP_FIRST
+    assert config.ack is AckMode.REGISTERED
+    # The receiver reads plain strings (rust/server/config.rs): the wire format is the words.
+    wire = msgspec.msgpack.decode(msgspec.msgpack.encode(config.core()))
+    assert (wire["fsync"], wire["duplicates"], wire["ack"]) == ("file", "keep-first", "registered")
+    assert {type(wire[key]) for key in ("fsync", "duplicates", "ack")} == {str}
+
+
 def test_port_message() -> None:
     with pytest.raises(ConfigError, match="^OXIDIP_LISTENER_PORT='abc': expected an integer"):
         Config.from_env({"OXIDIP_LISTENER_PORT": "abc"})
@@ -575,7 +595,7 @@ class FakeReceiver:
 def test_consume_stops_once_drains_and_survives_a_failing_handler(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from oxidip.cli import consume
+    from oxidip.serve import consume
 
     fake = FakeReceiver([[1], [], [2, 3]])
     seen: list[Any] = []

@@ -19,6 +19,7 @@ from oxidip import hooks as hooks_module
 from oxidip._boundary import Attributes, InstanceStored
 from oxidip.hooks import HookError, Hooks
 from oxidip.logs import TextFormatter
+from tests.helpers.polling import wait_until
 
 _names = itertools.count()
 
@@ -84,14 +85,6 @@ def opened() -> Iterator[list[Hooks]]:
 
 def module(name: str) -> ModuleType:
     return sys.modules[name]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 # A module recording every call, with a gate that on_instance waits on.

@@ -260,6 +260,64 @@ def test_metrics_count_failures_by_status_and_refusals_by_reason(tmp_path: Path)
         assert page("oxidip_store_latency_seconds_count") == 2
 
 
+#: A hook that holds every call until the file ``HOOK_GATE`` exists.
+GATED_HOOKS = """
+import os
+import time
+
+def on_instance(event):
+    while not os.path.exists(os.environ["HOOK_GATE"]):
+        time.sleep(0.01)
+"""
+
+
+def test_metrics_count_the_waits_of_every_work_queue(tmp_path: Path) -> None:
+    """A hook that holds its calls, behind a queue of one call: the first call runs (held),
+    the second waits in the queue, the third makes registration wait for room. The waits
+    show per work queue; once the hook is let go, every instance is registered."""
+    (tmp_path / "hooks").mkdir()
+    (tmp_path / "hooks" / "gated_hooks.py").write_text(GATED_HOOKS)
+    gate = tmp_path / "gate"
+    env = HTTP_ENV | {
+        "OXIDIP_HOOKS": "gated_hooks",
+        "OXIDIP_HOOK_QUEUE": "1",
+        "PYTHONPATH": str(tmp_path / "hooks"),
+        "HOOK_GATE": str(gate),
+    }
+    queues = ("registration", "cfind", "hooks", "nats")
+    with Oxidip(tmp_path / "root", env=env) as server:
+        port = http_port(server)
+        idle = scrape(port)
+        assert [idle("oxidip_work_queue_waits_total", queue=name) for name in queues] == [0] * 4
+        statuses = send(server.port, make_series(5).datasets, calling_aet="GATED")
+        assert set(statuses.values()) == {0}
+        held = wait_scrape(
+            port,
+            lambda page: (
+                page("oxidip_work_queue_waits_total", queue="hooks") >= 1
+                and page("oxidip_hook_backlog") == 1
+            ),
+            "registration waiting for the hooks",
+        )
+        assert held("oxidip_registered_instances_total") >= 3
+        gate.touch()
+        done = wait_scrape(
+            port,
+            lambda page: (
+                page("oxidip_registered_instances_total") == 5
+                and page("oxidip_hook_backlog") == 0
+                and page("oxidip_registration_backlog") == 0
+            ),
+            "every instance registered",
+        )
+        for name in queues:
+            waits = done("oxidip_work_queue_waits_total", queue=name)
+            assert (waits >= 1) if name == "hooks" else (waits == 0), (name, waits)
+            assert done("oxidip_work_queue_refused_total", queue=name) == 0
+            assert done("oxidip_work_queue_dropped_total", queue=name) == 0
+        server.stop()
+
+
 def test_receiver_metrics_struct_matches_the_rust_snapshot(receiver: RunningReceiver) -> None:
     """``_boundary.ReceiverMetrics`` mirrors ``server::metrics::MetricsSnapshot`` field for
     field (msgspec would silently drop a field only Rust has)."""

@@ -11,7 +11,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from oxidip.completeness import ExpectedCount, ExpectedCountLookup, PacsAddress
+from oxidip.completeness import ExpectedCount, ExpectedCountLookup
+from oxidip.nodes import RemoteNode
 from tests.conftest import StartReceiver
 from tests.helpers.dicom import make_dataset
 from tests.helpers.orthanc import OrthancServer
@@ -74,7 +75,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 
 
 def lookup_all(
-    address: PacsAddress, calling_aet: str, series: list[LoadedSeries], **options: float
+    address: RemoteNode, calling_aet: str, series: list[LoadedSeries], **options: float
 ) -> dict[str, ExpectedCount]:
     lookup = ExpectedCountLookup(
         {address.aet: address},
@@ -103,7 +104,7 @@ def test_fixture_starts_and_stops_a_fresh_orthanc(tmp_path: Path) -> None:
         assert system["DicomAet"] == "ORTHANC"
         assert (system["DicomPort"], system["HttpPort"]) == (orthanc.dicom_port, orthanc.http_port)
         assert orthanc.version == system["Version"]
-        assert orthanc.address == PacsAddress("ORTHANC", "127.0.0.1", orthanc.dicom_port)
+        assert orthanc.address == RemoteNode("ORTHANC", "127.0.0.1", orthanc.dicom_port)
         assert orthanc.series() == []
         assert orthanc.get("/modalities?expand")["rx"]["AET"] == "RX"
         assert (tmp_path / "storage").is_dir() and (tmp_path / "index").is_dir()

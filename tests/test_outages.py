@@ -22,7 +22,7 @@ comes up on the configured port.
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +43,7 @@ from tests.helpers.e2e import (
 )
 from tests.helpers.nats import NatsServer, Subscriber, free_port
 from tests.helpers.pdu import EXPLICIT_LE, SECONDARY_CAPTURE, Context, RawClient
+from tests.helpers.polling import wait_until
 from tests.helpers.query_scp import QueryScp
 from tests.helpers.senders import storescu
 from tests.helpers.tcp_proxy import TcpProxy
@@ -64,13 +65,6 @@ def database() -> Iterator[tuple[str, TcpProxy]]:
 
 def messages(server: Oxidip, msg: str) -> list[dict[str, object]]:
     return [record for record in server.process.records() if record.get("msg") == msg]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not {what} within {timeout} s"
-        time.sleep(0.05)
 
 
 def part10_files(series: Series, directory: Path) -> list[Path]:
@@ -160,6 +154,7 @@ def test_outage_loses_nothing(database: tuple[str, TcpProxy], tmp_path: Path) ->
                 lambda: len(messages(server, "association closed")) == done,  # noqa: B023
                 5.0,
                 f"association {name} logged",
+                interval=0.05,
             )
         # A registration attempt gives up after the pool's 5 s wait for a connection.
         server.process.wait_for_record("registry unreachable", timeout=30)
@@ -195,7 +190,9 @@ def test_full_backlog_pushes_back_on_the_sender(
         # The event queue and the association in hand fill up behind the backlog, then the
         # sender is held: no answer for a second, and then none for 2 s more. What was
         # answered is what the backlog, the event queue and the association hold.
-        wait_until(lambda: time.monotonic() - pusher.answered_at[-1] > 1.0, 20, "held")
+        wait_until(
+            lambda: time.monotonic() - pusher.answered_at[-1] > 1.0, 20, "held", interval=0.05
+        )
         held = len(pusher.statuses)
         assert 4 <= held <= 12, pusher.statuses
         deadline = time.monotonic() + 2
@@ -327,7 +324,7 @@ def test_nats_unreachable_at_start(tmp_path: Path) -> None:
                     for m in (decode_message(r.data) for r in list(subscriber.messages))
                 )
 
-            wait_until(finalized, 30, "the series' finalized message received")
+            wait_until(finalized, 30, "the series' finalized message received", interval=0.05)
             server.stop()
         with RegistryView(root, None) as view:
             assert set(view.instance_paths()) == {

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from oxidip._boundary import AssociationOutcome
 from tests.helpers.checks import assert_receiver_works
 from tests.helpers.dicom import (
     SIMPLE_TEMPLATE,
@@ -133,6 +134,7 @@ def test_truncated_pdu_inside_association_then_close(receiver: RunningReceiver) 
         client.send(whole[: len(whole) // 2])
     (closed,) = receiver.wait_closed(1, since=since)
     assert closed.outcome == "connection-lost", closed
+    assert closed.outcome is AssociationOutcome.CONNECTION_LOST  # decoded as the enum
     assert closed.instances_stored == 0
     assert stored_files(receiver.root) == []
     assert temp_files(receiver.root) == []

@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 from psycopg import sql
@@ -188,6 +189,23 @@ def test_new_series_is_reported_and_receiving(registry: Registry) -> None:
     assert more.transitions == []
     assert [row.received for row in more.touched] == [4]
     assert registry.list_series() == more.touched
+
+
+def test_series_state_and_expected_status_are_enums(registry: Registry) -> None:
+    """Read back from either backend, a series' state and expected status are the enums'
+    members, and a state change's previous state too; their JSON is the words."""
+    series = uid()
+    registry.register(batch(series, 2), "node-a")
+    (row,) = registry.list_series()
+    assert row.state is SeriesState.RECEIVING
+    assert row.expected_status is ExpectedStatus.PENDING
+    registry.set_expected(series, 3, ExpectedStatus.KNOWN, "", "PACS")
+    (ended,) = registry.association_ended("node-a", 1)
+    assert ended.series.state is SeriesState.INCOMPLETE
+    assert ended.series.expected_status is ExpectedStatus.KNOWN
+    assert ended.previous is SeriesState.RECEIVING
+    as_json = msgspec.json.decode(msgspec.json.encode(ended.series))
+    assert (as_json["state"], as_json["expected_status"]) == ("incomplete", "known")
 
 
 def test_batch_of_several_series(registry: Registry) -> None:

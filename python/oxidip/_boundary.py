@@ -6,17 +6,22 @@ batches come out as msgpack of ``list[Event]``, internally tagged by ``"kind"``
 structs exactly: they are the wire format.
 """
 
+import enum
 from typing import TypeAlias
 
 import msgspec
 
 __all__ = [
+    "AckMode",
     "AssociationClosed",
+    "AssociationOutcome",
     "Attributes",
     "ConnectionRefused",
     "ContextsRefused",
     "CoreConfig",
+    "DuplicatesPolicy",
     "Event",
+    "FsyncPolicy",
     "Histogram",
     "InstanceFailed",
     "InstanceStored",
@@ -25,8 +30,53 @@ __all__ = [
     "ReceiverMetrics",
     "RefusedContext",
     "ServerWarning",
+    "StoredFile",
     "TlsListener",
 ]
+
+
+class FsyncPolicy(enum.StrEnum):
+    """What is synced before success is answered (``OXIDIP_FSYNC``,
+    ``storage::writer::FsyncPolicy``)."""
+
+    NONE = "none"
+    #: The file.
+    FILE = "file"
+    #: The file, then its directory after the rename.
+    FILE_AND_DIRECTORY = "file-and-directory"
+
+
+class DuplicatesPolicy(enum.StrEnum):
+    """What happens to an instance whose path already holds a file (``OXIDIP_DUPLICATES``,
+    ``storage::writer::DuplicatePolicy``)."""
+
+    OVERWRITE = "overwrite"
+    #: The first file stays; the instance is answered success.
+    KEEP_FIRST = "keep-first"
+    #: The first file stays; the instance is refused (0111).
+    REJECT = "reject"
+
+
+class AckMode(enum.StrEnum):
+    """When success is answered (``OXIDIP_ACK``)."""
+
+    #: Once the file is in place (and journaled); registration follows.
+    STORED = "stored"
+    #: Once it is also registered in the database.
+    REGISTERED = "registered"
+
+
+class AssociationOutcome(enum.StrEnum):
+    """How an association ended (``AssociationClosed.outcome``, ``server::handler::End``)."""
+
+    RELEASED = "released"
+    ABORTED_BY_PEER = "aborted-by-peer"
+    #: We aborted (a protocol error).
+    ABORTED = "aborted"
+    REJECTED = "rejected"
+    TIMEOUT = "timeout"
+    CONNECTION_LOST = "connection-lost"
+    SHUTDOWN = "shutdown"
 
 
 class TlsListener(msgspec.Struct, frozen=True):
@@ -58,10 +108,8 @@ class CoreConfig(msgspec.Struct, frozen=True):
     max_associations: int
     files_root: str
     path_template: str
-    #: "none" | "file" | "file-and-directory"
-    fsync: str
-    #: "overwrite" | "keep-first" | "reject"
-    duplicates: str
+    fsync: FsyncPolicy
+    duplicates: DuplicatesPolicy
     required_attributes: list[str]
     #: Bounds on a deflated data set: inflated MiB, and inflated bytes per deflated byte.
     inflate_max_mib: int
@@ -73,15 +121,15 @@ class CoreConfig(msgspec.Struct, frozen=True):
     #: Seconds one write may wait for the peer to read.
     write_timeout: float
     event_queue_size: int
-    #: "stored" | "registered"
-    ack: str
+    ack: AckMode
     #: Permission bits of stored files and of the directories created for them.
     file_mode: int
     dir_mode: int
     #: The gid stored files and directories get (through setgid directories); None: the
     #: process's group.
     group: int | None
-    #: The registry node id of this process, written in its journal (``Receiver`` sets it).
+    #: The id of this process (``Receiver.process_id``, which sets it), written in its
+    #: journal. Named as in ``server::config``, like every field here.
     node: str = ""
 
 
@@ -165,9 +213,7 @@ class AssociationClosed(msgspec.Struct, tag_field="kind", tag="association"):
     instances_stored: int
     instances_failed: int
     bytes_received: int
-    #: "released" | "aborted-by-peer" | "aborted" | "rejected" | "timeout"
-    #: | "connection-lost" | "shutdown"
-    outcome: str
+    outcome: AssociationOutcome
     #: Human readable reason; "" when released normally.
     detail: str
     #: Came on the TLS listener.
@@ -273,9 +319,10 @@ class ReceiverMetrics(msgspec.Struct, frozen=True):
     journal_backlog: int
 
 
-class StoredInstance(msgspec.Struct, frozen=True):
-    """A stored Part 10 file read back (``_core.read_instance``): for journal replay after a
-    crash and for ``oxidip reconcile``."""
+class StoredFile(msgspec.Struct, frozen=True):
+    """A stored Part 10 file as read back from disk (``_core.read_instance``,
+    ``storage::read_back::StoredInstance``): for journal replay after a crash and for
+    ``oxidip reconcile``. Not the event of its storing, ``InstanceStored``."""
 
     path: str
     size: int

@@ -2,7 +2,32 @@
 
 Data crosses the boundary as msgpack encoded by msgspec (configuration, in) and by serde
 (event batches, out); ``oxidip._boundary`` holds the matching msgspec structs.
+
+``stubtest oxidip._core`` (``tests/run.sh``) holds this stub against the built extension.
+pyo3's classes are final (``#[pyclass]`` without ``subclass``) and built by ``__new__``
+(``#[new]``).
 """
+
+from typing import final
+
+__all__ = [
+    "DEFAULT_PATH_TEMPLATE",
+    "EXTRACTED_KEYWORDS",
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "ExtractedAttributes",
+    "OrphanJournal",
+    "PathTemplate",
+    "Receiver",
+    "__version__",
+    "check_path_template",
+    "check_tls",
+    "claim_orphan_journals",
+    "decode_pdus",
+    "extract_attributes",
+    "read_instance",
+    "send_load",
+]
 
 __version__: str
 #: oxidip's Implementation Class UID, written to (0002,0012) and sent in A-ASSOCIATE-AC.
@@ -21,6 +46,7 @@ def check_tls(cert: str, key: str, ca: str | None = None) -> tuple[str, str] | N
     """Loads the TLS listener's PEM files as the receiver will: None when they are usable,
     else (which file: "cert", "key" or "ca", why)."""
 
+@final
 class OrphanJournal:
     """A journal segment of an oxidip process that no longer runs (its lock was free),
     whatever its host, locked by this process until ``finish`` or ``release``: no other
@@ -28,8 +54,8 @@ class OrphanJournal:
 
     #: Its path.
     path: str
-    #: The registry node id of the process that wrote it; None for a segment of an oxidip
-    #: from before the node was recorded.
+    #: The id of the process that wrote it (``Receiver.process_id``); None for a segment of an
+    #: oxidip from before it was recorded.
     node: str | None
     #: Final paths relative to the files root, one per instance the process announced (some
     #: may have no file: the process died before placing it).
@@ -48,7 +74,7 @@ def claim_orphan_journals(files_root: str) -> list[OrphanJournal]:
     alone. OSError when the journal directory cannot be read."""
 
 def read_instance(path: str) -> bytes:
-    """msgpack of ``oxidip._boundary.StoredInstance`` for a stored Part 10 file. Raises
+    """msgpack of ``oxidip._boundary.StoredFile`` for a stored Part 10 file. Raises
     ValueError when the file is not a Part 10 file oxidip can read."""
 
 def send_load(options: bytes) -> bytes:
@@ -56,10 +82,11 @@ def send_load(options: bytes) -> bytes:
     the result msgpack of ``LoadReport``. Blocks (without the GIL) until every association
     has ended. Raises ValueError on invalid options."""
 
+@final
 class Receiver:
     """The Storage SCP. One instance serves one listening socket."""
 
-    def __init__(self, config: bytes) -> None:
+    def __new__(cls, config: bytes) -> Receiver:
         """``config``: msgpack of ``oxidip._boundary.CoreConfig``. Raises ValueError when a
         value is out of range (the Python layer validates first, naming the variable)."""
 
@@ -176,6 +203,7 @@ def decode_pdus(stream: bytes, max_pdata_len: int) -> int:
     our announced maximum), taking out each PDV of a P-DATA-TF as the handler does; returns
     how many PDUs. ValueError on a codec error or a stream ending inside a PDU."""
 
+@final
 class ExtractedAttributes:
     """Attributes extracted from a data set (``extract_attributes``), kept in Rust."""
 
@@ -187,10 +215,11 @@ def extract_attributes(dataset: bytes, transfer_syntax: str) -> ExtractedAttribu
     walking it whole as the receiver does. ValueError when the transfer syntax is unknown or
     the data set is malformed."""
 
+@final
 class PathTemplate:
     """A parsed path template (``OXIDIP_PATH_TEMPLATE``)."""
 
-    def __init__(self, template: str) -> None:
+    def __new__(cls, template: str) -> PathTemplate:
         """ValueError with the reason when the template is invalid."""
 
     def render(self, attributes: ExtractedAttributes, calling_aet: str, called_aet: str) -> str:

@@ -35,14 +35,14 @@ class JournalAdopter:
         self,
         files_root: Path | str,
         registry: Registry,
-        node: str,
+        process_id: str,
         *,
         interval: float = ADOPT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.files_root = Path(files_root)
         self.registry = registry
-        self.node = node
+        self.process_id = process_id
         self.interval = interval
         self.clock = clock
         self._last = clock()
@@ -63,7 +63,7 @@ class JournalAdopter:
         """Adopts the journals of dead processes there are now; None if that failed (logged,
         tried again at the next look)."""
         try:
-            done = adopt_journals(self.files_root, self.registry, self.node)
+            done = adopt_journals(self.files_root, self.registry, self.process_id)
         except Exception as error:  # noqa: BLE001 - any failure: retried at the next look
             self._failed(error)
             return None

@@ -20,27 +20,25 @@ with no PACS to ask never loads them (with numpy, which pydicom takes when insta
 are ~30 MB of every ``oxidip serve`` process and a third of a second of its start).
 """
 
-import ipaddress
 import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 import msgspec
 
+from oxidip.nodes import NodeDirectory, RemoteNode
+from oxidip.registry import ExpectedStatus
+from oxidip.workers import Run, WorkQueue
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from pynetdicom.association import Association
 
-__all__ = [
-    "ExpectedCount",
-    "ExpectedCountLookup",
-    "PacsAddress",
-    "parse_pacs_addresses",
-]
+__all__ = ["ExpectedCount", "ExpectedCountLookup"]
 
 log = logging.getLogger("oxidip.completeness")
 
@@ -49,107 +47,6 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 _NUMBER_OF_SERIES_RELATED_INSTANCES = 0x0020_1209
 
-_FORM = "AET=host:port[,AET=host:port...] (IPv6 hosts in brackets: AET=[::1]:104)"
-
-
-class PacsAddress(msgspec.Struct, frozen=True):
-    """Where the PACS known by AE title ``aet`` answers C-FIND."""
-
-    aet: str
-    host: str
-    port: int
-
-
-def _check_aet(aet: str, entry: str) -> str:
-    if not aet:
-        raise ValueError(f"entry {entry!r} has an empty AE title; expected {_FORM}")
-    if len(aet) > 16:
-        raise ValueError(
-            f"AE title {aet!r} in {entry!r} is {len(aet)} characters long, at most 16 are "
-            f"allowed; expected {_FORM}"
-        )
-    if any(not (" " <= c <= "~") or c == "\\" for c in aet):
-        raise ValueError(
-            f"AE title {aet!r} in {entry!r} must be printable ASCII without backslash; "
-            f"expected {_FORM}"
-        )
-    return aet
-
-
-def _check_port(text: str, entry: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise ValueError(f"port {text!r} in {entry!r} is not a number; expected {_FORM}")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} in {entry!r} is not in 1-65535; expected {_FORM}")
-    return port
-
-
-def _check_host(host: str, entry: str) -> str:
-    if not host:
-        raise ValueError(f"entry {entry!r} has an empty host; expected {_FORM}")
-    if any(c.isspace() for c in host) or not host.isascii() or not host.isprintable():
-        raise ValueError(
-            f"host {host!r} in {entry!r} contains spaces or non-ASCII characters; expected {_FORM}"
-        )
-    return host
-
-
-def _parse_entry(entry: str) -> PacsAddress:
-    aet, sep, address = entry.partition("=")
-    if not sep:
-        raise ValueError(f"entry {entry!r} has no '='; expected {_FORM}")
-    aet = _check_aet(aet.strip(), entry)
-    address = address.strip()
-    if address.startswith("["):
-        close = address.find("]")
-        if close < 0:
-            raise ValueError(f"entry {entry!r} has an unclosed '[' in its host; expected {_FORM}")
-        host = address[1:close]
-        rest = address[close + 1 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(
-                f"{host!r} in {entry!r} is not an IPv6 address (brackets are only for IPv6); "
-                f"expected {_FORM}"
-            ) from None
-        if not rest.startswith(":"):
-            raise ValueError(f"entry {entry!r} has no ':port' after ']'; expected {_FORM}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = address.rpartition(":")
-        if not sep:
-            raise ValueError(f"entry {entry!r} has no ':port'; expected {_FORM}")
-        if ":" in host:
-            raise ValueError(
-                f"host {host!r} in {entry!r} looks like an IPv6 address: write it in brackets "
-                f"([{host}]:{port_text}); expected {_FORM}"
-            )
-        host = _check_host(host, entry)
-    return PacsAddress(aet=aet, host=host, port=_check_port(port_text, entry))
-
-
-def parse_pacs_addresses(value: str) -> dict[str, PacsAddress]:
-    """Parses ``AET=host:port,AET2=host2:port2`` (oxidicom's ``OXIDICOM_PACS_ADDRESS``
-    form) into a map from AE title to address. Spaces around entries, AE titles, hosts and
-    ports are ignored; an empty or blank value means no PACS. Raises ``ValueError`` saying
-    what is wrong and the accepted form (empty entries, a missing ``=`` or port, a port
-    outside 1-65535, an invalid AE title, an IPv6 address outside brackets, an AE title
-    given twice)."""
-    if not value.strip():
-        return {}
-    addresses: dict[str, PacsAddress] = {}
-    for raw in value.split(","):
-        entry = raw.strip()
-        if not entry:
-            raise ValueError(f"empty entry in {value!r} (stray comma?); expected {_FORM}")
-        address = _parse_entry(entry)
-        if address.aet in addresses:
-            raise ValueError(f"AE title {address.aet!r} is given twice; expected {_FORM}")
-        addresses[address.aet] = address
-    return addresses
-
 
 class ExpectedCount(msgspec.Struct, frozen=True):
     """The answer to one ``ExpectedCountLookup.request``."""
@@ -157,8 +54,8 @@ class ExpectedCount(msgspec.Struct, frozen=True):
     series_instance_uid: str
     #: NumberOfSeriesRelatedInstances as the PACS gave it; None unless ``status`` is known.
     expected: int | None
-    #: "known" | "unknown" | "error"
-    status: str
+    #: Known (with ``expected``), unknown or error, never pending.
+    status: ExpectedStatus
     #: Human readable: what was asked of whom and what came back.
     detail: str
     #: The calling AE title the series was sent by (whose PACS was asked).
@@ -167,7 +64,7 @@ class ExpectedCount(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class _Job:
-    pacs: PacsAddress
+    pacs: RemoteNode
     study_instance_uid: str
     series_instance_uid: str
     calling_aet: str
@@ -179,11 +76,6 @@ class _Attempt:
     def __init__(self, result: ExpectedCount, retry: bool) -> None:
         self.result = result
         self.retry = retry
-
-
-def _describe(pacs: PacsAddress) -> str:
-    host = f"[{pacs.host}]" if ":" in pacs.host else pacs.host
-    return f"{pacs.aet} at {host}:{pacs.port}"
 
 
 def _count_text(identifier: "Dataset") -> str | None:
@@ -234,7 +126,7 @@ def _drop_connection(assoc: "Association") -> None:
 class ExpectedCountLookup:
     """Asks the sending PACS for the size of each series, on ``workers`` daemon threads.
 
-    ``addresses`` maps calling AE titles to PACS addresses (``parse_pacs_addresses``);
+    ``nodes`` maps calling AE titles to the node to ask (``oxidip.nodes.NodeDirectory``);
     ``calling_aet`` is the AE title the C-FINDs are sent from (the receiver's: the PACS must
     know it, Orthanc only answers AE titles listed in its DicomModalities). Each attempt
     waits at most ``timeout`` seconds for the connection, for the association to be
@@ -250,7 +142,7 @@ class ExpectedCountLookup:
 
     def __init__(
         self,
-        addresses: dict[str, PacsAddress],
+        nodes: Mapping[str, RemoteNode],
         calling_aet: str,
         *,
         timeout: float = 10.0,
@@ -266,18 +158,19 @@ class ExpectedCountLookup:
             raise ValueError(f"workers must be >= 1, not {workers}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, not {max_pending}")
-        self.addresses = {aet.strip(): pacs for aet, pacs in addresses.items()}
+        self.nodes = NodeDirectory(nodes)
         self.calling_aet = calling_aet
         self.timeout = timeout
         self.retries = retries
         self.workers = workers
         self.max_pending = max_pending
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: The lookups queued or running (``/metrics`` reads its counters).
+        self.jobs: WorkQueue[_Job] = WorkQueue(
+            "cfind", self._handle, max_pending=max_pending, workers=workers
+        )
         self._results: queue.SimpleQueue[ExpectedCount] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._pending = 0
         self._closed = threading.Event()
-        self._threads: list[threading.Thread] = []
         # Associations being negotiated or used: close() drops their connections.
         self._live: set[Association] = set()
 
@@ -286,34 +179,34 @@ class ExpectedCountLookup:
     def request(self, calling_aet: str, study_instance_uid: str, series_instance_uid: str) -> None:
         """Queues a lookup of the series sent by ``calling_aet``; never blocks. The result
         arrives through ``poll``/``wait``, immediately when there is nothing to ask."""
-        pacs = self.addresses.get(calling_aet.strip())
+        pacs = self.nodes.get(calling_aet)
         if pacs is None:
             self._results.put(
                 ExpectedCount(
                     series_instance_uid,
                     None,
-                    "unknown",
+                    ExpectedStatus.UNKNOWN,
                     f"no PACS address for calling AE {calling_aet.strip()!r} "
                     "(not in OXIDIP_PACS_ADDRESS)",
                     calling_aet,
                 )
             )
             return
-        with self._lock:
-            if self._closed.is_set():
-                refused = "lookup service closed"
-            elif self._pending >= self.max_pending:
-                refused = f"lookup queue full ({self.max_pending} pending)"
-            else:
-                refused = ""
-                self._pending += 1
-                self._start_worker()
-        if refused:
-            self._results.put(
-                ExpectedCount(series_instance_uid, None, "error", refused, calling_aet)
+        job = _Job(pacs, study_instance_uid, series_instance_uid, calling_aet)
+        if self._closed.is_set() or self.jobs.closed:
+            refused = "lookup service closed"
+        elif not self.jobs.put(job, timeout=0):
+            closed = self.jobs.closed
+            refused = (
+                "lookup service closed"
+                if closed
+                else f"lookup queue full ({self.max_pending} pending)"
             )
+        else:
             return
-        self._jobs.put(_Job(pacs, study_instance_uid, series_instance_uid, calling_aet))
+        self._results.put(
+            ExpectedCount(series_instance_uid, None, ExpectedStatus.ERROR, refused, calling_aet)
+        )
 
     def poll(self) -> list[ExpectedCount]:
         """The results that arrived since the last call; never blocks."""
@@ -336,8 +229,7 @@ class ExpectedCountLookup:
     @property
     def pending(self) -> int:
         """Lookups queued or running (those whose result has not arrived yet)."""
-        with self._lock:
-            return self._pending
+        return 0 if self._closed.is_set() else self.jobs.pending
 
     def close(self) -> None:
         """Stops the workers without waiting for running lookups: those are abandoned (their
@@ -347,16 +239,9 @@ class ExpectedCountLookup:
             if self._closed.is_set():
                 return
             self._closed.set()
-            self._pending = 0
             live = list(self._live)
-            threads = list(self._threads)
-        while True:
-            try:
-                self._jobs.get_nowait()
-            except queue.Empty:
-                break
-        for _ in threads:
-            self._jobs.put(None)
+        self.jobs.close()
+        self.jobs.abandon()
         for assoc in live:
             _drop_connection(assoc)
 
@@ -368,21 +253,8 @@ class ExpectedCountLookup:
 
     # --- workers -------------------------------------------------------------------------
 
-    def _start_worker(self) -> None:
-        """Starts one more worker when every running one may be busy (called locked)."""
-        if len(self._threads) >= self.workers or len(self._threads) >= self._pending:
-            return
-        thread = threading.Thread(
-            target=self._work, name=f"oxidip-cfind-{len(self._threads)}", daemon=True
-        )
-        self._threads.append(thread)
-        thread.start()
-
-    def _work(self) -> None:
-        while not self._closed.is_set():
-            job = self._jobs.get()
-            if job is None or self._closed.is_set():
-                return
+    def _handle(self, run: Run[_Job]) -> None:
+        for job in run.items:
             try:
                 result = self._lookup(job)
             except Exception as error:  # a lookup must always end in a result
@@ -393,13 +265,13 @@ class ExpectedCountLookup:
                 result = ExpectedCount(
                     job.series_instance_uid,
                     None,
-                    "error",
-                    f"C-FIND to {_describe(job.pacs)} failed: {type(error).__name__}: {error}",
+                    ExpectedStatus.ERROR,
+                    f"C-FIND to {job.pacs} failed: {type(error).__name__}: {error}",
                 )
+            run.done()  # no longer pending once its result can be seen
             with self._lock:
                 if self._closed.is_set():
                     return
-                self._pending -= 1
                 self._results.put(msgspec.structs.replace(result, calling_aet=job.calling_aet))
 
     def _lookup(self, job: _Job) -> ExpectedCount:
@@ -422,11 +294,11 @@ class ExpectedCountLookup:
             if self._closed.wait(min(self.backoff * number, self.max_backoff)):
                 break
         result = attempt.result
-        if result.status != "error":
+        if result.status != ExpectedStatus.ERROR:
             return result
         tries = "1 attempt" if number == 1 else f"{number} attempts"
         return ExpectedCount(
-            result.series_instance_uid, None, "error", f"{result.detail} after {tries}"
+            result.series_instance_uid, None, ExpectedStatus.ERROR, f"{result.detail} after {tries}"
         )
 
     def _attempt(self, job: _Job) -> _Attempt:
@@ -434,11 +306,11 @@ class ExpectedCountLookup:
         from pynetdicom import AE, evt
 
         pacs = job.pacs
-        where = _describe(pacs)
+        where = str(pacs)
         series = job.series_instance_uid
 
         def error(detail: str, retry: bool = True) -> _Attempt:
-            return _Attempt(ExpectedCount(series, None, "error", detail), retry)
+            return _Attempt(ExpectedCount(series, None, ExpectedStatus.ERROR, detail), retry)
 
         ae = AE(ae_title=self.calling_aet)
         ae.connection_timeout = self.timeout
@@ -532,7 +404,8 @@ class ExpectedCountLookup:
                     cause = "aborted (the association ended before the PACS answered)"
                 retry = not self._closed.is_set()
                 return _Attempt(
-                    ExpectedCount(series, None, "error", f"C-FIND to {where} {cause}"), retry
+                    ExpectedCount(series, None, ExpectedStatus.ERROR, f"C-FIND to {where} {cause}"),
+                    retry,
                 )
             code = int(status.Status)
             if code in (0xFF00, 0xFF01):
@@ -544,7 +417,12 @@ class ExpectedCountLookup:
             break
         if final is None:
             return _Attempt(
-                ExpectedCount(series, None, "error", f"C-FIND to {where} failed (no final status)"),
+                ExpectedCount(
+                    series,
+                    None,
+                    ExpectedStatus.ERROR,
+                    f"C-FIND to {where} failed (no final status)",
+                ),
                 True,
             )
         if final != 0x0000:
@@ -554,7 +432,7 @@ class ExpectedCountLookup:
                 ExpectedCount(
                     series,
                     None,
-                    "error",
+                    ExpectedStatus.ERROR,
                     f"C-FIND to {where} {kind} with status 0x{final:04X}{comment}",
                 ),
                 True,
@@ -566,7 +444,10 @@ class ExpectedCountLookup:
         pacs = job.pacs.aet
         if not matches:
             return _Attempt(
-                ExpectedCount(series, None, "unknown", f"PACS {pacs} answered 0 matches"), False
+                ExpectedCount(
+                    series, None, ExpectedStatus.UNKNOWN, f"PACS {pacs} answered 0 matches"
+                ),
+                False,
             )
         texts = [_count_text(m) for m in matches]
         counts = [None if t is None else _parse_count(t) for t in texts]
@@ -579,8 +460,10 @@ class ExpectedCountLookup:
                 if count == 0:
                     # We are receiving instances of this series: a PACS that counts none does
                     # not hold it (yet); 0 as "expected" would make it overfull at once.
-                    return _Attempt(ExpectedCount(series, None, "unknown", detail), False)
-                return _Attempt(ExpectedCount(series, count, "known", detail), False)
+                    return _Attempt(
+                        ExpectedCount(series, None, ExpectedStatus.UNKNOWN, detail), False
+                    )
+                return _Attempt(ExpectedCount(series, count, ExpectedStatus.KNOWN, detail), False)
         first = texts[0]
         if first is None:
             detail = f"PACS {pacs} answered without NumberOfSeriesRelatedInstances"
@@ -593,4 +476,4 @@ class ExpectedCountLookup:
             )
         if len(matches) > 1:
             detail += f" ({len(matches)} matches, none with a count)"
-        return _Attempt(ExpectedCount(series, None, "unknown", detail), False)
+        return _Attempt(ExpectedCount(series, None, ExpectedStatus.UNKNOWN, detail), False)

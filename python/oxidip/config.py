@@ -7,6 +7,7 @@ table and the matching field to ``Config``.
 """
 
 import difflib
+import enum
 import grp
 import ipaddress
 import logging
@@ -15,7 +16,7 @@ import os
 import re
 import sys
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +25,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from oxidip import _core
-from oxidip._boundary import CoreConfig, TlsListener
+from oxidip._boundary import AckMode, CoreConfig, DuplicatesPolicy, FsyncPolicy, TlsListener
+from oxidip.nodes import AE_TITLE_ACCEPTS, InvalidAeTitle, NodeDirectory, check_ae_title
 
 __all__ = [
     "PREFIX",
@@ -149,19 +151,26 @@ class Boolean:
 
 @dataclass(frozen=True)
 class Choice:
-    """One of a fixed set of words, matched case-insensitively; returns the canonical one."""
+    """One of a fixed set of words, matched case-insensitively; returns the canonical one,
+    made a ``kind`` (the enum of the words, for ``Choice.of``)."""
 
     options: tuple[str, ...]
+    kind: Callable[[str], Any] = str
+
+    @classmethod
+    def of(cls, kind: type[enum.StrEnum]) -> "Choice":
+        """The values of ``kind``, each read as its member."""
+        return cls(tuple(member.value for member in kind), kind)
 
     @property
     def accepts(self) -> str:
         return "one of " + ", ".join(self.options)
 
-    def __call__(self, raw: str) -> str:
+    def __call__(self, raw: str) -> Any:
         text = raw.strip().lower()
         for option in self.options:
             if option.lower() == text:
-                return option
+                return self.kind(option)
         raise Invalid()
 
 
@@ -177,27 +186,16 @@ class IpAddress:
 
 
 def _check_ae_title(raw: str) -> str:
-    """Validates one AE title (PS3.5 AE VR) and returns it without the non-significant leading
-    and trailing spaces."""
-    for char in raw:
-        if char == "\\":
-            raise Invalid("contains a backslash")
-        if not " " <= char <= "~":
-            raise Invalid(f"contains {char!r}, which is not a printable ASCII character")
-    title = raw.strip(" ")
-    if not title:
-        raise Invalid("empty or only spaces")
-    if len(title) > 16:
-        raise Invalid(f"{len(title)} characters long, at most 16 allowed")
-    return title
-
-
-_AE_ACCEPTS = "1 to 16 printable ASCII characters, no backslash, not only spaces"
+    """``nodes.check_ae_title``, its complaint as a parser's."""
+    try:
+        return check_ae_title(raw)
+    except InvalidAeTitle as error:
+        raise Invalid(str(error)) from None
 
 
 @dataclass(frozen=True)
 class AeTitle:
-    accepts: str = f"an AE title: {_AE_ACCEPTS}"
+    accepts: str = f"an AE title: {AE_TITLE_ACCEPTS}"
 
     def __call__(self, raw: str) -> str:
         return _check_ae_title(raw)
@@ -220,7 +218,7 @@ def _split_list(raw: str) -> list[str]:
 
 @dataclass(frozen=True)
 class AeTitleList:
-    accepts: str = f"comma-separated AE titles ({_AE_ACCEPTS}), or empty"
+    accepts: str = f"comma-separated AE titles ({AE_TITLE_ACCEPTS}), or empty"
 
     def __call__(self, raw: str) -> tuple[str, ...]:
         titles: list[str] = []
@@ -367,10 +365,8 @@ class PacsAddresses:
     accepts: str = "empty, or comma-separated AET=host:port pairs, e.g. PACS=10.0.0.5:104"
 
     def __call__(self, raw: str) -> str:
-        from oxidip.completeness import parse_pacs_addresses
-
         try:
-            parse_pacs_addresses(raw)
+            NodeDirectory.parse(raw)
         except ValueError as error:
             raise Invalid(str(error)) from None
         return raw.strip()
@@ -589,13 +585,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "OXIDIP_FSYNC",
         "none",
-        Choice(("none", "file", "file-and-directory")),
+        Choice.of(FsyncPolicy),
         "Durability before answering success: none, fsync the file, or the file and its directory.",
     ),
     Variable(
         "OXIDIP_DUPLICATES",
         "overwrite",
-        Choice(("overwrite", "keep-first", "reject")),
+        Choice.of(DuplicatesPolicy),
         "What to do when a file is already at an instance's path.",
     ),
     Variable(
@@ -654,7 +650,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "OXIDIP_ACK",
         "stored",
-        Choice(("stored", "registered")),
+        Choice.of(AckMode),
         "When success is sent: once the file is in place (registration follows, journaled),"
         " or only once it is also registered in the database.",
     ),
@@ -789,8 +785,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     scp_uncompressed_only: bool
     max_associations: int
     path_template: str
-    fsync: str
-    duplicates: str
+    fsync: FsyncPolicy
+    duplicates: DuplicatesPolicy
     required_attributes: tuple[str, ...]
     inflate_max_mib: int
     inflate_max_ratio: int
@@ -799,7 +795,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     write_timeout: float
     shutdown_timeout: float
     event_queue: int
-    ack: str
+    ack: AckMode
     db_connection: str | None
     db_pool: int
     registration_backlog: int

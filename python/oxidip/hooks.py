@@ -29,7 +29,6 @@ exception in a notification hook is logged at ERROR with its traceback, the hook
 it concerns, and the next item is processed.
 """
 
-import collections
 import importlib
 import logging
 import threading
@@ -39,8 +38,9 @@ from types import ModuleType
 from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 from oxidip._boundary import InstanceStored
+from oxidip.workers import Run, WorkQueue
 
-__all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "SeriesLike"]
+__all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "IdentifiedSeries"]
 
 log = logging.getLogger("oxidip.hooks")
 
@@ -53,9 +53,9 @@ BACKLOG_WARNING_INTERVAL = 10.0
 RegisterMode: TypeAlias = Literal["add", "replace"]
 
 
-class SeriesLike(Protocol):
-    """What the hooks machinery reads of a series (``oxidip.registry.SeriesRow`` has it all);
-    the hook functions receive the whole row."""
+class IdentifiedSeries(Protocol):
+    """A series as the hooks machinery knows it: its key, for the log of a failed hook
+    (``oxidip.registry.SeriesRow`` has it all; the hook functions receive the whole row)."""
 
     @property
     def series_instance_uid(self) -> str: ...
@@ -79,7 +79,7 @@ class _Call(NamedTuple):
 
     hook: Callable[[Any], object]
     name: str
-    arg: InstanceStored | SeriesLike
+    arg: InstanceStored | IdentifiedSeries
 
 
 class Hooks:
@@ -110,19 +110,12 @@ class Hooks:
         self.replaces_registry: bool = register_mode == "replace"
         self.queue_size = queue_size
 
-        self._queue: collections.deque[_Call] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._busy = False  # the worker is running a hook
-        self._closing = False  # no more items accepted
-        self._stopped = False  # the worker must stop, even with items left
-        self._peak = 0
-        self._dropped = 0
-        self._producers_waited = 0
+        self._warned = threading.Lock()
         self._last_warning = -float("inf")
-        self._worker: threading.Thread | None = None
+        #: The notification hooks' calls, run in order on one worker thread.
+        self.calls: WorkQueue[_Call] | None = None
         if on_instance or on_series_complete or on_series_finalized:
-            self._worker = threading.Thread(target=self._work, name="oxidip-hooks", daemon=True)
-            self._worker.start()
+            self.calls = WorkQueue("hooks", self._run, max_waiting=queue_size)
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -206,13 +199,13 @@ class Hooks:
             name = self._qualified("on_instance")
             self._put(_Call(hook, name, event) for event in events)
 
-    def series_complete(self, series: SeriesLike) -> None:
+    def series_complete(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_complete`` call (blocks while the queue is full)."""
         if self._on_series_complete is not None:
             call = _Call(self._on_series_complete, self._qualified("on_series_complete"), series)
             self._put((call,))
 
-    def series_finalized(self, series: SeriesLike) -> None:
+    def series_finalized(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_finalized`` call (blocks while the queue is full)."""
         if self._on_series_finalized is not None:
             call = _Call(self._on_series_finalized, self._qualified("on_series_finalized"), series)
@@ -221,52 +214,37 @@ class Hooks:
     @property
     def backlog(self) -> int:
         """Hook calls queued and not started yet (at most ``queue_size``)."""
-        return len(self._queue)
+        return 0 if self.calls is None else self.calls.waiting
 
     @property
     def peak_backlog(self) -> int:
         """The largest backlog seen so far."""
-        return self._peak
+        return 0 if self.calls is None else self.calls.peak_waiting
 
     @property
     def producers_waited(self) -> int:
         """How many times a producer had to wait for room in the queue."""
-        return self._producers_waited
+        return 0 if self.calls is None else self.calls.waits
 
     @property
     def dropped(self) -> int:
         """Hook calls never made: still queued when ``close`` gave up, or queued after it."""
-        return self._dropped
+        return 0 if self.calls is None else self.calls.dropped
 
     def close(self, timeout: float) -> None:
         """Stops accepting calls, runs what is queued for at most ``timeout`` seconds, then
         stops the worker; calls still queued are dropped (logged as a WARNING). Producers
         blocked on a full queue are released (their remaining calls dropped). Idempotent."""
-        deadline = time.monotonic() + max(timeout, 0.0)
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            while (self._queue or self._busy) and self._worker is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            left = len(self._queue)
-            busy = self._busy
-            self._dropped += left
-            self._queue.clear()
-            self._stopped = True
-            self._cond.notify_all()
-        worker = self._worker
-        if worker is not None:
-            worker.join(max(deadline - time.monotonic(), 0.1))
-        if left or busy:
+        if self.calls is None:
+            return
+        left, still_running = self.calls.shutdown(timeout)
+        if left or still_running:
             log.warning(
                 "hooks closed before the backlog was done",
                 extra={
                     "hooks_module": self.module_name or "",
                     "dropped": left,
-                    "hook_still_running": busy,
+                    "hook_still_running": bool(still_running),
                     "timeout": timeout,
                 },
             )
@@ -277,69 +255,38 @@ class Hooks:
         return f"{self.module_name}.{hook}" if self.module_name else hook
 
     def _put(self, calls: Iterable[_Call]) -> None:
-        """Appends the calls in order, waiting for room whenever the queue is full."""
-        capacity = self.queue_size
-        queue = self._queue
-        with self._cond:
-            for call in calls:
-                if len(queue) >= capacity and not self._closing:
-                    self._producers_waited += 1
-                    self._maybe_warn()
-                    while len(queue) >= capacity and not self._closing:
-                        self._cond.wait()
-                if self._closing:
-                    self._dropped += 1
-                    continue
-                was_empty = not queue
-                queue.append(call)
-                self._peak = max(self._peak, len(queue))
-                if was_empty:
-                    self._cond.notify_all()
-            if len(queue) * 2 > capacity:
-                self._maybe_warn()
+        """Queues the calls in order, waiting for room whenever the queue is full."""
+        queue = self.calls
+        assert queue is not None
+        queue.put_many(calls, on_full=self._maybe_warn)
+        if queue.waiting * 2 > self.queue_size:
+            self._maybe_warn()
 
     def _maybe_warn(self) -> None:
-        """Logs the backlog, at most every ``BACKLOG_WARNING_INTERVAL`` s. Called locked."""
-        now = time.monotonic()
-        if now - self._last_warning < BACKLOG_WARNING_INTERVAL:
-            return
-        self._last_warning = now
+        """Logs the backlog, at most every ``BACKLOG_WARNING_INTERVAL`` s."""
+        with self._warned:
+            now = time.monotonic()
+            if now - self._last_warning < BACKLOG_WARNING_INTERVAL:
+                return
+            self._last_warning = now
         log.warning(
             "hooks backlog",
             extra={
                 "hooks_module": self.module_name or "",
-                "backlog": len(self._queue),
+                "backlog": self.backlog,
                 "queue_size": self.queue_size,
             },
         )
 
-    def _work(self) -> None:
-        queue = self._queue
-        capacity = self.queue_size
-        while True:
-            with self._cond:
-                self._busy = False
-                if not queue:
-                    self._cond.notify_all()  # close() waits for an idle, empty queue
-                while not queue and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    return
-                was_full = len(queue) >= capacity
-                call = queue.popleft()
-                self._busy = True
-                if was_full:
-                    self._cond.notify_all()  # producers wait for room
-            self._run(call)
-
-    def _run(self, call: _Call) -> None:
-        try:
-            call.hook(call.arg)
-        except (Exception, SystemExit):  # a hook must never stop the worker
-            log.exception("hook failed", extra={"hook": call.name, **_uids(call.arg)})
+    def _run(self, run: Run[_Call]) -> None:
+        for call in run.items:
+            try:
+                call.hook(call.arg)
+            except (Exception, SystemExit):  # a hook must never stop the worker
+                log.exception("hook failed", extra={"hook": call.name, **_uids(call.arg)})
 
 
-def _uids(arg: InstanceStored | SeriesLike) -> dict[str, str]:
+def _uids(arg: InstanceStored | IdentifiedSeries) -> dict[str, str]:
     """The UIDs (and AE) a hook call concerns, for its log record."""
     if isinstance(arg, InstanceStored):
         attributes = arg.attributes

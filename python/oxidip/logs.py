@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure", "fields_of"]
+__all__ = ["JsonFormatter", "TextFormatter", "configure", "fields_of", "one_line"]
 
 # Attributes every LogRecord has; anything else on a record came in through ``extra``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -28,6 +28,11 @@ _RESERVED = ("ts", "level", "msg")
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     """The structured fields of a record (what was passed as ``extra``), in order."""
     return {key: value for key, value in record.__dict__.items() if key not in _STANDARD}
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: message`` on one line (libpq's messages span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 def timestamp(created: float) -> str:

@@ -5,9 +5,10 @@ Two sources, both read when scraped, never pushed:
 - the receiver's counters, kept in Rust without locks on the network path
   (``server::metrics``) and read as one snapshot (``Receiver.metrics``): associations,
   instances, bytes, the store latency histogram, the event queue and journal backlogs;
-- ``PipelineMetrics`` (``oxidip.pipeline_metrics``), plain numbers the pipeline updates once per batch (registration, its
-  lag, the database as registration last saw it, C-FIND outcomes), and the backlogs of the
-  C-FIND lookups, the hooks and NATS, read from those objects.
+- ``PipelineMetrics`` (``oxidip.pipeline_metrics``), plain numbers the pipeline updates once
+  per batch (registration, its lag, the database as registration last saw it, C-FIND
+  outcomes), and the backlogs and counters of its work queues (``oxidip.workers``:
+  registration, C-FIND lookups, hooks, NATS), read from those objects.
 
 Metric names (all prefixed ``oxidip_``): the tables ``_RECEIVER`` and ``_PIPELINE``, and the
 README.
@@ -32,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 from oxidip._boundary import Histogram
 from oxidip.notify import NatsNotifier
 from oxidip.receiver import Receiver
+from oxidip.workers import WorkQueue
 
 if TYPE_CHECKING:
     from oxidip.pipeline import Pipeline
@@ -132,9 +134,30 @@ def _unreplayed_journal_entries(pipeline: "Pipeline") -> int:
     return 0 if adopter is None else adopter.pending_entries
 
 
-def _nats_backlog(pipeline: "Pipeline") -> int:
+def _work_queues(pipeline: "Pipeline") -> dict[str, WorkQueue[Any] | None]:
+    """The pipeline's work queues by the ``queue`` label (None: not in use)."""
     notifier = pipeline.notifier
-    return notifier.backlog if isinstance(notifier, NatsNotifier) else 0
+    return {
+        "registration": pipeline.registrar.jobs,
+        "cfind": pipeline.lookup.jobs,
+        "hooks": pipeline.hooks.calls,
+        "nats": notifier.outbox if isinstance(notifier, NatsNotifier) else None,
+    }
+
+
+def _nats_backlog(pipeline: "Pipeline") -> int:
+    outbox = _work_queues(pipeline)["nats"]
+    return 0 if outbox is None else outbox.waiting
+
+
+def _per_queue(counter: str) -> Callable[["Pipeline"], dict[str, int]]:
+    """A ``WorkQueue`` counter of every work queue, by its name."""
+
+    def value(pipeline: "Pipeline") -> dict[str, int]:
+        queues = _work_queues(pipeline).items()
+        return {name: 0 if queue is None else getattr(queue, counter) for name, queue in queues}
+
+    return value
 
 
 #: Read from the pipeline: its ``PipelineMetrics`` and the backlogs of its helpers.
@@ -190,6 +213,30 @@ _PIPELINE = (
     ),
     _Family("gauge", "oxidip_hook_backlog", "Hook calls queued.", attrgetter("hooks.backlog")),
     _Family("gauge", "oxidip_nats_backlog", "NATS messages waiting to be sent.", _nats_backlog),
+    _Family(
+        "counter",
+        "oxidip_work_queue_waits",
+        "Times a producer waited for room in a work queue (back-pressure), by queue.",
+        _per_queue("waits"),
+        label="queue",
+    ),
+    _Family(
+        "counter",
+        "oxidip_work_queue_refused",
+        "Work refused for want of room (C-FINDs answered 'queue full', NATS progress dropped,"
+        " registrations left to the journal while stopping), by queue; in instances for"
+        " registration.",
+        _per_queue("refused"),
+        label="queue",
+    ),
+    _Family(
+        "counter",
+        "oxidip_work_queue_dropped",
+        "Work dropped by a work queue that was closed or gave up at shutdown, by queue; in"
+        " instances for registration.",
+        _per_queue("dropped"),
+        label="queue",
+    ),
 )
 
 

@@ -65,7 +65,6 @@ Delivery is NATS core's: at most once, to the subscribers present at the time.
 """
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
@@ -76,6 +75,8 @@ from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import msgspec
 import nats.aio.client
+
+from oxidip.workers import WorkQueue
 
 __all__ = [
     "FORMAT_VERSION",
@@ -88,7 +89,7 @@ __all__ = [
     "NotifierError",
     "NullNotifier",
     "Progress",
-    "SeriesLike",
+    "ReportedSeries",
     "check_root_subject",
     "decode_message",
     "encode_message",
@@ -159,8 +160,9 @@ def decode_message(data: bytes) -> Message:
     return message
 
 
-class SeriesLike(Protocol):
-    """What a notification reads of a series (``oxidip.registry.SeriesRow`` has it all)."""
+class ReportedSeries(Protocol):
+    """A series as a message reports it: counts, expected count and state
+    (``oxidip.registry.SeriesRow`` has it all)."""
 
     @property
     def series_instance_uid(self) -> str: ...
@@ -181,7 +183,7 @@ class SeriesLike(Protocol):
 
 
 def _series_message(
-    kind: type[Progress] | type[Complete] | type[Finalized], series: SeriesLike, at: datetime
+    kind: type[Progress] | type[Complete] | type[Finalized], series: ReportedSeries, at: datetime
 ) -> Progress | Complete | Finalized:
     return kind(
         series_instance_uid=series.series_instance_uid,
@@ -248,9 +250,9 @@ class NotifierError(Exception):
 
 
 class Notifier(Protocol):
-    def progress(self, series: SeriesLike) -> None: ...
-    def complete(self, series: SeriesLike) -> None: ...
-    def finalized(self, series: SeriesLike) -> None: ...
+    def progress(self, series: ReportedSeries) -> None: ...
+    def complete(self, series: ReportedSeries) -> None: ...
+    def finalized(self, series: ReportedSeries) -> None: ...
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None: ...
     def close(self, timeout: float = 5.0) -> None: ...
 
@@ -258,13 +260,13 @@ class Notifier(Protocol):
 class NullNotifier:
     """Notifications disabled (no ``OXIDIP_NATS_ADDRESS``)."""
 
-    def progress(self, series: SeriesLike) -> None:
+    def progress(self, series: ReportedSeries) -> None:
         pass
 
-    def complete(self, series: SeriesLike) -> None:
+    def complete(self, series: ReportedSeries) -> None:
         pass
 
-    def finalized(self, series: SeriesLike) -> None:
+    def finalized(self, series: ReportedSeries) -> None:
         pass
 
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None:
@@ -283,7 +285,7 @@ class _Outgoing(NamedTuple):
 class _Held(NamedTuple):
     """The latest progress of a series held back by the rate limit."""
 
-    series: SeriesLike
+    series: ReportedSeries
     at: datetime
 
 
@@ -319,13 +321,16 @@ class NatsNotifier:
         self.queue_size = queue_size
         self.block_timeout = block_timeout
 
-        # Shared between the callers and the loop thread, under _cond.
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: collections.deque[_Outgoing] = collections.deque()
+        # Shared between the callers and the loop thread, under _lock.
+        self._lock = threading.Lock()
+        #: Messages waiting for the NATS client, handed over in order by the loop's pump.
+        self.outbox: WorkQueue[_Outgoing] = WorkQueue(
+            "nats", max_waiting=queue_size, wake=self._wake_soon
+        )
         self._last_progress: dict[str, float] = {}  # series UID -> monotonic time of the last
         self._held: dict[str, _Held] = {}  # series UID -> latest progress held back
         self._closing = False  # close() called: nothing more is accepted
-        self._finishing = False  # (loop thread) the pump returns once the queue is empty
+        self._finishing = False  # (loop thread) the pump returns once the outbox is empty
         self._published = 0
         self._dropped_progress = 0
         self._lost = 0
@@ -360,14 +365,14 @@ class NatsNotifier:
 
     # --- the Notifier interface ------------------------------------------------------------
 
-    def progress(self, series: SeriesLike) -> None:
+    def progress(self, series: ReportedSeries) -> None:
         """Publishes the count of ``series`` unless one was published for it less than
         ``progress_interval`` ago; then the latest count is held and published once the
         interval has passed (unless ``complete``/``finalized`` come first). Never blocks."""
         uid = series.series_instance_uid
         now = time.monotonic()
         at = datetime.now(UTC)
-        with self._cond:
+        with self._lock:
             if self._closing:
                 return
             last = self._last_progress.get(uid)
@@ -376,14 +381,14 @@ class NatsNotifier:
                 return
             self._last_progress[uid] = now
             self._held.pop(uid, None)
-            self._append_locked(self._outgoing(_series_message(Progress, series, at)))
+            self._offer_progress(self._outgoing(_series_message(Progress, series, at)))
 
-    def complete(self, series: SeriesLike) -> None:
+    def complete(self, series: ReportedSeries) -> None:
         """Publishes that ``series`` is complete, with its final count (held-back progress of
         the series is dropped: this carries a newer count)."""
         self._final(Complete, series)
 
-    def finalized(self, series: SeriesLike) -> None:
+    def finalized(self, series: ReportedSeries) -> None:
         """Publishes that ``series`` reached a final state, with its final count."""
         self._final(Finalized, series)
 
@@ -395,20 +400,25 @@ class NatsNotifier:
             time=datetime.now(UTC),
             message=message,
         )
-        with self._cond:
-            self._append_locked(self._outgoing(error))
+        self._send(self._outgoing(error))
 
     def close(self, timeout: float = 5.0) -> None:
         """Publishes what is queued (held-back progress included) and flushes it to the server
         for at most ``timeout`` seconds, then disconnects. Idempotent."""
-        with self._cond:
+        with self._lock:
             if self._closing:
                 return
             self._closing = True
-            self._cond.notify_all()  # callers waiting for room give up
+            # Only a server that answered can take the held-back progress: it goes last.
+            connected = self._up.is_set()
+            if connected:
+                self._release_due(time.monotonic(), everything=True)
+        self.outbox.close()  # callers waiting for room give up
         unsent = 0
         if self._thread.is_alive():
-            future = asyncio.run_coroutine_threadsafe(self._shutdown(timeout), self._loop)
+            future = asyncio.run_coroutine_threadsafe(
+                self._shutdown(timeout, connected), self._loop
+            )
             try:
                 unsent = future.result(timeout + 2)
             except Exception as error:  # noqa: BLE001 - report, then stop anyway
@@ -450,7 +460,7 @@ class NatsNotifier:
     @property
     def backlog(self) -> int:
         """Messages queued and not yet handed to the NATS client."""
-        return len(self._queue)
+        return self.outbox.waiting
 
     # --- callers' side ---------------------------------------------------------------------
 
@@ -458,55 +468,49 @@ class NatsNotifier:
         subject = subject_of(self.root_subject, message.calling_aet, message.series_instance_uid)
         return _Outgoing(subject, encode_message(message), type(message).__name__.lower())
 
-    def _final(self, kind: type[Complete] | type[Finalized], series: SeriesLike) -> None:
+    def _final(self, kind: type[Complete] | type[Finalized], series: ReportedSeries) -> None:
         message = _series_message(kind, series, datetime.now(UTC))
         uid = series.series_instance_uid
-        with self._cond:
+        with self._lock:
             self._held.pop(uid, None)
             self._last_progress.pop(uid, None)
-            self._append_locked(self._outgoing(message))
+        self._send(self._outgoing(message))
 
-    def _append_locked(self, outgoing: _Outgoing) -> None:
-        """Queues a message (``_cond`` held): a progress message is dropped when the queue is
-        full, and so is any message while the server has never answered (waiting would hold
-        up registration for nothing); others wait for room for at most ``block_timeout`` s."""
-        queue = self._queue
+    def _offer_progress(self, outgoing: _Outgoing) -> None:
+        """Queues a progress message unless the outbox is full: then it is dropped (``_lock``
+        held)."""
+        if not self.outbox.put(outgoing, timeout=0):
+            self._dropped_progress += 1
+            self._warn_locked("queue full: progress dropped", subject=outgoing.subject)
+
+    def _send(self, outgoing: _Outgoing) -> None:
+        """Queues any other message: when the outbox is full, it waits for room for at most
+        ``block_timeout`` s, unless the server has never answered (waiting would hold up
+        registration for nothing): then, and once closing, it is lost."""
+        connected = self._up.is_set()
         if self._closing:
-            self._lost += 1
-            return
-        if len(queue) >= self.queue_size:
-            if outgoing.kind == "progress":
-                self._dropped_progress += 1
-                self._warn_locked("queue full: progress dropped", subject=outgoing.subject)
-                return
-            if not self._up.is_set():
+            with self._lock:
                 self._lost += 1
+            return
+        if self.outbox.put(outgoing, timeout=self.block_timeout if connected else 0):
+            return
+        with self._lock:
+            self._lost += 1
+            if not connected and not self.outbox.closed:
                 self._warn_locked("unreachable and queue full: message dropped", lost=self._lost)
                 return
-            deadline = time.monotonic() + self.block_timeout
-            while len(queue) >= self.queue_size and not self._closing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            if len(queue) >= self.queue_size or self._closing:
-                self._lost += 1
-                log.error(
-                    "nats message lost",
-                    extra={
-                        "kind": outgoing.kind,
-                        "subject": outgoing.subject,
-                        "reason": "closing" if self._closing else "queue full",
-                        "queue_size": self.queue_size,
-                    },
-                )
-                return
-        queue.append(outgoing)
-        if len(queue) == 1:
-            self._loop.call_soon_threadsafe(self._wake_up)
+        log.error(
+            "nats message lost",
+            extra={
+                "kind": outgoing.kind,
+                "subject": outgoing.subject,
+                "reason": "closing" if self.outbox.closed else "queue full",
+                "queue_size": self.queue_size,
+            },
+        )
 
     def _warn_locked(self, what: str, **fields: object) -> None:
-        """A WARNING "nats {what}", at most every 10 s for each ``what`` (``_cond`` held)."""
+        """A WARNING "nats {what}", at most every 10 s for each ``what`` (``_lock`` held)."""
         now = time.monotonic()
         if now - self._last_warnings.get(what, -_WARNING_INTERVAL) < _WARNING_INTERVAL:
             return
@@ -515,7 +519,7 @@ class NatsNotifier:
             **fields,
             "dropped_progress": self._dropped_progress,
             "failed": self._failed,
-            "backlog": len(self._queue),
+            "backlog": self.outbox.waiting,
         }
         log.warning(f"nats {what}", extra=extra)
 
@@ -540,6 +544,10 @@ class NatsNotifier:
     def _wake_up(self) -> None:
         if self._wake is not None:
             self._wake.set()
+
+    def _wake_soon(self) -> None:
+        """Work arrived in the outbox (from any thread): the pump runs."""
+        self._loop.call_soon_threadsafe(self._wake_up)
 
     def _server(self) -> str:
         uri = self._nc.connected_url
@@ -581,7 +589,7 @@ class NatsNotifier:
     async def _on_error(self, error: Exception) -> None:
         self._last_error = error
         if self._connected and not self._closing:
-            with self._cond:
+            with self._lock:
                 self._warn_locked("error", error=_describe(error))
 
     async def _on_disconnected(self) -> None:
@@ -595,77 +603,71 @@ class NatsNotifier:
         """Hands queued messages to the NATS client, in order; returns once closing and
         everything is handed over."""
         assert self._wake is not None and self._connect_task is not None
-        queue = self._queue
+        outbox = self.outbox
         await asyncio.shield(self._connect_task)
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
-                with self._cond:
-                    if not queue:
-                        if self._finishing:
-                            return
-                        break
-                    was_full = len(queue) >= self.queue_size
-                    outgoing = queue.popleft()
-                    if was_full:
-                        self._cond.notify_all()
+            while (run := outbox.take_nowait()) is not None:
+                (outgoing,) = run.items
                 try:
                     await self._nc.publish(outgoing.subject, outgoing.payload)
                     self._published += 1
                 except Exception as error:  # noqa: BLE001 - count, warn, go on
                     self._last_error = error
-                    with self._cond:
+                    with self._lock:
                         self._failed += 1
                         self._warn_locked(
                             "publish failed", subject=outgoing.subject, error=_describe(error)
                         )
+                finally:
+                    run.done()
+            if self._finishing:
+                return
 
     async def _release(self) -> None:
         """Queues held-back progress whose interval has passed; forgets idle series."""
         tick = min(max(self.progress_interval / 4, 0.01), 1.0)
         while True:
             await asyncio.sleep(tick)
-            self._release_due(time.monotonic(), everything=False)
+            with self._lock:
+                self._release_due(time.monotonic(), everything=False)
 
     def _release_due(self, now: float, *, everything: bool) -> None:
+        """Queues the held-back progress whose interval has passed (all of it with
+        ``everything``), dropped when the outbox is full (``_lock`` held)."""
         interval = self.progress_interval
-        with self._cond:
-            for uid, last in list(self._last_progress.items()):
-                if now - last < interval and not everything:
-                    continue
-                held = self._held.pop(uid, None)
-                if held is None:
-                    del self._last_progress[uid]  # idle: the next progress goes out at once
-                    continue
-                self._last_progress[uid] = now
-                outgoing = self._outgoing(_series_message(Progress, held.series, held.at))
-                if len(self._queue) >= self.queue_size:
-                    self._dropped_progress += 1
-                    continue
-                self._queue.append(outgoing)
-            if self._queue:
-                self._wake_up()
+        for uid, last in list(self._last_progress.items()):
+            if now - last < interval and not everything:
+                continue
+            held = self._held.pop(uid, None)
+            if held is None:
+                del self._last_progress[uid]  # idle: the next progress goes out at once
+                continue
+            self._last_progress[uid] = now
+            outgoing = self._outgoing(_series_message(Progress, held.series, held.at))
+            if not self.outbox.put(outgoing, timeout=0):
+                self._dropped_progress += 1
 
-    async def _shutdown(self, timeout: float) -> int:
-        """Runs in the loop: sends held progress and the queue, flushes, closes. Returns how
-        many messages could not be handed to the client in time."""
+    async def _shutdown(self, timeout: float, connected: bool) -> int:
+        """Runs in the loop once ``close`` queued the held progress (if ``connected``, the
+        server having answered when it was called) and closed the outbox: sends what it
+        holds, flushes, closes. Returns how many messages could not be handed to the client
+        in time."""
         deadline = time.monotonic() + timeout
         if self._release_task is not None:
             self._release_task.cancel()
             await asyncio.gather(self._release_task, return_exceptions=True)
-        if not self._up.is_set():
+        if not connected:
             # Never connected: nothing can be sent, and there is no point waiting.
             await _cancel([t for t in (self._connect_task, self._pump_task) if t is not None], 1.0)
-            with self._cond:
-                unsent = len(self._queue) + len(self._held)
-                self._queue.clear()
+            with self._lock:
+                unsent = len(self._held)
                 self._held.clear()
+            unsent += self.outbox.abandon()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._nc.close(), 1.0)
             return unsent
-        # _closing is set, so nothing more comes in: the held progress goes last.
-        self._release_due(time.monotonic(), everything=True)
         self._finishing = True
         self._wake_up()
         unsent = 0
@@ -676,9 +678,7 @@ class NatsNotifier:
             except TimeoutError:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
-                with self._cond:
-                    unsent = len(self._queue)
-                    self._queue.clear()
+                unsent = self.outbox.abandon()
         if self._nc.is_connected:
             remaining = max(deadline - time.monotonic(), 0.1)
             try:

@@ -82,7 +82,7 @@ class Pipeline:
         lookup: ExpectedCountLookup,
         hooks: Hooks,
         notifier: Notifier,
-        node: str,
+        process_id: str,
         series_idle_timeout: float,
         backlog: int = 20000,
         answer_within: float | None = None,
@@ -95,7 +95,7 @@ class Pipeline:
         self.lookup = lookup
         self.hooks = hooks
         self.notifier = notifier
-        self.node = node
+        self.process_id = process_id
         self.series_idle_timeout = series_idle_timeout
         self.adopter = adopter
         self.clock = clock
@@ -130,7 +130,7 @@ class Pipeline:
         for event in batch:
             if isinstance(event, AssociationClosed):
                 ended = functools.partial(
-                    registry.association_ended, self.node, event.association_id
+                    registry.association_ended, self.process_id, event.association_id
                 )
                 self.registrar.call(ended, self._apply, "association_ended")
 
@@ -196,7 +196,7 @@ class Pipeline:
     def _register(self, stored: list[InstanceStored]) -> RegisterResult | None:
         result = None
         if self.registry is not None and not self.hooks.replaces_registry:
-            result = self.registry.register(stored, self.node)
+            result = self.registry.register(stored, self.process_id)
         self.hooks.register(stored)
         return result
 
@@ -231,7 +231,7 @@ class Pipeline:
         return self.registry.set_expected(
             answer.series_instance_uid,
             answer.expected,
-            ExpectedStatus(answer.status),
+            answer.status,
             answer.detail,
             answer.calling_aet,
         )

@@ -13,16 +13,16 @@ from oxidip import _core
 from oxidip._boundary import Event, ReceiverMetrics
 from oxidip.config import Config
 
-__all__ = ["Receiver", "new_node_id"]
+__all__ = ["Receiver", "new_process_id"]
 
 # Built once: decoding a batch is then a single call into msgspec's compiled decoder.
 _DECODER: msgspec.msgpack.Decoder[list[Event]] = msgspec.msgpack.Decoder(list[Event])
 _METRICS_DECODER = msgspec.msgpack.Decoder(ReceiverMetrics)
 
 
-def new_node_id() -> str:
-    """A registry node id for this process: unique per start (association ids are per
-    process, so (node, association id) is the global key of an association)."""
+def new_process_id() -> str:
+    """An id for this process, unique per start: association ids are per process, so
+    (process id, association id) is the global key of an association."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
@@ -31,15 +31,15 @@ class Receiver:
 
     ``start()`` binds and serves in Rust threads; the caller takes events with
     ``next_batch``/``batches`` until they end after ``stop()``. Usable as a context manager
-    (start on enter, stop on exit). ``node`` is the registry node id its instances are
+    (start on enter, stop on exit). ``process_id`` is the id of this process its instances are
     registered under (a new one by default): its journal records it, so that whoever replays
-    the journal after a crash can end that node's association activity.
+    the journal after a crash can end that process's association activity.
     """
 
-    def __init__(self, config: Config, *, node: str | None = None) -> None:
+    def __init__(self, config: Config, *, process_id: str | None = None) -> None:
         self.config = config
-        self.node = new_node_id() if node is None else node
-        core = msgspec.structs.replace(config.core(), node=self.node)
+        self.process_id = new_process_id() if process_id is None else process_id
+        core = msgspec.structs.replace(config.core(), node=self.process_id)
         self._core = _core.Receiver(msgspec.msgpack.encode(core))
         self._ports: tuple[int | None, int | None] | None = None
 

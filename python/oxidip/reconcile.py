@@ -25,7 +25,7 @@ from pathlib import Path
 import msgspec
 
 from oxidip import _core
-from oxidip._boundary import InstanceStored, StoredInstance
+from oxidip._boundary import InstanceStored, StoredFile
 from oxidip.registry import Registry, SeriesRow, Transition
 
 __all__ = [
@@ -43,7 +43,7 @@ log = logging.getLogger("oxidip.reconcile")
 READ_BACK_ASSOCIATION = 0
 BATCH = 500
 
-_DECODER = msgspec.msgpack.Decoder(StoredInstance)
+_DECODER = msgspec.msgpack.Decoder(StoredFile)
 
 
 def instance_from_file(path: Path | str) -> InstanceStored:
@@ -81,7 +81,7 @@ class Registration:
 
 
 def _register_files(
-    paths: Iterable[Path], registry: Registry, node: str, into: Registration
+    paths: Iterable[Path], registry: Registry, process_id: str, into: Registration
 ) -> Registration:
     """Registers the readable files among ``paths`` in batches, then ends their delivery (so
     their series get a final state); adds what happened to ``into``."""
@@ -89,7 +89,7 @@ def _register_files(
 
     def flush() -> None:
         if batch:
-            result = registry.register(batch, node)
+            result = registry.register(batch, process_id)
             into.registered += len(batch)
             into.transitions.extend(result.transitions)
             into.touched.extend(result.touched)
@@ -105,11 +105,11 @@ def _register_files(
         if len(batch) >= BATCH:
             flush()
     flush()
-    into.transitions.extend(registry.association_ended(node, READ_BACK_ASSOCIATION))
+    into.transitions.extend(registry.association_ended(process_id, READ_BACK_ASSOCIATION))
     return into
 
 
-def adopt_journals(files_root: Path | str, registry: Registry, node: str) -> Registration:
+def adopt_journals(files_root: Path | str, registry: Registry, process_id: str) -> Registration:
     """Replays the journals of processes that no longer run (see the module docstring) and
     deletes them. Their series' expected counts may still be pending: the caller asks for
     those of ``touched``. A journal whose replay fails is left in place for a later call, and
@@ -122,9 +122,10 @@ def adopt_journals(files_root: Path | str, registry: Registry, node: str) -> Reg
             listed = [root / entry for entry in journal.entries]
             present = [path for path in listed if path.is_file()]
             before = done.registered, done.unreadable
-            _register_files(present, registry, node, done)
+            _register_files(present, registry, process_id, done)
+            # The journal names the process that wrote it ``node``.
             if journal.node is not None:
-                done.transitions.extend(registry.node_ended(journal.node))
+                done.transitions.extend(registry.process_ended(journal.node))
             journal.finish()
             done.journals += 1
             log.info(
@@ -161,9 +162,9 @@ class ReconcileReport(msgspec.Struct, frozen=True):
     missing_files: list[str]
 
 
-def reconcile(files_root: Path | str, registry: Registry, node: str) -> ReconcileReport:
+def reconcile(files_root: Path | str, registry: Registry, process_id: str) -> ReconcileReport:
     """Registers every file of the storage tree and lists registered instances whose file is
     gone (left in the database for a person to decide on)."""
-    done = _register_files(storage_files(files_root), registry, node, Registration())
+    done = _register_files(storage_files(files_root), registry, process_id, Registration())
     missing = [path for _, path in registry.instance_paths() if not os.path.isfile(path)]
     return ReconcileReport(done.registered, done.unreadable, missing)

@@ -31,6 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from oxidip._boundary import InstanceStored
 from oxidip.registry import unreachable
+from oxidip.workers import Run, WorkQueue
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "MERGE_LIMIT", "Acknowledger", "Registrar"]
 
@@ -66,28 +67,29 @@ class _Batch:
         self.answered = False
 
 
-class _Registration:
-    """Batches registered in one transaction."""
-
-    def __init__(self, batches: list[_Batch]) -> None:
-        self.batches = batches
-        self.events = [event for batch in batches for event in batch.events]
-        self.seqs = [seq for batch in batches for seq in batch.seqs]
-
-    @property
-    def instances(self) -> int:
-        return len(self.events)
-
-
 class _Call:
     """Any other registry call, and what to do with its result."""
-
-    instances = 0
 
     def __init__(self, work: Callable[[], Any], then: Callable[[Any], None], what: str) -> None:
         self.work = work
         self.then = then
         self.what = what
+
+
+_Job = _Batch | _Call
+
+
+def _instances(job: _Job) -> int:
+    """A job's weight in the backlog: its instances (a call has none)."""
+    return len(job.events) if isinstance(job, _Batch) else 0
+
+
+def _joins(run: list[_Job], following: _Job) -> bool:
+    """Registrations waiting in a row are made in one transaction, up to ``MERGE_LIMIT``
+    instances."""
+    if not isinstance(following, _Batch) or not isinstance(run[0], _Batch):
+        return False
+    return sum(map(_instances, run)) + len(following.events) <= MERGE_LIMIT
 
 
 class Registrar(Generic[R]):
@@ -119,23 +121,26 @@ class Registrar(Generic[R]):
         self._not_registered = not_registered
         self._clock = clock
 
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: collections.deque[_Batch | _Call] = collections.deque()
-        self._current: _Registration | _Call | None = None
-        #: Instances handed over and not registered (nor finally failed) yet.
-        self._backlog = 0
+        #: The jobs, in order; its pending weight is the backlog: instances handed over and
+        #: not registered (nor finally failed) yet. A job leaves it after what follows it (a
+        #: slow hook holds the backlog up, and so the senders).
+        self.jobs: WorkQueue[_Job] = WorkQueue(
+            "registration",
+            self._run,
+            max_pending=backlog,
+            weight=_instances,
+            joins=_joins,
+            retry=unreachable,
+            backoff=(BACKOFF_FIRST, BACKOFF_MAX),
+        )
+        self._lock = threading.Lock()
         #: With ``answer_within``: batches whose senders may still wait, oldest first.
         self._waiting: collections.deque[_Batch] = collections.deque()
         self._stopping = False  # the process stops: no more waiting during an outage
-        self._closing = False  # close() called: the worker ends once the queue is empty
-        self._abandoned = False  # close() gave up: the worker ends after its current call
         self._outage_since: float | None = None
         self._failed_attempts = 0
         self._full_logged = False
         self._late_logged = False
-        self._shed = 0
-        self._thread = threading.Thread(target=self._work, name="oxidip-registration", daemon=True)
-        self._thread.start()
 
     # --- the event loop's side ---------------------------------------------------------------
 
@@ -148,45 +153,39 @@ class Registrar(Generic[R]):
         now = self._clock()
         deadline = now + self.answer_within if self.answer_within is not None else now
         batch = _Batch(events, deadline)
-        with self._cond:
-            if self._stopping and self._backlog >= self.limit:
-                self._shed += len(events)
+        with self._lock:
+            # Past the bound (``wait_for_room`` pushes back upstream), but not while stopping.
+            queued = self.jobs.put(batch, timeout=0) if self._stopping else self.jobs.add(batch)
+            if not queued:
                 batch.answered = True
-                shed = True
-            else:
-                shed = False
-                self._queue.append(batch)
-                self._backlog += len(events)
-                if self.answer_within is not None and batch.seqs:
-                    self._waiting.append(batch)
-                self._cond.notify_all()
-        if shed and self.answer_within is not None:
+            elif self.answer_within is not None and batch.seqs:
+                self._waiting.append(batch)
+        if not queued and self.answer_within is not None:
             self.receiver.acknowledge(batch.seqs, registered=False)
 
     def call(self, work: Callable[[], Any], then: Callable[[Any], None], what: str) -> None:
         """Queues a registry call ``work`` (after everything queued before it) and ``then``,
         called with its result once it succeeded; never blocks. ``what`` names it in logs."""
-        with self._cond:
-            self._queue.append(_Call(work, then, what))
-            self._cond.notify_all()
+        self.jobs.add(_Call(work, then, what))
 
     def wait_for_room(self, timeout: float) -> bool:
         """True when the backlog is under its bound, waiting up to ``timeout`` seconds for it
         to be; False: take no more events for now (back-pressure)."""
-        with self._cond:
-            if self._backlog < self.limit:
-                return True
-            if not self._full_logged:
-                self._full_logged = True
-                log.warning(
-                    "registration backlog full",
-                    extra={
-                        "backlog": self._backlog,
-                        "limit": self.limit,
-                        "meanwhile": "no events are taken (senders wait) until it drains",
-                    },
-                )
-            return self._cond.wait_for(lambda: self._backlog < self.limit, timeout)
+        if self.jobs.has_room():
+            return True
+        with self._lock:
+            log_it = not self._full_logged
+            self._full_logged = True
+        if log_it:
+            log.warning(
+                "registration backlog full",
+                extra={
+                    "backlog": self.backlog,
+                    "limit": self.limit,
+                    "meanwhile": "no events are taken (senders wait) until it drains",
+                },
+            )
+        return self.jobs.wait_for_room(timeout)
 
     def answer_overdue(self) -> None:
         """Answers (as not registered: A700) the senders that waited ``answer_within`` seconds
@@ -196,7 +195,7 @@ class Registrar(Generic[R]):
             return
         now = self._clock()
         overdue: list[_Batch] = []
-        with self._cond:
+        with self._lock:
             all_now = self._stopping and self._outage_since is not None
             while self._waiting:
                 batch = self._waiting[0]
@@ -223,14 +222,14 @@ class Registrar(Generic[R]):
     def stopping(self) -> None:
         """The process is stopping: during an outage, senders waiting for a registration get
         their answer now, and a full backlog takes nothing more (left to the journal)."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
         self.answer_overdue()
 
     @property
     def backlog(self) -> int:
         """Instances waiting for registration."""
-        return self._backlog
+        return self.jobs.pending
 
     @property
     def outage(self) -> bool:
@@ -240,22 +239,19 @@ class Registrar(Generic[R]):
     @property
     def finished(self) -> bool:
         """The worker thread has ended (after ``close``)."""
-        return not self._thread.is_alive()
+        return self.jobs.finished
 
     def close(self, timeout: float) -> int:
         """Lets the worker finish what is queued for at most ``timeout`` seconds, then gives
         up on the rest; returns how many instances are left unregistered (they stay in the
         journal for the next start), which is logged. Senders still waiting are answered."""
         deadline = self._clock() + max(timeout, 0.0)
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-            self._cond.wait_for(
-                lambda: not self._queue and self._current is None, max(timeout, 0.0)
-            )
-            left = self._backlog + self._shed
-            self._abandoned = True
-            self._cond.notify_all()
+        jobs = self.jobs
+        jobs.close()
+        jobs.drain(timeout)
+        # Given up, or shed while stopping.
+        left = jobs.abandon() + jobs.running + jobs.refused
+        with self._lock:
             waiting = [batch for batch in self._waiting if not batch.answered]
             for batch in waiting:
                 batch.answered = True
@@ -263,7 +259,7 @@ class Registrar(Generic[R]):
         for batch in waiting:
             self.receiver.acknowledge(batch.seqs, registered=False)
         # Not waiting out a call stuck on an unreachable server: the thread is a daemon.
-        self._thread.join(max(deadline - self._clock(), 0.05))
+        jobs.join(max(deadline - self._clock(), 0.05))
         if left:
             log.warning(
                 "stopping with instances not registered",
@@ -278,102 +274,68 @@ class Registrar(Generic[R]):
 
     # --- the worker --------------------------------------------------------------------------
 
-    def _next(self) -> _Registration | _Call:
-        """The next job (``_cond`` held, queue not empty): the next call, or the registrations
-        waiting in a row, merged up to ``MERGE_LIMIT`` instances."""
-        job = self._queue.popleft()
-        if isinstance(job, _Call):
-            return job
-        batches = [job]
-        size = len(job.events)
-        while self._queue:
-            following = self._queue[0]
-            if not isinstance(following, _Batch) or size + len(following.events) > MERGE_LIMIT:
-                break
-            self._queue.popleft()
-            batches.append(following)
-            size += len(following.events)
-        return _Registration(batches)
-
-    def _work(self) -> None:
-        attempt = 0
-        while True:
-            with self._cond:
-                if self._abandoned:
-                    return
-                if self._current is None:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
-                    if not self._queue:
-                        return
-                    self._current = self._next()
-                job = self._current
-            try:
-                if isinstance(job, _Registration):
-                    result: Any = self._register(job.events)
-                else:
-                    result = job.work()
-            except Exception as error:  # noqa: BLE001 - every failure is judged, none lost
-                if not unreachable(error):
-                    self._done(job, None, error)
-                    attempt = 0
-                    continue
-                attempt += 1
-                self._unreachable(error, attempt)
-                delay = min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_MAX)
-                with self._cond:
-                    if self._cond.wait_for(lambda: self._abandoned, delay):
-                        return
-                continue
-            attempt = 0
-            self._reachable()
-            self._done(job, result, None)
-
-    def _done(self, job: _Registration | _Call, result: Any, error: Exception | None) -> None:
-        """What follows a job, then the job leaves the backlog (after its hooks and
-        notifications: a slow hook holds the backlog up, and so the senders)."""
+    def _run(self, run: Run[_Job]) -> None:
+        """One job: the next call, or the registrations waiting in a row (``_joins``). An
+        unreachable database is raised for the queue to retry the job (``unreachable``)."""
+        first = run.items[0]
         try:
-            if isinstance(job, _Call):
+            if isinstance(first, _Call):
+                result: Any = first.work()
+            else:
+                batches = [job for job in run.items if isinstance(job, _Batch)]
+                result = self._register([event for batch in batches for event in batch.events])
+        except Exception as error:
+            if unreachable(error):
+                self._unreachable(error)
+                raise
+            self._done(run.items, None, error)
+            return
+        self._reachable()
+        self._done(run.items, result, None)
+
+    def _done(self, jobs: list[_Job], result: Any, error: Exception | None) -> None:
+        """What follows a job."""
+        first = jobs[0]
+        try:
+            if isinstance(first, _Call):
                 if error is None:
-                    job.then(result)
+                    first.then(result)
                 else:
                     log.error(
                         "registry call failed",
-                        extra={"call": job.what, "error": f"{type(error).__name__}: {error}"},
+                        extra={"call": first.what, "error": f"{type(error).__name__}: {error}"},
                         exc_info=error,
                     )
+                return
+            batches = [job for job in jobs if isinstance(job, _Batch)]
+            with self._lock:
+                for batch in batches:
+                    batch.answered = True
+            seqs = [seq for batch in batches for seq in batch.seqs]
+            self.receiver.acknowledge(seqs, registered=error is None)
+            events = [event for batch in batches for event in batch.events]
+            if error is None:
+                self._registered(events, result)
             else:
-                with self._cond:
-                    for batch in job.batches:
-                        batch.answered = True
-                self.receiver.acknowledge(job.seqs, registered=error is None)
-                if error is None:
-                    self._registered(job.events, result)
-                else:
-                    self._not_registered(job.events, error)
+                self._not_registered(events, error)
         except Exception:
-            log.exception("after a registry call", extra={"job": type(job).__name__})
-        finally:
-            with self._cond:
-                self._current = None
-                self._backlog -= job.instances
-                self._cond.notify_all()
+            log.exception("after a registry call", extra={"job": type(first).__name__})
 
-    def _unreachable(self, error: Exception, attempt: int) -> None:
-        with self._cond:
+    def _unreachable(self, error: Exception) -> None:
+        with self._lock:
             first = self._outage_since is None
             if first:
                 self._outage_since = self._clock()
                 self._late_logged = False
             self._failed_attempts += 1
-            backlog = self._backlog
+            attempt = self._failed_attempts
         detail = f"{type(error).__name__}: {error}".strip()
         if first:
             log.warning(
                 "registry unreachable",
                 extra={
                     "error": detail,
-                    "backlog": backlog,
+                    "backlog": self.backlog,
                     "backlog_limit": self.limit,
                     "meanwhile": "instances are received, stored and journaled; registration"
                     " is retried in the background",
@@ -383,19 +345,18 @@ class Registrar(Generic[R]):
             log.debug("registry still unreachable", extra={"attempt": attempt, "error": detail})
 
     def _reachable(self) -> None:
-        with self._cond:
+        with self._lock:
             since = self._outage_since
             if since is None:
                 return
             self._outage_since = None
             self._full_logged = False
             attempts, self._failed_attempts = self._failed_attempts, 0
-            backlog = self._backlog
         log.info(
             "registry reachable again",
             extra={
                 "outage_seconds": round(self._clock() - since, 3),
                 "failed_attempts": attempts,
-                "backlog": backlog,
+                "backlog": self.backlog,
             },
         )

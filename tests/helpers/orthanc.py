@@ -37,7 +37,7 @@ from typing import Any, Self
 
 import pytest
 
-from oxidip.completeness import PacsAddress
+from oxidip.nodes import RemoteNode
 from tests.helpers.tools import find_tool, in_ci
 
 HOST = "127.0.0.1"
@@ -220,9 +220,9 @@ class OrthancServer:
         return f"http://{self.host}:{self.http_port}"
 
     @property
-    def address(self) -> PacsAddress:
+    def address(self) -> RemoteNode:
         """Where its C-FIND SCP answers, for ``ExpectedCountLookup``."""
-        return PacsAddress(aet=self.aet, host=self.host, port=self.dicom_port)
+        return RemoteNode(aet=self.aet, host=self.host, port=self.dicom_port)
 
     # --- REST ----------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from oxidip.completeness import PacsAddress
+from oxidip.nodes import RemoteNode
 
 HOST = "127.0.0.1"
 
@@ -81,8 +81,8 @@ class QueryScp:
         self.port: int = server.server_address[1]
 
     @property
-    def address(self) -> PacsAddress:
-        return PacsAddress(aet=self.aet, host=self.host, port=self.port)
+    def address(self) -> RemoteNode:
+        return RemoteNode(aet=self.aet, host=self.host, port=self.port)
 
     def _on_requested(self, event: evt.Event) -> None:
         with self._lock:
@@ -157,8 +157,8 @@ class SilentServer:
         self._thread.start()
 
     @property
-    def address(self) -> PacsAddress:
-        return PacsAddress(aet=self.aet, host=self.host, port=self.port)
+    def address(self) -> RemoteNode:
+        return RemoteNode(aet=self.aet, host=self.host, port=self.port)
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -211,8 +211,8 @@ class ClosedPort:
         self.port: int = self._socket.getsockname()[1]
 
     @property
-    def address(self) -> PacsAddress:
-        return PacsAddress(aet=self.aet, host=self.host, port=self.port)
+    def address(self) -> RemoteNode:
+        return RemoteNode(aet=self.aet, host=self.host, port=self.port)
 
     def close(self) -> None:
         self._socket.close()

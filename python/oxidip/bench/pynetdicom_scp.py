@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     def on_store(event: evt.Event) -> int:
-        uid = event.request.AffectedSOPInstanceUID
+        request = event.request
+        assert isinstance(request, C_STORE)  # the handler of EVT_C_STORE only
+        uid = request.AffectedSOPInstanceUID
         with (out / f"{uid}.dcm").open("wb") as f:
             f.write(event.encoded_dataset())
         return 0x0000
@@ -40,10 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     ae.maximum_associations = 1000
     ae.network_timeout = None
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        if context.abstract_syntax is not None:  # always set in pynetdicom's list
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     server = ae.start_server(
         (args.host, args.port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
+    assert server is not None  # block=False returns the server
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

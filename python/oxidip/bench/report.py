@@ -8,62 +8,29 @@ import shutil
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
+from oxidip.bench.model import MIB, Measurement, Results, Target, Workload
 from oxidip.bench.receivers import BASELINE_OXIDIP
 from oxidip.bench.tools import cpu_model, versions
 
-if TYPE_CHECKING:
-    from oxidip.bench.compare import Measurement, Results, Workload
-
-__all__ = ["Context", "Target", "check_targets", "write"]
+__all__ = ["check_targets", "write"]
 
 BASELINE = "dcmtk storescp"
 FORK = "dcmtk storescp --fork"
 OXIDIP_VARIANTS = ("oxidip", "oxidip postgresql")
-MIB = 1 << 20
 
 
-class Context(msgspec.Struct, frozen=True):
-    command: str
-    #: The directory the storage directories were made under.
-    storage: str
-    repeats: int
-    #: The CPUs the run was confined to (``--cpus``), or None: all of them.
-    cpus: list[int] | None = None
-
-
-class Target(msgspec.Struct, frozen=True):
-    """One of issue 4's targets, as measured."""
-
-    workload: str
-    what: str
-    measured: float | None
-    required: float
-    #: "at least" or "at most".
-    direction: str
-    unit: str
-
-    @property
-    def met(self) -> bool | None:
-        if self.measured is None:
-            return None
-        if self.direction == "at least":
-            return self.measured >= self.required
-        return self.measured <= self.required
-
-
-def _runs(ms: Sequence["Measurement"], workload: str, receiver: str) -> list["Measurement"]:
+def _runs(ms: Sequence[Measurement], workload: str, receiver: str) -> list[Measurement]:
     return [m for m in ms if m.workload == workload and m.receiver == receiver]
 
 
-def _median(runs: Sequence["Measurement"], value: Callable[["Measurement"], float]) -> float:
+def _median(runs: Sequence[Measurement], value: Callable[[Measurement], float]) -> float:
     return statistics.median(value(m) for m in runs)
 
 
-def _rate(workload: "Workload") -> Callable[["Measurement"], float]:
+def _rate(workload: Workload) -> Callable[[Measurement], float]:
     """What a workload is compared by: MB/s for large instances, instances/s otherwise."""
     if workload.by_bytes:
         return lambda m: m.mb_per_second
@@ -71,7 +38,7 @@ def _rate(workload: "Workload") -> Callable[["Measurement"], float]:
 
 
 def _ratio(
-    ms: Sequence["Measurement"], workload: "Workload", receiver: str, baseline: str
+    ms: Sequence[Measurement], workload: Workload, receiver: str, baseline: str
 ) -> float | None:
     ours, theirs = _runs(ms, workload.key, receiver), _runs(ms, workload.key, baseline)
     if not ours or not theirs:
@@ -98,7 +65,7 @@ def _filesystem(path: str) -> str:
 
 
 def check_targets(
-    ms: Sequence["Measurement"], workloads: Sequence["Workload"], storage_fs: str
+    ms: Sequence[Measurement], workloads: Sequence[Workload], storage_fs: str
 ) -> list[Target]:
     """Issue 4's targets, for each oxidip variant measured, on median values."""
     by_key = {w.key: w for w in workloads}
@@ -145,7 +112,7 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + suffix
 
 
-def _ceiling_line(results: "Results", workload: "Workload") -> list[str]:
+def _ceiling_line(results: Results, workload: Workload) -> list[str]:
     runs = [c for c in results.ceilings if c.workload == workload.key]
     if not runs:
         return []
@@ -162,7 +129,7 @@ def _ceiling_line(results: "Results", workload: "Workload") -> list[str]:
 
 
 def _workload_table(
-    ms: Sequence["Measurement"], workload: "Workload", receivers: Sequence[str]
+    ms: Sequence[Measurement], workload: Workload, receivers: Sequence[str]
 ) -> list[str]:
     rate = _rate(workload)
     unit = "MB/s" if workload.by_bytes else "inst/s"
@@ -198,7 +165,7 @@ def _workload_table(
     return [*lines, ""]
 
 
-def markdown(results: "Results") -> str:
+def markdown(results: Results) -> str:
     context, when, ms = results.context, results.when, results.measurements
     workloads, failures = results.workloads, results.failures
     storage_fs = _filesystem(context.storage)
@@ -257,7 +224,7 @@ def markdown(results: "Results") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _before_after(results: "Results") -> list[str]:
+def _before_after(results: Results) -> list[str]:
     """oxidip against the build ``--baseline`` ran (when it did), per workload: medians and
     their ratio."""
     ms = results.measurements
@@ -283,7 +250,7 @@ def _before_after(results: "Results") -> list[str]:
     return lines
 
 
-def chart(path: Path, results: "Results") -> None:
+def chart(path: Path, results: Results) -> None:
     """Three panels per workload group: throughput relative to dcmtk storescp (min-max as
     error bars), receiver CPU per unit of work, and peak RSS."""
     import matplotlib
@@ -344,7 +311,7 @@ def chart_unavailable() -> str | None:
     return None
 
 
-def write(directory: Path, results: "Results", *, with_chart: bool = True) -> Path:
+def write(directory: Path, results: Results, *, with_chart: bool = True) -> Path:
     """Writes ``compare-<date>-<hhmm>.md``, ``.json`` (the results) and, ``with_chart``,
     ``.png`` into ``directory``, and copies named ``latest``; returns the markdown's path."""
     directory.mkdir(parents=True, exist_ok=True)

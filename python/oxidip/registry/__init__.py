@@ -52,8 +52,9 @@ Registration (``register``: one transaction per batch, the group commit)
     activity. ``received`` is then recounted (distinct instances of the series) and the state
     rule applied, in the same transaction.
 
-    ``node`` identifies one oxidip process (a random id per start): association ids are per
-    process, so (node, association_id) is the global key of an association. Register an
+    ``process_id`` identifies one oxidip process (a random id per start; the columns that
+    hold it are named ``node``): association ids are per process, so (process_id,
+    association_id) is the global key of an association. Register an
     association's instances before calling ``association_ended`` for it.
 
 State rule (applied to every series a call affects, inside its transaction)
@@ -70,9 +71,9 @@ State rule (applied to every series a call affects, inside its transaction)
     becomes receiving, then complete; a count that arrives late (``set_expected``) turns a
     finalized-unknown series into complete, incomplete or overfull.
 
-    - ``association_ended(node, id)`` removes that association's activity and recomputes its
+    - ``association_ended(process_id, id)`` removes that association's activity and recomputes its
       series (expected 10, 6 received, association ended -> incomplete).
-    - ``node_ended(node)`` does so for every association of a process that died (another
+    - ``process_ended(process_id)`` does so for every association of a process that died (another
       process, adopting its journal, says so; see ``oxidip.reconcile``).
     - ``finalize_idle(idle_seconds, now)`` removes the activity of series that received nothing
       since ``now - idle_seconds`` (an idle association, or a process that crashed and whose

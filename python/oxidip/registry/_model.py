@@ -3,7 +3,7 @@
 import enum
 import logging
 from collections.abc import Iterator, Sequence
-from typing import LiteralString, Protocol
+from typing import Any, LiteralString, Protocol
 
 import msgspec
 
@@ -12,7 +12,7 @@ from oxidip._boundary import InstanceStored
 __all__ = [
     "DUPLICATES",
     "ExpectedStatus",
-    "Incoming",
+    "InstanceRow",
     "RegisterResult",
     "Registry",
     "SeriesKey",
@@ -24,6 +24,7 @@ __all__ = [
     "schema_v1",
     "schema_v2",
     "series_key",
+    "series_row",
     "state_sql",
 ]
 
@@ -61,18 +62,29 @@ class SeriesRow(msgspec.Struct, frozen=True):
     series_number: str | None
     #: The count the PACS gave; None unless ``expected_status`` is "known".
     expected: int | None
-    #: An ``ExpectedStatus`` value.
-    expected_status: str
+    expected_status: ExpectedStatus
     #: Why the count is what it is (e.g. the C-FIND error); "" when there is nothing to say.
     expected_detail: str
     #: Distinct SOP instances registered for the series.
     received: int
-    #: A ``SeriesState`` value.
-    state: str
+    state: SeriesState
     first_received_at: float
     last_received_at: float
     #: When the series last left "receiving"; None while receiving.
     finalized_at: float | None
+
+
+_STATUS = SeriesRow.__struct_fields__.index("expected_status")
+_STATE = SeriesRow.__struct_fields__.index("state")
+
+
+def series_row(values: Sequence[Any]) -> SeriesRow:
+    """A series as a backend reads it (the columns in ``SeriesRow``'s order), its status and
+    state made enums."""
+    row = list(values)
+    row[_STATUS] = ExpectedStatus(row[_STATUS])
+    row[_STATE] = SeriesState(row[_STATE])
+    return SeriesRow(*row)
 
 
 #: What identifies a series in the registry: (Series Instance UID, calling AE title). Each
@@ -88,7 +100,7 @@ class Transition(msgspec.Struct, frozen=True):
     #: The series after the change.
     series: SeriesRow
     #: Its previous state; None for a series first seen in this call.
-    previous: str | None
+    previous: SeriesState | None
 
 
 class RegisterResult(msgspec.Struct, frozen=True):
@@ -108,7 +120,7 @@ class Registry(Protocol):
         """Creates or upgrades the schema; idempotent, safe when two processes do it at once."""
         ...
 
-    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
+    def register(self, instances: Sequence[InstanceStored], process_id: str) -> RegisterResult:
         """Registers a batch of stored instances in one transaction (group commit)."""
         ...
 
@@ -124,12 +136,12 @@ class Registry(Protocol):
         sender) and what the C-FIND said, recomputes."""
         ...
 
-    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+    def association_ended(self, process_id: str, association_id: int) -> list[Transition]:
         """The association no longer delivers anything: its series are recomputed."""
         ...
 
-    def node_ended(self, node: str) -> list[Transition]:
-        """The process ``node`` is gone (its journal was adopted by another): every
+    def process_ended(self, process_id: str) -> list[Transition]:
+        """The process ``process_id`` is gone (its journal was adopted by another): every
         association of it has ended; their series are recomputed."""
         ...
 
@@ -189,7 +201,7 @@ def check_expected(expected: int | None, status: ExpectedStatus | str) -> Expect
     return checked
 
 
-class Incoming(msgspec.Struct, array_like=True):
+class InstanceRow(msgspec.Struct, array_like=True):
     """One instance to register, flattened; the column order of the backends' inserts."""
 
     sop_instance_uid: str
@@ -212,21 +224,24 @@ class Incoming(msgspec.Struct, array_like=True):
     transfer_syntax: str
     path: str
     size: int
-    node: str
+    #: The process that stored it (``Registry.register``); its column is named ``node``.
+    process_id: str = msgspec.field(name="node")
     association_id: int
     received_at: float
     stored_at: float
 
 
-INCOMING_COLUMNS: tuple[str, ...] = tuple(Incoming.__struct_fields__)
+INSTANCE_ROW_COLUMNS: tuple[str, ...] = tuple(InstanceRow.__struct_encode_fields__)
 
 
-def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> list[Incoming]:
+def prepare(
+    instances: Sequence[InstanceStored], process_id: str, duplicates: str
+) -> list[InstanceRow]:
     """Flattens a batch, sorted by SOP Instance UID and calling AE (the order rows are locked
     in), with one row per SOP instance and sender: the last one with "overwrite", the first
     with "keep-first". Instances without a Study, Series or SOP Instance UID cannot be
     registered: logged and left out."""
-    rows: dict[tuple[str, str], Incoming] = {}
+    rows: dict[tuple[str, str], InstanceRow] = {}
     for instance in instances:
         a = instance.attributes
         if not (a.SOPInstanceUID and a.SeriesInstanceUID and a.StudyInstanceUID):
@@ -252,7 +267,7 @@ def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> 
         key = (a.SOPInstanceUID, instance.calling_aet)
         if duplicates == "keep-first" and key in rows:
             continue
-        rows[key] = Incoming(
+        rows[key] = InstanceRow(
             sop_instance_uid=a.SOPInstanceUID,
             series_instance_uid=a.SeriesInstanceUID,
             study_instance_uid=a.StudyInstanceUID,
@@ -273,7 +288,7 @@ def prepare(instances: Sequence[InstanceStored], node: str, duplicates: str) -> 
             transfer_syntax=instance.transfer_syntax,
             path=instance.path,
             size=instance.size,
-            node=node,
+            process_id=process_id,
             association_id=instance.association_id,
             received_at=instance.received_at,
             stored_at=instance.stored_at,
@@ -300,9 +315,9 @@ def transitions_of(
 ) -> list[Transition]:
     """The rows whose state differs from ``previous`` (missing from it: unchanged)."""
     return [
-        Transition(row, previous[series_key(row)])
+        Transition(row, None if before is None else SeriesState(before))
         for row in rows
-        if series_key(row) in previous and previous[series_key(row)] != row.state
+        if series_key(row) in previous and (before := previous[series_key(row)]) != row.state
     ]
 
 

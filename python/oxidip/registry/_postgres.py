@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from oxidip._boundary import InstanceStored
 from oxidip.registry._model import (
-    INCOMING_COLUMNS,
+    INSTANCE_ROW_COLUMNS,
     ExpectedStatus,
     RegisterResult,
     SeriesKey,
@@ -33,6 +33,7 @@ from oxidip.registry._model import (
     result_of,
     schema_v1,
     schema_v2,
+    series_row,
     state_sql,
     transitions_of,
 )
@@ -94,7 +95,7 @@ _INCOMING_TABLE = """CREATE TEMPORARY TABLE IF NOT EXISTS oxidip_incoming (
     stored_at float8 NOT NULL
 ) ON COMMIT DELETE ROWS"""
 
-_COPY = f"COPY oxidip_incoming ({', '.join(INCOMING_COLUMNS)}) FROM STDIN"
+_COPY = f"COPY oxidip_incoming ({', '.join(INSTANCE_ROW_COLUMNS)}) FROM STDIN"
 
 _PATIENTS = """INSERT INTO patients (patient_id, patient_name, patient_birth_date, patient_sex)
     SELECT DISTINCT ON (patient_id) patient_id, patient_name, patient_birth_date, patient_sex
@@ -206,7 +207,7 @@ def _configure(conn: Connection) -> None:
 
 
 def _series_rows(cursor: psycopg.Cursor[tuple[Any, ...]]) -> list[SeriesRow]:
-    return [SeriesRow(*row) for row in cursor.fetchall()]
+    return [series_row(row) for row in cursor.fetchall()]
 
 
 def _key_params(keys: Sequence[SeriesKey]) -> dict[str, list[str]]:
@@ -301,8 +302,8 @@ class PostgresRegistry:
             return []
         return _series_rows(conn.execute(_RECOMPUTE, {**_key_params(keys), "now": now}))
 
-    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
-        rows = prepare(instances, node, self._duplicates)
+    def register(self, instances: Sequence[InstanceStored], process_id: str) -> RegisterResult:
+        rows = prepare(instances, process_id, self._duplicates)
         if not rows:
             return RegisterResult([], [], [])
         now = time.time()
@@ -333,7 +334,7 @@ class PostgresRegistry:
                                 row.transfer_syntax,
                                 row.path,
                                 row.size,
-                                row.node,
+                                row.process_id,
                                 row.association_id,
                                 row.received_at,
                                 row.stored_at,
@@ -391,14 +392,14 @@ class PostgresRegistry:
 
         return self._run(work)
 
-    def association_ended(self, node: str, association_id: int) -> list[Transition]:
+    def association_ended(self, process_id: str, association_id: int) -> list[Transition]:
         return self._end_activity(
             "node = %(node)s AND association_id = %(association_id)s",
-            {"node": node, "association_id": association_id},
+            {"node": process_id, "association_id": association_id},
         )
 
-    def node_ended(self, node: str) -> list[Transition]:
-        return self._end_activity("node = %(node)s", {"node": node})
+    def process_ended(self, process_id: str) -> list[Transition]:
+        return self._end_activity("node = %(node)s", {"node": process_id})
 
     def _end_activity(self, where: LiteralString, params: dict[str, Any]) -> list[Transition]:
         """Removes the activity rows matching ``where`` and recomputes their series (locked

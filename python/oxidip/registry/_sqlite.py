@@ -8,14 +8,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from oxidip._boundary import InstanceStored
 from oxidip.registry._model import (
     ExpectedStatus,
-    Incoming,
+    InstanceRow,
     RegisterResult,
     SeriesKey,
     SeriesRow,
@@ -26,6 +25,7 @@ from oxidip.registry._model import (
     result_of,
     schema_v1,
     schema_v2,
+    series_row,
     state_sql,
     transitions_of,
 )
@@ -117,10 +117,6 @@ def _keys(keys: Sequence[tuple[str, str]]) -> bytes:
     return msgspec.json.encode(list(keys))
 
 
-def _series_row(row: Sequence[Any]) -> SeriesRow:
-    return SeriesRow(*row)
-
-
 class SqliteRegistry:
     """``Registry`` on one SQLite file. One connection, used by one thread at a time; other
     processes may open the same file (SQLite's locking makes their writes take turns)."""
@@ -198,7 +194,7 @@ class SqliteRegistry:
             " ORDER BY s.series_instance_uid, s.calling_aet",
             (encoded,),
         )
-        return [_series_row(row) for row in rows]
+        return [series_row(row) for row in rows]
 
     def _states(self, conn: sqlite3.Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, str]:
         rows = conn.execute(
@@ -207,13 +203,13 @@ class SqliteRegistry:
         )
         return {(uid, aet): state for uid, aet, state in rows}
 
-    def register(self, instances: Sequence[InstanceStored], node: str) -> RegisterResult:
-        rows = prepare(instances, node, self._duplicates)
+    def register(self, instances: Sequence[InstanceStored], process_id: str) -> RegisterResult:
+        rows = prepare(instances, process_id, self._duplicates)
         if not rows:
             return RegisterResult([], [], [])
-        patients: dict[str, Incoming] = {}
-        studies: dict[str, Incoming] = {}
-        series: dict[SeriesKey, tuple[Incoming, float, float]] = {}
+        patients: dict[str, InstanceRow] = {}
+        studies: dict[str, InstanceRow] = {}
+        series: dict[SeriesKey, tuple[InstanceRow, float, float]] = {}
         activity: set[tuple[str, str, str, int]] = set()
         for row in rows:
             if row.patient_id is not None:
@@ -222,7 +218,7 @@ class SqliteRegistry:
             key = (row.series_instance_uid, row.calling_aet)
             first, earliest, latest = series.get(key, (row, row.received_at, row.stored_at))
             series[key] = (first, min(earliest, row.received_at), max(latest, row.stored_at))
-            activity.add((*key, row.node, row.association_id))
+            activity.add((*key, row.process_id, row.association_id))
         keys = sorted(series)
         now = time.time()
         with self._write() as conn:
@@ -287,7 +283,7 @@ class SqliteRegistry:
                         r.transfer_syntax,
                         r.path,
                         r.size,
-                        r.node,
+                        r.process_id,
                         r.association_id,
                         r.received_at,
                         r.stored_at,
@@ -330,11 +326,11 @@ class SqliteRegistry:
             after = self._recompute(conn, list(previous), time.time())
         return transitions_of(after, dict(previous))
 
-    def association_ended(self, node: str, association_id: int) -> list[Transition]:
-        return self._end_activity("node = ? AND association_id = ?", (node, association_id))
+    def association_ended(self, process_id: str, association_id: int) -> list[Transition]:
+        return self._end_activity("node = ? AND association_id = ?", (process_id, association_id))
 
-    def node_ended(self, node: str) -> list[Transition]:
-        return self._end_activity("node = ?", (node,))
+    def process_ended(self, process_id: str) -> list[Transition]:
+        return self._end_activity("node = ?", (process_id,))
 
     def _end_activity(self, where: str, params: tuple[str | int, ...]) -> list[Transition]:
         """Removes the activity rows matching ``where`` and recomputes their series."""
@@ -398,7 +394,7 @@ class SqliteRegistry:
         )
         with self._lock:
             rows = self._conn.execute(query, params).fetchall()
-        return [_series_row(row) for row in rows]
+        return [series_row(row) for row in rows]
 
     def instance_paths(self) -> Iterator[tuple[str, str]]:
         # Its own read-only connection: the caller may register while it iterates.
