@@ -16,15 +16,18 @@ __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "ExtractedAttributes",
+    "FindResult",
     "OrphanJournal",
     "PathTemplate",
     "Receiver",
+    "RetrieveResult",
     "__version__",
     "check_path_template",
     "check_tls",
     "claim_orphan_journals",
     "decode_pdus",
     "extract_attributes",
+    "find",
     "read_instance",
     "send_load",
 ]
@@ -156,6 +159,7 @@ class Receiver:
         wait bounded by ``timeout`` seconds. OSError when the association or the operation
         fails; RuntimeError before ``start``."""
 
+@final
 class RetrieveResult:
     """How a C-GET ended (``Receiver.retrieve``)."""
 
@@ -170,6 +174,7 @@ class RetrieveResult:
     #: The final response's identifier (the Failed SOP Instance UID List), when it has one.
     identifier: bytes | None
 
+@final
 class FindResult:
     """What a C-FIND found (``find``)."""
 
