@@ -19,10 +19,21 @@ const _: () = assert!(IMPLEMENTATION_VERSION_NAME.len() <= 16);
 pub const PREAMBLE_LEN: usize = 128;
 
 /// The DICOM prefix that follows the preamble (PS3.10 §7.1).
-const PREFIX: &[u8; 4] = b"DICM";
+pub const PREFIX: &[u8; 4] = b"DICM";
 
 /// Version 1 of the File Meta Information (0002,0001): a two-byte OB with bit 0 of byte 1 set.
 const META_VERSION: [u8; 2] = [0x00, 0x01];
+
+// Tags of the File Meta Information (PS3.10 table 7.1-1).
+pub const FILE_META_GROUP: u16 = 0x0002;
+pub const GROUP_LENGTH: Tag = 0x0002_0000;
+pub const VERSION: Tag = 0x0002_0001;
+pub const MEDIA_STORAGE_SOP_CLASS_UID: Tag = 0x0002_0002;
+pub const MEDIA_STORAGE_SOP_INSTANCE_UID: Tag = 0x0002_0003;
+pub const TRANSFER_SYNTAX_UID: Tag = 0x0002_0010;
+pub const IMPLEMENTATION_CLASS: Tag = 0x0002_0012;
+pub const IMPLEMENTATION_VERSION: Tag = 0x0002_0013;
+pub const SOURCE_AE_TITLE: Tag = 0x0002_0016;
 
 /// Longest value a 16-bit explicit VR length field can hold once padded to even length.
 const MAX_SHORT_VALUE_LEN: usize = u16::MAX as usize - 1;
@@ -73,18 +84,18 @@ pub fn encode_file_meta(meta: &FileMeta) -> Result<Vec<u8>, FileMetaError> {
     out.resize(PREAMBLE_LEN, 0);
     out.extend_from_slice(PREFIX);
     let mut w = Writer::after(out, Syntax::ExplicitLittle);
-    let group = w.group_length(0x0002);
-    w.element(0x0002_0001, Vr::OB, &META_VERSION).expect("two bytes fit");
+    let group = w.group_length(FILE_META_GROUP);
+    w.element(VERSION, Vr::OB, &META_VERSION).expect("two bytes fit");
     let mut text = |tag: Tag, vr: Vr, keyword: &'static str, value: &str| {
         w.text(tag, vr, value).map(|_| ()).map_err(|e| FileMetaError { element: keyword, len: e.len })
     };
-    text(0x0002_0002, Vr::UI, "MediaStorageSOPClassUID", meta.media_storage_sop_class_uid)?;
-    text(0x0002_0003, Vr::UI, "MediaStorageSOPInstanceUID", meta.media_storage_sop_instance_uid)?;
-    text(0x0002_0010, Vr::UI, "TransferSyntaxUID", meta.transfer_syntax_uid)?;
-    text(0x0002_0012, Vr::UI, "ImplementationClassUID", IMPLEMENTATION_CLASS_UID)?;
-    text(0x0002_0013, Vr::SH, "ImplementationVersionName", IMPLEMENTATION_VERSION_NAME)?;
+    text(MEDIA_STORAGE_SOP_CLASS_UID, Vr::UI, "MediaStorageSOPClassUID", meta.media_storage_sop_class_uid)?;
+    text(MEDIA_STORAGE_SOP_INSTANCE_UID, Vr::UI, "MediaStorageSOPInstanceUID", meta.media_storage_sop_instance_uid)?;
+    text(TRANSFER_SYNTAX_UID, Vr::UI, "TransferSyntaxUID", meta.transfer_syntax_uid)?;
+    text(IMPLEMENTATION_CLASS, Vr::UI, "ImplementationClassUID", IMPLEMENTATION_CLASS_UID)?;
+    text(IMPLEMENTATION_VERSION, Vr::SH, "ImplementationVersionName", IMPLEMENTATION_VERSION_NAME)?;
     if !meta.source_ae_title.is_empty() {
-        text(0x0002_0016, Vr::AE, "SourceApplicationEntityTitle", meta.source_ae_title)?;
+        text(SOURCE_AE_TITLE, Vr::AE, "SourceApplicationEntityTitle", meta.source_ae_title)?;
     }
     w.end_group(group).expect("at most eight elements of at most 64 KiB each");
     Ok(w.into_bytes())
