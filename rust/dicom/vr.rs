@@ -156,8 +156,8 @@ impl Vr {
     }
 
     /// Its two letters, as an explicit VR header carries them.
-    pub fn code(self) -> [u8; 2] {
-        self.entry().1
+    pub const fn code(self) -> [u8; 2] {
+        TABLE[self as usize].1
     }
 
     pub fn kind(self) -> ValueKind {
