@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::dicom::attributes::{Attributes, Tag};
 use crate::dicom::element::{ReadError, Reader, Syntax, TagName};
-use crate::dicom::extract::Extractor;
+use crate::dicom::extract::{ExtractError, Extractor};
 use crate::dicom::transfer_syntax;
 use crate::storage::file_meta::{
     FILE_META_GROUP, GROUP_LENGTH, MEDIA_STORAGE_SOP_CLASS_UID, MEDIA_STORAGE_SOP_INSTANCE_UID, PREAMBLE_LEN, PREFIX,
@@ -105,7 +105,8 @@ impl Part10 {
         }
         let ts = transfer_syntax::lookup(uid).ok_or_else(|| invalid(format!("unsupported transfer syntax {uid:?}")))?;
         let mut extractor = Extractor::new(ts.encoding);
-        let feed = |extractor: &mut Extractor, bytes: &[u8]| extractor.feed(bytes).map_err(|e| invalid(e.to_string()));
+        let malformed = |e: ExtractError| invalid(format!("data set: {e}"));
+        let feed = |extractor: &mut Extractor, bytes: &[u8]| extractor.feed(bytes).map_err(malformed);
         let mut done = feed(&mut extractor, &self.head[self.data_set_offset..])?;
         // The rest of the data set is read in chunks into the head's buffer.
         let mut chunk = std::mem::take(&mut self.head);
@@ -117,7 +118,7 @@ impl Part10 {
             }
             done = feed(&mut extractor, &chunk[..n])?;
         }
-        extractor.finish().map_err(|e| invalid(e.to_string()))
+        extractor.finish().map_err(malformed)
     }
 }
 
