@@ -49,6 +49,7 @@ impl Syntax {
         }
     }
 
+    #[inline]
     fn u16_bytes(self, value: u16) -> [u8; 2] {
         match self {
             Syntax::ExplicitBig => value.to_be_bytes(),
@@ -56,6 +57,7 @@ impl Syntax {
         }
     }
 
+    #[inline]
     fn u32_bytes(self, value: u32) -> [u8; 4] {
         match self {
             Syntax::ExplicitBig => value.to_be_bytes(),
@@ -63,6 +65,7 @@ impl Syntax {
         }
     }
 
+    #[inline]
     pub fn is_explicit(self) -> bool {
         self != Syntax::ImplicitLittle
     }
@@ -78,6 +81,7 @@ impl Syntax {
     }
 
     /// Longest value a header of this VR can give the length of.
+    #[inline]
     fn max_len(self, vr: Vr) -> u32 {
         if self.is_explicit() {
             vr.max_explicit_len()
@@ -197,27 +201,38 @@ impl Writer {
         Ok(self)
     }
 
-    /// `header`, for a length that fits.
+    /// `header`, for a length that fits; gathered on the stack and appended at once, with a
+    /// size known at compile time (a copy of a few moves rather than a call to memcpy).
+    #[inline]
     fn put_header(&mut self, tag: Tag, vr: Vr, length: u32) {
-        self.put_tag(tag);
-        if !self.syntax.is_explicit() {
-            self.put_u32(length);
+        let syntax = self.syntax;
+        let mut h = [0u8; vr::LONG_HEADER_LEN];
+        h[0..2].copy_from_slice(&syntax.u16_bytes((tag >> 16) as u16));
+        h[2..4].copy_from_slice(&syntax.u16_bytes(tag as u16));
+        if !syntax.is_explicit() {
+            h[4..8].copy_from_slice(&syntax.u32_bytes(length));
+            self.bytes.extend_from_slice(&h[..vr::SHORT_HEADER_LEN]);
         } else if vr.has_long_length() {
-            self.bytes.extend_from_slice(&vr.code());
-            self.bytes.extend_from_slice(&[0, 0]);
-            self.put_u32(length);
+            // Bytes 6 and 7 are the reserved field, zero.
+            h[4..6].copy_from_slice(&vr.code());
+            h[8..12].copy_from_slice(&syntax.u32_bytes(length));
+            self.bytes.extend_from_slice(&h);
         } else {
-            self.bytes.extend_from_slice(&vr.code());
-            self.put_u16(length as u16);
+            h[4..6].copy_from_slice(&vr.code());
+            h[6..8].copy_from_slice(&syntax.u16_bytes(length as u16));
+            self.bytes.extend_from_slice(&h[..vr::SHORT_HEADER_LEN]);
         }
     }
 
     /// Appends an element; an odd-length value gets its VR's padding byte. Returns where the
     /// value starts in the buffer, for values patched in place later.
+    #[inline]
     pub fn element(&mut self, tag: Tag, vr: Vr, value: &[u8]) -> Result<usize, ValueTooLong> {
         let padded = value.len() + value.len() % 2;
-        let length = u32::try_from(padded).map_err(|_| ValueTooLong { tag, vr, len: value.len() })?;
-        self.header(tag, vr, length).map_err(|e| ValueTooLong { len: value.len(), ..e })?;
+        if padded > self.syntax.max_len(vr) as usize {
+            return Err(ValueTooLong { tag, vr, len: value.len() });
+        }
+        self.put_header(tag, vr, padded as u32);
         let at = self.bytes.len();
         self.bytes.extend_from_slice(value);
         if padded > value.len() {
@@ -227,6 +242,7 @@ impl Writer {
     }
 
     /// Appends a text or UID element (padded with a space or a NUL, by its VR).
+    #[inline]
     pub fn text(&mut self, tag: Tag, vr: Vr, value: &str) -> Result<usize, ValueTooLong> {
         self.element(tag, vr, value.as_bytes())
     }
@@ -377,23 +393,27 @@ impl<'a> Reader<'a> {
         Some((Tag::from(self.syntax.u16([h[0], h[1]])) << 16) | Tag::from(self.syntax.u16([h[2], h[3]])))
     }
 
+    /// The next element; inlined in `next`, where most of its work is the caller's.
+    #[inline(always)]
     fn read(&mut self) -> Result<Element<'a>, ReadError> {
         let offset = self.position;
         let rest = &self.bytes[offset..];
         let truncated = ReadError::HeaderTruncated { offset };
-        let tag = self.peek_tag().ok_or(truncated.clone())?;
-        let short = rest.get(..vr::SHORT_HEADER_LEN).ok_or(truncated.clone())?;
-        let (vr, header_len, length) = if self.syntax.is_explicit() && (tag >> 16) as u16 != ITEM_GROUP {
-            let code = [short[4], short[5]];
+        let h = rest.get(..vr::SHORT_HEADER_LEN).ok_or(truncated.clone())?;
+        let syntax = self.syntax;
+        let group = syntax.u16([h[0], h[1]]);
+        let tag = (Tag::from(group) << 16) | Tag::from(syntax.u16([h[2], h[3]]));
+        let (vr, header_len, length) = if syntax.is_explicit() && group != ITEM_GROUP {
+            let code = [h[4], h[5]];
             let vr = Vr::from_code(code).ok_or(ReadError::UnknownVr { tag, code })?;
             if vr.has_long_length() {
                 let long = rest.get(..vr::LONG_HEADER_LEN).ok_or(truncated)?;
-                (Some(vr), vr::LONG_HEADER_LEN, self.syntax.u32([long[8], long[9], long[10], long[11]]))
+                (Some(vr), vr::LONG_HEADER_LEN, syntax.u32([long[8], long[9], long[10], long[11]]))
             } else {
-                (Some(vr), vr::SHORT_HEADER_LEN, u32::from(self.syntax.u16([short[6], short[7]])))
+                (Some(vr), vr::SHORT_HEADER_LEN, u32::from(syntax.u16([h[6], h[7]])))
             }
         } else {
-            (None, vr::SHORT_HEADER_LEN, self.syntax.u32([short[4], short[5], short[6], short[7]]))
+            (None, vr::SHORT_HEADER_LEN, syntax.u32([h[4], h[5], h[6], h[7]]))
         };
         if length == UNDEFINED_LENGTH {
             return Err(ReadError::UndefinedLength { tag });
@@ -407,6 +427,7 @@ impl<'a> Reader<'a> {
 impl<'a> Iterator for Reader<'a> {
     type Item = Result<Element<'a>, ReadError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.position == self.bytes.len() {
             return None;

@@ -112,6 +112,7 @@ pub const SHORT_HEADER_LEN: usize = 8;
 pub const LONG_HEADER_LEN: usize = 12;
 
 /// Index of a code in `BY_CODE`, when it is two capital letters.
+#[inline]
 const fn code_index(code: [u8; 2]) -> Option<usize> {
     if code[0].is_ascii_uppercase() && code[1].is_ascii_uppercase() {
         Some((code[0] - b'A') as usize * 26 + (code[1] - b'A') as usize)
@@ -151,15 +152,18 @@ impl Vr {
         code_index(code).and_then(|at| BY_CODE[at])
     }
 
+    #[inline]
     fn entry(self) -> &'static (Vr, [u8; 2], LengthField, ValueKind) {
         &TABLE[self as usize]
     }
 
     /// Its two letters, as an explicit VR header carries them.
+    #[inline]
     pub const fn code(self) -> [u8; 2] {
         TABLE[self as usize].1
     }
 
+    #[inline]
     pub fn kind(self) -> ValueKind {
         self.entry().3
     }
@@ -183,6 +187,7 @@ impl Vr {
 
     /// Longest value its explicit VR length field holds: 16 bits, or 32 bits less the
     /// undefined length 0xFFFFFFFF (PS3.5 §7.1.1).
+    #[inline]
     pub fn max_explicit_len(self) -> u32 {
         if self.has_long_length() {
             u32::MAX - 1
@@ -193,6 +198,7 @@ impl Vr {
 
     /// The byte that pads an odd-length value to even length (PS3.5 §6.2): a space for
     /// text, NUL for UIDs and binary values.
+    #[inline]
     pub fn padding(self) -> u8 {
         match self.kind() {
             Text => b' ',
@@ -201,14 +207,35 @@ impl Vr {
     }
 }
 
+/// The explicit VR header length for every value of the two VR bytes, from `TABLE`: 12 or 8
+/// for two capital letters (unknown codes: 8), 0 for bytes that are no VR. Indexed by the
+/// two bytes as a little-endian u16, so that the receiver's walk pays one load per header.
+static HEADER_LEN_BY_BYTES: [u8; 1 << 16] = {
+    let mut by_bytes = [0u8; 1 << 16];
+    let mut i = 0;
+    while i < by_bytes.len() {
+        let code = (i as u16).to_le_bytes();
+        if let Some(at) = code_index(code) {
+            by_bytes[i] = match BY_CODE[at] {
+                Some(vr) if matches!(TABLE[vr as usize].2, Long) => LONG_HEADER_LEN as u8,
+                _ => SHORT_HEADER_LEN as u8,
+            };
+        }
+        i += 1;
+    }
+    by_bytes
+};
+
 /// Header size of an explicit VR data element whose VR field holds `code` (PS3.5 §7.1.2): 12
 /// for the VRs of table 7.1-1, 8 for those of table 7.1-2 and for two capital letters no VR
 /// of this table (as dcmtk and pydicom read them: a 16-bit length, PS3.5 §6.2 leaves room
 /// for new VRs). None for bytes that are no VR at all.
 #[inline]
 pub fn explicit_header_len(code: [u8; 2]) -> Option<usize> {
-    let at = code_index(code)?;
-    Some(BY_CODE[at].map_or(SHORT_HEADER_LEN, Vr::explicit_header_len))
+    match HEADER_LEN_BY_BYTES[usize::from(u16::from_le_bytes(code))] {
+        0 => None,
+        len => Some(usize::from(len)),
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +268,19 @@ mod tests {
         assert_eq!(explicit_header_len(*b"XX"), Some(8), "an unknown VR has a 16-bit length");
         assert_eq!(explicit_header_len(*b"U\0"), None);
         assert_eq!(explicit_header_len([0x10, 0x00]), None);
+    }
+
+    #[test]
+    fn the_header_length_of_every_two_bytes_agrees_with_the_table() {
+        for bytes in 0..=u16::MAX {
+            let code = bytes.to_le_bytes();
+            let expected = match Vr::from_code(code) {
+                Some(vr) => Some(vr.explicit_header_len()),
+                None if code.iter().all(u8::is_ascii_uppercase) => Some(SHORT_HEADER_LEN),
+                None => None,
+            };
+            assert_eq!(explicit_header_len(code), expected, "{code:?}");
+        }
     }
 
     #[test]

@@ -77,7 +77,8 @@ impl CommandSet {
         let mut sorted: Vec<&(u16, Vr, Vec<u8>)> =
             self.elements.iter().filter(|(e, _, _)| *e != element::COMMAND_GROUP_LENGTH).collect();
         sorted.sort_by_key(|(e, _, _)| *e);
-        let mut w = Writer::new(Syntax::ImplicitLittle);
+        let len = 12 + sorted.iter().map(|(_, _, v)| 8 + v.len() + v.len() % 2).sum::<usize>();
+        let mut w = Writer::after(Vec::with_capacity(len), Syntax::ImplicitLittle);
         let group = w.group_length(0x0000);
         for (e, vr, v) in sorted {
             // Values of a command set are at most MAX_COMMAND_LEN, or strings we made.
