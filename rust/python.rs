@@ -11,19 +11,23 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::client::query_retrieve;
+use crate::client::{Client, ClientError, ClientOptions};
 use crate::dicom::attributes::{Attributes, EXTRACTED};
 use crate::dicom::extract::Extractor;
 use crate::dicom::inflate::InflateLimits;
 use crate::dicom::transfer_syntax;
-use crate::scu::load;
+use crate::events::EventStream;
+use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::loadgen as load;
 use crate::server::config::ServerConfig;
-use crate::server::events::EventStream;
 use crate::server::Server;
-use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::service::store::StoreProvider;
 use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
 use crate::storage::writer::prepare_root;
 use crate::storage::{journal, read_back};
 use crate::transport::tls;
+use crate::ul::association::requestor::ProposedContext;
 use crate::ul::codec;
 use crate::ul::pdu::Pdu;
 use std::path::Path;
@@ -163,6 +167,118 @@ impl Receiver {
     fn journal_backlog(&self) -> usize {
         lock(&self.server).as_ref().map_or(0, Server::journal_backlog)
     }
+
+    /// C-GET (PS3.4 C.4.3) from `host`:`port` of what `identifier` (encoded in
+    /// `identifier_transfer_syntax`) names, as this receiver's AE title: the instances come
+    /// back on the same association and go through the receiver's store path and events,
+    /// like received ones (calling AE: the peer).
+    #[allow(clippy::too_many_arguments)]
+    fn retrieve(
+        &self,
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        called_aet: &str,
+        model: &str,
+        identifier: &[u8],
+        identifier_transfer_syntax: &str,
+        sop_classes: Vec<String>,
+        transfer_syntaxes: Vec<String>,
+        timeout: f64,
+    ) -> PyResult<RetrieveResult> {
+        let timeout = seconds(timeout, "timeout")?;
+        let (handle, context) = match lock(&self.server).as_ref() {
+            Some(server) => (server.runtime().handle().clone(), server.context()),
+            None => return Err(PyRuntimeError::new_err("receiver not started")),
+        };
+        let context = context.ok_or_else(|| PyRuntimeError::new_err("receiver stopped"))?;
+        let sop_classes: Vec<&str> = sop_classes.iter().map(String::as_str).collect();
+        let transfer_syntaxes: Vec<&str> = transfer_syntaxes.iter().map(String::as_str).collect();
+        let outcome = py.allow_threads(|| {
+            handle.block_on(async {
+                let contexts =
+                    query_retrieve::get_contexts(model, identifier_transfer_syntax, &sop_classes, &transfer_syntaxes)?;
+                // As the receiver: its AE title, and the PDU limit it announces to senders.
+                let acceptor = &context.settings.acceptor;
+                let options = ClientOptions {
+                    timeout,
+                    max_pdu_length: acceptor.max_pdu_length,
+                    ..ClientOptions::new(&acceptor.ae_title, called_aet, contexts)
+                };
+                let mut client = Client::connect((host, port), options).await?;
+                let origin = client.store_origin(context.next_association_id());
+                let mut store = StoreProvider::new(context.store.clone(), origin);
+                let outcome = client.get(model, identifier, &mut store).await?.finish().await?;
+                client.release().await?;
+                Ok::<_, ClientError>(outcome)
+            })
+        });
+        let outcome = outcome.map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(RetrieveResult {
+            status: outcome.status.code,
+            comment: outcome.status.comment.unwrap_or_default(),
+            completed: outcome.sub_operations.completed,
+            failed: outcome.sub_operations.failed,
+            warning: outcome.sub_operations.warning,
+            identifier: outcome.identifier,
+        })
+    }
+}
+
+/// How a C-GET ended (`Receiver.retrieve`).
+#[pyclass(module = "oxidip._core", frozen, get_all)]
+struct RetrieveResult {
+    status: u16,
+    comment: String,
+    completed: Option<u16>,
+    failed: Option<u16>,
+    warning: Option<u16>,
+    identifier: Option<Vec<u8>>,
+}
+
+/// What a C-FIND found (`find`).
+#[pyclass(module = "oxidip._core", frozen, get_all)]
+struct FindResult {
+    status: u16,
+    comment: String,
+    matches: Vec<Vec<u8>>,
+}
+
+/// C-FIND (PS3.4 C.4.1) of `identifier` (encoded in `transfer_syntax`, the only one
+/// proposed) on the information model `model` at `host`:`port`: every match's identifier, then
+/// the final status. OSError when the association or the operation fails.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn find(
+    py: Python<'_>,
+    host: &str,
+    port: u16,
+    calling_aet: &str,
+    called_aet: &str,
+    model: &str,
+    identifier: &[u8],
+    transfer_syntax: &str,
+    timeout: f64,
+) -> PyResult<FindResult> {
+    let timeout = seconds(timeout, "timeout")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let found = py.allow_threads(|| {
+        runtime.block_on(async {
+            let contexts = vec![ProposedContext::scu(model, &[transfer_syntax])];
+            let options = ClientOptions { timeout, ..ClientOptions::new(calling_aet, called_aet, contexts) };
+            let mut client = Client::connect((host, port), options).await?;
+            let mut find = client.find(model, identifier).await?;
+            let mut matches = Vec::new();
+            while let Some(found) = find.next_match().await? {
+                matches.push(found);
+            }
+            let status = find.status().cloned().expect("set once the matches end");
+            client.release().await?;
+            Ok::<_, ClientError>((status, matches))
+        })
+    });
+    let (status, matches) = found.map_err(|e| PyOSError::new_err(e.to_string()))?;
+    Ok(FindResult { status: status.code, comment: status.comment.unwrap_or_default(), matches })
 }
 
 fn seconds(value: f64, name: &str) -> PyResult<Duration> {
@@ -335,7 +451,7 @@ fn msgpack<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Boun
     Ok(PyBytes::new(py, &bytes))
 }
 
-/// Runs the load generator (`scu::load`): options and report as msgpack of
+/// Runs the load generator (`loadgen`): options and report as msgpack of
 /// `oxidip._boundary.LoadOptions` / `LoadReport`. Blocks until done, without the GIL.
 #[pyfunction]
 fn send_load<'py>(py: Python<'py>, options: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
@@ -357,6 +473,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ExtractedAttributes>()?;
     m.add_class::<PyPathTemplate>()?;
     m.add_class::<OrphanJournal>()?;
+    m.add_class::<FindResult>()?;
+    m.add_class::<RetrieveResult>()?;
     m.add_function(wrap_pyfunction!(decode_pdus, m)?)?;
     m.add_function(wrap_pyfunction!(extract_attributes, m)?)?;
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
@@ -365,5 +483,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_instance, m)?)?;
     m.add_function(wrap_pyfunction!(read_stored_for_sending, m)?)?;
     m.add_function(wrap_pyfunction!(send_load, m)?)?;
+    m.add_function(wrap_pyfunction!(find, m)?)?;
     Ok(())
 }

@@ -18,7 +18,8 @@ What is left unregistered is visible: ``tests/test_journal_backlog.py``.
 import fcntl
 import resource
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,13 @@ SENDER = "MODALITY"
 def pg() -> Iterator[str]:
     with postgres_database() as url:
         yield url
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
 
 
 def journal_entries(root: Path) -> list[str]:
@@ -84,9 +92,11 @@ def test_a_root_removed_and_made_again_keeps_storing_and_journaling(
             # Stored and acknowledged, not registered: only the journal knows them.
             statuses = send(server.port, after.datasets, calling_aet=SENDER)
             assert set(statuses.values()) == {0}, statuses
-            assert sorted(journal_entries(root)) == sorted(
+            expected = sorted(
                 str(final_path(root, SENDER, ds).relative_to(root)) for ds in after.datasets
             )
+            # The journal's watch replaces a deleted segment within its interval (100 ms).
+            wait_for(lambda: sorted(journal_entries(root)) == expected, "the journal made again")
             server.kill()
     with Oxidip(root, db=pg) as server, RegistryView(root, pg) as view:
         # Replayed before "listening".

@@ -518,6 +518,27 @@ def test_associate_rq_with_every_user_information_sub_item(receiver: RunningRece
         client.release()
 
 
+def test_a_storage_context_whose_requestor_wants_to_be_its_scp_is_refused(
+    receiver: RunningReceiver,
+) -> None:
+    """SCP/SCU role selection (PS3.7 D.3.3.4): a requestor proposing to be only the SCP of a
+    storage SOP class (as a C-GET requestor would) leaves no role the receiver can play there:
+    that context is refused (user rejection) instead of accepted with no role; the others, the
+    one with the default roles included, work."""
+    scp_only = struct.pack(">H", len(CT_IMAGE)) + CT_IMAGE.encode() + b"\x00\x01"
+    ds = make_dataset()
+    with RawClient(receiver.host, receiver.port) as client:
+        ac = client.associate_ok(
+            contexts=[Context(1, CT_IMAGE), Context(3, SECONDARY_CAPTURE)],
+            extra_user_items=user_item(0x54, scp_only),
+        )
+        assert ac.contexts[1].result == 1, "user rejection"
+        assert ac.contexts[3].result == 0
+        rsp = client.c_store(3, SECONDARY_CAPTURE, ds.SOPInstanceUID, encode_dataset(ds))
+        assert rsp.status == 0
+        client.release()
+
+
 def _store_fragmented(
     client: RawClient,
     sop_instance: str,

@@ -115,6 +115,65 @@ class Receiver:
     def journal_backlog(self) -> int:
         """Journal entries of this receiver not yet registered (0 before start)."""
 
+    def retrieve(
+        self,
+        host: str,
+        port: int,
+        called_aet: str,
+        model: str,
+        identifier: bytes,
+        identifier_transfer_syntax: str,
+        sop_classes: list[str],
+        transfer_syntaxes: list[str],
+        timeout: float,
+    ) -> RetrieveResult:
+        """C-GET on the information model ``model`` of what ``identifier`` (encoded in
+        ``identifier_transfer_syntax``) names, from ``host``:``port``, as this receiver's AE
+        title, proposing the SCP role for ``sop_classes`` (at most 127) with
+        ``transfer_syntaxes``: the instances come back on the same association and are
+        stored and reported (events) like received ones, with the peer as calling AE. Every
+        wait bounded by ``timeout`` seconds. OSError when the association or the operation
+        fails; RuntimeError before ``start``."""
+
+class RetrieveResult:
+    """How a C-GET ended (``Receiver.retrieve``)."""
+
+    #: The final status (0 success, B000 some sub-operations failed, ...).
+    status: int
+    #: Its ErrorComment, "" without one.
+    comment: str
+    #: The final sub-operation counts, None when the peer left one out.
+    completed: int | None
+    failed: int | None
+    warning: int | None
+    #: The final response's identifier (the Failed SOP Instance UID List), when it has one.
+    identifier: bytes | None
+
+class FindResult:
+    """What a C-FIND found (``find``)."""
+
+    #: The final status (0 success, FE00 cancelled, Axxx/Cxxx failures).
+    status: int
+    #: Its ErrorComment, "" without one.
+    comment: str
+    #: The identifier of every match, in order, encoded in the transfer syntax of the query.
+    matches: list[bytes]
+
+def find(
+    host: str,
+    port: int,
+    calling_aet: str,
+    called_aet: str,
+    model: str,
+    identifier: bytes,
+    transfer_syntax: str,
+    timeout: float,
+) -> FindResult:
+    """C-FIND of ``identifier`` (encoded in ``transfer_syntax``, the only one proposed) on the
+    information model ``model`` at ``host``:``port``: every match, then the final status.
+    Every wait bounded by ``timeout`` seconds. OSError when the association or the operation
+    fails."""
+
 # The receiver's hot-path steps, one call each: for the micro-benchmarks (bench/micro/) and for
 # tests that hold them against pydicom.
 

@@ -9,12 +9,14 @@ use serde::Deserialize;
 
 use crate::dicom::attributes::{Tag, EXTRACTED};
 use crate::dicom::inflate::InflateLimits;
-use crate::storage::file_meta::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use crate::dicom::sop_class;
+use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::storage::path_template::PathTemplate;
 use crate::storage::permissions::Permissions;
-use crate::storage::writer::{DuplicatePolicy, FsyncPolicy};
+use crate::storage::writer::{DuplicatePolicy, FsyncPolicy, StorageOptions};
 use crate::transport::tls::{self, ServerFiles, TlsFileError};
-use crate::ul::association::AcceptorPolicy;
+use crate::ul::association::acceptor::{AcceptorPolicy, SupportedSyntaxes};
+use crate::ul::association::Roles;
 
 /// Receive limit when the configured maximum is 0 ("no limit", PS3.8 §D.1) or when, outside
 /// strict mode, a peer sends more than it was told: beyond this a P-DATA-TF is refused with an
@@ -94,6 +96,23 @@ pub struct TlsListener {
     pub config: Arc<rustls::ServerConfig>,
 }
 
+/// What the server serves, as it tells the acceptor: Verification (C-ECHO) and the Storage
+/// SOP Classes (C-STORE) as SCP; promiscuous, any abstract syntax as SCP (its C-STOREs are
+/// stored like any other, PS3.4 B.4.1 leaves unknown SOP classes to the SCP).
+#[derive(Debug, Clone, Copy)]
+pub struct ServedSyntaxes {
+    pub promiscuous: bool,
+}
+
+impl SupportedSyntaxes for ServedSyntaxes {
+    fn roles(&self, abstract_syntax: &str) -> Option<Roles> {
+        let served = abstract_syntax == sop_class::VERIFICATION
+            || sop_class::is_storage(abstract_syntax)
+            || (self.promiscuous && !abstract_syntax.is_empty());
+        served.then_some(Roles::SCP)
+    }
+}
+
 /// Everything the server needs, checked.
 #[derive(Debug)]
 pub struct Settings {
@@ -101,6 +120,7 @@ pub struct Settings {
     pub bind: Option<String>,
     pub tls: Option<TlsListener>,
     pub acceptor: AcceptorPolicy,
+    pub served: ServedSyntaxes,
     pub files_root: PathBuf,
     pub template: PathTemplate,
     pub fsync: FsyncPolicy,
@@ -120,6 +140,19 @@ pub struct Settings {
     pub event_queue_size: usize,
     /// Answer success only once Python has registered the instance (`ack = "registered"`).
     pub ack_registered: bool,
+}
+
+impl Settings {
+    /// How stored instances are placed.
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
+            template: self.template.clone(),
+            fsync: self.fsync,
+            duplicates: self.duplicates,
+            permissions: self.permissions,
+            node: self.node.clone(),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -195,12 +228,12 @@ impl ServerConfig {
                 ae_title: self.aet.clone(),
                 enforce_called_ae_title: self.enforce_called_aet,
                 allowed_calling_ae_titles: self.allowed_calling_aets.clone(),
-                promiscuous: self.promiscuous,
                 uncompressed_only: self.uncompressed_only,
                 max_pdu_length: self.max_pdu_length,
                 implementation_class_uid: IMPLEMENTATION_CLASS_UID.to_string(),
                 implementation_version_name: IMPLEMENTATION_VERSION_NAME.to_string(),
             },
+            served: ServedSyntaxes { promiscuous: self.promiscuous },
             files_root: PathBuf::from(&self.files_root),
             template,
             fsync,

@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,10 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use super::events::{Event, ServerWarning};
 use super::handler;
 use super::metrics::Refusal;
-use super::{Phase, Shared};
+use super::{Phase, ServerContext};
+use crate::events::{Event, ServerWarning};
 
 /// Peers over the association limit that may wait for their A-ASSOCIATE-RJ at once; past
 /// this, a connection is closed without an answer so a flood cannot pile up tasks.
@@ -62,7 +61,7 @@ async fn accept_on(socket: Option<&TcpListener>) -> io::Result<(TcpStream, Socke
 }
 
 pub struct Listener {
-    pub shared: Arc<Shared>,
+    pub server: Arc<ServerContext>,
     /// One permit per association slot (OXIDIP_MAX_ASSOCIATIONS).
     pub slots: Arc<Semaphore>,
     /// The server's phase, told to every handler.
@@ -77,7 +76,6 @@ impl Listener {
     /// Accepts until told to stop, then closes the sockets and waits for the running
     /// associations.
     pub async fn run(self, sockets: Sockets) {
-        let ids = AtomicU64::new(1);
         let rejections = Arc::new(Semaphore::new(MAX_PENDING_REJECTIONS));
         let spare = Arc::new(SpareDescriptor::open());
         // The spare was closed so that the next accepted connection can be answered.
@@ -124,15 +122,15 @@ impl Listener {
             // ran out): this connection holds the last descriptor, with no room for its
             // files. Refused; the refusal gets the spare back once it has closed.
             if std::mem::take(&mut spare_released) || !spare.ensure_open() {
-                self.shared.metrics.association_refused(Refusal::OpenFiles);
+                self.server.metrics.association_refused(Refusal::OpenFiles);
                 tokio::spawn(self.refusal(stream, tls, peer, Refusal::OpenFiles, Some(spare.clone())));
                 continue;
             }
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let id = ids.fetch_add(1, Ordering::Relaxed);
+                    let id = self.server.next_association_id();
                     let connection =
-                        handler::serve_connection(stream, tls, self.shared.clone(), id, peer, self.phase.subscribe());
+                        handler::serve_connection(stream, tls, self.server.clone(), id, peer, self.phase.subscribe());
                     tokio::spawn(async move {
                         connection.await;
                         drop(permit);
@@ -140,7 +138,7 @@ impl Listener {
                 }
                 Err(_) => match rejections.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        self.shared.metrics.association_refused(Refusal::OverLimit);
+                        self.server.metrics.association_refused(Refusal::OverLimit);
                         let refusal = self.refusal(stream, tls, peer, Refusal::OverLimit, None);
                         tokio::spawn(async move {
                             refusal.await;
@@ -148,7 +146,7 @@ impl Listener {
                         });
                     }
                     Err(_) => {
-                        self.shared.metrics.association_refused(Refusal::OverLimit);
+                        self.server.metrics.association_refused(Refusal::OverLimit);
                         if let Some(count) = unanswered.hit() {
                             let detail = format!(
                                 "{count} connection(s) over OXIDIP_MAX_ASSOCIATIONS closed without an A-ASSOCIATE-RJ \
@@ -161,7 +159,7 @@ impl Listener {
                 },
             }
         }
-        self.shared.metrics.set_listening(false);
+        self.server.metrics.set_listening(false);
         drop(sockets);
         drop(spare);
         self.drain().await;
@@ -177,15 +175,15 @@ impl Listener {
         refusal: Refusal,
         spare: Option<Arc<SpareDescriptor>>,
     ) -> impl std::future::Future<Output = ()> {
-        let shared = self.shared.clone();
-        let refused = handler::refuse(stream, tls, peer, refusal, shared.clone(), self.phase.subscribe());
+        let server = self.server.clone();
+        let refused = handler::refuse(stream, tls, peer, refusal, server.clone(), self.phase.subscribe());
         async move {
             let refused = refused.await;
             if let Some(spare) = spare {
                 let _ = spare.ensure_open();
             }
             if let Some(refused) = refused {
-                shared.events.send(Event::ConnectionRefused(refused)).await;
+                server.events.send(Event::ConnectionRefused(refused)).await;
             }
         }
     }
@@ -193,7 +191,7 @@ impl Listener {
     /// Reports a warning without ever waiting on Python: dropped if the event queue is full
     /// (the next one, `WARNING_INTERVAL` later, carries the count).
     fn warn(&self, message: &str, detail: String) {
-        self.shared.events.try_send(Event::ServerWarning(ServerWarning { message: message.into(), detail }));
+        self.server.events.try_send(Event::ServerWarning(ServerWarning { message: message.into(), detail }));
     }
 
     /// Waits `ACCEPT_ERROR_PAUSE`, or until a stop is asked for (`Break`).
@@ -210,7 +208,7 @@ impl Listener {
     /// once (`Phase::Draining`).
     async fn drain(&self) {
         self.phase.send_replace(Phase::Draining);
-        let all = self.shared.settings.max_associations as u32;
+        let all = self.server.settings.max_associations as u32;
         let grace = *self.grace.lock().unwrap_or_else(|e| e.into_inner());
         if tokio::time::timeout(grace, self.slots.acquire_many(all)).await.is_ok() {
             return;

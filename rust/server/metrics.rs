@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::dimse::status;
-use crate::ul::association::{
+use crate::service::store::StoreMetrics;
+use crate::ul::pdu::reject::{
     REASON_APPLICATION_CONTEXT_NOT_SUPPORTED, REASON_CALLED_AE_NOT_RECOGNIZED, REASON_CALLING_AE_NOT_RECOGNIZED,
     REASON_LOCAL_LIMIT_EXCEEDED, REASON_PROTOCOL_VERSION_NOT_SUPPORTED, SOURCE_SERVICE_PROVIDER_ACSE,
     SOURCE_SERVICE_PROVIDER_PRESENTATION, SOURCE_SERVICE_USER,
@@ -294,6 +295,17 @@ impl Metrics {
     }
 }
 
+/// The store path's counters are these (`service::store`).
+impl StoreMetrics for Metrics {
+    fn bytes_received(&self, bytes: usize) {
+        Metrics::bytes_received(self, bytes);
+    }
+
+    fn instance_answered(&self, code: u16, received_at: SystemTime) {
+        Metrics::instance_answered(self, code, received_at);
+    }
+}
+
 /// What `_core.Receiver.metrics()` returns, as msgpack of `oxidip._boundary.ReceiverMetrics`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MetricsSnapshot {
@@ -332,7 +344,7 @@ pub struct HistogramSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ul::association::REJECTED_PERMANENT;
+    use crate::ul::pdu::reject::REJECTED_PERMANENT;
 
     #[test]
     fn latency_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() {

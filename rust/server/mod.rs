@@ -1,26 +1,25 @@
 //! The Storage SCP: listener, per-association handler, configuration and the events it emits.
 
 pub mod config;
-pub mod events;
 mod handler;
 mod listener;
 pub mod metrics;
 mod open_files;
-mod store;
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::events::{self, EventSink, EventStream};
+use crate::service::store::StoreService;
 use crate::storage::journal::Journal;
-use crate::storage::writer::{Storage, StorageOptions};
+use crate::storage::writer::Storage;
 use config::Settings;
-use events::{EventSink, EventStream};
 use metrics::{Metrics, MetricsSnapshot};
 
 /// Where the server is in its life; later phases compare greater.
@@ -34,12 +33,22 @@ pub enum Phase {
     Aborting,
 }
 
-/// What every association task shares.
-pub struct Shared {
+/// The server as its listener and every association task see it: settings, where events
+/// go, counters, and the store service its associations' C-STOREs run through.
+pub struct ServerContext {
     pub settings: Settings,
-    pub storage: Arc<Storage>,
     pub events: EventSink,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<StoreService>,
+    /// The id of the next association, accepted or requested (events carry it).
+    association_ids: AtomicU64,
+}
+
+impl ServerContext {
+    /// A new association id, unique in this process.
+    pub fn next_association_id(&self) -> u64 {
+        self.association_ids.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// The ports a server listens on: plain TCP and TLS, each when configured.
@@ -66,12 +75,14 @@ pub struct Server {
     stop: Arc<Notify>,
     grace: Arc<Mutex<Duration>>,
     journal: Arc<Journal>,
-    /// Not `Shared`: the event stream ends when the last association task drops that.
+    /// Not `ServerContext`: the event stream ends when the last association task drops that.
     metrics: Arc<Metrics>,
     /// For the storage check of `/healthz`.
     storage: Arc<Storage>,
     /// Events not yet taken (`EventStream::queued_counter`).
     queued: Arc<AtomicUsize>,
+    /// Weak: the event stream ends once the listener and every association are done with it.
+    context: Weak<ServerContext>,
 }
 
 impl Server {
@@ -79,15 +90,9 @@ impl Server {
     /// the server has stopped and every association has ended.
     pub fn start(settings: Settings) -> io::Result<(Server, EventStream)> {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("oxidip").build()?;
-        let options = StorageOptions {
-            template: settings.template.clone(),
-            fsync: settings.fsync,
-            duplicates: settings.duplicates,
-            permissions: settings.permissions,
-            node: settings.node.clone(),
-        };
-        let storage = Arc::new(Storage::open(&settings.files_root, options)?);
+        let storage = Arc::new(Storage::open(&settings.files_root, settings.storage_options())?);
         let journal = storage.journal().clone();
+        runtime.spawn(crate::storage::journal::watch(Arc::downgrade(&journal)));
         let plain = settings.bind.as_deref().map(bind).transpose()?;
         let tls = match &settings.tls {
             Some(tls) => Some((bind(&tls.bind)?, TlsAcceptor::from(tls.config.clone()))),
@@ -109,16 +114,31 @@ impl Server {
         let slots = Arc::new(Semaphore::new(settings.max_associations));
         let queued = stream.queued_counter();
         let metrics = Arc::new(Metrics::default());
-        let shared = Arc::new(Shared { settings, storage: storage.clone(), events: sink, metrics: metrics.clone() });
+        let store = Arc::new(StoreService {
+            storage: storage.clone(),
+            required: settings.required.clone(),
+            inflate: settings.inflate,
+            ack_registered: settings.ack_registered,
+            events: sink.clone(),
+            metrics: metrics.clone(),
+        });
+        let server = Arc::new(ServerContext {
+            settings,
+            events: sink,
+            metrics: metrics.clone(),
+            store,
+            association_ids: AtomicU64::new(1),
+        });
+        let context = Arc::downgrade(&server);
         let stop = Arc::new(Notify::new());
         let grace = Arc::new(Mutex::new(Duration::ZERO));
         let (phase, _) = watch::channel(Phase::Serving);
         // Bound and listening already: connections queue in the backlog until the listener
         // task takes them, so `/healthz` may say so before `start` returns.
         metrics.set_listening(true);
-        let listener = listener::Listener { shared, slots, phase, stop: stop.clone(), grace: grace.clone() };
+        let listener = listener::Listener { server, slots, phase, stop: stop.clone(), grace: grace.clone() };
         runtime.spawn(listener.run(sockets));
-        Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued }, stream))
+        Ok((Server { runtime, ports, stop, grace, journal, metrics, storage, queued, context }, stream))
     }
 
     /// The plain TCP listener's port; 0 when there is none.
@@ -149,6 +169,12 @@ impl Server {
     pub fn metrics(&self) -> MetricsSnapshot {
         let queued = self.queued.load(Ordering::Relaxed) as u64;
         self.metrics.snapshot(queued, self.journal.backlog() as u64)
+    }
+
+    /// What the server's associations share, for an association it requests itself (a
+    /// C-GET into its storage); None once it has stopped and every association has ended.
+    pub fn context(&self) -> Option<Arc<ServerContext>> {
+        self.context.upgrade()
     }
 
     /// The storage instances go to (for its `check_writable`).

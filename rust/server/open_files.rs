@@ -8,7 +8,7 @@
 
 use std::io;
 
-use super::events::ServerWarning;
+use crate::events::ServerWarning;
 
 /// Descriptors one association holds at most: its socket and the temp file of the instance
 /// it is receiving (or of the next one, made ahead).

@@ -8,11 +8,11 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 
 use super::config::ServerConfig;
-use super::events::{Event, EventStream};
 use super::Server;
 use crate::dicom::element::{Syntax, Writer};
 use crate::dicom::vr::Vr;
 use crate::dimse::command::{self, field, CommandSet};
+use crate::events::{Event, EventStream};
 use crate::ul::connection::Connection;
 use crate::ul::pdu::*;
 
@@ -52,7 +52,7 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
     }
 }
 
-fn dataset(sop_instance_uid: &str) -> Vec<u8> {
+pub(crate) fn dataset(sop_instance_uid: &str) -> Vec<u8> {
     let mut ds = Writer::new(Syntax::ExplicitLittle);
     ds.text(0x0008_0016, Vr::UI, CT).unwrap();
     ds.text(0x0008_0018, Vr::UI, sop_instance_uid).unwrap();

@@ -38,10 +38,12 @@ const LINGER: Duration = Duration::from_millis(2);
 const JOB_BYTES: usize = 64 << 20;
 
 pub struct BackgroundWriter {
-    shared: Arc<Shared>,
+    handoff: Arc<Handoff>,
 }
 
-struct Shared {
+/// What the association and the job writing its file share: the queue between them and the
+/// means to wake each other.
+struct Handoff {
     state: Mutex<State>,
     /// Wakes a lingering job: fragments came, or the writer is done.
     more: Condvar,
@@ -75,8 +77,8 @@ impl BackgroundWriter {
             closed: false,
             failure: None,
         };
-        let shared = Shared { state: Mutex::new(state), more: Condvar::new(), taken: Notify::new() };
-        BackgroundWriter { shared: Arc::new(shared) }
+        let handoff = Handoff { state: Mutex::new(state), more: Condvar::new(), taken: Notify::new() };
+        BackgroundWriter { handoff: Arc::new(handoff) }
     }
 
     /// Queues `data` (waiting while the queue is full) and sees that a job writes it. Must
@@ -85,9 +87,9 @@ impl BackgroundWriter {
     pub async fn write(&mut self, data: Bytes) {
         loop {
             // Registered before the state is checked, so that no wake-up is missed.
-            let taken = self.shared.taken.notified();
+            let taken = self.handoff.taken.notified();
             {
-                let mut state = self.shared.lock();
+                let mut state = self.handoff.lock();
                 if state.failure.is_some() {
                     return;
                 }
@@ -105,9 +107,9 @@ impl BackgroundWriter {
     /// Waits until everything queued is written; the file back, or the first write error.
     pub async fn finish(self) -> io::Result<File> {
         loop {
-            let taken = self.shared.taken.notified();
+            let taken = self.handoff.taken.notified();
             {
-                let mut state = self.shared.lock();
+                let mut state = self.handoff.lock();
                 state.closed = true;
                 if !state.job_running {
                     if let Some(e) = state.failure.take() {
@@ -116,7 +118,7 @@ impl BackgroundWriter {
                     return state.file.take().ok_or_else(|| io::Error::other("background writer lost its file"));
                 }
                 if state.job_lingering {
-                    self.shared.more.notify_one();
+                    self.handoff.more.notify_one();
                 }
             }
             taken.await;
@@ -125,11 +127,11 @@ impl BackgroundWriter {
 
     fn wake_or_start_job(&self, state: &mut MutexGuard<'_, State>) {
         if state.job_lingering {
-            self.shared.more.notify_one();
+            self.handoff.more.notify_one();
         } else if !state.job_running {
             state.job_running = true;
-            let shared = Arc::clone(&self.shared);
-            tokio::task::spawn_blocking(move || shared.run_job());
+            let handoff = Arc::clone(&self.handoff);
+            tokio::task::spawn_blocking(move || handoff.run_job());
         }
     }
 }
@@ -137,17 +139,17 @@ impl BackgroundWriter {
 impl Drop for BackgroundWriter {
     /// Given up (association aborted, instance refused): what is queued is not written.
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
+        let mut state = self.handoff.lock();
         state.closed = true;
         state.queue.clear();
         state.queued_len = 0;
         if state.job_lingering {
-            self.shared.more.notify_one();
+            self.handoff.more.notify_one();
         }
     }
 }
 
-impl Shared {
+impl Handoff {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A job that panicked while writing leaves a consistent state: use it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -180,9 +182,9 @@ impl Shared {
         let more_to_write = !state.queue.is_empty() && state.failure.is_none();
         if more_to_write {
             // Requeued behind other instances' jobs.
-            let shared = Arc::clone(&self);
+            let handoff = Arc::clone(&self);
             drop(state);
-            tokio::task::spawn_blocking(move || shared.run_job());
+            tokio::task::spawn_blocking(move || handoff.run_job());
             return;
         }
         state.job_running = false;
@@ -244,7 +246,7 @@ mod tests {
         let mut writer = BackgroundWriter::start(File::create(&path).unwrap());
         writer.write(Bytes::from(vec![1; 1000])).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while writer.shared.lock().job_running {
+        while writer.handoff.lock().job_running {
             assert!(std::time::Instant::now() < deadline, "the job never ended");
             tokio::time::sleep(LINGER).await;
         }

@@ -6,14 +6,7 @@ use std::fmt;
 use crate::dicom::attributes::Tag;
 use crate::dicom::element::{Syntax, Writer};
 use crate::dicom::vr::Vr;
-
-/// oxidip's Implementation Class UID (0002,0012): a UUID-derived UID (PS3.5 §B.2), generated
-/// once and fixed, so every oxidip file names the same implementation.
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.311689584696630084678798053855609497509";
-
-/// Implementation Version Name (0002,0013), an SH: at most 16 characters.
-pub const IMPLEMENTATION_VERSION_NAME: &str = concat!("OXIDIP_", env!("CARGO_PKG_VERSION"));
-const _: () = assert!(IMPLEMENTATION_VERSION_NAME.len() <= 16);
+use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// Length of the File Preamble, which PS3.10 §7.1 leaves to the application; we write zeros.
 pub const PREAMBLE_LEN: usize = 128;
@@ -161,15 +154,6 @@ mod tests {
         let bytes = encode_file_meta(&meta).unwrap();
         let elements = parse_group(&bytes[PREAMBLE_LEN + 16..]);
         assert_eq!(elements.last().unwrap().0, 0x0013);
-    }
-
-    #[test]
-    fn implementation_identifiers_are_valid() {
-        // A UI is at most 64 characters of digits and dots (PS3.5 §9.1); ours is even already.
-        assert!(IMPLEMENTATION_CLASS_UID.len() <= 64);
-        assert_eq!(IMPLEMENTATION_CLASS_UID.len() % 2, 0);
-        assert!(IMPLEMENTATION_CLASS_UID.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
-        assert!(IMPLEMENTATION_VERSION_NAME.starts_with("OXIDIP_"));
     }
 
     #[test]

@@ -22,7 +22,12 @@
 //! With an fsync policy, each append is also synced, so power loss loses nothing acknowledged.
 //! A segment found unlinked (the storage root or the journal directory removed under a
 //! running receiver) is replaced, and the outstanding entries are written again into the new
-//! one: nothing is ever journaled into a deleted file.
+//! one. `watch` looks every `WATCH_INTERVAL` (one fstat, off every instance's path: checking
+//! at each append cost the 16-association receiver ~1.5 us of CPU an instance, the append's
+//! lock held longer), so entries appended meanwhile into the deleted file are written again
+//! too, being outstanding; and a segment deleted while no instance arrives is replaced all the
+//! same, where a check at append time would leave the entries in a deleted file until the
+//! next instance.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
@@ -31,7 +36,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -47,6 +53,8 @@ const SEGMENT_ENTRIES: u64 = 10_000;
 /// The first line of a segment, followed by the node id. (Segments of oxidip versions before
 /// it start with a path, which no template renders to this.)
 const HEADER_PREFIX: &str = "#oxidip-journal v1 node=";
+/// How often `watch` checks that the current segment is still linked.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Makes segment names unique within this process, across all journals.
 static NEXT_SEGMENT: AtomicU64 = AtomicU64::new(0);
@@ -75,9 +83,12 @@ struct State {
     /// The current segment may end with a partial line (an append failed): the next append
     /// starts a new one.
     broken: bool,
+    /// The current segment was found unlinked and could not be replaced yet (the storage root
+    /// is gone, say): every append tries again, and fails until it can.
+    lost: bool,
     next_seq: u64,
-    /// Appended, not yet acknowledged: sequence number -> relative path, kept to write them
-    /// again should their segment be deleted under us.
+    /// Appended, not yet acknowledged: sequence number -> its line (relative path and
+    /// newline), kept to write them again should their segment be deleted under us.
     outstanding: BTreeMap<u64, Box<str>>,
     closed: VecDeque<Segment>,
     /// For `ack=registered`: associations waiting for their instance's registration.
@@ -141,6 +152,7 @@ impl Journal {
         let state = State {
             current,
             broken: false,
+            lost: false,
             next_seq: 0,
             outstanding: BTreeMap::new(),
             closed: VecDeque::new(),
@@ -160,12 +172,14 @@ impl Journal {
     /// Records the intent to place an instance at `path` (its final path); returns its
     /// sequence number. Call before the rename; `cancel` it if the placement fails.
     pub fn append(&self, path: &Path) -> io::Result<u64> {
-        let relative: Box<str> = path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().into();
-        let mut state = self.lock();
-        self.make_room(&mut state)?;
+        let relative = path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy();
+        // One allocation, written and kept: exact capacity, so the box takes it as it is.
         let mut line = String::with_capacity(relative.len() + 1);
         line.push_str(&relative);
         line.push('\n');
+        let line = line.into_boxed_str();
+        let mut state = self.lock();
+        self.make_room(&mut state)?;
         let written = state.current.file.write_all(line.as_bytes());
         if let Err(e) = written.and_then(|()| if self.sync { state.current.file.sync_data() } else { Ok(()) }) {
             state.broken = true;
@@ -174,16 +188,13 @@ impl Journal {
         let seq = state.next_seq;
         state.next_seq += 1;
         state.current.end = state.next_seq;
-        state.outstanding.insert(seq, relative);
+        state.outstanding.insert(seq, line);
         Ok(seq)
     }
 
     /// Makes the current segment one that may take the next entry.
     fn make_room(&self, state: &mut State) -> io::Result<()> {
-        // One fstat per instance: the price of never journaling into a deleted file (an entry
-        // there would not survive a crash), e.g. after the storage root was removed and made
-        // again under a running receiver.
-        if state.current.is_unlinked()? {
+        if state.lost {
             return self.replace_lost_segments(state);
         }
         if state.broken || state.next_seq - state.current.start >= SEGMENT_ENTRIES {
@@ -204,9 +215,8 @@ impl Journal {
         let start = state.outstanding.keys().next().copied().unwrap_or(state.next_seq);
         let mut segment = self.new_segment(start)?;
         let mut lines = String::new();
-        for relative in state.outstanding.values() {
-            lines.push_str(relative);
-            lines.push('\n');
+        for line in state.outstanding.values() {
+            lines.push_str(line);
         }
         segment.file.write_all(lines.as_bytes())?;
         if self.sync {
@@ -220,7 +230,19 @@ impl Journal {
             }
         }
         state.broken = false;
+        state.lost = false;
         Ok(())
+    }
+
+    /// Replaces the current segment if it was deleted (see `replace_lost_segments`); an error
+    /// when it cannot be yet, after which appends fail until it can.
+    pub fn check(&self) -> io::Result<()> {
+        let mut state = self.lock();
+        if !state.lost && !state.current.is_unlinked()? {
+            return Ok(());
+        }
+        state.lost = true;
+        self.replace_lost_segments(&mut state)
     }
 
     /// The placement announced by `append` did not happen: the entry is not outstanding any
@@ -262,6 +284,18 @@ impl Journal {
     /// Entries appended and not yet registered: the journal backlog.
     pub fn backlog(&self) -> usize {
         self.lock().outstanding.len()
+    }
+}
+
+/// Checks `journal`'s current segment every `WATCH_INTERVAL` (`Journal::check`) for as long as
+/// it lives; a failure is tried again at the next tick (appends meanwhile fail: A700).
+pub async fn watch(journal: Weak<Journal>) {
+    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(journal) = journal.upgrade() else { return };
+        let _ = journal.check();
     }
 }
 
@@ -485,13 +519,46 @@ mod tests {
         }
         journal.acknowledge(&[1], true);
         fs::remove_dir_all(root.path().join(JOURNAL_DIR_NAME)).unwrap();
+        // Appended before the watch looks: into the deleted file, but outstanding.
         assert_eq!(journal.append(&root.path().join("d.dcm")).unwrap(), 3);
+        journal.check().unwrap();
         let files = journal_files(root.path());
         assert_eq!(files.len(), 1);
         assert_eq!(lines(&files[0]), vec![header("n"), "a.dcm".into(), "c.dcm".into(), "d.dcm".into()]);
-        journal.acknowledge(&[0, 2, 3], true);
+        journal.append(&root.path().join("e.dcm")).unwrap();
+        assert_eq!(lines(&files[0]).last().map(String::as_str), Some("e.dcm"), "appends go to the new segment");
+        journal.acknowledge(&[0, 2, 3, 4], true);
         drop(journal);
         assert!(journal_files(root.path()).is_empty());
+    }
+
+    /// Polls `done` every few milliseconds for up to 5 s.
+    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn the_watch_replaces_a_deleted_segment_without_an_append() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = std::sync::Arc::new(Journal::open(root.path(), false, "n").unwrap());
+        journal.append(&root.path().join("a.dcm")).unwrap();
+        let watching = tokio::spawn(watch(std::sync::Arc::downgrade(&journal)));
+        let dir = root.path().join(JOURNAL_DIR_NAME);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            eventually(|| dir.is_dir() && journal_files(root.path()).len() == 1).await,
+            "made again by the watch alone"
+        );
+        assert_eq!(lines(&journal_files(root.path())[0]), vec![header("n"), "a.dcm".into()]);
+        drop(journal);
+        assert!(eventually(|| watching.is_finished()).await, "the watch ends with its journal");
     }
 
     #[test]
@@ -501,6 +568,8 @@ mod tests {
         fs::create_dir(&root).unwrap();
         let journal = Journal::open(&root, false, "n").unwrap();
         fs::remove_dir_all(&root).unwrap();
+        let err = journal.check().unwrap_err();
+        assert!(err.to_string().contains("storage root") && err.to_string().contains("is gone"), "{err}");
         let err = journal.append(&root.join("a.dcm")).unwrap_err();
         assert!(err.to_string().contains("storage root") && err.to_string().contains("is gone"), "{err}");
         assert!(!root.exists(), "the root is not made again");

@@ -203,7 +203,7 @@ pub fn read_stored(path: &Path) -> io::Result<StoredInstance> {
         source_aet: meta.source_aet,
         media_storage_sop_class_uid: meta.sop_class_uid,
         media_storage_sop_instance_uid: meta.sop_instance_uid,
-        modified_at: crate::server::events::unix_time(modified_at),
+        modified_at: crate::clock::unix_time(modified_at),
     })
 }
 

@@ -920,6 +920,8 @@ mod tests {
         let journal_dir = root.path().join(crate::storage::journal::JOURNAL_DIR_NAME);
         fs::remove_dir_all(&journal_dir).unwrap();
         fs::write(&journal_dir, b"").unwrap();
+        // As the server's journal watch would, within `WATCH_INTERVAL`.
+        assert!(storage.journal().check().is_err());
         let err = store(&storage, "a/1.dcm", b"x", 1).unwrap_err();
         assert!(matches!(err, CommitError::Journal(_)), "{err}");
         assert!(!root.path().join("a/1.dcm").exists());
@@ -934,6 +936,8 @@ mod tests {
         store(&storage, "a/1.dcm", b"before", 1).unwrap();
         fs::remove_dir_all(&root).unwrap();
         fs::create_dir(&root).unwrap();
+        // As the server's journal watch would, within `WATCH_INTERVAL`.
+        storage.journal().check().unwrap();
         let committed = store(&storage, "a/2.dcm", b"after", 1).unwrap();
         assert!(fs::read(&committed.path).unwrap() == expected_file(b"after"));
         assert_eq!(journal_lines(&root), vec!["a/1.dcm", "a/2.dcm"], "the outstanding entries, again");

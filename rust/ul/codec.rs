@@ -82,9 +82,11 @@ impl CodecError {
     /// items are skipped, PS3.8 §9.3 leniency).
     pub fn abort_reason(&self) -> u8 {
         match self {
-            CodecError::UnrecognizedPdu { .. } => 1,
-            CodecError::UnexpectedItem { .. } => 5,
-            CodecError::PduTooLong { .. } | CodecError::InvalidLength { .. } | CodecError::InvalidValue { .. } => 6,
+            CodecError::UnrecognizedPdu { .. } => abort::REASON_UNRECOGNIZED_PDU,
+            CodecError::UnexpectedItem { .. } => abort::REASON_UNEXPECTED_PDU_PARAMETER,
+            CodecError::PduTooLong { .. } | CodecError::InvalidLength { .. } | CodecError::InvalidValue { .. } => {
+                abort::REASON_INVALID_PDU_PARAMETER_VALUE
+            }
         }
     }
 }
@@ -260,18 +262,30 @@ impl PData {
     }
 
     /// The PDVs in order; each one's data is a slice of the received PDU, never copied.
-    pub fn iter(&self) -> Pdvs<'_> {
-        Pdvs { items: &self.items, offset: 0 }
+    pub fn iter(&self) -> Pdvs {
+        self.clone().into_iter()
+    }
+}
+
+impl IntoIterator for PData {
+    type Item = Pdv;
+    type IntoIter = Pdvs;
+
+    /// The PDVs in order, owning the PDU: a reader can keep the rest of a P-DATA-TF between
+    /// messages (`dimse::channel`).
+    fn into_iter(self) -> Pdvs {
+        Pdvs { items: self.items, offset: 0 }
     }
 }
 
 /// The PDVs of a `PData`, read as they are asked for.
-pub struct Pdvs<'a> {
-    items: &'a Bytes,
+#[derive(Debug)]
+pub struct Pdvs {
+    items: Bytes,
     offset: usize,
 }
 
-impl Iterator for Pdvs<'_> {
+impl Iterator for Pdvs {
     type Item = Pdv;
 
     fn next(&mut self) -> Option<Pdv> {

@@ -132,6 +132,41 @@ impl<S: ByteStream> Connection<S> {
         dataset: Option<&[&[u8]]>,
         peer_max_pdu: u32,
     ) -> io::Result<()> {
+        self.write_pdvs(context_id, Some(command), dataset.map(|d| (d, true)), peer_max_pdu).await
+    }
+
+    /// Sends a message whose data set is to continue (`write_data`): its command set and
+    /// the data set's first segments, none flagged last.
+    pub async fn write_message_start(
+        &mut self,
+        context_id: u8,
+        command: &[u8],
+        first: &[&[u8]],
+        peer_max_pdu: u32,
+    ) -> io::Result<()> {
+        self.write_pdvs(context_id, Some(command), Some((first, false)), peer_max_pdu).await
+    }
+
+    /// Sends more of a data set begun with `write_message_start`; `last` flags its end.
+    pub async fn write_data(
+        &mut self,
+        context_id: u8,
+        data: &[&[u8]],
+        last: bool,
+        peer_max_pdu: u32,
+    ) -> io::Result<()> {
+        self.write_pdvs(context_id, None, Some((data, last)), peer_max_pdu).await
+    }
+
+    /// The command set (whole) and data set segments (ending the data set or not) as
+    /// P-DATA-TF PDUs, in one writev when the socket takes them.
+    async fn write_pdvs(
+        &mut self,
+        context_id: u8,
+        command: Option<&[u8]>,
+        dataset: Option<(&[&[u8]], bool)>,
+        peer_max_pdu: u32,
+    ) -> io::Result<()> {
         // 12 bytes is the smallest PDU that carries any data; a peer asking for less is ignored.
         let max_fragment = match peer_max_pdu {
             0 => u32::MAX as usize - codec::PDATA_HEADER_LEN,
@@ -139,9 +174,11 @@ impl<S: ByteStream> Connection<S> {
         };
         let mut headers = Vec::new();
         let mut pieces = Vec::new();
-        fragment(&[command], true, context_id, max_fragment, &mut headers, &mut pieces);
-        if let Some(dataset) = dataset {
-            fragment(dataset, false, context_id, max_fragment, &mut headers, &mut pieces);
+        if let Some(command) = command {
+            fragment(&[command], true, true, context_id, max_fragment, &mut headers, &mut pieces);
+        }
+        if let Some((dataset, ends)) = dataset {
+            fragment(dataset, false, ends, context_id, max_fragment, &mut headers, &mut pieces);
         }
         let mut slices: Vec<IoSlice<'_>> = pieces
             .iter()
@@ -185,11 +222,13 @@ enum Piece<'a> {
     Data(&'a [u8]),
 }
 
-/// Cuts `segments` (one command set or data set) into fragments of at most `max_fragment`
-/// bytes, appending each fragment's P-DATA-TF header and its data slices to `pieces`.
+/// Cuts `segments` (one command set or data set, or a part of a data set) into fragments of
+/// at most `max_fragment` bytes, appending each fragment's P-DATA-TF header and its data
+/// slices to `pieces`; the last fragment is flagged last when `ends`.
 fn fragment<'a>(
     segments: &[&'a [u8]],
     is_command: bool,
+    ends: bool,
     context_id: u8,
     max_fragment: usize,
     headers: &mut Vec<[u8; codec::PDATA_HEADER_LEN]>,
@@ -202,7 +241,7 @@ fn fragment<'a>(
         let len = remaining.min(max_fragment);
         remaining -= len;
         // `len` fits: max_fragment is below u32::MAX less the headers.
-        headers.push(codec::pdata_header(context_id, is_command, remaining == 0, len as u32));
+        headers.push(codec::pdata_header(context_id, is_command, ends && remaining == 0, len as u32));
         pieces.push(Piece::Header(headers.len() - 1));
         let mut needed = len;
         while needed > 0 {

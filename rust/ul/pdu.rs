@@ -135,7 +135,7 @@ pub struct UserIdentity {
     pub secondary_field: Vec<u8>,
 }
 
-/// A-ASSOCIATE-RJ (PS3.8 §9.3.4, table 9-21).
+/// A-ASSOCIATE-RJ (PS3.8 §9.3.4, table 9-21); its values are in [`reject`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AssociateRj {
     /// 1 rejected-permanent, 2 rejected-transient.
@@ -145,14 +145,72 @@ pub struct AssociateRj {
     pub reason: u8,
 }
 
-/// A-ABORT (PS3.8 §9.3.8, table 9-26).
+/// The values of A-ASSOCIATE-RJ's fields (PS3.8 table 9-21). Reasons are numbered per source.
+pub mod reject {
+    pub const REJECTED_PERMANENT: u8 = 1;
+    pub const REJECTED_TRANSIENT: u8 = 2;
+
+    pub const SOURCE_SERVICE_USER: u8 = 1;
+    pub const SOURCE_SERVICE_PROVIDER_ACSE: u8 = 2;
+    pub const SOURCE_SERVICE_PROVIDER_PRESENTATION: u8 = 3;
+
+    /// Source 1 (service user).
+    pub const REASON_NO_REASON_GIVEN: u8 = 1;
+    pub const REASON_APPLICATION_CONTEXT_NOT_SUPPORTED: u8 = 2;
+    pub const REASON_CALLING_AE_NOT_RECOGNIZED: u8 = 3;
+    pub const REASON_CALLED_AE_NOT_RECOGNIZED: u8 = 7;
+    /// Source 2 (service provider, ACSE).
+    pub const REASON_PROTOCOL_VERSION_NOT_SUPPORTED: u8 = 2;
+    /// Source 3 (service provider, presentation).
+    pub const REASON_TEMPORARY_CONGESTION: u8 = 1;
+    pub const REASON_LOCAL_LIMIT_EXCEEDED: u8 = 2;
+}
+
+impl std::fmt::Display for AssociateRj {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "A-ASSOCIATE-RJ result {}, source {}, reason {}", self.result, self.source, self.reason)
+    }
+}
+
+/// A-ABORT (PS3.8 §9.3.8, table 9-26); its values are in [`abort`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Abort {
     /// 0 service user, 2 service provider.
     pub source: u8,
-    /// Meaningful only for source 2: 0 not specified, 1 unrecognized PDU, 2 unexpected PDU,
-    /// 4 unrecognized PDU parameter, 5 unexpected PDU parameter, 6 invalid PDU parameter value.
+    /// Meaningful only for source 2 (see [`abort`]).
     pub reason: u8,
+}
+
+/// The values of A-ABORT's fields (PS3.8 table 9-26).
+pub mod abort {
+    /// A-ABORT service user (PS3.8 §7.3): the application gave up on the association.
+    pub const SOURCE_SERVICE_USER: u8 = 0;
+    /// A-P-ABORT (PS3.8 §7.4): the upper layer met a protocol error.
+    pub const SOURCE_SERVICE_PROVIDER: u8 = 2;
+
+    /// Reasons, meaningful for source 2 only (0 is sent with source 0).
+    pub const REASON_NOT_SPECIFIED: u8 = 0;
+    pub const REASON_UNRECOGNIZED_PDU: u8 = 1;
+    pub const REASON_UNEXPECTED_PDU: u8 = 2;
+    pub const REASON_UNRECOGNIZED_PDU_PARAMETER: u8 = 4;
+    pub const REASON_UNEXPECTED_PDU_PARAMETER: u8 = 5;
+    pub const REASON_INVALID_PDU_PARAMETER_VALUE: u8 = 6;
+}
+
+impl Abort {
+    /// An A-ABORT of the service user (PS3.8 §7.3.1): we end the association ourselves.
+    pub const BY_USER: Abort = Abort { source: abort::SOURCE_SERVICE_USER, reason: abort::REASON_NOT_SPECIFIED };
+
+    /// An A-P-ABORT for a protocol error, with its reason (PS3.8 §7.4).
+    pub fn by_provider(reason: u8) -> Abort {
+        Abort { source: abort::SOURCE_SERVICE_PROVIDER, reason }
+    }
+}
+
+impl std::fmt::Display for Abort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "A-ABORT source {}, reason {}", self.source, self.reason)
+    }
 }
 
 /// The presentation data value items of a P-DATA-TF (PS3.8 §9.3.5): the PDU body, whose item

@@ -1,12 +1,13 @@
-//! Events the server hands to Python in batches: one per stored instance, per failed
-//! instance and per finished association; one per association whose proposal was partly
+//! Events the core hands to Python in batches: one per stored instance, per failed
+//! instance (from whichever association received it: the server's, or one a client
+//! requested) and per finished association; one per association whose proposal was partly
 //! refused, per connection refused before it became an association, and warnings about the
 //! server itself. The queue is bounded: when Python falls behind, association tasks wait on
 //! `send`, stop reading their sockets, and TCP pushes back on the senders.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::runtime::Handle;
@@ -119,11 +120,6 @@ pub struct ConnectionRefused {
 pub struct ServerWarning {
     pub message: String,
     pub detail: String,
-}
-
-/// Seconds since the Unix epoch, as Python's `time.time()`.
-pub fn unix_time(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// The sending side, cloned into every association task.

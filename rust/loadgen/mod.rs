@@ -1,9 +1,12 @@
-//! A load generator: K associations sending N instances generated in memory (see `template`),
-//! optionally while M more associations are held open and idle.
+//! A load generator, for `oxidip bench` only: K associations of our client sending N
+//! instances generated in memory (see `template`), optionally while M more associations are
+//! held open and idle.
 //!
 //! The data set is built once per association; each instance only rewrites a few digits in
 //! place and its pixel data is shared, so the sender is never bound by reading or building
 //! files, and a 1 GB instance costs it no memory.
+
+pub mod template;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,10 +15,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsConnector;
 
-use super::template::{Image, Template};
-use super::{Client, ClientOptions, ClientTls, ScuError};
+use crate::client::{Client, ClientError, ClientOptions, ClientTls};
 use crate::dicom::transfer_syntax::{EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN};
+use crate::dimse::status::StatusClass;
 use crate::transport::tls;
+use crate::ul::association::requestor::ProposedContext;
+use template::{Image, Template};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadOptions {
@@ -118,15 +123,11 @@ struct TaskResult {
     error: Option<String>,
 }
 
-fn is_success_or_warning(status: u16) -> bool {
-    status == 0x0000 || status == 0x0001 || status & 0xF000 == 0xB000
-}
-
 fn client_options(options: &LoadOptions, tls: &Option<ClientTls>) -> ClientOptions {
     ClientOptions {
         calling_aet: options.calling_aet.clone(),
         called_aet: options.called_aet.clone(),
-        contexts: vec![(options.image.sop_class().into(), vec![options.transfer_syntax.clone()])],
+        contexts: vec![ProposedContext::scu(options.image.sop_class(), &[&options.transfer_syntax])],
         max_pdu_length: options.max_pdu_length,
         timeout: Duration::from_secs_f64(options.timeout.max(0.001)),
         tls: tls.clone(),
@@ -158,7 +159,7 @@ async fn association(
     };
     if client.context_for(sop_class).is_none() {
         result.not_sent = count;
-        result.error = Some(format!("{} with {}", ScuError::NoContext(sop_class.into()), options.transfer_syntax));
+        result.error = Some(format!("{} with {}", ClientError::NoContext(sop_class.into()), options.transfer_syntax));
         client.abort().await;
         return result;
     }
@@ -176,7 +177,7 @@ async fn association(
             Ok(status) => {
                 result.latencies_us.push(start.elapsed().as_micros() as u64);
                 result.bytes += template.dataset_len() as u64;
-                if is_success_or_warning(status) {
+                if StatusClass::of(status).performed() {
                     result.ok += 1;
                 } else {
                     *result.statuses.entry(status).or_default() += 1;
@@ -310,3 +311,6 @@ pub fn run(options: LoadOptions) -> Result<LoadReport, String> {
     report.latency_max_ms = latencies.last().map_or(0.0, |&us| us as f64 / 1000.0);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests;
