@@ -433,10 +433,21 @@ fn claim_orphan_journals(py: Python<'_>, files_root: &str) -> PyResult<Vec<Orpha
 /// `oxidip._boundary.StoredInstance`.
 #[pyfunction]
 fn read_instance<'py>(py: Python<'py>, path: &str) -> PyResult<Bound<'py, PyBytes>> {
-    let stored = py
-        .allow_threads(|| read_back::read_stored(Path::new(path)))
-        .map_err(|e| PyValueError::new_err(format!("{path}: {e}")))?;
-    let bytes = rmp_serde::to_vec_named(&stored).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    let stored = py.allow_threads(|| read_back::read_stored(Path::new(path)));
+    msgpack(py, &stored.map_err(|e| PyValueError::new_err(format!("{path}: {e}")))?)
+}
+
+/// A stored Part 10 file's SOP Class, SOP Instance and Transfer Syntax UIDs and the byte
+/// range of its data set, for sending it on, as msgpack of `oxidip._boundary.StoredDataSet`.
+#[pyfunction]
+fn read_stored_for_sending<'py>(py: Python<'py>, path: &str) -> PyResult<Bound<'py, PyBytes>> {
+    let stored = py.allow_threads(|| read_back::read_stored_for_sending(Path::new(path)));
+    let (data_set, _file) = stored.map_err(|e| PyValueError::new_err(format!("{path}: {e}")))?;
+    msgpack(py, &data_set)
+}
+
+fn msgpack<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = rmp_serde::to_vec_named(value).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     Ok(PyBytes::new(py, &bytes))
 }
 
@@ -470,6 +481,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(claim_orphan_journals, m)?)?;
     m.add_function(wrap_pyfunction!(check_tls, m)?)?;
     m.add_function(wrap_pyfunction!(read_instance, m)?)?;
+    m.add_function(wrap_pyfunction!(read_stored_for_sending, m)?)?;
     m.add_function(wrap_pyfunction!(send_load, m)?)?;
     m.add_function(wrap_pyfunction!(find, m)?)?;
     Ok(())

@@ -46,6 +46,7 @@ from tests.helpers.senders import (
     storescu,
     storescu_config,
 )
+from tests.test_read_for_sending import read_for_sending
 
 SELECTED = corpus.selected()
 #: Sent to receivers with the default configuration: every file that has the Study and
@@ -171,6 +172,11 @@ def _verify_instance(
             f"dataset bytes differ from those sent: {len(stored.dataset)} stored, "
             f"{len(data)} sent, first difference at {first}"
         )
+    # Read back for sending it on: the UIDs it was stored under, the data set's byte range.
+    sending = read_for_sending(path)
+    assert (sending.sop_class_uid, sending.sop_instance_uid) == (cf.sop_class, cf.sop_instance)
+    assert sending.transfer_syntax_uid == ts
+    assert (sending.offset, sending.len) == (event.size - len(data), len(data))
     ds = pydicom.dcmread(path)
     assert ds.SOPInstanceUID == cf.sop_instance
     assert ds.file_meta.TransferSyntaxUID == ts

@@ -336,6 +336,23 @@ class StoredFile(msgspec.Struct, frozen=True):
     modified_at: float
 
 
+class StoredDataSet(msgspec.Struct, frozen=True):
+    """A stored Part 10 file as sending it on needs it (``_core.read_stored_for_sending``):
+    the UIDs of its C-STORE request, checked against its data set, and the byte range of
+    its data set, streamed from the file as it is."""
+
+    #: (0002,0002) Media Storage SOP Class UID, equal to the data set's SOP Class UID.
+    sop_class_uid: str
+    #: (0002,0003) Media Storage SOP Instance UID, equal to the data set's SOP Instance UID.
+    sop_instance_uid: str
+    #: (0002,0010) Transfer Syntax UID.
+    transfer_syntax_uid: str
+    #: Offset of the data set in the file: just past the file meta group.
+    offset: int
+    #: Length of the data set: the rest of the file.
+    len: int
+
+
 class LoadOptions(msgspec.Struct, frozen=True):
     """What ``_core.send_load`` sends (``scu::load::LoadOptions``)."""
 

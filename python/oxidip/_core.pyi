@@ -80,6 +80,12 @@ def read_instance(path: str) -> bytes:
     """msgpack of ``oxidip._boundary.StoredFile`` for a stored Part 10 file. Raises
     ValueError when the file is not a Part 10 file oxidip can read."""
 
+def read_stored_for_sending(path: str) -> bytes:
+    """msgpack of ``oxidip._boundary.StoredDataSet`` for a stored Part 10 file: its SOP Class,
+    SOP Instance and Transfer Syntax UIDs (file meta, checked against the data set) and the
+    byte range of its data set. Raises ValueError naming the problem when the file is not
+    Part 10, its meta is truncated or inconsistent, or its transfer syntax unknown."""
+
 def send_load(options: bytes) -> bytes:
     """Runs the load generator: ``options`` is msgpack of ``oxidip._boundary.LoadOptions``,
     the result msgpack of ``LoadReport``. Blocks (without the GIL) until every association

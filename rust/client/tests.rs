@@ -11,7 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::query_retrieve::{get_contexts, RetrieveOutcome};
 use super::*;
+use crate::dicom::element::{Syntax, Writer};
 use crate::dicom::transfer_syntax::EXPLICIT_VR_LITTLE_ENDIAN;
+use crate::dicom::vr::Vr;
 use crate::dimse::channel::Collected;
 use crate::dimse::command::field;
 use crate::dimse::query_retrieve::{
@@ -21,7 +23,7 @@ use crate::dimse::status::{self, Status};
 use crate::events::Event;
 use crate::loadgen::template::{Image, Template, SECONDARY_CAPTURE};
 use crate::server::config::ServerConfig;
-use crate::server::tests::{config, dataset, element};
+use crate::server::tests::{config, dataset};
 use crate::server::Server;
 use crate::service::store::{StoreProvider, StoreService, Uncounted};
 use crate::storage::writer::Storage;
@@ -65,10 +67,18 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A Study Root identifier (PS3.4 C.6.2): what a query or retrieve names.
 fn identifier(level: &str, series_uid: &str) -> Vec<u8> {
-    let mut id = Vec::new();
-    element(&mut id, 0x0008, 0x0052, b"CS", level);
-    element(&mut id, 0x0020, 0x000E, b"UI", series_uid);
-    id
+    let mut id = Writer::new(Syntax::ExplicitLittle);
+    id.text(0x0008_0052, Vr::CS, level).unwrap();
+    id.text(0x0020_000E, Vr::UI, series_uid).unwrap();
+    id.into_bytes()
+}
+
+/// A retrieve's identifier naming the instances it failed: Failed SOP Instance UID List
+/// (0008,0058), PS3.4 C.4.3.1.3.1.
+fn failed_sop_instances(uids: &str) -> Vec<u8> {
+    let mut list = Writer::new(Syntax::ExplicitLittle);
+    list.text(0x0008_0058, Vr::UI, uids).unwrap();
+    list.into_bytes()
 }
 
 // --- test-only acceptors -------------------------------------------------------------------
@@ -208,8 +218,7 @@ async fn get_scp(listener: TcpListener, instances: Vec<(String, Vec<u8>)>) -> Ve
         failed: Some(failed_uids.len() as u16),
         warning: Some(0),
     };
-    let mut failed_list = Vec::new();
-    element(&mut failed_list, 0x0008, 0x0058, b"UI", &failed_uids.join("\\"));
+    let failed_list = failed_sop_instances(&failed_uids.join("\\"));
     let done = Status::failure(status::SUB_OPERATIONS_WITH_FAILURES, "sub-operations failed");
     let rsp = retrieve_rsp(field::C_GET_RSP, id, STUDY_ROOT_GET, &done, &counts, true);
     channel.send(context_id, &rsp, Some(&[&failed_list])).await.unwrap();
@@ -471,9 +480,7 @@ fn get_stores_the_sub_operations_through_the_store_path() {
     assert_eq!(pendings, [Some(2), Some(1), Some(0)]);
     assert_eq!(outcome.status.code, status::SUB_OPERATIONS_WITH_FAILURES);
     assert_eq!((outcome.sub_operations.completed, outcome.sub_operations.failed), (Some(2), Some(1)));
-    let mut failed_list = Vec::new();
-    element(&mut failed_list, 0x0008, 0x0058, b"UI", "1.2.826.3");
-    assert_eq!(outcome.identifier, Some(failed_list));
+    assert_eq!(outcome.identifier, Some(failed_sop_instances("1.2.826.3")));
     assert_eq!((counts.stored, counts.failed), (2, 1));
     // In place under the template, {CallingAET} being the peer that sent them.
     let files = files_under(&root.path().join("PACS"));

@@ -22,8 +22,12 @@ use std::fmt;
 
 use crate::dicom::attributes::{is_extracted, keyword_of, Attributes, Tag, LAST_EXTRACTED_TAG};
 use crate::dicom::charset::decode_text;
+use crate::dicom::element::{
+    Syntax, TagName, ITEM, ITEM_DELIMITATION, ITEM_GROUP, PIXEL_DATA, SEQUENCE_DELIMITATION, UNDEFINED_LENGTH,
+};
 use crate::dicom::inflate::{InflateError, InflateLimits, Inflated, Inflater};
 use crate::dicom::transfer_syntax::Encoding;
+use crate::dicom::vr::{self, Vr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtractError {
@@ -62,17 +66,11 @@ fn error<T>(message: impl Into<String>) -> Result<T, ExtractError> {
 const MAX_VALUE_LENGTH: u32 = 64 * 1024;
 /// Deepest nesting of sequences and items we follow (each counts one).
 const MAX_NESTING: usize = 2 * 64;
-/// Value Length 0xFFFFFFFF (PS3.5 §7.1.1).
-const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
-
-// Item and delimitation tags (PS3.5 §7.5, table 7.5-3).
-const ITEM: Tag = 0xFFFE_E000;
-const ITEM_DELIMITATION: Tag = 0xFFFE_E00D;
-const SEQUENCE_DELIMITATION: Tag = 0xFFFE_E0DD;
-const ITEM_GROUP: u32 = 0xFFFE;
-
 const SPECIFIC_CHARACTER_SET: Tag = 0x0008_0005;
-const PIXEL_DATA: Tag = 0x7FE0_0010;
+
+// The VRs whose headers the walk acts on, as they appear in a header.
+const SQ: [u8; 2] = Vr::SQ.code();
+const UN: [u8; 2] = Vr::UN.code();
 
 /// Walks a data set fed to it in order, in fragments of any size, and extracts `Attributes`.
 pub struct Extractor {
@@ -152,30 +150,6 @@ impl Extractor {
             self.parser.check_ended()?;
         }
         Ok(self.parser.attributes)
-    }
-}
-
-/// The byte-level encoding of the elements being read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Syntax {
-    ImplicitLittle,
-    ExplicitLittle,
-    ExplicitBig,
-}
-
-impl Syntax {
-    fn u16(self, bytes: [u8; 2]) -> u16 {
-        match self {
-            Syntax::ExplicitBig => u16::from_be_bytes(bytes),
-            _ => u16::from_le_bytes(bytes),
-        }
-    }
-
-    fn u32(self, bytes: [u8; 4]) -> u32 {
-        match self {
-            Syntax::ExplicitBig => u32::from_be_bytes(bytes),
-            _ => u32::from_le_bytes(bytes),
-        }
     }
 }
 
@@ -313,7 +287,9 @@ impl Parser {
         self.stack.last().and_then(|container| container.limit)
     }
 
-    /// The tag of a header whose first 4 bytes (at least) are `h`.
+    /// The tag of a header whose first 4 bytes (at least) are `h`. Called for every header
+    /// (twice for most): inlined, or its call costs as much as its work.
+    #[inline(always)]
     fn tag_of(&self, h: &[u8]) -> Tag {
         let syntax = self.current_syntax();
         let group = syntax.u16([h[0], h[1]]);
@@ -389,7 +365,7 @@ impl Parser {
         if self.at_start
             && self.header_len == 6
             && self.syntax == Syntax::ExplicitLittle
-            && explicit_header_size([self.header[4], self.header[5]]).is_none()
+            && vr::explicit_header_len([self.header[4], self.header[5]]).is_none()
         {
             self.syntax = Syntax::ImplicitLittle;
         }
@@ -408,7 +384,7 @@ impl Parser {
         if h.len() < 6 {
             return 6;
         }
-        explicit_header_size([h[4], h[5]]).unwrap_or(8)
+        vr::explicit_header_len([h[4], h[5]]).unwrap_or(vr::SHORT_HEADER_LEN)
     }
 
     /// The VR of header `h`, if it has one. Some writers encode elements in implicit VR
@@ -418,13 +394,13 @@ impl Parser {
     /// such data sets too). Refusing them would refuse what other receivers accept.
     fn element_vr(&self, tag: Tag, h: &[u8]) -> Option<[u8; 2]> {
         let vr = [h[4], h[5]];
-        (self.has_vr(tag) && explicit_header_size(vr).is_some()).then_some(vr)
+        (self.has_vr(tag) && vr::explicit_header_len(vr).is_some()).then_some(vr)
     }
 
     /// Whether the header of this tag has a VR: explicit VR data elements only, not items
     /// and delimiters (PS3.5 §7.1.2, §7.5).
     fn has_vr(&self, tag: Tag) -> bool {
-        self.current_syntax() != Syntax::ImplicitLittle && !self.in_sequence() && tag >> 16 != ITEM_GROUP
+        self.current_syntax() != Syntax::ImplicitLittle && !self.in_sequence() && tag >> 16 != u32::from(ITEM_GROUP)
     }
 
     /// Decodes a whole header `h` (8 or 12 bytes).
@@ -485,7 +461,7 @@ impl Parser {
             }
             ITEM | SEQUENCE_DELIMITATION => error(format!("{} outside a sequence", TagName(header.tag))),
             _ if header.length == UNDEFINED_LENGTH => self.open_undefined_length(&header),
-            _ if header.vr == Some(*b"SQ") => {
+            _ if header.vr == Some(SQ) => {
                 self.open(ContainerKind::Sequence, self.current_syntax(), Some(header.length))
             }
             tag if self.stack.is_empty() && is_extracted(tag) => self.start_value(tag, header.length),
@@ -498,9 +474,9 @@ impl Parser {
     fn open_undefined_length(&mut self, header: &Header) -> Result<(), ExtractError> {
         let syntax = self.current_syntax();
         let (kind, syntax) = match header.vr {
-            Some(vr) if &vr == b"SQ" => (ContainerKind::Sequence, syntax),
+            Some(vr) if vr == SQ => (ContainerKind::Sequence, syntax),
             // UN of undefined length holds a sequence in implicit VR little endian (§6.2.2).
-            Some(vr) if &vr == b"UN" => (ContainerKind::Sequence, Syntax::ImplicitLittle),
+            Some(vr) if vr == UN => (ContainerKind::Sequence, Syntax::ImplicitLittle),
             Some(_) => (ContainerKind::Fragments, syntax),
             None if header.tag == PIXEL_DATA => (ContainerKind::Fragments, syntax),
             None => (ContainerKind::Sequence, syntax),
@@ -629,31 +605,8 @@ fn is_uid(tag: Tag) -> bool {
     matches!(tag, 0x0008_0016 | 0x0008_0018 | 0x0020_000D | 0x0020_000E)
 }
 
-/// Header size of an explicit VR data element (PS3.5 §7.1.2, table 7.1-1 and 7.1-2): 12
-/// bytes for the VRs with a reserved field and a 4-byte length, 8 for the others, and 8 for
-/// two capital letters this table does not know (as dcmtk and pydicom read them: a 2-byte
-/// length). None for bytes that are no VR.
-fn explicit_header_size(vr: [u8; 2]) -> Option<usize> {
-    match &vr {
-        b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV" => {
-            Some(12)
-        }
-        _ if vr.iter().all(u8::is_ascii_uppercase) => Some(8),
-        _ => None,
-    }
-}
-
 fn overrun<T>(what: impl fmt::Display, outer: ContainerKind) -> Result<T, ExtractError> {
     error(format!("{what} runs past the end of its {}", outer.name()))
-}
-
-/// Formats a tag as (gggg,eeee) for messages.
-struct TagName(Tag);
-
-impl fmt::Display for TagName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "({:04X},{:04X})", self.0 >> 16, self.0 & 0xFFFF)
-    }
 }
 
 #[cfg(test)]
@@ -663,119 +616,95 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::dicom::element::Writer;
     use crate::dicom::inflate::InflateError;
 
-    /// Builds datasets in one syntax. `boundaries` records the offsets between top-level
-    /// elements: the only places a dataset may be cut without `finish` failing.
+    /// Builds datasets in one syntax with the element writer. `boundaries` records the
+    /// offsets between top-level elements: the only places a dataset may be cut without
+    /// `finish` failing.
     struct Builder {
-        syntax: Syntax,
-        bytes: Vec<u8>,
+        w: Writer,
         depth: usize,
         boundaries: Vec<usize>,
     }
 
     impl Builder {
         fn new(syntax: Syntax) -> Self {
-            Self { syntax, bytes: Vec::new(), depth: 0, boundaries: vec![0] }
+            Self { w: Writer::new(syntax), depth: 0, boundaries: vec![0] }
         }
 
-        fn u16(&mut self, v: u16) {
-            let bytes = match self.syntax {
-                Syntax::ExplicitBig => v.to_be_bytes(),
-                _ => v.to_le_bytes(),
-            };
-            self.bytes.extend_from_slice(&bytes);
+        fn bytes(&self) -> &[u8] {
+            self.w.bytes()
         }
 
-        fn u32(&mut self, v: u32) {
-            let bytes = match self.syntax {
-                Syntax::ExplicitBig => v.to_be_bytes(),
-                _ => v.to_le_bytes(),
-            };
-            self.bytes.extend_from_slice(&bytes);
+        /// Bytes as they are (a header cut short, a nested data set of another syntax).
+        fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+            self.w.raw(bytes);
+            self
         }
 
-        fn tag(&mut self, tag: Tag) {
-            self.u16((tag >> 16) as u16);
-            self.u16(tag as u16);
+        fn item_header(&mut self, tag: Tag, length: u32) -> &mut Self {
+            self.w.item_header(tag, length);
+            self
         }
 
-        fn header(&mut self, tag: Tag, vr: &[u8; 2], length: u32) {
-            self.tag(tag);
-            if self.syntax == Syntax::ImplicitLittle {
-                self.u32(length);
-            } else if explicit_header_size(*vr) == Some(12) {
-                self.bytes.extend_from_slice(vr);
-                self.bytes.extend_from_slice(&[0, 0]);
-                self.u32(length);
-            } else {
-                self.bytes.extend_from_slice(vr);
-                self.u16(length as u16);
-            }
+        fn header(&mut self, tag: Tag, vr: Vr, length: u32) -> &mut Self {
+            self.w.header(tag, vr, length).unwrap();
+            self
         }
 
         fn boundary(&mut self) {
             if self.depth == 0 {
-                self.boundaries.push(self.bytes.len());
+                self.boundaries.push(self.w.len());
             }
         }
 
-        fn element(&mut self, tag: Tag, vr: &[u8; 2], value: &[u8]) -> &mut Self {
-            self.header(tag, vr, value.len() as u32);
-            self.bytes.extend_from_slice(value);
+        fn element(&mut self, tag: Tag, vr: Vr, value: &[u8]) -> &mut Self {
+            self.w.element(tag, vr, value).unwrap();
             self.boundary();
             self
         }
 
-        fn text(&mut self, tag: Tag, vr: &[u8; 2], value: &str) -> &mut Self {
-            let mut value = value.as_bytes().to_vec();
-            if value.len() % 2 == 1 {
-                value.push(if vr == b"UI" { 0 } else { b' ' });
-            }
-            self.element(tag, vr, &value)
+        fn text(&mut self, tag: Tag, vr: Vr, value: &str) -> &mut Self {
+            self.element(tag, vr, value.as_bytes())
         }
 
         /// An undefined-length sequence (VR SQ, or UN whose content is then implicit VR LE).
-        fn open_sequence(&mut self, tag: Tag, vr: &[u8; 2]) -> &mut Self {
-            self.header(tag, vr, UNDEFINED_LENGTH);
+        fn open_sequence(&mut self, tag: Tag, vr: Vr) -> &mut Self {
+            self.w.open_sequence(tag, vr).unwrap();
             self.depth += 1;
             self
         }
 
         fn open_item(&mut self) -> &mut Self {
-            self.tag(ITEM);
-            self.u32(UNDEFINED_LENGTH);
+            self.w.open_item();
             self.depth += 1;
             self
         }
 
         fn close_item(&mut self) -> &mut Self {
-            self.tag(ITEM_DELIMITATION);
-            self.u32(0);
+            self.w.close_item();
             self.depth -= 1;
             self
         }
 
         fn close_sequence(&mut self) -> &mut Self {
-            self.tag(SEQUENCE_DELIMITATION);
-            self.u32(0);
+            self.w.close_sequence();
             self.depth -= 1;
             self.boundary();
             self
         }
 
         fn defined_item(&mut self, content: &[u8]) -> &mut Self {
-            self.tag(ITEM);
-            self.u32(content.len() as u32);
-            self.bytes.extend_from_slice(content);
+            self.w.item(content).unwrap();
             self
         }
 
         /// A nested dataset in this builder's syntax, for defined-length items.
         fn nested(&self, build: impl FnOnce(&mut Builder)) -> Vec<u8> {
-            let mut nested = Builder::new(self.syntax);
+            let mut nested = Builder::new(self.w.syntax());
             build(&mut nested);
-            nested.bytes
+            nested.w.into_bytes()
         }
     }
 
@@ -850,28 +779,28 @@ mod tests {
     /// Every structure the parser must walk or skip, around the extracted attributes.
     fn sample(syntax: Syntax) -> Builder {
         let mut b = Builder::new(syntax);
-        b.element(0x0008_0000, b"UL", &[0, 0, 0, 0]) // group length, value not checked
-            .text(0x0008_0005, b"CS", "ISO_IR 100")
-            .text(0x0008_0016, b"UI", "1.2.840.10008.5.1.4.1.1.2")
-            .text(0x0008_0018, b"UI", "1.2.3.4.5")
-            .text(0x0008_0020, b"DA", "20240131")
-            .text(0x0008_0050, b"SH", "");
+        b.element(0x0008_0000, Vr::UL, &[0, 0, 0, 0]) // group length, value not checked
+            .text(0x0008_0005, Vr::CS, "ISO_IR 100")
+            .text(0x0008_0016, Vr::UI, "1.2.840.10008.5.1.4.1.1.2")
+            .text(0x0008_0018, Vr::UI, "1.2.3.4.5")
+            .text(0x0008_0020, Vr::DA, "20240131")
+            .text(0x0008_0050, Vr::SH, "");
         // A defined-length sequence of one defined-length item.
         let item = b.nested(|n| {
-            n.text(0x0008_1150, b"UI", "1.2.3").text(0x0008_1155, b"UI", "1.2.3.4");
+            n.text(0x0008_1150, Vr::UI, "1.2.3").text(0x0008_1155, Vr::UI, "1.2.3.4");
         });
         let mut sequence = Vec::new();
         sequence.extend(b.nested(|n| {
             n.defined_item(&item);
         }));
-        b.element(0x0008_1110, b"SQ", &sequence);
+        b.element(0x0008_1110, Vr::SQ, &sequence);
         // An undefined-length sequence with undefined-length items, nested two deep.
-        b.open_sequence(0x0008_1115, b"SQ")
+        b.open_sequence(0x0008_1115, Vr::SQ)
             .open_item()
-            .text(0x0020_000E, b"UI", "9.9.9")
-            .open_sequence(0x0008_1140, b"SQ")
+            .text(0x0020_000E, Vr::UI, "9.9.9")
+            .open_sequence(0x0008_1140, Vr::SQ)
             .open_item()
-            .text(0x0008_1150, b"UI", "1.2.3")
+            .text(0x0008_1150, Vr::UI, "1.2.3")
             .close_item()
             .defined_item(&item)
             .close_sequence()
@@ -880,19 +809,17 @@ mod tests {
             .close_item()
             .close_sequence();
         // Private tags, a UN of undefined length (implicit VR LE inside), a large OB.
-        b.text(0x0009_0010, b"LO", "ACME 1.0").element(0x0009_1001, b"OB", &[0xAB; 3000]);
+        b.text(0x0009_0010, Vr::LO, "ACME 1.0").element(0x0009_1001, Vr::OB, &[0xAB; 3000]);
         let mut un = Builder::new(Syntax::ImplicitLittle);
-        un.open_item().text(0x0010_0010, b"PN", "Not^Top^Level").close_item();
-        un.tag(SEQUENCE_DELIMITATION); // part of the UN value: implicit VR LE too
-        un.u32(0);
-        b.header(0x0009_1002, b"UN", UNDEFINED_LENGTH);
-        b.bytes.extend(un.bytes);
+        un.open_item().text(0x0010_0010, Vr::PN, "Not^Top^Level").close_item();
+        un.item_header(SEQUENCE_DELIMITATION, 0); // part of the UN value: implicit VR LE too
+        b.header(0x0009_1002, Vr::UN, UNDEFINED_LENGTH).raw(un.bytes());
         b.boundary();
-        b.text(0x0010_0010, b"PN", "B\u{fc}c^J\u{e9}r\u{f4}me")
-            .text(0x0010_0020, b"LO", " P-1 ")
-            .text(0x0020_000D, b"UI", "1.2.3.4.5.6")
-            .text(0x0020_0011, b"IS", "3")
-            .element(0x0020_0012, b"US", &[1, 0]);
+        b.text(0x0010_0010, Vr::PN, "B\u{fc}c^J\u{e9}r\u{f4}me")
+            .text(0x0010_0020, Vr::LO, " P-1 ")
+            .text(0x0020_000D, Vr::UI, "1.2.3.4.5.6")
+            .text(0x0020_0011, Vr::IS, "3")
+            .element(0x0020_0012, Vr::US, &[1, 0]);
         b
     }
 
@@ -914,8 +841,8 @@ mod tests {
     fn sample_bytes(syntax: Syntax) -> (Vec<u8>, Vec<usize>) {
         let b = sample(syntax);
         let utf8 = "B\u{fc}c^J\u{e9}r\u{f4}me".as_bytes();
-        let at = b.bytes.windows(utf8.len()).position(|w| w == utf8).unwrap();
-        let mut bytes = b.bytes.clone();
+        let at = b.bytes().windows(utf8.len()).position(|w| w == utf8).unwrap();
+        let mut bytes = b.bytes().to_vec();
         // Same length in Latin-1 once padded: 13 UTF-8 bytes + pad, 10 Latin-1 bytes + 4 spaces.
         bytes[at..at + 14].copy_from_slice(b"B\xfcc^J\xe9r\xf4me    ");
         (bytes, b.boundaries)
@@ -981,9 +908,9 @@ mod tests {
     fn reading_attributes_only_stops_after_the_last_extracted_tag() {
         for encoding in [Encoding::ImplicitLittle, Encoding::ExplicitLittle, Encoding::ExplicitBig] {
             let mut b = Builder::new(syntax_of(encoding));
-            b.text(0x0008_0018, b"UI", "1.2").text(LAST_EXTRACTED_TAG, b"IS", "12");
+            b.text(0x0008_0018, Vr::UI, "1.2").text(LAST_EXTRACTED_TAG, Vr::IS, "12");
             let mut extractor = extractor(Mode::Attributes, encoding);
-            assert_eq!(extractor.feed(&b.bytes), Ok(true));
+            assert_eq!(extractor.feed(b.bytes()), Ok(true));
             assert_eq!(extractor.feed(b"garbage that is never parsed"), Ok(true));
             let attributes = extractor.finish().unwrap();
             assert_eq!(attributes.number_of_series_related_instances.as_deref(), Some("12"));
@@ -994,9 +921,9 @@ mod tests {
     #[test]
     fn reading_attributes_only_stops_at_the_first_tag_past_the_last_one() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0010_0020, b"LO", "P");
-        b.tag(0x0028_0010); // header cut after the tag: no more is needed
-        let (result, done) = extract_in(Mode::Attributes, Encoding::ExplicitLittle, &[&b.bytes, b"\xFF\xFF\xFF"]);
+        b.text(0x0010_0020, Vr::LO, "P");
+        b.raw(&[0x28, 0x00, 0x10, 0x00]); // header cut after the tag (0028,0010): no more is needed
+        let (result, done) = extract_in(Mode::Attributes, Encoding::ExplicitLittle, &[b.bytes(), b"\xFF\xFF\xFF"]);
         assert!(done);
         assert_eq!(result.unwrap().patient_id.as_deref(), Some("P"));
     }
@@ -1004,8 +931,8 @@ mod tests {
     #[test]
     fn reading_attributes_only_stops_inflating_once_done() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0008_0018, b"UI", "1.2").element(PIXEL_DATA, b"OW", &[7; 1 << 20]);
-        let deflated = deflate(&b.bytes);
+        b.text(0x0008_0018, Vr::UI, "1.2").element(PIXEL_DATA, Vr::OW, &[7; 1 << 20]);
+        let deflated = deflate(b.bytes());
         let mut extractor = extractor(Mode::Attributes, Encoding::DeflatedExplicitLittle);
         assert_eq!(extractor.feed(&deflated[..deflated.len() / 2]), Ok(true));
         let inflated = extractor.inflater.as_ref().unwrap().total_out();
@@ -1021,16 +948,16 @@ mod tests {
         let (mut bytes, _) = sample_bytes(syntax);
         let mut b = sample(syntax);
         let nested = b.nested(|n| {
-            n.text(0x0008_0100, b"SH", "CODE").open_sequence(0x0040_A730, b"SQ").open_item();
-            n.text(0x0008_0102, b"SH", "DCM").close_item().close_sequence();
+            n.text(0x0008_0100, Vr::SH, "CODE").open_sequence(0x0040_A730, Vr::SQ).open_item();
+            n.text(0x0008_0102, Vr::SH, "DCM").close_item().close_sequence();
         });
         let items = b.nested(|n| {
             n.defined_item(&nested).defined_item(&[]);
         });
-        b.element(0x0040_0275, b"SQ", &items);
-        b.open_sequence(PIXEL_DATA, b"OB").defined_item(&[]).defined_item(&[0xFF; 100]).close_sequence();
-        b.element(0xFFFC_FFFC, b"OB", &[0; 4]);
-        bytes.extend_from_slice(&b.bytes[bytes.len()..]);
+        b.element(0x0040_0275, Vr::SQ, &items);
+        b.open_sequence(PIXEL_DATA, Vr::OB).defined_item(&[]).defined_item(&[0xFF; 100]).close_sequence();
+        b.element(0xFFFC_FFFC, Vr::OB, &[0; 4]);
+        bytes.extend_from_slice(&b.bytes()[bytes.len()..]);
         (bytes, b.boundaries)
     }
 
@@ -1061,8 +988,8 @@ mod tests {
         let mut padded = dataset.clone();
         // A large value, so that budgets cut through it.
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.element(0xFFFC_FFFC, b"OB", &vec![0; 3 << 20]);
-        padded.extend(b.bytes);
+        b.element(0xFFFC_FFFC, Vr::OB, &vec![0; 3 << 20]);
+        padded.extend(b.bytes());
         let deflated = deflate(&padded);
         for budget in [1, 1000, 1 << 20] {
             let mut extractor = Extractor::whole(Encoding::DeflatedExplicitLittle, InflateLimits::NONE);
@@ -1084,8 +1011,8 @@ mod tests {
     #[test]
     fn inflating_past_a_bound_is_over_the_limit() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0008_0018, b"UI", "1.2").element(0x0009_1000, b"OB", &vec![0; 4 << 20]);
-        let deflated = deflate(&b.bytes);
+        b.text(0x0008_0018, Vr::UI, "1.2").element(0x0009_1000, Vr::OB, &vec![0; 4 << 20]);
+        let deflated = deflate(b.bytes());
         let limits = InflateLimits { max_size: 2 << 20, max_ratio: u64::MAX };
         let mut extractor = Extractor::whole(Encoding::DeflatedExplicitLittle, limits);
         let error = extractor.feed(&deflated).unwrap_err();
@@ -1106,9 +1033,9 @@ mod tests {
     /// Explicit VR little endian: the extracted attributes, then `tail`.
     fn with_tail(tail: impl FnOnce(&mut Builder)) -> Result<Attributes, ExtractError> {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0008_0018, b"UI", "1.2").text(0x0020_000D, b"UI", "1.2.3");
+        b.text(0x0008_0018, Vr::UI, "1.2").text(0x0020_000D, Vr::UI, "1.2.3");
         tail(&mut b);
-        extract_one(Encoding::ExplicitLittle, &b.bytes)
+        extract_one(Encoding::ExplicitLittle, b.bytes())
     }
 
     fn malformed(message: &str) -> Result<Attributes, ExtractError> {
@@ -1119,16 +1046,15 @@ mod tests {
     fn with_sequence_of(items: impl FnOnce(&mut Builder)) -> Result<Attributes, ExtractError> {
         with_tail(|b| {
             let items = b.nested(items);
-            b.element(0x0040_0275, b"SQ", &items).element(PIXEL_DATA, b"OB", &[0; 100]);
+            b.element(0x0040_0275, Vr::SQ, &items).element(PIXEL_DATA, Vr::OB, &[0; 100]);
         })
     }
 
     #[test]
     fn an_item_longer_than_its_sequence_is_an_error() {
         let got = with_sequence_of(|n| {
-            n.tag(ITEM);
-            n.u32(100);
-            n.text(0x0008_0100, b"SH", "CODE");
+            n.item_header(ITEM, 100);
+            n.text(0x0008_0100, Vr::SH, "CODE");
         });
         assert_eq!(got, malformed("item runs past the end of its sequence"));
     }
@@ -1136,8 +1062,8 @@ mod tests {
     #[test]
     fn an_element_longer_than_its_item_is_an_error() {
         let mut element = Builder::new(Syntax::ExplicitLittle);
-        element.text(0x0008_0100, b"SH", "CODE");
-        let cut = &element.bytes[..element.bytes.len() - 2];
+        element.text(0x0008_0100, Vr::SH, "CODE");
+        let cut = &element.bytes()[..element.bytes().len() - 2];
         let got = with_sequence_of(|n| {
             n.defined_item(cut);
         });
@@ -1155,7 +1081,7 @@ mod tests {
     #[test]
     fn an_undefined_length_item_must_end_before_its_defined_length_sequence() {
         let got = with_sequence_of(|n| {
-            n.open_item().text(0x0008_0100, b"SH", "CODE");
+            n.open_item().text(0x0008_0100, Vr::SH, "CODE");
         });
         assert_eq!(got, malformed("item not delimited within its sequence"));
     }
@@ -1164,16 +1090,13 @@ mod tests {
     fn a_sequence_delimiter_ending_a_defined_length_sequence_is_tolerated() {
         let got = with_sequence_of(|n| {
             n.defined_item(&[]);
-            n.tag(SEQUENCE_DELIMITATION);
-            n.u32(0);
+            n.item_header(SEQUENCE_DELIMITATION, 0);
         });
         assert_eq!(got.unwrap().sop_instance_uid.as_deref(), Some("1.2"));
         // The length still counts: an item after the delimiter past the end is an error.
         let got = with_sequence_of(|n| {
-            n.tag(SEQUENCE_DELIMITATION);
-            n.u32(0);
-            n.tag(ITEM);
-            n.u32(100);
+            n.item_header(SEQUENCE_DELIMITATION, 0);
+            n.item_header(ITEM, 100);
         });
         assert_eq!(got, malformed("item runs past the end of its sequence"));
     }
@@ -1181,10 +1104,9 @@ mod tests {
     #[test]
     fn a_pixel_data_fragment_past_the_end_is_truncation() {
         let got = with_tail(|b| {
-            b.open_sequence(PIXEL_DATA, b"OB").defined_item(&[]);
-            b.tag(ITEM);
-            b.u32(1000);
-            b.bytes.extend_from_slice(&[0xFF; 10]);
+            b.open_sequence(PIXEL_DATA, Vr::OB).defined_item(&[]);
+            b.item_header(ITEM, 1000);
+            b.raw(&[0xFF; 10]);
         });
         assert_eq!(got, malformed("dataset ends inside an element value"));
     }
@@ -1194,8 +1116,8 @@ mod tests {
         // Without a data dictionary nothing says (0040,0275) is a sequence: its content is
         // not walked, only its length counted.
         let mut b = Builder::new(Syntax::ImplicitLittle);
-        b.text(0x0008_0018, b"UI", "1.2").element(0x0040_0275, b"SQ", b"not items at all");
-        let got = extract_one(Encoding::ImplicitLittle, &b.bytes).unwrap();
+        b.text(0x0008_0018, Vr::UI, "1.2").element(0x0040_0275, Vr::SQ, b"not items at all");
+        let got = extract_one(Encoding::ImplicitLittle, b.bytes()).unwrap();
         assert_eq!(got.sop_instance_uid.as_deref(), Some("1.2"));
     }
 
@@ -1203,9 +1125,9 @@ mod tests {
     fn large_value_before_the_attributes_is_skipped_in_any_chunking() {
         for encoding in ENCODINGS {
             let mut b = Builder::new(syntax_of(encoding));
-            b.text(0x0007_0010, b"LO", "ACME").element(0x0007_1000, b"OB", &[0x55; 300_000]);
-            b.text(0x0010_0020, b"LO", "P1");
-            let bytes = wire(encoding, &b.bytes);
+            b.text(0x0007_0010, Vr::LO, "ACME").element(0x0007_1000, Vr::OB, &[0x55; 300_000]);
+            b.text(0x0010_0020, Vr::LO, "P1");
+            let bytes = wire(encoding, b.bytes());
             for size in [1, 7, 4096, 1 << 20] {
                 let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
                 let got = extract(encoding, &chunks).0.unwrap();
@@ -1219,9 +1141,9 @@ mod tests {
         for encoding in ENCODINGS {
             let mut b = Builder::new(syntax_of(encoding));
             // PN has a 2-byte length in explicit VR: UN carries the long value there.
-            let vr = if encoding == Encoding::ImplicitLittle { b"PN" } else { b"UN" };
+            let vr = if encoding == Encoding::ImplicitLittle { Vr::PN } else { Vr::UN };
             b.element(0x0010_0010, vr, &vec![b'A'; 70 * 1024]);
-            let error = extract_one(encoding, &wire(encoding, &b.bytes)).unwrap_err();
+            let error = extract_one(encoding, &wire(encoding, b.bytes())).unwrap_err();
             assert!(error.to_string().contains("PatientName"), "{error}");
             assert!(error.to_string().len() <= 64);
         }
@@ -1230,8 +1152,8 @@ mod tests {
     #[test]
     fn empty_values_are_none() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0008_0050, b"SH", "").text(0x0008_0060, b"CS", "  ").text(0x0010_0020, b"LO", "\0");
-        assert_eq!(extract_one(Encoding::ExplicitLittle, &b.bytes), Ok(Attributes::default()));
+        b.text(0x0008_0050, Vr::SH, "").text(0x0008_0060, Vr::CS, "  ").text(0x0010_0020, Vr::LO, "\0");
+        assert_eq!(extract_one(Encoding::ExplicitLittle, b.bytes()), Ok(Attributes::default()));
     }
 
     #[test]
@@ -1244,8 +1166,8 @@ mod tests {
     #[test]
     fn uid_padding_is_trimmed() {
         let mut b = Builder::new(Syntax::ImplicitLittle);
-        b.element(0x0008_0018, b"UI", b"1.2.3\0").element(0x0020_000E, b"UI", b"1.2 ");
-        let got = extract_one(Encoding::ImplicitLittle, &b.bytes).unwrap();
+        b.element(0x0008_0018, Vr::UI, b"1.2.3\0").element(0x0020_000E, Vr::UI, b"1.2 ");
+        let got = extract_one(Encoding::ImplicitLittle, b.bytes()).unwrap();
         assert_eq!(got.sop_instance_uid.as_deref(), Some("1.2.3"));
         assert_eq!(got.series_instance_uid.as_deref(), Some("1.2"));
     }
@@ -1253,12 +1175,12 @@ mod tests {
     #[test]
     fn multi_byte_character_set_applies_to_later_values() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0008_0005, b"CS", "\\ISO 2022 IR 149").element(
+        b.text(0x0008_0005, Vr::CS, "\\ISO 2022 IR 149").element(
             0x0010_0010,
-            b"PN",
+            Vr::PN,
             b"\x1b$)C\xb1\xe8\xc8\xf1\xc1\xdf\x1b(B ",
         );
-        let got = extract_one(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        let got = extract_one(Encoding::ExplicitLittle, b.bytes()).unwrap();
         assert_eq!(got.patient_name.as_deref(), Some("김희중"));
         assert_eq!(got.specific_character_set.as_deref(), Some("\\ISO 2022 IR 149"));
     }
@@ -1266,21 +1188,20 @@ mod tests {
     #[test]
     fn tags_going_down_at_top_level_are_tolerated() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0010_0020, b"LO", "P").text(0x0008_0060, b"CS", "CT");
-        let got = extract_one(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        b.text(0x0010_0020, Vr::LO, "P").text(0x0008_0060, Vr::CS, "CT");
+        let got = extract_one(Encoding::ExplicitLittle, b.bytes()).unwrap();
         assert_eq!((got.patient_id.as_deref(), got.modality.as_deref()), (Some("P"), Some("CT")));
     }
 
     #[test]
     fn encapsulated_pixel_data_inside_a_sequence_is_skipped() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.open_sequence(0x0008_1115, b"SQ").open_item();
-        b.header(PIXEL_DATA, b"OB", UNDEFINED_LENGTH);
+        b.open_sequence(0x0008_1115, Vr::SQ).open_item();
+        b.header(PIXEL_DATA, Vr::OB, UNDEFINED_LENGTH);
         b.defined_item(&[]).defined_item(&[0xFE, 0xFF, 0x00, 0xE0]); // offset table, fragment
-        b.tag(SEQUENCE_DELIMITATION);
-        b.u32(0);
-        b.close_item().close_sequence().text(0x0010_0020, b"LO", "P");
-        let got = extract_one(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        b.item_header(SEQUENCE_DELIMITATION, 0);
+        b.close_item().close_sequence().text(0x0010_0020, Vr::LO, "P");
+        let got = extract_one(Encoding::ExplicitLittle, b.bytes()).unwrap();
         assert_eq!(got.patient_id.as_deref(), Some("P"));
     }
 
@@ -1288,16 +1209,16 @@ mod tests {
     fn an_element_without_a_vr_in_explicit_vr_is_read_as_implicit_vr() {
         // Implicit VR items in an explicit VR sequence, as some writers make them.
         let mut implicit = Builder::new(Syntax::ImplicitLittle);
-        implicit.text(0x0008_0100, b"SH", "CODE").text(0x0008_0102, b"SH", "DCM");
+        implicit.text(0x0008_0100, Vr::SH, "CODE").text(0x0008_0102, Vr::SH, "DCM");
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.text(0x0008_0018, b"UI", "1.2");
+        b.text(0x0008_0018, Vr::UI, "1.2");
         let items = b.nested(|n| {
-            n.defined_item(&implicit.bytes);
+            n.defined_item(implicit.bytes());
         });
-        b.element(0x0040_0275, b"SQ", &items).open_sequence(0x0040_0280, b"SQ").open_item();
-        b.bytes.extend_from_slice(&implicit.bytes);
-        b.close_item().close_sequence().text(0x0010_0020, b"LO", "P");
-        let got = extract_one(Encoding::ExplicitLittle, &b.bytes).unwrap();
+        b.element(0x0040_0275, Vr::SQ, &items).open_sequence(0x0040_0280, Vr::SQ).open_item();
+        b.raw(implicit.bytes());
+        b.close_item().close_sequence().text(0x0010_0020, Vr::LO, "P");
+        let got = extract_one(Encoding::ExplicitLittle, b.bytes()).unwrap();
         assert_eq!((got.sop_instance_uid.as_deref(), got.patient_id.as_deref()), (Some("1.2"), Some("P")));
     }
 
@@ -1311,26 +1232,26 @@ mod tests {
     #[test]
     fn element_in_a_sequence_where_an_item_must_be_is_an_error() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.open_sequence(0x0008_1115, b"SQ").text(0x0008_1150, b"UI", "1.2");
-        assert!(extract_one(Encoding::ExplicitLittle, &b.bytes).is_err());
+        b.open_sequence(0x0008_1115, Vr::SQ).text(0x0008_1150, Vr::UI, "1.2");
+        assert!(extract_one(Encoding::ExplicitLittle, b.bytes()).is_err());
     }
 
     #[test]
     fn nesting_is_bounded() {
         let mut b = Builder::new(Syntax::ImplicitLittle);
         for _ in 0..65 {
-            b.open_sequence(0x0008_1115, b"SQ").open_item();
+            b.open_sequence(0x0008_1115, Vr::SQ).open_item();
         }
-        let error = extract_one(Encoding::ImplicitLittle, &b.bytes).unwrap_err();
+        let error = extract_one(Encoding::ImplicitLittle, b.bytes()).unwrap_err();
         assert_eq!(error.to_string(), "sequences nested more than 64 deep");
         let mut b = Builder::new(Syntax::ImplicitLittle);
         for _ in 0..64 {
-            b.open_sequence(0x0008_1115, b"SQ").open_item();
+            b.open_sequence(0x0008_1115, Vr::SQ).open_item();
         }
         for _ in 0..64 {
             b.close_item().close_sequence();
         }
-        assert_eq!(extract_one(Encoding::ImplicitLittle, &b.bytes), Ok(Attributes::default()));
+        assert_eq!(extract_one(Encoding::ImplicitLittle, b.bytes()), Ok(Attributes::default()));
     }
 
     #[test]
@@ -1345,12 +1266,12 @@ mod tests {
     #[test]
     fn memory_stays_bounded() {
         let mut b = Builder::new(Syntax::ExplicitLittle);
-        b.element(0x0010_0010, b"UN", &vec![b'A'; 64 * 1024]);
+        b.element(0x0010_0010, Vr::UN, &vec![b'A'; 64 * 1024]);
         for _ in 0..10 {
-            b.element(0x0009_1000, b"OB", &[0; 100_000]);
+            b.element(0x0009_1000, Vr::OB, &[0; 100_000]);
         }
         let mut extractor = extractor(Mode::Whole, Encoding::ExplicitLittle);
-        for chunk in b.bytes.chunks(999) {
+        for chunk in b.bytes().chunks(999) {
             extractor.feed(chunk).unwrap();
             assert!(extractor.parser.value.capacity() <= MAX_VALUE_LENGTH as usize);
         }

@@ -4,6 +4,8 @@
 use std::fmt;
 
 use super::status::Status;
+use crate::dicom::element::{self as data_element, Reader, Syntax, TagName, Writer};
+use crate::dicom::vr::Vr;
 
 /// Command Field (0000,0100) values we use (PS3.7 annex E).
 pub mod field {
@@ -59,51 +61,45 @@ impl fmt::Display for CommandError {
 impl std::error::Error for CommandError {}
 
 /// A command set: its elements of group 0000 in the order they were read or added (encoding
-/// sorts them, PS3.5 §7.1 requires ascending tag order).
+/// sorts them, PS3.5 §7.1 requires ascending tag order), each with its VR, which only decides
+/// the padding: implicit VR does not encode it, and a decoded element's is UN (unknown).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandSet {
-    elements: Vec<(u16, Vec<u8>)>,
+    elements: Vec<(u16, Vr, Vec<u8>)>,
 }
 
 impl CommandSet {
     /// Parses an implicit VR little endian command set.
-    pub fn decode(mut bytes: &[u8]) -> Result<Self, CommandError> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
         let mut elements = Vec::new();
-        while !bytes.is_empty() {
-            if bytes.len() < 8 {
-                return Err(CommandError("command set ends inside an element header".into()));
+        for read in Reader::new(bytes, Syntax::ImplicitLittle) {
+            let e = read.map_err(|e| CommandError(format!("command set {e}")))?;
+            if e.tag >> 16 != 0x0000 {
+                return Err(CommandError(format!("element {} in a command set", TagName(e.tag))));
             }
-            let group = u16::from_le_bytes([bytes[0], bytes[1]]);
-            let element = u16::from_le_bytes([bytes[2], bytes[3]]);
-            let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-            if group != 0x0000 {
-                return Err(CommandError(format!("element ({group:04X},{element:04X}) in a command set")));
-            }
-            let value = bytes
-                .get(8..8 + len)
-                .ok_or_else(|| CommandError(format!("element (0000,{element:04X}) runs past the command set")))?;
-            elements.push((element, value.to_vec()));
-            bytes = &bytes[8 + len..];
+            elements.push((e.tag as u16, Vr::UN, e.value.to_vec()));
         }
         Ok(CommandSet { elements })
     }
 
     /// Encodes in implicit VR little endian with a correct (0000,0000) group length.
     pub fn encode(&self) -> Vec<u8> {
-        let mut sorted: Vec<&(u16, Vec<u8>)> =
-            self.elements.iter().filter(|(e, _)| *e != element::COMMAND_GROUP_LENGTH).collect();
-        sorted.sort_by_key(|(e, _)| *e);
-        let body_len: usize = sorted.iter().map(|(_, v)| 8 + v.len()).sum();
-        let mut out = Vec::with_capacity(12 + body_len);
-        push_element(&mut out, element::COMMAND_GROUP_LENGTH, &(body_len as u32).to_le_bytes());
-        for (e, v) in sorted {
-            push_element(&mut out, *e, v);
+        let mut sorted: Vec<&(u16, Vr, Vec<u8>)> =
+            self.elements.iter().filter(|(e, _, _)| *e != element::COMMAND_GROUP_LENGTH).collect();
+        sorted.sort_by_key(|(e, _, _)| *e);
+        let len = 12 + sorted.iter().map(|(_, _, v)| 8 + v.len() + v.len() % 2).sum::<usize>();
+        let mut w = Writer::after(Vec::with_capacity(len), Syntax::ImplicitLittle);
+        let group = w.group_length(0x0000);
+        for (e, vr, v) in sorted {
+            // Values of a command set are at most MAX_COMMAND_LEN, or strings we made.
+            w.element(u32::from(*e), *vr, v).expect("command values are far below 4 GiB");
         }
-        out
+        w.end_group(group).expect("command sets are far below 4 GiB");
+        w.into_bytes()
     }
 
     fn raw(&self, element: u16) -> Option<&[u8]> {
-        self.elements.iter().find(|(e, _)| *e == element).map(|(_, v)| v.as_slice())
+        self.elements.iter().find(|(e, _, _)| *e == element).map(|(_, _, v)| v.as_slice())
     }
 
     pub fn get_u16(&self, element: u16) -> Option<u16> {
@@ -115,30 +111,28 @@ impl CommandSet {
 
     /// A text value (UI, AE, LO) without its padding (trailing NUL or spaces).
     pub fn get_text(&self, element: u16) -> Option<String> {
-        let raw = self.raw(element)?;
-        let text = String::from_utf8_lossy(raw);
-        let trimmed = text.trim_end_matches(['\0', ' ']).trim_start_matches(' ');
-        (!trimmed.is_empty()).then(|| trimmed.to_string())
+        let trimmed = data_element::trimmed_text(self.raw(element)?);
+        (!trimmed.is_empty()).then_some(trimmed)
     }
 
     pub fn set_u16(&mut self, element: u16, value: u16) -> &mut Self {
-        self.set_raw(element, value.to_le_bytes().to_vec())
+        self.set_raw(element, Vr::US, value.to_le_bytes().to_vec())
     }
 
-    /// Sets a UI value, padded to even length with NUL (PS3.5 §9.1).
+    /// Sets a UI value, padded to even length with NUL when encoded (PS3.5 §9.1).
     pub fn set_uid(&mut self, element: u16, uid: &str) -> &mut Self {
-        self.set_raw(element, padded(uid, 0))
+        self.set_raw(element, Vr::UI, uid.as_bytes().to_vec())
     }
 
-    /// Sets an LO/AE/SH value, padded to even length with a space (PS3.5 §6.2).
+    /// Sets an LO/AE/SH value, padded to even length with a space when encoded (PS3.5 §6.2).
     pub fn set_text(&mut self, element: u16, text: &str) -> &mut Self {
-        self.set_raw(element, padded(text, b' '))
+        self.set_raw(element, Vr::LO, text.as_bytes().to_vec())
     }
 
-    fn set_raw(&mut self, element: u16, value: Vec<u8>) -> &mut Self {
-        match self.elements.iter_mut().find(|(e, _)| *e == element) {
-            Some(slot) => slot.1 = value,
-            None => self.elements.push((element, value)),
+    fn set_raw(&mut self, element: u16, vr: Vr, value: Vec<u8>) -> &mut Self {
+        match self.elements.iter_mut().find(|(e, _, _)| *e == element) {
+            Some(slot) => (slot.1, slot.2) = (vr, value),
+            None => self.elements.push((element, vr, value)),
         }
         self
     }
@@ -167,21 +161,6 @@ impl CommandSet {
     pub fn status(&self) -> Option<u16> {
         self.get_u16(element::STATUS)
     }
-}
-
-fn push_element(out: &mut Vec<u8>, element: u16, value: &[u8]) {
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&element.to_le_bytes());
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.extend_from_slice(value);
-}
-
-fn padded(text: &str, pad: u8) -> Vec<u8> {
-    let mut bytes = text.as_bytes().to_vec();
-    if bytes.len() % 2 == 1 {
-        bytes.push(pad);
-    }
-    bytes
 }
 
 /// A response (C-STORE-RSP, C-ECHO-RSP) to a request (PS3.7 §9.3.1.2, §9.3.5.2): echoes the

@@ -10,6 +10,9 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dicom::element::{Syntax, ValueTooLong, Writer, PIXEL_DATA};
+use crate::dicom::vr::Vr;
+
 /// Secondary Capture Image Storage (PS3.4 annex B.5).
 pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 /// CT Image Storage.
@@ -85,84 +88,42 @@ pub struct Template {
     instance_number_at: usize,
 }
 
-/// Appends elements in explicit or implicit VR little endian (PS3.5 §7.1).
-struct Writer {
-    bytes: Vec<u8>,
-    explicit: bool,
-}
-
-impl Writer {
-    /// Appends an element with a short value; returns where its value starts.
-    fn put(&mut self, tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> usize {
-        self.bytes.extend_from_slice(&tag.0.to_le_bytes());
-        self.bytes.extend_from_slice(&tag.1.to_le_bytes());
-        if self.explicit {
-            self.bytes.extend_from_slice(vr);
-            self.bytes.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        } else {
-            self.bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        }
-        let at = self.bytes.len();
-        self.bytes.extend_from_slice(value);
-        at
-    }
-
-    /// Text padded to even length with `pad` (space, or NUL for UIDs: PS3.5 §6.2).
-    fn text(&mut self, tag: (u16, u16), vr: &[u8; 2], value: &str, pad: u8) -> usize {
-        let mut v = value.as_bytes().to_vec();
-        if v.len() % 2 == 1 {
-            v.push(pad);
-        }
-        self.put(tag, vr, &v)
-    }
-
-    fn us(&mut self, tag: (u16, u16), value: u16) {
-        self.put(tag, b"US", &value.to_le_bytes());
-    }
-
-    /// The pixel data element's header (OB or OW: 4-byte length after 2 reserved bytes).
-    fn pixel_data_header(&mut self, vr: &[u8; 2], len: usize) {
-        self.bytes.extend_from_slice(&0x7FE0u16.to_le_bytes());
-        self.bytes.extend_from_slice(&0x0010u16.to_le_bytes());
-        if self.explicit {
-            self.bytes.extend_from_slice(vr);
-            self.bytes.extend_from_slice(&[0, 0]);
-        }
-        self.bytes.extend_from_slice(&(len as u32).to_le_bytes());
-    }
-}
-
 /// Bytes the elements after the identifying ones take, besides the pixel data: the image
-/// pixel module's US elements (10 bytes each, implicit or explicit) and the pixel data
-/// header (8 or 12).
+/// pixel module's US elements (10 bytes each, implicit or explicit); the pixel data header
+/// comes on top.
 const IMAGE_ELEMENTS_LEN: usize = 6 * 10;
 
 impl Template {
     /// A data set of `image`, about `size` bytes where the image kind takes a size, in
     /// explicit (or implicit) VR little endian. Pixel data lengths stay even and under 4 GiB.
     pub fn new(image: Image, size: usize, explicit: bool) -> Template {
+        let syntax = if explicit { Syntax::ExplicitLittle } else { Syntax::ImplicitLittle };
+        Self::build(image, size, syntax).expect("the values are a few bytes, the pixel data under 4 GiB")
+    }
+
+    fn build(image: Image, size: usize, syntax: Syntax) -> Result<Template, ValueTooLong> {
         let placeholder = uid(0, 0, 0);
-        let mut w = Writer { bytes: Vec::with_capacity(1024), explicit };
-        w.text((0x0008, 0x0016), b"UI", image.sop_class(), 0);
-        let sop_at = w.text((0x0008, 0x0018), b"UI", &placeholder, 0) + 5;
-        w.text((0x0008, 0x0020), b"DA", "20260101", b' ');
+        let mut w = Writer::after(Vec::with_capacity(1024), syntax);
+        w.text(0x0008_0016, Vr::UI, image.sop_class())?;
+        let sop_at = w.text(0x0008_0018, Vr::UI, &placeholder)? + 5;
+        w.text(0x0008_0020, Vr::DA, "20260101")?;
         let modality = if image == Image::Ct { "CT" } else { "OT" };
-        w.text((0x0008, 0x0060), b"CS", modality, b' ');
+        w.text(0x0008_0060, Vr::CS, modality)?;
         if image != Image::Ct {
-            w.text((0x0008, 0x0064), b"CS", "WSD", b' ');
+            w.text(0x0008_0064, Vr::CS, "WSD")?;
         }
-        w.text((0x0008, 0x103E), b"LO", "oxidip load", b' ');
-        w.text((0x0010, 0x0010), b"PN", "OXIDIP^BENCH", b' ');
-        w.text((0x0010, 0x0020), b"LO", "OXIDIP-BENCH", b' ');
-        let study_at = w.text((0x0020, 0x000D), b"UI", &placeholder, 0) + 5;
-        let series_at = w.text((0x0020, 0x000E), b"UI", &placeholder, 0) + 5;
-        w.text((0x0020, 0x0011), b"IS", "1", b' ');
-        let instance_number_at = w.text((0x0020, 0x0013), b"IS", &" ".repeat(INSTANCE_NUMBER_WIDTH), b' ');
-        w.us((0x0028, 0x0002), 1);
-        w.text((0x0028, 0x0004), b"CS", "MONOCHROME2", b' ');
+        w.text(0x0008_103E, Vr::LO, "oxidip load")?;
+        w.text(0x0010_0010, Vr::PN, "OXIDIP^BENCH")?;
+        w.text(0x0010_0020, Vr::LO, "OXIDIP-BENCH")?;
+        let study_at = w.text(0x0020_000D, Vr::UI, &placeholder)? + 5;
+        let series_at = w.text(0x0020_000E, Vr::UI, &placeholder)? + 5;
+        w.text(0x0020_0011, Vr::IS, "1")?;
+        let instance_number_at = w.text(0x0020_0013, Vr::IS, &" ".repeat(INSTANCE_NUMBER_WIDTH))?;
+        w.u16(0x0028_0002, Vr::US, 1);
+        w.text(0x0028_0004, Vr::CS, "MONOCHROME2")?;
         let (rows, columns, bits, frames) = match image {
             Image::Sc => {
-                let header_len = w.bytes.len() + IMAGE_ELEMENTS_LEN + if explicit { 12 } else { 8 };
+                let header_len = w.len() + IMAGE_ELEMENTS_LEN + syntax.header_len(Vr::OB);
                 let pixels = size.saturating_sub(header_len).max(2);
                 // One row when it fits (the size is then met to the byte, give or take
                 // padding); otherwise at least 256 columns, as many as keep Rows in 16 bits.
@@ -173,19 +134,20 @@ impl Template {
             Image::Ct => (SLICE_SIDE, SLICE_SIDE, 16, 1),
             Image::Multiframe => {
                 let frames = (size / SLICE_BYTES).clamp(1, (u32::MAX as usize - 1) / SLICE_BYTES);
-                w.text((0x0028, 0x0008), b"IS", &frames.to_string(), b' ');
+                w.text(0x0028_0008, Vr::IS, &frames.to_string())?;
                 (SLICE_SIDE, SLICE_SIDE, 16, frames)
             }
         };
-        w.us((0x0028, 0x0010), rows as u16);
-        w.us((0x0028, 0x0011), columns as u16);
-        w.us((0x0028, 0x0100), bits);
-        w.us((0x0028, 0x0101), bits);
-        w.us((0x0028, 0x0102), bits - 1);
-        w.us((0x0028, 0x0103), 0);
+        w.u16(0x0028_0010, Vr::US, rows as u16);
+        w.u16(0x0028_0011, Vr::US, columns as u16);
+        w.u16(0x0028_0100, Vr::US, bits);
+        w.u16(0x0028_0101, Vr::US, bits);
+        w.u16(0x0028_0102, Vr::US, bits - 1);
+        w.u16(0x0028_0103, Vr::US, 0);
         let pixel_len = rows * columns * usize::from(bits / 8) * frames;
-        w.pixel_data_header(if bits == 8 { b"OB" } else { b"OW" }, pixel_len);
-        Template { image, header: w.bytes, pixel_len, sop_at, series_at, study_at, instance_number_at }
+        // The pixel data's value is the shared pattern, sent after this header (`segments`).
+        w.header(PIXEL_DATA, if bits == 8 { Vr::OB } else { Vr::OW }, pixel_len as u32)?;
+        Ok(Template { image, header: w.into_bytes(), pixel_len, sop_at, series_at, study_at, instance_number_at })
     }
 
     /// Data set length in bytes.

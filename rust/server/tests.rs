@@ -9,6 +9,8 @@ use tokio::net::TcpStream;
 
 use super::config::ServerConfig;
 use super::Server;
+use crate::dicom::element::{Syntax, Writer};
+use crate::dicom::vr::Vr;
 use crate::dimse::command::{self, field, CommandSet};
 use crate::events::{Event, EventStream};
 use crate::ul::connection::Connection;
@@ -50,27 +52,14 @@ pub(crate) fn config(root: &Path) -> ServerConfig {
     }
 }
 
-/// An explicit VR little endian element with a text value padded to even length.
-pub(crate) fn element(out: &mut Vec<u8>, group: u16, elem: u16, vr: &[u8; 2], value: &str) {
-    let mut v = value.as_bytes().to_vec();
-    if v.len() % 2 == 1 {
-        v.push(if vr == b"UI" { 0 } else { b' ' });
-    }
-    out.extend_from_slice(&group.to_le_bytes());
-    out.extend_from_slice(&elem.to_le_bytes());
-    out.extend_from_slice(vr);
-    out.extend_from_slice(&(v.len() as u16).to_le_bytes());
-    out.extend_from_slice(&v);
-}
-
 pub(crate) fn dataset(sop_instance_uid: &str) -> Vec<u8> {
-    let mut ds = Vec::new();
-    element(&mut ds, 0x0008, 0x0016, b"UI", CT);
-    element(&mut ds, 0x0008, 0x0018, b"UI", sop_instance_uid);
-    element(&mut ds, 0x0010, 0x0020, b"LO", "PAT1");
-    element(&mut ds, 0x0020, 0x000E, b"UI", "1.2.3.4");
-    element(&mut ds, 0x0028, 0x0010, b"US", "ab");
-    ds
+    let mut ds = Writer::new(Syntax::ExplicitLittle);
+    ds.text(0x0008_0016, Vr::UI, CT).unwrap();
+    ds.text(0x0008_0018, Vr::UI, sop_instance_uid).unwrap();
+    ds.text(0x0010_0020, Vr::LO, "PAT1").unwrap();
+    ds.text(0x0020_000E, Vr::UI, "1.2.3.4").unwrap();
+    ds.u16(0x0028_0010, Vr::US, 512);
+    ds.into_bytes()
 }
 
 struct Scu {

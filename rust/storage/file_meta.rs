@@ -3,16 +3,30 @@
 
 use std::fmt;
 
+use crate::dicom::attributes::Tag;
+use crate::dicom::element::{Syntax, Writer};
+use crate::dicom::vr::Vr;
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 
 /// Length of the File Preamble, which PS3.10 §7.1 leaves to the application; we write zeros.
 pub const PREAMBLE_LEN: usize = 128;
 
 /// The DICOM prefix that follows the preamble (PS3.10 §7.1).
-const PREFIX: &[u8; 4] = b"DICM";
+pub const PREFIX: &[u8; 4] = b"DICM";
 
 /// Version 1 of the File Meta Information (0002,0001): a two-byte OB with bit 0 of byte 1 set.
 const META_VERSION: [u8; 2] = [0x00, 0x01];
+
+// Tags of the File Meta Information (PS3.10 table 7.1-1).
+pub const FILE_META_GROUP: u16 = 0x0002;
+pub const GROUP_LENGTH: Tag = 0x0002_0000;
+pub const VERSION: Tag = 0x0002_0001;
+pub const MEDIA_STORAGE_SOP_CLASS_UID: Tag = 0x0002_0002;
+pub const MEDIA_STORAGE_SOP_INSTANCE_UID: Tag = 0x0002_0003;
+pub const TRANSFER_SYNTAX_UID: Tag = 0x0002_0010;
+pub const IMPLEMENTATION_CLASS: Tag = 0x0002_0012;
+pub const IMPLEMENTATION_VERSION: Tag = 0x0002_0013;
+pub const SOURCE_AE_TITLE: Tag = 0x0002_0016;
 
 /// Longest value a 16-bit explicit VR length field can hold once padded to even length.
 const MAX_SHORT_VALUE_LEN: usize = u16::MAX as usize - 1;
@@ -62,84 +76,28 @@ pub fn encode_file_meta(meta: &FileMeta) -> Result<Vec<u8>, FileMetaError> {
     let mut out = Vec::with_capacity(PREAMBLE_LEN + 256);
     out.resize(PREAMBLE_LEN, 0);
     out.extend_from_slice(PREFIX);
-
-    // The group length counts the bytes after its own element, so patch it in at the end.
-    push_element_header(&mut out, 0x0000, *b"UL", 4);
-    let length_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let group_start = out.len();
-
-    push_ob(&mut out, 0x0001, &META_VERSION);
-    push_text(&mut out, TextElement::uid(0x0002, "MediaStorageSOPClassUID"), meta.media_storage_sop_class_uid)?;
-    push_text(&mut out, TextElement::uid(0x0003, "MediaStorageSOPInstanceUID"), meta.media_storage_sop_instance_uid)?;
-    push_text(&mut out, TextElement::uid(0x0010, "TransferSyntaxUID"), meta.transfer_syntax_uid)?;
-    push_text(&mut out, TextElement::uid(0x0012, "ImplementationClassUID"), IMPLEMENTATION_CLASS_UID)?;
-    push_text(&mut out, TextElement::SH_VERSION_NAME, IMPLEMENTATION_VERSION_NAME)?;
+    let mut w = Writer::after(out, Syntax::ExplicitLittle);
+    let group = w.group_length(FILE_META_GROUP);
+    w.element(VERSION, Vr::OB, &META_VERSION).expect("two bytes fit");
+    let mut text = |tag: Tag, vr: Vr, keyword: &'static str, value: &str| {
+        w.text(tag, vr, value).map(|_| ()).map_err(|e| FileMetaError { element: keyword, len: e.len })
+    };
+    text(MEDIA_STORAGE_SOP_CLASS_UID, Vr::UI, "MediaStorageSOPClassUID", meta.media_storage_sop_class_uid)?;
+    text(MEDIA_STORAGE_SOP_INSTANCE_UID, Vr::UI, "MediaStorageSOPInstanceUID", meta.media_storage_sop_instance_uid)?;
+    text(TRANSFER_SYNTAX_UID, Vr::UI, "TransferSyntaxUID", meta.transfer_syntax_uid)?;
+    text(IMPLEMENTATION_CLASS, Vr::UI, "ImplementationClassUID", IMPLEMENTATION_CLASS_UID)?;
+    text(IMPLEMENTATION_VERSION, Vr::SH, "ImplementationVersionName", IMPLEMENTATION_VERSION_NAME)?;
     if !meta.source_ae_title.is_empty() {
-        push_text(&mut out, TextElement::AE_SOURCE, meta.source_ae_title)?;
+        text(SOURCE_AE_TITLE, Vr::AE, "SourceApplicationEntityTitle", meta.source_ae_title)?;
     }
-
-    let group_length = u32::try_from(out.len() - group_start).expect("at most eight elements of at most 64 KiB each");
-    out[length_at..group_start].copy_from_slice(&group_length.to_le_bytes());
-    Ok(out)
-}
-
-/// A text element of group 0002 and how its VR pads values to even length.
-struct TextElement {
-    element: u16,
-    keyword: &'static str,
-    vr: [u8; 2],
-    padding: u8,
-}
-
-impl TextElement {
-    const SH_VERSION_NAME: Self =
-        Self { element: 0x0013, keyword: "ImplementationVersionName", vr: *b"SH", padding: b' ' };
-    const AE_SOURCE: Self =
-        Self { element: 0x0016, keyword: "SourceApplicationEntityTitle", vr: *b"AE", padding: b' ' };
-
-    const fn uid(element: u16, keyword: &'static str) -> Self {
-        Self { element, keyword, vr: *b"UI", padding: 0 }
-    }
-}
-
-/// Appends a text element with a 16-bit length (PS3.5 §7.1.2, the short explicit VR form).
-fn push_text(out: &mut Vec<u8>, e: TextElement, value: &str) -> Result<(), FileMetaError> {
-    let padded_len = value.len() + value.len() % 2;
-    if padded_len > MAX_SHORT_VALUE_LEN {
-        return Err(FileMetaError { element: e.keyword, len: value.len() });
-    }
-    push_element_header(out, e.element, e.vr, padded_len as u16);
-    out.extend_from_slice(value.as_bytes());
-    if padded_len > value.len() {
-        out.push(e.padding);
-    }
-    Ok(())
-}
-
-/// Appends an OB element: two reserved bytes, then a 32-bit length (PS3.5 §7.1.2).
-fn push_ob(out: &mut Vec<u8>, element: u16, value: &[u8]) {
-    push_tag(out, element);
-    out.extend_from_slice(b"OB\0\0");
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    out.extend_from_slice(value);
-}
-
-/// Tag, VR and 16-bit length of a short-form element.
-fn push_element_header(out: &mut Vec<u8>, element: u16, vr: [u8; 2], len: u16) {
-    push_tag(out, element);
-    out.extend_from_slice(&vr);
-    out.extend_from_slice(&len.to_le_bytes());
-}
-
-fn push_tag(out: &mut Vec<u8>, element: u16) {
-    out.extend_from_slice(&0x0002u16.to_le_bytes());
-    out.extend_from_slice(&element.to_le_bytes());
+    w.end_group(group).expect("at most eight elements of at most 64 KiB each");
+    Ok(w.into_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dicom::element::Reader;
 
     const META: FileMeta<'static> = FileMeta {
         media_storage_sop_class_uid: "1.2.840.10008.5.1.4.1.1.2",
@@ -148,26 +106,18 @@ mod tests {
         source_ae_title: "MODALITY1",
     };
 
-    /// One element read back by hand: (element number, VR, value bytes).
-    type Parsed<'a> = (u16, [u8; 2], &'a [u8]);
+    /// One element read back: (element number, VR, value bytes).
+    type Parsed<'a> = (u16, Vr, &'a [u8]);
 
-    fn parse_group(mut bytes: &[u8]) -> Vec<Parsed<'_>> {
-        let mut elements = Vec::new();
-        while !bytes.is_empty() {
-            assert_eq!(&bytes[..2], &[0x02, 0x00], "group 0002");
-            let element = u16::from_le_bytes([bytes[2], bytes[3]]);
-            let vr = [bytes[4], bytes[5]];
-            let (len, header) = if &vr == b"OB" {
-                assert_eq!(&bytes[6..8], &[0, 0], "OB reserved bytes");
-                (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
-            } else {
-                (u16::from_le_bytes([bytes[6], bytes[7]]) as usize, 8)
-            };
-            assert_eq!(len % 2, 0, "element {element:04X} has odd length {len}");
-            elements.push((element, vr, &bytes[header..header + len]));
-            bytes = &bytes[header + len..];
-        }
-        elements
+    fn parse_group(bytes: &[u8]) -> Vec<Parsed<'_>> {
+        Reader::new(bytes, Syntax::ExplicitLittle)
+            .map(|e| {
+                let e = e.unwrap();
+                assert_eq!(e.tag >> 16, 0x0002, "group 0002");
+                assert_eq!(e.value.len() % 2, 0, "element {:08X} has odd length", e.tag);
+                (e.tag as u16, e.vr.unwrap(), e.value)
+            })
+            .collect()
     }
 
     #[test]
@@ -187,13 +137,13 @@ mod tests {
         let bytes = encode_file_meta(&META).unwrap();
         let elements = parse_group(&bytes[PREAMBLE_LEN + 16..]);
         let expected: Vec<Parsed> = vec![
-            (0x0001, *b"OB", &[0x00, 0x01]),
-            (0x0002, *b"UI", b"1.2.840.10008.5.1.4.1.1.2\0"),
-            (0x0003, *b"UI", b"1.2.3.4.5\0"),
-            (0x0010, *b"UI", b"1.2.840.10008.1.2.1\0"),
-            (0x0012, *b"UI", IMPLEMENTATION_CLASS_UID.as_bytes()),
-            (0x0013, *b"SH", IMPLEMENTATION_VERSION_NAME.as_bytes()),
-            (0x0016, *b"AE", b"MODALITY1 "),
+            (0x0001, Vr::OB, &[0x00, 0x01]),
+            (0x0002, Vr::UI, b"1.2.840.10008.5.1.4.1.1.2\0"),
+            (0x0003, Vr::UI, b"1.2.3.4.5\0"),
+            (0x0010, Vr::UI, b"1.2.840.10008.1.2.1\0"),
+            (0x0012, Vr::UI, IMPLEMENTATION_CLASS_UID.as_bytes()),
+            (0x0013, Vr::SH, IMPLEMENTATION_VERSION_NAME.as_bytes()),
+            (0x0016, Vr::AE, b"MODALITY1 "),
         ];
         assert_eq!(elements, expected);
     }
