@@ -430,7 +430,7 @@ fn claim_orphan_journals(py: Python<'_>, files_root: &str) -> PyResult<Vec<Orpha
 }
 
 /// A stored Part 10 file's meta and extracted attributes, as msgpack of
-/// `oxidip._boundary.StoredInstance`.
+/// `oxidip._boundary.StoredFile`.
 #[pyfunction]
 fn read_instance<'py>(py: Python<'py>, path: &str) -> PyResult<Bound<'py, PyBytes>> {
     let stored = py.allow_threads(|| read_back::read_stored(Path::new(path)));

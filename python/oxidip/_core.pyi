@@ -29,6 +29,7 @@ __all__ = [
     "extract_attributes",
     "find",
     "read_instance",
+    "read_stored_for_sending",
     "send_load",
 ]
 
