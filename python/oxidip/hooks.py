@@ -9,6 +9,12 @@ defining any of:
 - ``on_series_finalized(series: SeriesRow) -> None``: a series left ``receiving`` for any final
   state: ``complete``, ``incomplete``, ``overfull`` or ``finalized-unknown`` (so a complete
   series gets ``on_series_complete`` then ``on_series_finalized``, when both are defined);
+- ``on_forwarded(job: JobRow) -> None``: a forwarding job ended ``done`` (every instance
+  delivered or refused for good; ``job.failed`` counts the refused ones, ``job.last_error``
+  says why; see ``oxidip.forwarding``);
+- ``on_forward_failed(job: JobRow) -> None``: an attempt of a forwarding job failed: the job
+  is ``failed`` (``job.next_attempt_at`` says when it is tried again), ``held`` (its
+  destination's circuit is open) or ``dead`` (it gave up: ``oxidip queue retry``);
 - ``register(instances: list[InstanceStored]) -> None`` with an optional module constant
   ``REGISTER_MODE``: ``"add"`` (default) calls it after each batch is registered in the
   database; ``"replace"`` calls it *instead of* the database (registration in another backend).
@@ -18,13 +24,13 @@ caller, which decides: an ``OSError`` (``ConnectionError``, ``TimeoutError``...)
 backend is unreachable, and the batch is retried with backoff like a database outage; any
 other exception fails the batch (logged, kept in the journal for the next start). A
 registration is never silently lost. With ``"replace"`` no series state is tracked (they live
-in oxidip's database), so ``on_series_complete``, ``on_series_finalized`` and NATS series
-messages never come: ``oxidip serve`` warns at start, naming those that are configured. The three
-notification hooks run in order on one worker thread, fed by one bounded queue
+in oxidip's database), so ``on_series_complete``, ``on_series_finalized``, the forwarding
+hooks and NATS series messages never come: ``oxidip serve`` warns at start, naming those that
+are configured. The notification hooks (all but ``register``) run in order on one worker thread, fed by one bounded queue
 (``queue_size`` items, an item being one instance or one series): they never run on the
 network path, and when a slow hook lets the queue fill up, the producers wait (back-pressure:
 registration, then the receiver's event queue, then TCP to the senders), so memory stays
-bounded. A backlog over half the queue is logged as a WARNING (at most every 10 s). An
+bounded (the forwarding thread waits too, and so do its deliveries). A backlog over half the queue is logged as a WARNING (at most every 10 s). An
 exception in a notification hook is logged at ERROR with its traceback, the hook and the UIDs
 it concerns, and the next item is processed.
 """
@@ -45,7 +51,14 @@ __all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "Iden
 log = logging.getLogger("oxidip.hooks")
 
 #: The functions a hooks module may define.
-HOOK_NAMES = ("on_instance", "on_series_complete", "on_series_finalized", "register")
+HOOK_NAMES = (
+    "on_instance",
+    "on_series_complete",
+    "on_series_finalized",
+    "on_forwarded",
+    "on_forward_failed",
+    "register",
+)
 
 #: Seconds between two "hooks backlog" warnings.
 BACKLOG_WARNING_INTERVAL = 10.0
@@ -54,8 +67,9 @@ RegisterMode: TypeAlias = Literal["add", "replace"]
 
 
 class IdentifiedSeries(Protocol):
-    """A series as the hooks machinery knows it: its key, for the log of a failed hook
-    (``oxidip.registry.SeriesRow`` has it all; the hook functions receive the whole row)."""
+    """A series (or a forwarding job) as the hooks machinery knows it: its key, for the log
+    of a failed hook (``oxidip.registry.SeriesRow`` and ``JobRow`` have it all; the hook
+    functions receive the whole row)."""
 
     @property
     def series_instance_uid(self) -> str: ...
@@ -71,6 +85,7 @@ class HookError(Exception):
 
 InstanceHook: TypeAlias = Callable[[InstanceStored], object]
 SeriesHook: TypeAlias = Callable[[Any], object]
+JobHook: TypeAlias = Callable[[Any], object]
 RegisterHook: TypeAlias = Callable[[list[InstanceStored]], object]
 
 
@@ -93,6 +108,8 @@ class Hooks:
         on_instance: InstanceHook | None = None,
         on_series_complete: SeriesHook | None = None,
         on_series_finalized: SeriesHook | None = None,
+        on_forwarded: JobHook | None = None,
+        on_forward_failed: JobHook | None = None,
         register: RegisterHook | None = None,
         register_mode: RegisterMode = "add",
         queue_size: int = 10000,
@@ -105,6 +122,8 @@ class Hooks:
         self._on_instance = on_instance
         self._on_series_complete = on_series_complete
         self._on_series_finalized = on_series_finalized
+        self._on_forwarded = on_forwarded
+        self._on_forward_failed = on_forward_failed
         self._register = register
         #: True when ``register`` replaces the database registration (``REGISTER_MODE``).
         self.replaces_registry: bool = register_mode == "replace"
@@ -114,7 +133,14 @@ class Hooks:
         self._last_warning = -float("inf")
         #: The notification hooks' calls, run in order on one worker thread.
         self.calls: WorkQueue[_Call] | None = None
-        if on_instance or on_series_complete or on_series_finalized:
+        notifications = (
+            on_instance,
+            on_series_complete,
+            on_series_finalized,
+            on_forwarded,
+            on_forward_failed,
+        )
+        if any(hook is not None for hook in notifications):
             self.calls = WorkQueue("hooks", self._run, max_waiting=queue_size)
 
     # --- loading ---------------------------------------------------------------------------
@@ -158,6 +184,8 @@ class Hooks:
             on_instance=found.get("on_instance"),
             on_series_complete=found.get("on_series_complete"),
             on_series_finalized=found.get("on_series_finalized"),
+            on_forwarded=found.get("on_forwarded"),
+            on_forward_failed=found.get("on_forward_failed"),
             register=found.get("register"),
             register_mode=mode,
             queue_size=queue_size,
@@ -180,6 +208,8 @@ class Hooks:
             self._on_instance,
             self._on_series_complete,
             self._on_series_finalized,
+            self._on_forwarded,
+            self._on_forward_failed,
             self._register,
         )
         return [name for name, hook in zip(HOOK_NAMES, present, strict=True) if hook is not None]
@@ -209,6 +239,17 @@ class Hooks:
         """Queues an ``on_series_finalized`` call (blocks while the queue is full)."""
         if self._on_series_finalized is not None:
             call = _Call(self._on_series_finalized, self._qualified("on_series_finalized"), series)
+            self._put((call,))
+
+    def forwarded(self, job: IdentifiedSeries) -> None:
+        """Queues an ``on_forwarded`` call (blocks while the queue is full)."""
+        if self._on_forwarded is not None:
+            self._put((_Call(self._on_forwarded, self._qualified("on_forwarded"), job),))
+
+    def forward_failed(self, job: IdentifiedSeries) -> None:
+        """Queues an ``on_forward_failed`` call (blocks while the queue is full)."""
+        if self._on_forward_failed is not None:
+            call = _Call(self._on_forward_failed, self._qualified("on_forward_failed"), job)
             self._put((call,))
 
     @property
@@ -296,10 +337,15 @@ def _uids(arg: InstanceStored | IdentifiedSeries) -> dict[str, str]:
             "calling_aet": arg.calling_aet,
             "path": arg.path,
         }
-    return {
+    uids = {
         "series_instance_uid": str(getattr(arg, "series_instance_uid", "")),
         "calling_aet": str(getattr(arg, "calling_aet", "")),
     }
+    job_id = getattr(arg, "id", None)  # a forwarding job (JobRow)
+    if job_id is not None:
+        uids["job_id"] = str(job_id)
+        uids["destination"] = str(getattr(arg, "destination", ""))
+    return uids
 
 
 def _import(name: str) -> ModuleType:
