@@ -9,12 +9,15 @@ defining any of:
 - ``on_series_finalized(series: SeriesRow) -> None``: a series left ``receiving`` for any final
   state: ``complete``, ``incomplete``, ``overfull`` or ``finalized-unknown`` (so a complete
   series gets ``on_series_complete`` then ``on_series_finalized``, when both are defined);
+- ``route(series: RoutedSeries) -> list[str] | None``: the destinations of a series, adding
+  to or replacing those the routes file's rules chose (``oxidip.routing.HookedRouter``);
 - ``register(instances: list[InstanceStored]) -> None`` with an optional module constant
   ``REGISTER_MODE``: ``"add"`` (default) calls it after each batch is registered in the
   database; ``"replace"`` calls it *instead of* the database (registration in another backend).
 
 ``register`` runs synchronously on the registration path, and its exceptions propagate to the
-caller, which decides: an ``OSError`` (``ConnectionError``, ``TimeoutError``...) means the
+caller, which decides (``route`` too runs synchronously, inside the registry's transaction:
+``HookedRouter`` logs its exceptions and keeps the rules' destinations); an ``OSError`` (``ConnectionError``, ``TimeoutError``...) means the
 backend is unreachable, and the batch is retried with backoff like a database outage; any
 other exception fails the batch (logged, kept in the journal for the next start). A
 registration is never silently lost. With ``"replace"`` no series state is tracked (they live
@@ -45,7 +48,7 @@ __all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "Iden
 log = logging.getLogger("oxidip.hooks")
 
 #: The functions a hooks module may define.
-HOOK_NAMES = ("on_instance", "on_series_complete", "on_series_finalized", "register")
+HOOK_NAMES = ("on_instance", "on_series_complete", "on_series_finalized", "route", "register")
 
 #: Seconds between two "hooks backlog" warnings.
 BACKLOG_WARNING_INTERVAL = 10.0
@@ -72,6 +75,8 @@ class HookError(Exception):
 InstanceHook: TypeAlias = Callable[[InstanceStored], object]
 SeriesHook: TypeAlias = Callable[[Any], object]
 RegisterHook: TypeAlias = Callable[[list[InstanceStored]], object]
+#: Takes an ``oxidip.routing.RoutedSeries``; answers None or destination names.
+RouteHook: TypeAlias = Callable[[Any], object]
 
 
 class _Call(NamedTuple):
@@ -93,6 +98,7 @@ class Hooks:
         on_instance: InstanceHook | None = None,
         on_series_complete: SeriesHook | None = None,
         on_series_finalized: SeriesHook | None = None,
+        route: RouteHook | None = None,
         register: RegisterHook | None = None,
         register_mode: RegisterMode = "add",
         queue_size: int = 10000,
@@ -105,6 +111,7 @@ class Hooks:
         self._on_instance = on_instance
         self._on_series_complete = on_series_complete
         self._on_series_finalized = on_series_finalized
+        self._route = route
         self._register = register
         #: True when ``register`` replaces the database registration (``REGISTER_MODE``).
         self.replaces_registry: bool = register_mode == "replace"
@@ -158,6 +165,7 @@ class Hooks:
             on_instance=found.get("on_instance"),
             on_series_complete=found.get("on_series_complete"),
             on_series_finalized=found.get("on_series_finalized"),
+            route=found.get("route"),
             register=found.get("register"),
             register_mode=mode,
             queue_size=queue_size,
@@ -180,9 +188,14 @@ class Hooks:
             self._on_instance,
             self._on_series_complete,
             self._on_series_finalized,
+            self._route,
             self._register,
         )
         return [name for name, hook in zip(HOOK_NAMES, present, strict=True) if hook is not None]
+
+    def qualified(self, hook: str) -> str:
+        """``module.hook``, for logs."""
+        return f"{self.module_name}.{hook}" if self.module_name else hook
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -192,23 +205,33 @@ class Hooks:
         if self._register is not None and instances:
             self._register(instances)
 
+    @property
+    def routes_series(self) -> bool:
+        """Whether there is a ``route`` hook."""
+        return self._route is not None
+
+    def route(self, series: object) -> object:
+        """Calls the ``route`` hook in the caller's thread and returns its answer (None when
+        there is no hook); its exceptions propagate."""
+        return None if self._route is None else self._route(series)
+
     def instance_stored(self, events: list[InstanceStored]) -> None:
         """Queues one ``on_instance`` call per event (blocks while the queue is full)."""
         hook = self._on_instance
         if hook is not None and events:
-            name = self._qualified("on_instance")
+            name = self.qualified("on_instance")
             self._put(_Call(hook, name, event) for event in events)
 
     def series_complete(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_complete`` call (blocks while the queue is full)."""
         if self._on_series_complete is not None:
-            call = _Call(self._on_series_complete, self._qualified("on_series_complete"), series)
+            call = _Call(self._on_series_complete, self.qualified("on_series_complete"), series)
             self._put((call,))
 
     def series_finalized(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_finalized`` call (blocks while the queue is full)."""
         if self._on_series_finalized is not None:
-            call = _Call(self._on_series_finalized, self._qualified("on_series_finalized"), series)
+            call = _Call(self._on_series_finalized, self.qualified("on_series_finalized"), series)
             self._put((call,))
 
     @property
@@ -250,9 +273,6 @@ class Hooks:
             )
 
     # --- internals -------------------------------------------------------------------------
-
-    def _qualified(self, hook: str) -> str:
-        return f"{self.module_name}.{hook}" if self.module_name else hook
 
     def _put(self, calls: Iterable[_Call]) -> None:
         """Queues the calls in order, waiting for room whenever the queue is full."""
