@@ -15,22 +15,27 @@ defining any of:
 - ``on_forward_failed(job: JobRow) -> None``: an attempt of a forwarding job failed: the job
   is ``failed`` (``job.next_attempt_at`` says when it is tried again), ``held`` (its
   destination's circuit is open) or ``dead`` (it gave up: ``oxidip queue retry``);
+- ``route(series: RoutedSeries) -> list[str] | None``: the destinations of a series, adding
+  to or replacing those the routes file's rules chose (``oxidip.routing.HookedRouter``);
 - ``register(instances: list[InstanceStored]) -> None`` with an optional module constant
   ``REGISTER_MODE``: ``"add"`` (default) calls it after each batch is registered in the
   database; ``"replace"`` calls it *instead of* the database (registration in another backend).
 
 ``register`` runs synchronously on the registration path, and its exceptions propagate to the
-caller, which decides: an ``OSError`` (``ConnectionError``, ``TimeoutError``...) means the
-backend is unreachable, and the batch is retried with backoff like a database outage; any
-other exception fails the batch (logged, kept in the journal for the next start). A
-registration is never silently lost. With ``"replace"`` no series state is tracked (they live
-in oxidip's database), so ``on_series_complete``, ``on_series_finalized``, the forwarding
-hooks and NATS series messages never come: ``oxidip serve`` warns at start, naming those that
-are configured. The notification hooks (all but ``register``) run in order on one worker thread, fed by one bounded queue
-(``queue_size`` items, an item being one instance or one series): they never run on the
-network path, and when a slow hook lets the queue fill up, the producers wait (back-pressure:
-registration, then the receiver's event queue, then TCP to the senders), so memory stays
-bounded (the forwarding thread waits too, and so do its deliveries). A backlog over half the queue is logged as a WARNING (at most every 10 s). An
+caller, which decides (``route`` too runs synchronously, inside the registry's transaction:
+``HookedRouter`` logs its exceptions and keeps the rules' destinations); an ``OSError``
+(``ConnectionError``, ``TimeoutError``...) means the backend is unreachable, and the batch is
+retried with backoff like a database outage; any other exception fails the batch (logged,
+kept in the journal for the next start). A registration is never silently lost. With
+``"replace"`` no series state is tracked (they live in oxidip's database), so
+``on_series_complete``, ``on_series_finalized``, the forwarding hooks and NATS series messages
+never come: ``oxidip serve`` warns at start, naming those that are configured. The
+notification hooks (``on_*``) run in order on one worker thread, fed by one bounded queue
+(``queue_size`` items, an item being one instance, one series or one forwarding job): they
+never run on the network path nor on the forwarding thread, and when a slow hook lets the
+queue fill up, the producers wait (back-pressure: registration, then the receiver's event
+queue, then TCP to the senders; forwarding records its next outcomes later), so memory stays
+bounded. A backlog over half the queue is logged as a WARNING (at most every 10 s). An
 exception in a notification hook is logged at ERROR with its traceback, the hook and the UIDs
 it concerns, and the next item is processed.
 """
@@ -57,6 +62,7 @@ HOOK_NAMES = (
     "on_series_finalized",
     "on_forwarded",
     "on_forward_failed",
+    "route",
     "register",
 )
 
@@ -87,6 +93,8 @@ InstanceHook: TypeAlias = Callable[[InstanceStored], object]
 SeriesHook: TypeAlias = Callable[[Any], object]
 JobHook: TypeAlias = Callable[[Any], object]
 RegisterHook: TypeAlias = Callable[[list[InstanceStored]], object]
+#: Takes an ``oxidip.routing.RoutedSeries``; answers None or destination names.
+RouteHook: TypeAlias = Callable[[Any], object]
 
 
 class _Call(NamedTuple):
@@ -110,6 +118,7 @@ class Hooks:
         on_series_finalized: SeriesHook | None = None,
         on_forwarded: JobHook | None = None,
         on_forward_failed: JobHook | None = None,
+        route: RouteHook | None = None,
         register: RegisterHook | None = None,
         register_mode: RegisterMode = "add",
         queue_size: int = 10000,
@@ -124,6 +133,7 @@ class Hooks:
         self._on_series_finalized = on_series_finalized
         self._on_forwarded = on_forwarded
         self._on_forward_failed = on_forward_failed
+        self._route = route
         self._register = register
         #: True when ``register`` replaces the database registration (``REGISTER_MODE``).
         self.replaces_registry: bool = register_mode == "replace"
@@ -186,6 +196,7 @@ class Hooks:
             on_series_finalized=found.get("on_series_finalized"),
             on_forwarded=found.get("on_forwarded"),
             on_forward_failed=found.get("on_forward_failed"),
+            route=found.get("route"),
             register=found.get("register"),
             register_mode=mode,
             queue_size=queue_size,
@@ -210,9 +221,14 @@ class Hooks:
             self._on_series_finalized,
             self._on_forwarded,
             self._on_forward_failed,
+            self._route,
             self._register,
         )
         return [name for name, hook in zip(HOOK_NAMES, present, strict=True) if hook is not None]
+
+    def qualified(self, hook: str) -> str:
+        """``module.hook``, for logs."""
+        return f"{self.module_name}.{hook}" if self.module_name else hook
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -222,34 +238,44 @@ class Hooks:
         if self._register is not None and instances:
             self._register(instances)
 
+    @property
+    def routes_series(self) -> bool:
+        """Whether there is a ``route`` hook."""
+        return self._route is not None
+
+    def route(self, series: object) -> object:
+        """Calls the ``route`` hook in the caller's thread and returns its answer (None when
+        there is no hook); its exceptions propagate."""
+        return None if self._route is None else self._route(series)
+
     def instance_stored(self, events: list[InstanceStored]) -> None:
         """Queues one ``on_instance`` call per event (blocks while the queue is full)."""
         hook = self._on_instance
         if hook is not None and events:
-            name = self._qualified("on_instance")
+            name = self.qualified("on_instance")
             self._put(_Call(hook, name, event) for event in events)
 
     def series_complete(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_complete`` call (blocks while the queue is full)."""
         if self._on_series_complete is not None:
-            call = _Call(self._on_series_complete, self._qualified("on_series_complete"), series)
+            call = _Call(self._on_series_complete, self.qualified("on_series_complete"), series)
             self._put((call,))
 
     def series_finalized(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_finalized`` call (blocks while the queue is full)."""
         if self._on_series_finalized is not None:
-            call = _Call(self._on_series_finalized, self._qualified("on_series_finalized"), series)
+            call = _Call(self._on_series_finalized, self.qualified("on_series_finalized"), series)
             self._put((call,))
 
     def forwarded(self, job: IdentifiedSeries) -> None:
         """Queues an ``on_forwarded`` call (blocks while the queue is full)."""
         if self._on_forwarded is not None:
-            self._put((_Call(self._on_forwarded, self._qualified("on_forwarded"), job),))
+            self._put((_Call(self._on_forwarded, self.qualified("on_forwarded"), job),))
 
     def forward_failed(self, job: IdentifiedSeries) -> None:
         """Queues an ``on_forward_failed`` call (blocks while the queue is full)."""
         if self._on_forward_failed is not None:
-            call = _Call(self._on_forward_failed, self._qualified("on_forward_failed"), job)
+            call = _Call(self._on_forward_failed, self.qualified("on_forward_failed"), job)
             self._put((call,))
 
     @property
@@ -291,9 +317,6 @@ class Hooks:
             )
 
     # --- internals -------------------------------------------------------------------------
-
-    def _qualified(self, hook: str) -> str:
-        return f"{self.module_name}.{hook}" if self.module_name else hook
 
     def _put(self, calls: Iterable[_Call]) -> None:
         """Queues the calls in order, waiting for room whenever the queue is full."""
