@@ -37,14 +37,14 @@ FINALIZED_RULE = {
 
 
 def archive_routes(tmp_path: Path, port: int, rule: dict[str, object] = FINALIZED_RULE) -> Path:
-    return write_routes(
-        tmp_path / "routes.toml", {"archive": destination("ARCHIVE", port)}, [rule]
-    )
+    return write_routes(tmp_path / "routes.toml", {"archive": destination("ARCHIVE", port)}, [rule])
 
 
 def delivered_everything(jobs: list[Job], instances: int) -> bool:
-    return bool(jobs) and all(j["state"] == "done" for j in jobs) and (
-        sum(j["delivered"] for j in jobs) == instances
+    return (
+        bool(jobs)
+        and all(j["state"] == "done" for j in jobs)
+        and (sum(j["delivered"] for j in jobs) == instances)
     )
 
 
@@ -169,7 +169,11 @@ def test_destination_down_then_up_backs_off_then_delivers(tmp_path: Path) -> Non
             )
 
         (job,) = wait_jobs(
-            root, None, waiting_for_retry, what="a failed job with its next attempt", log=server.output
+            root,
+            None,
+            waiting_for_retry,
+            what="a failed job with its next attempt",
+            log=server.output,
         )
         assert job["delivered"] == 0 and job["total"] == len(s), job
         assert "refused" in job["last_error"], job  # in words: connection refused by ...

@@ -54,7 +54,9 @@ def _toml_value(value: object) -> str:
 
 
 def write_routes(
-    path: Path, destinations: Mapping[str, Mapping[str, object]], rules: Sequence[Mapping[str, object]]
+    path: Path,
+    destinations: Mapping[str, Mapping[str, object]],
+    rules: Sequence[Mapping[str, object]],
 ) -> Path:
     """Writes a routes file: ``[destinations.NAME]`` tables and ``[[rules]]``."""
     lines: list[str] = []
@@ -272,7 +274,8 @@ class DestinationScp:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._associations: dict[int, int] = {}
+        # Keyed by the association itself (kept alive here: an id() could be reused).
+        self._associations: dict[object, int] = {}
         self.holding = threading.Event()
         self.release = threading.Event()
         self.ae = AE(ae_title=self.aet)
@@ -289,7 +292,7 @@ class DestinationScp:
 
     def _on_store(self, event: evt.Event) -> int:
         with self._lock:
-            association = self._associations.setdefault(id(event.assoc), len(self._associations))
+            association = self._associations.setdefault(event.assoc, len(self._associations))
             self.arrivals.append(Arrival(association, str(event.request.AffectedSOPInstanceUID)))
             in_association = sum(1 for a in self.arrivals if a.association == association)
             total = len(self.arrivals)

@@ -1,0 +1,114 @@
+"""Forwarding survives its process: ``kill -9`` while forwarding, a restart, every job
+completes and only the instance in flight at the kill arrives twice; two ``oxidip serve``
+processes on one PostgreSQL database receiving the same series forward each instance once.
+
+Arrivals are counted per SOP Instance UID by a pynetdicom destination."""
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.helpers.e2e import Oxidip, make_series, postgres_database, send
+from tests.helpers.forwarding import (
+    DestinationScp,
+    Job,
+    destination,
+    forward_env,
+    wait_jobs,
+    wait_until,
+    write_routes,
+)
+
+SENDER = "MODALITY"
+
+
+def routes_to(tmp_path: Path, scp: DestinationScp, max_associations: int = 1) -> Path:
+    return write_routes(
+        tmp_path / "routes.toml",
+        {"dest": destination(scp.aet, scp.port, max_associations=max_associations)},
+        [{"name": "to-dest", "on": "series-finalized", "incomplete": "send", "to": ["dest"]}],
+    )
+
+
+def everything_delivered(instances: int) -> Callable[[list[Job]], bool]:
+    def check(jobs: list[Job]) -> bool:
+        return (
+            bool(jobs)
+            and all(j["state"] == "done" for j in jobs)
+            and (sum(j["delivered"] for j in jobs) == instances)
+        )
+
+    return check
+
+
+def test_kill_9_while_forwarding_then_restart_resends_only_what_was_in_flight(
+    tmp_path: Path,
+) -> None:
+    series = [make_series(4, patient_id="KILL1"), make_series(3, patient_id="KILL2")]
+    uids = [uid for s in series for uid in s.sop_instance_uids]
+    root = tmp_path / "storage"
+    # The third instance to arrive is held unanswered: in flight when oxidip is killed.
+    with DestinationScp(hold_after=2) as scp:
+        env = forward_env(routes_to(tmp_path, scp), LEASE="2")
+        with Oxidip(root, env=env) as server:
+            for s in series:
+                assert set(send(server.port, s.datasets, calling_aet=SENDER).values()) == {0}
+            wait_until(scp.holding.is_set, timeout=30, what="the third instance in flight")
+            # The first two are recorded as delivered before the kill.
+            wait_jobs(
+                root,
+                None,
+                lambda jobs: sum(j["delivered"] for j in jobs) == 2,
+                log=server.output,
+            )
+            server.kill()
+        in_flight = scp.arrivals[2].sop_instance_uid
+        scp.release.set()
+
+        with Oxidip(root, env=env) as restarted:
+            # The dead process's lease expires; this one claims the job and sends the rest.
+            jobs = wait_jobs(
+                root, None, everything_delivered(len(uids)), timeout=60, log=restarted.output
+            )
+            assert len(jobs) == len(series), jobs
+            restarted.stop()
+        counts = scp.counts()
+        assert set(counts) == set(uids)
+        assert {uid for uid, n in counts.items() if n > 1} == {in_flight}, counts
+        assert counts[in_flight] == 2, counts
+
+
+def test_two_processes_on_one_database_forward_each_instance_once(tmp_path: Path) -> None:
+    series = [make_series(4, patient_id=f"TWO{n}") for n in range(3)]
+    uids = [uid for s in series for uid in s.sop_instance_uids]
+    with postgres_database() as db, DestinationScp() as scp:
+        env = forward_env(routes_to(tmp_path, scp, max_associations=2))
+        with (
+            Oxidip(tmp_path / "a", db=db, env=env) as first,
+            Oxidip(tmp_path / "b", db=db, env=env) as second,
+        ):
+            # Every series sent to both processes at once, by the same sender.
+            errors: list[BaseException] = []
+
+            def deliver(server: Oxidip) -> None:
+                try:
+                    for s in series:
+                        statuses = send(server.port, s.datasets, calling_aet=SENDER)
+                        assert set(statuses.values()) == {0}, statuses
+                except BaseException as error:  # noqa: BLE001 - reported below
+                    errors.append(error)
+
+            threads = [threading.Thread(target=deliver, args=(s,)) for s in (first, second)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert not errors, errors
+
+            def log() -> str:
+                return f"first:\n{first.output()}\nsecond:\n{second.output()}"
+
+            wait_jobs(tmp_path / "a", db, everything_delivered(len(uids)), log=log)
+            first.stop()
+            second.stop()
+        assert scp.counts() == dict.fromkeys(uids, 1)
