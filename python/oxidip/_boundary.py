@@ -19,12 +19,17 @@ __all__ = [
     "ConnectionRefused",
     "ContextsRefused",
     "CoreConfig",
+    "DeliveryResult",
     "DuplicatesPolicy",
     "Event",
+    "ForwardItem",
     "FsyncPolicy",
     "Histogram",
     "InstanceFailed",
     "InstanceStored",
+    "ItemOutcome",
+    "JobEndKind",
+    "JobEnded",
     "LoadOptions",
     "LoadReport",
     "ReceiverMetrics",
@@ -406,3 +411,53 @@ class LoadReport(msgspec.Struct, frozen=True):
     latency_p90_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+
+
+# --- forwarding (issue 11; the engine's structs, as the spec's contract gives them) --------
+
+
+class ForwardItem(msgspec.Struct, array_like=True):
+    """One instance of a forwarding job: a stored Part 10 file as the registry knows it."""
+
+    item_id: int
+    #: Absolute path of the stored file.
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    #: The transfer syntax it is stored in (sent as is, never re-encoded).
+    transfer_syntax: str
+
+
+class DeliveryResult(enum.StrEnum):
+    DELIVERED = "delivered"
+    #: Delivered, with a warning status (0001, Bxxx).
+    WARNING = "warning"
+    FAILED = "failed"
+
+
+class ItemOutcome(msgspec.Struct, tag_field="kind", tag="item"):
+    """What became of one item."""
+
+    job_id: int
+    item_id: int
+    result: DeliveryResult
+    #: DIMSE status from the peer; None when the item failed before being sent.
+    status: int | None
+    #: The peer's ErrorComment, or why in words.
+    comment: str
+
+
+class JobEndKind(enum.StrEnum):
+    OK = "ok"
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    CANCELLED = "cancelled"
+
+
+class JobEnded(msgspec.Struct, tag_field="kind", tag="job"):
+    """A job's association is over; items it did not report were not delivered."""
+
+    job_id: int
+    end: JobEndKind
+    #: "" for ok; else what went wrong, in words.
+    error: str
