@@ -112,15 +112,34 @@ from oxidip.registry._model import (
     ExpectedStatus,
     RegisterResult,
     Registry,
+    SeriesKey,
     SeriesRow,
     SeriesState,
     Transition,
 )
+from oxidip.registry._queue import (
+    MAX_PAIRS,
+    ClaimedJob,
+    ForwardSummary,
+    ItemState,
+    JobRow,
+    JobState,
+    RetryPolicy,
+)
+from oxidip.routing import Router
 
 __all__ = [
+    "MAX_PAIRS",
+    "ClaimedJob",
     "ExpectedStatus",
+    "ForwardSummary",
+    "ItemState",
+    "JobRow",
+    "JobState",
     "RegisterResult",
     "Registry",
+    "RetryPolicy",
+    "SeriesKey",
     "SeriesRow",
     "SeriesState",
     "Transition",
@@ -194,12 +213,15 @@ def open_registry(
     pool_size: int = 4,
     duplicates: str = "overwrite",
     dir_mode: int = 0o750,
+    router: Router | None = None,
 ) -> Registry:
     """Opens the registry: SQLite under ``files_root`` when ``connection`` is None (created
     for the owner only: directory 0700, database 0600; a missing ``files_root`` is created
     with ``dir_mode``), PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL with a
     pool of ``pool_size`` connections. ``duplicates`` is the receiver's policy ("overwrite",
-    "keep-first" or "reject"). Call ``migrate`` before anything else. Raises ValueError for
+    "keep-first" or "reject"). ``router`` decides which forwarding jobs each state change
+    creates (in its transaction); None: nothing is forwarded. Call ``migrate`` before
+    anything else. Raises ValueError for
     anything else, and psycopg's OperationalError when PostgreSQL cannot be reached."""
     if duplicates not in DUPLICATES:
         raise ValueError(
@@ -211,7 +233,7 @@ def open_registry(
 
         path = sqlite_path(files_root)
         _create_private(path, root_mode=dir_mode)
-        return SqliteRegistry(path, policy)
+        return SqliteRegistry(path, policy, router)
     scheme = urlsplit(connection.strip()).scheme.lower() if "://" in connection else ""
     if scheme not in _POSTGRES_SCHEMES:
         # The value may hold a password: only its scheme is repeated.
@@ -224,4 +246,4 @@ def open_registry(
         raise ValueError(f"pool_size must be at least 1, got {pool_size}")
     from oxidip.registry._postgres import PostgresRegistry
 
-    return PostgresRegistry(connection.strip(), pool_size, policy)
+    return PostgresRegistry(connection.strip(), pool_size, policy, router)
