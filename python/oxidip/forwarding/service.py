@@ -412,7 +412,7 @@ class Forwarding:
         reason = self.breaker.job_ended(job.destination, ended.end, ended.error, now)
         if reason is not None:
             self._holding[job.destination] = reason
-        self._announce(row, time.monotonic() - running.started, now)
+        self._announce(row, ended.end, time.monotonic() - running.started, now)
 
     def _forget(self, job_id: int) -> None:
         running = self._running.pop(job_id)
@@ -421,7 +421,7 @@ class Forwarding:
         self.metrics.running = len(self._running)
         self._claim_at = 0.0  # room for another job
 
-    def _announce(self, row: JobRow, seconds: float, now: float) -> None:
+    def _announce(self, row: JobRow, end: JobEndKind, seconds: float, now: float) -> None:
         """Logs the end of an attempt in words, and tells the hooks and NATS."""
         fields: dict[str, object] = {
             "job_id": row.id,
@@ -438,6 +438,19 @@ class Forwarding:
             "seconds": round(seconds, 3),
         }
         state = row.state
+        if end == JobEndKind.CANCELLED or state == JobState.CANCELLED:
+            # Stopped by us (shutdown, lease given up) or by a person: not an attempt's end.
+            what = (
+                "forwarding cancelled"
+                if state == JobState.CANCELLED
+                else ("forwarding interrupted; the job waits in the queue")
+            )
+            log.info(what, extra={**fields, "reason": row.last_error})
+            return
+        if end == JobEndKind.OK and state in (JobState.PENDING, JobState.HELD):
+            # Split over claims (over 128 presentation contexts), or grown since claimed.
+            log.info("forwarded part of a job; the rest follows", extra=fields)
+            return
         if state == JobState.DONE:
             if row.failed:
                 log.warning(
@@ -447,13 +460,6 @@ class Forwarding:
             else:
                 log.info("forwarded", extra=fields)
             self.hooks.forwarded(row)
-        elif state in (JobState.FAILED, JobState.HELD):
-            after = "" if row.next_attempt_at is None else round(row.next_attempt_at - now, 1)
-            log.warning(
-                "forwarding failed; it will be tried again",
-                extra={**fields, "error": row.last_error, "next_attempt_in": after},
-            )
-            self.hooks.forward_failed(row)
         elif state == JobState.DEAD:
             log.error(
                 "forwarding gave up",
@@ -464,15 +470,13 @@ class Forwarding:
                 },
             )
             self.hooks.forward_failed(row)
-        elif state == JobState.PENDING:
-            log.info(
-                "forwarding interrupted; the job waits in the queue",
-                extra={**fields, "reason": row.last_error},
+        else:  # failed, or held: tried again later
+            after = "" if row.next_attempt_at is None else round(row.next_attempt_at - now, 1)
+            log.warning(
+                "forwarding failed; it will be tried again",
+                extra={**fields, "error": row.last_error, "next_attempt_in": after},
             )
-            return
-        else:
-            log.info("forwarding cancelled", extra=fields)
-            return
+            self.hooks.forward_failed(row)
         self.notifier.forward(row)
 
     # --- leases -----------------------------------------------------------------------------
@@ -569,7 +573,7 @@ class Forwarding:
                     },
                 )
                 continue
-            self.registry.release_destination(name)
+            self.registry.release_destination(name, now)
             self.breaker.closed(name)
             self.metrics.held = len(self.breaker.held)
             self._claim_at = 0.0
