@@ -216,14 +216,15 @@ class Storescp:
         return found
 
     def associations(self) -> list[list[str]]:
-        """The SOP Instance UIDs of each association, in order (from the debug log)."""
+        """The SOP Instance UIDs of each association that stored something, in order (from
+        the debug log; the readiness check's bare connection is one without)."""
         result: list[list[str]] = []
         for line in self.log_path.read_text(errors="replace").splitlines():
             if _ASSOCIATION.match(line):
                 result.append([])
             elif (match := _SOP_INSTANCE.match(line)) and result:
                 result[-1].append(match.group(1))
-        return result
+        return [uids for uids in result if uids]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
