@@ -1,5 +1,6 @@
 """Forwarding survives its process: ``kill -9`` while forwarding, a restart, every job
-completes and only the instance in flight at the kill arrives twice; two ``oxidip serve``
+completes and only the instance in flight at the kill arrives twice; SIGTERM while
+forwarding puts the job back in the queue, its delivered instances kept; two ``oxidip serve``
 processes on one PostgreSQL database receiving the same series forward each instance once.
 
 Arrivals are counted per SOP Instance UID by a pynetdicom destination."""
@@ -14,6 +15,7 @@ from tests.helpers.forwarding import (
     Job,
     destination,
     forward_env,
+    queue_jobs,
     wait_jobs,
     wait_until,
     write_routes,
@@ -76,6 +78,33 @@ def test_kill_9_while_forwarding_then_restart_resends_only_what_was_in_flight(
         assert set(counts) == set(uids)
         assert {uid for uid, n in counts.items() if n > 1} == {in_flight}, counts
         assert counts[in_flight] == 2, counts
+
+
+def test_sigterm_while_forwarding_puts_the_job_back_then_the_rest_is_sent(
+    tmp_path: Path,
+) -> None:
+    s = make_series(4, patient_id="TERM")
+    root = tmp_path / "storage"
+    with DestinationScp(hold_after=2) as scp:
+        # The held instance gets the 1 s left of the shutdown, then its association is aborted.
+        env = {**forward_env(routes_to(tmp_path, scp)), "OXIDIP_SHUTDOWN_TIMEOUT": "1"}
+        with Oxidip(root, env=env) as server:
+            assert set(send(server.port, s.datasets, calling_aet=SENDER).values()) == {0}
+            wait_until(scp.holding.is_set, timeout=30, what="the third instance in flight")
+            wait_jobs(root, None, lambda jobs: jobs[0]["delivered"] == 2, log=server.output)
+            server.stop()
+            server.process.wait_for_record("forwarding interrupted; the job waits in the queue")
+        scp.release.set()
+        (job,) = queue_jobs(root, None)
+        assert (job["state"], job["delivered"], job["total"]) == ("pending", 2, 4), job
+        assert job["attempts"] == 0, job  # a shutdown is no failed attempt
+
+        with Oxidip(root, env=env) as restarted:
+            (job,) = wait_jobs(root, None, everything_delivered(4), log=restarted.output)
+            assert job["attempts"] == 1, job
+            restarted.stop()
+        uids = s.sop_instance_uids
+        assert scp.counts() == {**dict.fromkeys(uids, 1), uids[2]: 2}
 
 
 def test_two_processes_on_one_database_forward_each_instance_once(tmp_path: Path) -> None:

@@ -326,7 +326,7 @@ def build_pipeline(
     )
     forwarding = None
     routes = config.forward.routes
-    if registry is not None and routes is not None:
+    if registry is not None and routes is not None and routes.destinations:
         forwarding = Forwarding(
             registry=registry,
             destinations=routes.destinations,
