@@ -62,8 +62,12 @@ impl Registry {
         (key, HaltWatch(receiver))
     }
 
-    pub fn remove(&self, key: u64) {
+    /// The job ends: `report` (sending its JobEnded) runs under the registry's lock, so that
+    /// whoever sees the JobEnded sees the job no longer running, and whoever sees no job
+    /// running finds every JobEnded sent.
+    pub fn end(&self, key: u64, report: impl FnOnce()) {
         let mut jobs = self.jobs();
+        report();
         jobs.remove(&key);
         if jobs.is_empty() {
             self.none.notify_all();

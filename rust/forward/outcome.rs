@@ -146,9 +146,10 @@ impl JobReporter {
             return;
         }
         self.ended = true;
-        let _ = self.sink.sender.send(ForwardOutcome::Job(JobEnded { job_id: self.job_id, end, error }));
-        // After the send: once no job is registered, every JobEnded is in the channel.
-        self.sink.jobs.remove(self.key);
+        let ended = ForwardOutcome::Job(JobEnded { job_id: self.job_id, end, error });
+        self.sink.jobs.end(self.key, || {
+            let _ = self.sink.sender.send(ended);
+        });
     }
 }
 

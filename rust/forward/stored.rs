@@ -47,6 +47,15 @@ pub fn prepare(item: &ForwardItem, first_chunk: usize) -> Result<Prepared, Strin
             data_set.sop_instance_uid, item.path, item.sop_instance_uid
         ));
     }
+    // Every encoded data set has an even length (PS3.5 §7.1; a deflated one is padded,
+    // A.5), and peers refuse an odd fragment (dcmtk aborts the association): an odd one would
+    // end the whole job, on every retry.
+    if data_set.len % 2 == 1 {
+        return Err(format!(
+            "file not sendable: its data set has an odd length ({} bytes): {}",
+            data_set.len, item.path
+        ));
+    }
     file.seek(SeekFrom::Start(data_set.offset)).map_err(unreadable)?;
     let first_len = usize::try_from(data_set.len).unwrap_or(usize::MAX).min(first_chunk);
     let mut first = vec![0; first_len];
