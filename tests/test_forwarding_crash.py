@@ -20,6 +20,7 @@ from tests.helpers.forwarding import (
     wait_until,
     write_routes,
 )
+from tests.helpers.process import clean_env, run_oxidip
 
 SENDER = "MODALITY"
 
@@ -103,6 +104,38 @@ def test_sigterm_while_forwarding_puts_the_job_back_then_the_rest_is_sent(
             (job,) = wait_jobs(root, None, everything_delivered(4), log=restarted.output)
             assert job["attempts"] == 1, job
             restarted.stop()
+        uids = s.sop_instance_uids
+        assert scp.counts() == {**dict.fromkeys(uids, 1), uids[2]: 2}
+
+
+def test_a_running_job_cancelled_by_hand_stops_and_a_retry_sends_the_rest(
+    tmp_path: Path,
+) -> None:
+    s = make_series(4, patient_id="CANCEL")
+    root = tmp_path / "storage"
+    with DestinationScp(hold_after=2) as scp:
+        env = forward_env(routes_to(tmp_path, scp), LEASE="1.5")
+        with Oxidip(root, env=env) as server:
+            assert set(send(server.port, s.datasets, calling_aet=SENDER).values()) == {0}
+            wait_until(scp.holding.is_set, timeout=30, what="the third instance in flight")
+            (job,) = wait_jobs(root, None, lambda jobs: jobs[0]["delivered"] == 2)
+            env_cli = clean_env(OXIDIP_FILES_ROOT=str(root))
+            cancelled = run_oxidip("queue", "cancel", str(job["id"]), env=env_cli)
+            assert cancelled.returncode == 0, cancelled.stderr
+            # At its next lease renewal the process sees the job is no longer its own and
+            # aborts the association.
+            server.process.wait_for_record(
+                "forwarding job no longer ours: aborted", job_id=job["id"]
+            )
+            server.process.wait_for_record("forwarding job stopped: no longer ours")
+            scp.release.set()
+            (job,) = queue_jobs(root, None)
+            assert (job["state"], job["delivered"]) == ("cancelled", 2), job
+
+            retried = run_oxidip("queue", "retry", str(job["id"]), env=env_cli)
+            assert retried.returncode == 0, retried.stderr
+            (job,) = wait_jobs(root, None, everything_delivered(4), log=server.output)
+            server.stop()
         uids = s.sop_instance_uids
         assert scp.counts() == {**dict.fromkeys(uids, 1), uids[2]: 2}
 

@@ -397,7 +397,7 @@ class Forwarding:
         if ended.job_id in self._lost:
             self._forget(ended.job_id)
             log.info(
-                "forwarding job left to its new owner",
+                "forwarding job stopped: no longer ours",
                 extra={**_job_fields(job), "delivered_here": running.delivered},
             )
             return
