@@ -335,10 +335,17 @@ class Forwarding:
                 },
             )
         self.metrics.running = len(self._running)
-        if len(claimed) >= sum(room.values()):
-            self._claim_at = now  # there may be more: claim again once a job ends
-        if jobs:
+        if not jobs:
+            return
+        try:
             self.forwarder.submit(_encoder.encode(jobs))
+        except Exception as error:  # a defect; the jobs must not hang
+            # Ended as transient: retried with backoff, then dead, and the error is shown.
+            log.exception("forwarding engine refused jobs", extra={"jobs": len(jobs)})
+            words = f"the forwarding engine refused the job: {one_line(error)}"
+            for refused in jobs:
+                ended = JobEnded(refused.job_id, JobEndKind.TRANSIENT, words)
+                self._unrecorded_ends.append(ended)
 
     def _engine_job(self, job: ClaimedJob, destination: Destination) -> ForwardJob:
         return ForwardJob(
