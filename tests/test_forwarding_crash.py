@@ -141,10 +141,23 @@ def test_a_running_job_cancelled_by_hand_stops_and_a_retry_sends_the_rest(
 
 
 def test_two_processes_on_one_database_forward_each_instance_once(tmp_path: Path) -> None:
+    """Both processes register the same instances at the same time: a series-finalized rule
+    and an instance rule each forward every instance once."""
     series = [make_series(4, patient_id=f"TWO{n}") for n in range(3)]
     uids = [uid for s in series for uid in s.sop_instance_uids]
-    with postgres_database() as db, DestinationScp() as scp:
-        env = forward_env(routes_to(tmp_path, scp, max_associations=2))
+    with postgres_database() as db, DestinationScp() as archive, DestinationScp() as stream:
+        routes = write_routes(
+            tmp_path / "routes.toml",
+            {
+                "archive": destination(archive.aet, archive.port, max_associations=2),
+                "stream": destination(stream.aet, stream.port, max_associations=2),
+            },
+            [
+                {"name": "finalized", "on": "series-finalized", "to": ["archive"]},
+                {"name": "streamed", "on": "instance", "to": ["stream"]},
+            ],
+        )
+        env = forward_env(routes)
         with (
             Oxidip(tmp_path / "a", db=db, env=env) as first,
             Oxidip(tmp_path / "b", db=db, env=env) as second,
@@ -170,7 +183,10 @@ def test_two_processes_on_one_database_forward_each_instance_once(tmp_path: Path
             def log() -> str:
                 return f"first:\n{first.output()}\nsecond:\n{second.output()}"
 
-            wait_jobs(tmp_path / "a", db, everything_delivered(len(uids)), log=log)
+            jobs = wait_jobs(tmp_path / "a", db, everything_delivered(2 * len(uids)), log=log)
+            for rule in ("finalized", "streamed"):
+                assert sum(j["delivered"] for j in jobs if j["rule"] == rule) == len(uids), jobs
             first.stop()
             second.stop()
-        assert scp.counts() == dict.fromkeys(uids, 1)
+        assert archive.counts() == dict.fromkeys(uids, 1)
+        assert stream.counts() == dict.fromkeys(uids, 1)
