@@ -264,7 +264,14 @@ def warn_untracked_series(config: Config, hooks: Hooks) -> None:
     series state is tracked: says which of what is configured therefore does nothing (a
     WARNING), or that nothing is lost (INFO)."""
     off: list[str] = [
-        name for name in ("on_series_complete", "on_series_finalized") if name in hooks.names
+        name
+        for name in (
+            "on_series_complete",
+            "on_series_finalized",
+            "on_forwarded",
+            "on_forward_failed",
+        )
+        if name in hooks.names
     ]
     if config.nats_address:
         off.append("NATS progress, complete and finalized messages (OXIDIP_NATS_ADDRESS)")
