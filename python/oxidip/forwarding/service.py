@@ -116,9 +116,6 @@ class _Running:
 
     job: ClaimedJob
     started: float  # monotonic
-    delivered: int = 0
-    warnings: int = 0
-    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -366,31 +363,25 @@ class Forwarding:
     # --- recording --------------------------------------------------------------------------
 
     def _record(self) -> None:
-        """Records the outcomes taken (kept for the next turn when the registry fails)."""
+        """Records the outcomes taken (kept for the next turn when the registry fails): the
+        items of the batch in one call, then each job's end."""
         items = self._unrecorded_items
         if items:
-            now = self.clock()
-            self.registry.record_items(self.process_id, items, now)
+            self.registry.record_items(self.process_id, items, self.clock())
             self._unrecorded_items = []
-            for item in items:
-                self.metrics.items[item.result] += 1
-                running = self._running.get(item.job_id)
-                if running is None:
-                    continue
-                if item.result == DeliveryResult.DELIVERED:
-                    running.delivered += 1
-                elif item.result == DeliveryResult.WARNING:
-                    running.warnings += 1
-                else:
-                    running.failed += 1
-                    log.warning(
-                        "instance refused by the destination",
-                        extra={
-                            **_job_fields(running.job),
-                            "status": "" if item.status is None else f"{item.status:04X}",
-                            "reason": item.comment,
-                        },
-                    )
+            self.metrics.items.update(item.result for item in items)
+            if log.isEnabledFor(logging.DEBUG):  # the job's end says how many, and the first
+                for item in items:
+                    if item.result == DeliveryResult.FAILED:
+                        log.debug(
+                            "instance refused",
+                            extra={
+                                "job_id": item.job_id,
+                                "item_id": item.item_id,
+                                "status": "" if item.status is None else f"{item.status:04X}",
+                                "reason": item.comment,
+                            },
+                        )
         while self._unrecorded_ends:
             self._end(self._unrecorded_ends[0])
             self._unrecorded_ends.popleft()
@@ -405,7 +396,7 @@ class Forwarding:
             self._forget(ended.job_id)
             log.info(
                 "forwarding job stopped: no longer ours",
-                extra={**_job_fields(job), "delivered_here": running.delivered},
+                extra=_job_fields(job),
             )
             return
         now = self.clock()
