@@ -1,5 +1,5 @@
 //! One job on one association: connect to its destination proposing the job's contexts,
-//! send its items in order (each file prepared while the item before it is on the wire),
+//! send its items in order (each file prepared while the peer handles the item before it),
 //! report each item's outcome as it comes, and release (PS3.8 §7.2) at the end; or stop
 //! early, on a failure of the association, an A7xx answer, `cancel` or `stop`.
 
@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 use super::classify::{self, Stage, StoreVerdict};
 use super::control::{Halt, HaltWatch};
@@ -72,10 +71,11 @@ async fn forward(
     };
     let chunk = client.chunk_len();
     let total = job.items.len();
-    let mut next = job.items.first().map(|item| spawn_prepare(item, chunk));
+    let prepare = |item: &ForwardItem| stored::prepare(item, chunk);
+    let mut next = job.items.first().map(prepare);
     for (done, item) in job.items.iter().enumerate() {
         let preparing = next.take().expect("prepared one ahead");
-        next = job.items.get(done + 1).map(|item| spawn_prepare(item, chunk));
+        let upcoming = job.items.get(done + 1);
         let level = halt.level();
         if level == Halt::Stop {
             let _ = client.release().await;
@@ -88,17 +88,14 @@ async fn forward(
         if client.context_in(&item.sop_class_uid, &item.transfer_syntax).is_none() {
             let words = classify::no_context(&item.sop_class_uid, &item.transfer_syntax);
             reporter.item(item.item_id, DeliveryResult::Failed, None, words);
+            next = upcoming.map(prepare);
             continue;
         }
-        let mut prepared = match preparing.await {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(words)) => {
+        let mut prepared = match preparing {
+            Ok(prepared) => prepared,
+            Err(words) => {
                 reporter.item(item.item_id, DeliveryResult::Failed, None, words);
-                continue;
-            }
-            Err(e) => {
-                let words = format!("file unreadable: {}: {e}", item.path);
-                reporter.item(item.item_id, DeliveryResult::Failed, None, words);
+                next = upcoming.map(prepare);
                 continue;
             }
         };
@@ -108,16 +105,23 @@ async fn forward(
             (prepared.data_set.sop_class_uid.clone(), prepared.data_set.transfer_syntax_uid.clone());
         if client.context_in(&sop_class, &syntax).is_none() {
             reporter.item(item.item_id, DeliveryResult::Failed, None, classify::no_context(&sop_class, &syntax));
+            next = upcoming.map(prepare);
             continue;
         }
-        // Mid-item, only a cancel or the stop timeout interrupts (`stop` lets it finish).
-        let sent = tokio::select! {
-            sent = store(&mut client, &mut prepared) => sent,
+        // The next file is prepared while this item is with the peer: `join` polls the store
+        // first, which writes the request and then waits for the response; the preparation
+        // then runs on this thread, overlapping the peer's work without a hop to another
+        // thread and back (on a busy machine those wake-ups cost more than the reads, which
+        // are bounded: a file's head and its first chunk). Mid-item, only a cancel or the
+        // stop timeout interrupts (`stop` lets it finish).
+        let (sent, following) = tokio::select! {
+            both = async { tokio::join!(store(&mut client, &mut prepared), async { upcoming.map(prepare) }) } => both,
             level = halt.reaches(Halt::Cancel) => {
                 client.abort().await;
                 return cancelled(level);
             }
         };
+        next = following;
         match sent {
             Ok(status) => match classify::store_status(status.code) {
                 StoreVerdict::Item(result) => {
@@ -146,11 +150,6 @@ async fn forward(
     // Every item has its outcome; a release that fails changes none of them.
     let _ = client.release().await;
     (JobEndKind::Ok, String::new())
-}
-
-fn spawn_prepare(item: &ForwardItem, first_chunk: usize) -> JoinHandle<Result<Prepared, String>> {
-    let item = item.clone();
-    tokio::task::spawn_blocking(move || stored::prepare(&item, first_chunk))
 }
 
 async fn store(client: &mut Client, prepared: &mut Prepared) -> Result<crate::dimse::status::Status, ClientError> {

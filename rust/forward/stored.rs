@@ -1,8 +1,8 @@
-//! An item's stored file made ready to send, off the runtime's workers: opened, its file
-//! meta read back and checked against what the registry says (`storage::read_back`), and
-//! the first chunk of its data set read, while the item before it is still on the wire.
-//! The rest of the data set is read as it is sent, a chunk at a time: memory per association
-//! is a chunk or two, whatever the instance's size.
+//! An item's stored file made ready to send: opened, its file meta read back and checked
+//! against what the registry says (`storage::read_back`), and the first chunk of its data
+//! set read, while the peer handles the item before it. The rest of the data set is read as
+//! it is sent, a chunk at a time, on tokio's blocking pool: memory per association is a
+//! chunk or two, whatever the instance's size.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -37,7 +37,8 @@ impl Prepared {
 
 /// Opens and checks `item`'s file, reading up to `first_chunk` bytes of its data set; the
 /// item's failure in words when it cannot be sent (missing, unreadable, not the instance
-/// the registry knows). Blocking: run it with `spawn_blocking`.
+/// the registry knows). Blocking, and bounded: the file's head (at most 64 KiB of meta) and
+/// one chunk are read.
 pub fn prepare(item: &ForwardItem, first_chunk: usize) -> Result<Prepared, String> {
     let unreadable = |e: io::Error| classify::unreadable(&item.path, &e);
     let (data_set, mut file) = read_stored_for_sending(Path::new(&item.path)).map_err(unreadable)?;
