@@ -22,7 +22,11 @@ __all__ = [
     "DeliveryResult",
     "DuplicatesPolicy",
     "Event",
+    "ForwardDestination",
     "ForwardItem",
+    "ForwardJob",
+    "ForwardOutcome",
+    "ForwarderConfig",
     "FsyncPolicy",
     "Histogram",
     "InstanceFailed",
@@ -35,6 +39,7 @@ __all__ = [
     "ReceiverMetrics",
     "RefusedContext",
     "ServerWarning",
+    "StoredDataSet",
     "StoredFile",
     "TlsListener",
 ]
@@ -413,51 +418,100 @@ class LoadReport(msgspec.Struct, frozen=True):
     latency_max_ms: float
 
 
-# --- forwarding (issue 11; the engine's structs, as the spec's contract gives them) --------
+# --- forwarding (``_core.Forwarder``, ``rust/forward/``) ------------------------------------
 
 
-class ForwardItem(msgspec.Struct, array_like=True):
-    """One instance of a forwarding job: a stored Part 10 file as the registry knows it."""
+class ForwarderConfig(msgspec.Struct, frozen=True):
+    """The forwarding engine's settings (``_core.Forwarder(config)``,
+    ``forward::job::ForwarderConfig``)."""
+
+    #: Seconds: bound on connecting, on each wait for the peer, on each write.
+    timeout: float
+    #: The maximum PDU length we announce (0 = unlimited); we send at most the peer's.
+    max_pdu_length: int
+    #: Associations open at once, all destinations together (a guard: the limits per
+    #: destination are the caller's, which submits no more jobs than they allow).
+    max_associations: int
+
+
+class ForwardDestination(msgspec.Struct, frozen=True):
+    """Where a job goes."""
+
+    #: The destination's name (routes file), for messages.
+    name: str
+    called_aet: str
+    host: str
+    port: int
+    calling_aet: str
+
+
+class ForwardItem(msgspec.Struct, frozen=True, array_like=True):
+    """One stored instance to send, as the registry knows it."""
 
     item_id: int
-    #: Absolute path of the stored file.
+    #: Absolute path of the stored Part 10 file.
     path: str
+    #: What the association proposes, and what the file must still hold.
     sop_class_uid: str
     sop_instance_uid: str
-    #: The transfer syntax it is stored in (sent as is, never re-encoded).
     transfer_syntax: str
 
 
+class ForwardJob(msgspec.Struct, frozen=True):
+    """Items to send, in order, on one association to one destination. At most 128
+    distinct (sop_class_uid, transfer_syntax) pairs: one presentation context each."""
+
+    job_id: int
+    destination: ForwardDestination
+    items: list[ForwardItem]
+
+
 class DeliveryResult(enum.StrEnum):
+    """What became of an item (PS3.4 C.4.2.1.5 statuses)."""
+
+    #: 0000.
     DELIVERED = "delivered"
-    #: Delivered, with a warning status (0001, Bxxx).
+    #: 0001 or Bxxx: stored by the destination with a warning (delivered).
     WARNING = "warning"
+    #: 0122, 0124, A9xx, Cxxx or another failure status; or never sent: no accepted
+    #: presentation context, the file missing, unreadable or changed. Permanent.
     FAILED = "failed"
 
 
-class ItemOutcome(msgspec.Struct, tag_field="kind", tag="item"):
-    """What became of one item."""
+class ItemOutcome(msgspec.Struct, frozen=True, tag_field="kind", tag="item"):
+    """An item's outcome, reported as it happens."""
 
     job_id: int
     item_id: int
     result: DeliveryResult
-    #: DIMSE status from the peer; None when the item failed before being sent.
+    #: The destination's DIMSE status; None when the item failed before being sent.
     status: int | None
-    #: The peer's ErrorComment, or why in words.
+    #: The destination's ErrorComment (or, without one, what its status means), or our
+    #: words for an item never sent ("file missing: ...").
     comment: str
 
 
 class JobEndKind(enum.StrEnum):
+    """How a job ended."""
+
+    #: Every item has its ItemOutcome; the association was released.
     OK = "ok"
+    #: Retry later: connection refused or lost, timeout, A-ABORT, A-ASSOCIATE-RJ transient,
+    #: an A7xx answer (that item has no outcome).
     TRANSIENT = "transient"
+    #: A-ASSOCIATE-RJ permanent (or contexts that cannot be proposed).
     PERMANENT = "permanent"
+    #: ``cancel`` or ``stop``.
     CANCELLED = "cancelled"
 
 
-class JobEnded(msgspec.Struct, tag_field="kind", tag="job"):
-    """A job's association is over; items it did not report were not delivered."""
+class JobEnded(msgspec.Struct, frozen=True, tag_field="kind", tag="job"):
+    """A job's end, its last outcome. Items without an ItemOutcome were not delivered."""
 
     job_id: int
     end: JobEndKind
-    #: "" for ok; else what went wrong, in words.
+    #: "" when ok; else what happened, in words.
     error: str
+
+
+ForwardOutcome: TypeAlias = ItemOutcome | JobEnded
