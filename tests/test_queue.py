@@ -7,13 +7,16 @@ two processes at once), outcomes, retries with backoff, dead, cancel and retry b
 Routes are real ``oxidip.routing.Routes`` parsed from TOML text.
 """
 
+import contextlib
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
+import psycopg
 import pytest
 
 from oxidip._boundary import DeliveryResult, ItemOutcome, JobEndKind
@@ -26,7 +29,10 @@ from oxidip.registry import (
     Registry,
     RetryPolicy,
     SeriesState,
+    _postgres,
+    _sqlite,
     open_registry,
+    sqlite_path,
 )
 from oxidip.routing import Router, Routes, SeriesFacts, Target, Trigger
 from tests.test_registry import (  # noqa: F401 - fixtures
@@ -645,3 +651,72 @@ def test_list_jobs_filters_and_forwarded(open_queue: OpenQueue) -> None:
         (first, "PACS"): [("archive", "to-archive", JobState.DONE, 2, 2)],
         (second, "PACS"): [("archive", "to-archive", JobState.RUNNING, 0, 1)],
     }
+
+
+# --- upgrade ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_version_2_registry_upgrades_and_forwards(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """A registry of schema version 2 holding a series (written as version 2 had it) is
+    migrated to version 3; completing that series then queues its instances (CalledAET
+    unknown for it: None)."""
+    connection = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    with monkeypatch.context() as patched:
+        for module in (_sqlite, _postgres):
+            patched.setattr(module, "MIGRATIONS", module.MIGRATIONS[:2])
+            patched.setattr(module, "LATEST", 2)
+        old = open_registry(connection, tmp_path)
+        old.migrate()
+        old.close()
+    ts = "to_timestamp(%(now)s)" if connection else ":now"
+    rows = [
+        "INSERT INTO patients (patient_id) VALUES ('P9')",
+        "INSERT INTO studies (study_instance_uid, patient_id) VALUES ('1.9', 'P9')",
+        f"""INSERT INTO series (series_instance_uid, study_instance_uid, calling_aet,
+            modality, expected, expected_status, expected_detail, received, state,
+            first_received_at, last_received_at, finalized_at)
+            VALUES ('1.9.1', '1.9', 'OLD', 'CT', NULL, 'pending', '', 2,
+                'finalized-unknown', {ts}, {ts}, {ts})""",
+        *(
+            f"""INSERT INTO instances (sop_instance_uid, calling_aet, series_instance_uid,
+                sop_class_uid, transfer_syntax, path, size, node, association_id,
+                received_at, stored_at)
+                VALUES ('1.9.1.{i}', 'OLD', '1.9.1', '1.2.840.10008.5.1.4.1.1.2',
+                    '1.2.840.10008.1.2.1', '/old/{i}.dcm', 10, 'p0', 1, {ts}, {ts})"""
+            for i in (1, 2)
+        ),
+    ]
+    if connection:
+        with psycopg.connect(connection) as pg:
+            for row in rows:
+                pg.execute(row.encode(), {"now": time.time()})
+    else:
+        with contextlib.closing(sqlite3.connect(sqlite_path(tmp_path))) as lite, lite:
+            for row in rows:
+                lite.execute(row, {"now": time.time()})
+    seen: list[SeriesFacts] = []
+    routes = Routes.parse(COMPLETE_TO_ARCHIVE)
+
+    class Recording:
+        triggers = routes.triggers
+
+        def targets(
+            self, trigger: Trigger, series: SeriesFacts, state: SeriesState | None
+        ) -> list[Target]:
+            seen.append(series)
+            return routes.targets(trigger, series, state)
+
+    registry = open_registry(connection, tmp_path, router=Recording())
+    try:
+        registry.migrate()
+        registry.set_expected("1.9.1", 2, ExpectedStatus.KNOWN, "", "OLD")
+        (job,) = registry.list_jobs()
+        assert (job.series_instance_uid, job.calling_aet, job.total) == ("1.9.1", "OLD", 2)
+        assert [(facts["Modality"], facts["CalledAET"]) for facts in seen] == [("CT", None)]
+        (claimed,) = registry.claim_jobs("p1", ROOM, 60.0, time.time())
+        assert sorted(item.path for item in claimed.items) == ["/old/1.dcm", "/old/2.dcm"]
+    finally:
+        registry.close()

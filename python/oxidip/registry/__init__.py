@@ -8,20 +8,23 @@ Backends
     share the database. The tables have plain names (below): give oxidip its own database, or
     its own schema with ``?options=-csearch_path%3Dname`` in the URL.
 
-Schema (version 2; ``oxidip_schema_version`` lists the migrations applied)
+Schema (version 3; ``oxidip_schema_version`` lists the migrations applied)
     - ``patients(patient_id PK, patient_name, patient_birth_date, patient_sex)``
     - ``studies(study_instance_uid PK, patient_id -> patients, study_date, study_time,
       accession_number, study_description)``
     - ``series(series_instance_uid, calling_aet, study_instance_uid -> studies, modality,
       series_description, series_number, expected, expected_status, expected_detail, received,
-      state, first_received_at, last_received_at, finalized_at)``, primary key
-      (series_instance_uid, calling_aet)
+      state, first_received_at, last_received_at, finalized_at, called_aet)``, primary key
+      (series_instance_uid, calling_aet); ``called_aet`` (version 3) is the called AE title
+      of the first association that delivered it
     - ``instances(sop_instance_uid, calling_aet, series_instance_uid, sop_class_uid,
       instance_number, transfer_syntax, path, size, node, association_id, received_at,
       stored_at)``, primary key (sop_instance_uid, calling_aet), (series_instance_uid,
       calling_aet) -> series
     - ``series_activity(series_instance_uid, calling_aet, node, association_id)``: the
       associations currently delivering each series (primary key the four columns).
+    - ``forward_jobs``, ``forward_items``, ``forward_held``: the forwarding queue
+      (``oxidip.registry._queue`` describes them and the jobs' states).
 
     Series and instances are keyed by their UID *and the calling AE title that sent them*:
     the same series sent by two AEs is two series rows, each with its own count, expected
@@ -88,6 +91,19 @@ State rule (applied to every series a call affects, inside its transaction)
     the one call that committed its creation only: a caller that retries a batch after an
     error whose outcome it cannot know (connection lost during the commit) should also treat
     touched series still "pending" that it never asked about as new.
+
+Forwarding (issue 11)
+    Given a ``Router`` (``open_registry(..., router=...)``), every call that changes series
+    states creates the forwarding jobs of those changes in its own transaction (a crash cannot
+    separate "series complete" from "job queued"): ``series-complete`` rules when a series
+    becomes complete, ``series-finalized`` rules when it reaches any final state, and
+    ``instance`` rules for each registration batch. A job holds the instances of its series not
+    yet queued for its rule and destination: an instance is queued at most once per rule and
+    destination (a re-send, a second sender, a restart or a second process queues nothing
+    again; instances arriving after a series was forwarded make a job of their own). The
+    sending side claims jobs with leases (``claim_jobs``), records outcomes (``record_items``)
+    and ends its attempts (``end_job``: done, retried with backoff, or dead); ``oxidip queue``
+    lists, retries and cancels them.
 
 Concurrency
     The state lives in the database only. PostgreSQL: a write locks the series rows it changes
