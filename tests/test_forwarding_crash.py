@@ -23,6 +23,9 @@ from tests.helpers.forwarding import (
 from tests.helpers.process import clean_env, run_oxidip
 
 SENDER = "MODALITY"
+#: The engine's wait for an answer, longer than the tests hold one (a slow machine must not
+#: turn "in flight" into "timed out").
+HELD_LONGER = "30"
 
 
 def routes_to(tmp_path: Path, scp: DestinationScp, max_associations: int = 1) -> Path:
@@ -52,7 +55,7 @@ def test_kill_9_while_forwarding_then_restart_resends_only_what_was_in_flight(
     root = tmp_path / "storage"
     # The third instance to arrive is held unanswered: in flight when oxidip is killed.
     with DestinationScp(hold_after=2) as scp:
-        env = forward_env(routes_to(tmp_path, scp), LEASE="2")
+        env = forward_env(routes_to(tmp_path, scp), LEASE="2", TIMEOUT=HELD_LONGER)
         with Oxidip(root, env=env) as server:
             for s in series:
                 assert set(send(server.port, s.datasets, calling_aet=SENDER).values()) == {0}
@@ -88,7 +91,10 @@ def test_sigterm_while_forwarding_puts_the_job_back_then_the_rest_is_sent(
     root = tmp_path / "storage"
     with DestinationScp(hold_after=2) as scp:
         # The held instance gets the 1 s left of the shutdown, then its association is aborted.
-        env = {**forward_env(routes_to(tmp_path, scp)), "OXIDIP_SHUTDOWN_TIMEOUT": "1"}
+        env = {
+            **forward_env(routes_to(tmp_path, scp), TIMEOUT=HELD_LONGER),
+            "OXIDIP_SHUTDOWN_TIMEOUT": "1",
+        }
         with Oxidip(root, env=env) as server:
             assert set(send(server.port, s.datasets, calling_aet=SENDER).values()) == {0}
             wait_until(scp.holding.is_set, timeout=30, what="the third instance in flight")
@@ -114,7 +120,7 @@ def test_a_running_job_cancelled_by_hand_stops_and_a_retry_sends_the_rest(
     s = make_series(4, patient_id="CANCEL")
     root = tmp_path / "storage"
     with DestinationScp(hold_after=2) as scp:
-        env = forward_env(routes_to(tmp_path, scp), LEASE="1.5")
+        env = forward_env(routes_to(tmp_path, scp), LEASE="1.5", TIMEOUT=HELD_LONGER)
         with Oxidip(root, env=env) as server:
             assert set(send(server.port, s.datasets, calling_aet=SENDER).values()) == {0}
             wait_until(scp.holding.is_set, timeout=30, what="the third instance in flight")
