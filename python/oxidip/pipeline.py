@@ -59,6 +59,7 @@ from oxidip.registry import (
     SeriesState,
     Transition,
 )
+from oxidip.routing import Trigger
 
 __all__ = ["Pipeline"]
 
@@ -223,7 +224,7 @@ class Pipeline:
         if result is None:
             return
         if self.forwarding is not None:
-            self.forwarding.wake()  # the batch may have queued jobs (instance rules)
+            self.forwarding.wake(Trigger.INSTANCE)  # the batch may have queued jobs
         self.request_expected(result.touched)
         self._apply(result.transitions)
         for series in result.touched:
@@ -289,8 +290,10 @@ class Pipeline:
 
     def _apply(self, transitions: Sequence[Transition]) -> None:
         self.request_expected(transition.series for transition in transitions)
-        if transitions and self.forwarding is not None:
-            self.forwarding.wake()  # state changes may have queued jobs
+        if self.forwarding is not None and any(
+            t.series.state != SeriesState.RECEIVING for t in transitions
+        ):
+            self.forwarding.wake()  # series-complete/-finalized rules may have queued jobs
         for transition in transitions:
             series = transition.series
             if series.state == transition.previous:

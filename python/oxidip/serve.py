@@ -337,6 +337,7 @@ def build_pipeline(
         forwarding = Forwarding(
             registry=registry,
             destinations=routes.destinations,
+            triggers=router.triggers if router is not None else frozenset(),
             forward=config.forward,
             scp_aet=config.scp_aet,
             max_pdu_length=config.scp_max_pdu_length,

@@ -64,7 +64,7 @@ from oxidip.hooks import Hooks
 from oxidip.logs import one_line
 from oxidip.notify import Notifier
 from oxidip.registry import ClaimedJob, JobRow, JobState, Registry, RetryPolicy, unreachable
-from oxidip.routing import Destination
+from oxidip.routing import Destination, Trigger
 from oxidip.workers import Run, WorkQueue
 
 __all__ = ["CLAIM_INTERVAL", "Forwarding", "ForwardingMetrics"]
@@ -74,12 +74,18 @@ log = logging.getLogger("oxidip.forwarding")
 #: Seconds between two claims when nothing wakes the loop: how soon jobs queued by another
 #: process, or whose retry is due, are seen at worst.
 CLAIM_INTERVAL = 1.0
-#: Seconds at least between two claims: registrations wake the loop many times a second.
-CLAIM_AT_MOST_EVERY = 0.05
+#: Seconds at least between two claims: registrations wake the loop many times a second
+#: (with instance rules), and a claim is a write transaction (SQLite: the registrations'
+#: lock). A job waits at most this long for its claim.
+CLAIM_AT_MOST_EVERY = 0.01
 #: Outcomes taken from the engine at once, and the longest wait for them (the loop's tick
 #: while jobs run).
 OUTCOME_BATCH = 1000
 OUTCOME_WAIT = 0.1
+#: Seconds the outcomes of running jobs are gathered, once the first is in, before they are
+#: recorded (unless a job ends): one registry transaction per few dozen instances, not per
+#: instance. Outcomes are recorded at most this much later.
+OUTCOME_LINGER = 0.02
 #: Seconds between two reads of the destinations held in the registry (held or released by
 #: another process).
 HELD_CHECK_INTERVAL = 5.0
@@ -139,6 +145,7 @@ class Forwarding:
         *,
         registry: Registry,
         destinations: Mapping[str, Destination],
+        triggers: frozenset[Trigger],
         forward: ForwardConfig,
         scp_aet: str,
         max_pdu_length: int,
@@ -150,6 +157,9 @@ class Forwarding:
     ) -> None:
         self.registry = registry
         self.destinations = dict(destinations)
+        #: What the router queues jobs on (``Router.triggers``): a registration wakes the
+        #: loop only with instance rules (or a route hook).
+        self.triggers = triggers
         self.forward = forward
         self.scp_aet = scp_aet
         self.process_id = process_id
@@ -209,8 +219,11 @@ class Forwarding:
         )
         self._thread.start()
 
-    def wake(self) -> None:
-        """Something may have been queued: claim soon. Cheap; any thread."""
+    def wake(self, trigger: Trigger | None = None) -> None:
+        """Something may have been queued (by ``trigger``: nothing when the router has no
+        rule for it; None: a series changed state): claim soon. Cheap; any thread."""
+        if trigger is not None and trigger not in self.triggers:
+            return
         self._claim_at = 0.0
         self._woken.set()
 
@@ -292,12 +305,29 @@ class Forwarding:
         self._woken.clear()
 
     def _take_outcomes(self, timeout: float) -> None:
-        outcomes = _outcomes.decode(self.forwarder.next_outcomes(OUTCOME_BATCH, timeout))
-        for outcome in outcomes:
-            if isinstance(outcome, ItemOutcome):
-                self._unrecorded_items.append(outcome)
-            else:
-                self._unrecorded_ends.append(outcome)
+        """Waits up to ``timeout`` for outcomes; once some are in, gathers more for
+        ``OUTCOME_LINGER`` unless a job ended (its room, log and hooks are not held back)."""
+        linger_until = 0.0
+        taken = 0
+        while taken < OUTCOME_BATCH:
+            outcomes = _outcomes.decode(
+                self.forwarder.next_outcomes(OUTCOME_BATCH - taken, timeout)
+            )
+            if not outcomes:
+                return
+            taken += len(outcomes)
+            ended = False
+            for outcome in outcomes:
+                if isinstance(outcome, ItemOutcome):
+                    self._unrecorded_items.append(outcome)
+                else:
+                    self._unrecorded_ends.append(outcome)
+                    ended = True
+            now = time.monotonic()
+            linger_until = linger_until or now + OUTCOME_LINGER
+            if ended or now >= linger_until:
+                return
+            timeout = linger_until - now
 
     # --- claiming ---------------------------------------------------------------------------
 
