@@ -5,17 +5,18 @@ waits for it. Each turn:
 
 1. **Claim** (``Registry.claim_jobs``) as many jobs as each destination has room for: its
    ``max_associations`` minus the jobs this process runs for it; none for a destination
-   whose circuit is open. Claims happen when woken (``wake``: the pipeline registered
-   something, which may have queued jobs), when a job ended (room), when a retry is due, and
-   at least every ``CLAIM_INTERVAL`` seconds (jobs queued by other processes, retries of
-   theirs). Each claimed job becomes a ``_boundary.ForwardJob`` (the destination of the
-   routes file, our calling AE title: the destination's or ``OXIDIP_SCP_AET``) submitted to
-   the Rust engine (``_core.Forwarder``): one association per job.
-2. **Record** what the engine reports, in batches: item outcomes with one
-   ``record_items`` call, then each job's end with ``end_job`` and the retry policy
-   (``OXIDIP_FORWARD_RETRY_*``): done, failed (next attempt with backoff and jitter), dead,
-   or back to pending. Each end is logged in words, sent to the hooks
-   (``on_forwarded`` / ``on_forward_failed``, on the hooks' worker) and to NATS.
+   whose circuit is open. Claims happen when woken (``wake``: a registration batch, with
+   instance rules; a series leaving ``receiving``), when a job ended (room), when a retry is
+   due, and at least every ``CLAIM_INTERVAL`` seconds (jobs queued by other processes,
+   retries of theirs), at most every ``CLAIM_AT_MOST_EVERY``. Each claimed job becomes a
+   ``_boundary.ForwardJob`` (the destination of the routes file, our calling AE title: the
+   destination's or ``OXIDIP_SCP_AET``) submitted to the Rust engine (``_core.Forwarder``):
+   one association per job.
+2. **Record** what the engine reports, in batches (gathered for ``OUTCOME_LINGER`` once the
+   first is in): item outcomes with one ``record_items`` call, then each job's end with
+   ``end_job`` and the retry policy (``OXIDIP_FORWARD_RETRY_*``): done, failed (next attempt
+   with backoff and jitter), dead, or back to pending. Each end is logged in words, sent to
+   the hooks (``on_forwarded`` / ``on_forward_failed``, on the hooks' worker) and to NATS.
 3. **Renew** the leases of running jobs every third of ``OXIDIP_FORWARD_LEASE``, well before
    they expire; a job whose lease was lost (taken by another process after a stall, or
    cancelled with ``oxidip queue cancel``) is aborted in the engine and left to its new
