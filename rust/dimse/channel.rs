@@ -172,11 +172,13 @@ impl<S: ByteStream> Channel<S> {
         &mut self.conn
     }
 
-    /// How much of a data set `send_from_reader` reads at once: a few fragments, so that a
-    /// chunk goes out in one writev with few syscalls on both sides, and memory stays bounded
-    /// (at most 4 MiB) whatever the data set's size.
+    /// How much of a data set `send_from_reader` reads at once: at least 1 MiB (a CT slice
+    /// in one read: each read of a file is a system call, and a trip to a blocking thread
+    /// when the reader is asynchronous), at least a few fragments, and at most 4 MiB, so that
+    /// memory stays bounded whatever the data set's size. A chunk goes out in one writev,
+    /// cut to the peer's maximum PDU length.
     pub fn chunk_len(&self) -> usize {
-        (self.peer_max_pdu() as usize).saturating_mul(4).clamp(1, 4 << 20)
+        (self.peer_max_pdu() as usize).saturating_mul(4).clamp(1 << 20, 4 << 20)
     }
 
     /// The largest P-DATA-TF we send, 0 (unlimited) capped (`UNLIMITED_PDU_CAP`).

@@ -114,8 +114,9 @@ fn failed(job_id: i64, item_id: i64, comment: String) -> ItemOutcome {
 fn a_job_goes_on_one_association_byte_for_byte_in_item_order() {
     let (files, root) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (server, mut events) = start(config(root.path()));
-    // Small ones, and one of 1 MB that is streamed in many chunks to a 16 KiB peer.
-    let stored: Vec<_> = [2000, 30_000, 1_000_000, 10]
+    // Small ones, and one of 3 MB: its first MiB read with the file's head, the rest streamed,
+    // all cut to the 16 KiB peer's PDUs.
+    let stored: Vec<_> = [2000, 30_000, 3_000_000, 10]
         .iter()
         .enumerate()
         .map(|(n, size)| stored_file(files.path(), n as u64 + 1, *size))
