@@ -265,12 +265,14 @@ def schema_v3(dialect: Dialect) -> tuple[str, ...]:
             WHERE state IN {_CLAIMABLE}""",
         "CREATE INDEX forward_jobs_series ON forward_jobs (series_instance_uid, calling_aet)",
         "CREATE INDEX forward_jobs_state ON forward_jobs (state, destination)",
-        # No foreign key to instances: items are only ever inserted from instances rows (and
-        # instances are never deleted), and its check (a trigger per row in PostgreSQL) was
-        # a fifth of the cost of queuing an instance.
+        # No foreign keys: items are only ever inserted from instances rows by a join, into
+        # a job created or locked in the same transaction (instances and jobs holding items
+        # are never deleted), and the checks (a trigger per row in PostgreSQL) cost a fifth
+        # of queuing an instance. Indexed by job alone: recording an outcome changes an
+        # item's state, which then touches no index (PostgreSQL can update it in place).
         f"""CREATE TABLE forward_items (
             id {identity},
-            job_id bigint NOT NULL REFERENCES forward_jobs (id),
+            job_id bigint NOT NULL,
             sop_instance_uid text NOT NULL,
             calling_aet text NOT NULL,
             rule text NOT NULL,
@@ -281,7 +283,7 @@ def schema_v3(dialect: Dialect) -> tuple[str, ...]:
             updated_at {ts} NOT NULL,
             CONSTRAINT forward_items_once UNIQUE (sop_instance_uid, rule, destination)
         )""",
-        "CREATE INDEX forward_items_job ON forward_items (job_id, state)",
+        "CREATE INDEX forward_items_job ON forward_items (job_id)",
         f"""CREATE TABLE forward_held (
             name text PRIMARY KEY,
             reason text NOT NULL,
@@ -359,11 +361,14 @@ def _statements(d: Dialect) -> _Statements:
             WHERE s.series_instance_uid = :uid AND s.calling_aet = :aet""",
         held_names="SELECT name, reason FROM forward_held ORDER BY name",
         held="SELECT 1 FROM forward_held WHERE name = :destination",
-        pending_instance_job="""SELECT id FROM forward_jobs
+        # Locked (PostgreSQL), so that no claim takes the job, and no end decides it is
+        # done, before the items added here are committed; a job being claimed is skipped
+        # (a new one is made).
+        pending_instance_job=f"""SELECT id FROM forward_jobs
             WHERE series_instance_uid = :uid AND calling_aet = :aet AND rule = :rule
                 AND destination = :destination AND triggered_by = 'instance'
                 AND state IN ('pending', 'held')
-            ORDER BY id DESC LIMIT 1""",
+            ORDER BY id DESC LIMIT 1{d.skip_locked}""",
         insert_job=f"""INSERT INTO forward_jobs (series_instance_uid, calling_aet,
                 study_instance_uid, rule, destination, triggered_by, priority, state, attempts,
                 next_attempt_at, last_error, lease_owner, lease_until, created_at, updated_at)
