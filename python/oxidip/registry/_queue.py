@@ -568,6 +568,10 @@ class QueueMethods(ABC):
     def _transact(self, work: Callable[[Tx], T]) -> T:
         """Runs ``work`` in one write transaction (committed when it returns)."""
 
+    def _read(self, work: Callable[[Tx], T]) -> T:
+        """Runs ``work``, which only reads, with one statement."""
+        return self._transact(work)
+
     # --- jobs created with the transitions ---------------------------------------------------
 
     def _create_jobs(
@@ -858,7 +862,7 @@ class QueueMethods(ABC):
 
     def held_destinations(self) -> dict[str, str]:
         """Held destination -> why."""
-        return self._transact(
+        return self._read(
             lambda tx: {
                 name: reason for name, reason in tx.execute(self._sql.held_names).fetchall()
             }
@@ -888,7 +892,7 @@ class QueueMethods(ABC):
             query += " LIMIT :limit"
             params["limit"] = limit
         sql = self._dialect.sql(query)
-        rows = self._transact(lambda tx: tx.execute(sql, params).fetchall())
+        rows = self._read(lambda tx: tx.execute(sql, params).fetchall())
         return [_job_row(row) for row in reversed(rows)]
 
     def retry_jobs(
@@ -935,7 +939,7 @@ class QueueMethods(ABC):
             return {}
         wanted = set(keys)
         params = {"uids": self._dialect.values(sorted({uid for uid, _ in wanted}))}
-        rows = self._transact(lambda tx: tx.execute(self._sql.forwarded, params).fetchall())
+        rows = self._read(lambda tx: tx.execute(self._sql.forwarded, params).fetchall())
         found: dict[SeriesKey, list[ForwardSummary]] = {}
         for uid, aet, job, destination, rule, state, delivered, total in rows:
             if (uid, aet) in wanted:
