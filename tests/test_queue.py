@@ -679,6 +679,10 @@ def test_a_job_stopped_by_its_process_is_pending_again(open_queue: OpenQueue) ->
     assert (row.state, row.attempts, row.delivered) == (JobState.PENDING, 0, 1)
     (again,) = claim(registry, now)
     assert (again.attempts, len(again.items)) == (1, 1)
+    # Stopped again, but after its last item was delivered: done.
+    deliver(registry, again, now)
+    row = end(registry, job.job_id, JobEndKind.CANCELLED, now, "shutting down")
+    assert (row.state, row.delivered, row.last_error) == (JobState.DONE, 2, "")
 
 
 def test_list_jobs_filters_and_forwarded(open_queue: OpenQueue) -> None:

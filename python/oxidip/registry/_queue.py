@@ -513,17 +513,16 @@ def _ending(
 ) -> _Ending:
     """Where a job goes when its association is over (the module docstring's state machine).
     ``counts``: its items per state; ``failure``: the first failed item in words."""
-    pending = counts.get(ItemState.PENDING, 0)
+    if counts.get(ItemState.PENDING, 0) == 0:  # whatever the end: nothing left to send
+        failed = counts.get(ItemState.FAILED, 0)
+        total = sum(counts.values())
+        summary = f"{failed} of {total} instances failed; first: {failure}" if failed else ""
+        return _Ending(JobState.DONE, attempts, None, summary)
     if end is JobEndKind.CANCELLED:
         # Stopped by us (shutdown, a lease given up), not by a person (cancel_jobs made it
         # cancelled already): not an attempt; its delivered items stay delivered.
         state = JobState.HELD if held else JobState.PENDING
         return _Ending(state, max(attempts - 1, 0), None, error)
-    if pending == 0:
-        failed = counts.get(ItemState.FAILED, 0)
-        total = sum(counts.values())
-        summary = f"{failed} of {total} instances failed; first: {failure}" if failed else ""
-        return _Ending(JobState.DONE, attempts, None, summary)
     if end is JobEndKind.OK:
         # The rest of a job split over claims (too many presentation contexts for one
         # association), or instances added to it since it was claimed.
@@ -554,8 +553,8 @@ def _failure_words(row: Sequence[Any] | None) -> str:
 
 class QueueMethods(ABC):
     """The queue's side of a registry: job creation inside the registry's own transactions
-    (``_create_jobs``) and the queue methods of ``Registry``. A backend sets ``_dialect``
-    and ``_router`` and provides ``_transact``."""
+    (``_create_jobs``) and the queue methods of ``Registry``. A backend initialises it with
+    its dialect and router, and provides ``_transact`` (and ``_read`` if it can do better)."""
 
     _router: Router | None
 
