@@ -354,6 +354,55 @@ priority = 5
     assert [(job.total, job.state) for job in jobs(registry)] == [(4, "running"), (1, "pending")]
 
 
+def test_instances_join_a_waiting_job_whole(open_queue: OpenQueue) -> None:
+    """A registration adding instances to an instance rule's waiting job, and a claim by
+    another process at that moment: the claim does not take the job half-filled (PostgreSQL
+    skips it while the registration holds it; SQLite's claim waits for the write lock), so
+    whoever claims it first gets the instances of both batches. (The lock taken when the
+    job is chosen also closes the moment before the items are inserted, which a test cannot
+    pause in.)"""
+    routes = Routes.parse(
+        DESTINATIONS + '[[rules]]\nname = "stream"\non = "instance"\nto = ["ai"]\n'
+    )
+    inside, go = threading.Event(), threading.Event()
+    base = uid()
+    first, second = f"{base}.1", f"{base}.2"  # registered in this order (UID order)
+
+    class Pausing:
+        triggers = routes.triggers
+
+        def targets(
+            self, trigger: Trigger, series: SeriesFacts, state: SeriesState | None
+        ) -> list[Target]:
+            if series["SeriesInstanceUID"] == second:  # after the first series' items
+                inside.set()
+                assert go.wait(30)
+            return routes.targets(trigger, series, state)
+
+    registry = open_queue(Pausing())
+    other = open_queue()
+    registry.register([stored(f"{first}.1", first)], "p1")
+    (waiting,) = jobs(registry)
+    adding = threading.Thread(
+        target=registry.register,
+        args=([stored(f"{first}.2", first), stored(f"{second}.1", second)], "p1"),
+    )
+    adding.start()
+    assert inside.wait(30)
+    claims: list[list[ClaimedJob]] = []
+    claiming = threading.Thread(
+        target=lambda: claims.append(other.claim_jobs("p2", ROOM, 60.0, time.time()))
+    )
+    claiming.start()
+    claiming.join(timeout=2)  # PostgreSQL: done, the job skipped; SQLite: waiting
+    go.set()
+    adding.join(timeout=30)
+    claiming.join(timeout=30)
+    claims.append(other.claim_jobs("p2", ROOM, 60.0, time.time()))
+    (taken,) = [job for claim in claims for job in claim if job.job_id == waiting.id]
+    assert sorted(item.sop_instance_uid for item in taken.items) == [f"{first}.1", f"{first}.2"]
+
+
 # --- claims -------------------------------------------------------------------------------
 
 
@@ -630,6 +679,10 @@ def test_a_job_stopped_by_its_process_is_pending_again(open_queue: OpenQueue) ->
     assert (row.state, row.attempts, row.delivered) == (JobState.PENDING, 0, 1)
     (again,) = claim(registry, now)
     assert (again.attempts, len(again.items)) == (1, 1)
+    # Stopped again, but after its last item was delivered: done.
+    deliver(registry, again, now)
+    row = end(registry, job.job_id, JobEndKind.CANCELLED, now, "shutting down")
+    assert (row.state, row.delivered, row.last_error) == (JobState.DONE, 2, "")
 
 
 def test_list_jobs_filters_and_forwarded(open_queue: OpenQueue) -> None:

@@ -265,12 +265,14 @@ def schema_v3(dialect: Dialect) -> tuple[str, ...]:
             WHERE state IN {_CLAIMABLE}""",
         "CREATE INDEX forward_jobs_series ON forward_jobs (series_instance_uid, calling_aet)",
         "CREATE INDEX forward_jobs_state ON forward_jobs (state, destination)",
-        # No foreign key to instances: items are only ever inserted from instances rows (and
-        # instances are never deleted), and its check (a trigger per row in PostgreSQL) was
-        # a fifth of the cost of queuing an instance.
+        # No foreign keys: items are only ever inserted from instances rows by a join, into
+        # a job created or locked in the same transaction (instances and jobs holding items
+        # are never deleted), and the checks (a trigger per row in PostgreSQL) cost a fifth
+        # of queuing an instance. Indexed by job alone: recording an outcome changes an
+        # item's state, which then touches no index (PostgreSQL can update it in place).
         f"""CREATE TABLE forward_items (
             id {identity},
-            job_id bigint NOT NULL REFERENCES forward_jobs (id),
+            job_id bigint NOT NULL,
             sop_instance_uid text NOT NULL,
             calling_aet text NOT NULL,
             rule text NOT NULL,
@@ -281,7 +283,7 @@ def schema_v3(dialect: Dialect) -> tuple[str, ...]:
             updated_at {ts} NOT NULL,
             CONSTRAINT forward_items_once UNIQUE (sop_instance_uid, rule, destination)
         )""",
-        "CREATE INDEX forward_items_job ON forward_items (job_id, state)",
+        "CREATE INDEX forward_items_job ON forward_items (job_id)",
         f"""CREATE TABLE forward_held (
             name text PRIMARY KEY,
             reason text NOT NULL,
@@ -359,11 +361,14 @@ def _statements(d: Dialect) -> _Statements:
             WHERE s.series_instance_uid = :uid AND s.calling_aet = :aet""",
         held_names="SELECT name, reason FROM forward_held ORDER BY name",
         held="SELECT 1 FROM forward_held WHERE name = :destination",
-        pending_instance_job="""SELECT id FROM forward_jobs
+        # Locked (PostgreSQL), so that no claim takes the job, and no end decides it is
+        # done, before the items added here are committed; a job being claimed is skipped
+        # (a new one is made).
+        pending_instance_job=f"""SELECT id FROM forward_jobs
             WHERE series_instance_uid = :uid AND calling_aet = :aet AND rule = :rule
                 AND destination = :destination AND triggered_by = 'instance'
                 AND state IN ('pending', 'held')
-            ORDER BY id DESC LIMIT 1""",
+            ORDER BY id DESC LIMIT 1{d.skip_locked}""",
         insert_job=f"""INSERT INTO forward_jobs (series_instance_uid, calling_aet,
                 study_instance_uid, rule, destination, triggered_by, priority, state, attempts,
                 next_attempt_at, last_error, lease_owner, lease_until, created_at, updated_at)
@@ -508,17 +513,16 @@ def _ending(
 ) -> _Ending:
     """Where a job goes when its association is over (the module docstring's state machine).
     ``counts``: its items per state; ``failure``: the first failed item in words."""
-    pending = counts.get(ItemState.PENDING, 0)
+    if counts.get(ItemState.PENDING, 0) == 0:  # whatever the end: nothing left to send
+        failed = counts.get(ItemState.FAILED, 0)
+        total = sum(counts.values())
+        summary = f"{failed} of {total} instances failed; first: {failure}" if failed else ""
+        return _Ending(JobState.DONE, attempts, None, summary)
     if end is JobEndKind.CANCELLED:
         # Stopped by us (shutdown, a lease given up), not by a person (cancel_jobs made it
         # cancelled already): not an attempt; its delivered items stay delivered.
         state = JobState.HELD if held else JobState.PENDING
         return _Ending(state, max(attempts - 1, 0), None, error)
-    if pending == 0:
-        failed = counts.get(ItemState.FAILED, 0)
-        total = sum(counts.values())
-        summary = f"{failed} of {total} instances failed; first: {failure}" if failed else ""
-        return _Ending(JobState.DONE, attempts, None, summary)
     if end is JobEndKind.OK:
         # The rest of a job split over claims (too many presentation contexts for one
         # association), or instances added to it since it was claimed.
@@ -549,8 +553,8 @@ def _failure_words(row: Sequence[Any] | None) -> str:
 
 class QueueMethods(ABC):
     """The queue's side of a registry: job creation inside the registry's own transactions
-    (``_create_jobs``) and the queue methods of ``Registry``. A backend sets ``_dialect``
-    and ``_router`` and provides ``_transact``."""
+    (``_create_jobs``) and the queue methods of ``Registry``. A backend initialises it with
+    its dialect and router, and provides ``_transact`` (and ``_read`` if it can do better)."""
 
     _router: Router | None
 
@@ -562,6 +566,10 @@ class QueueMethods(ABC):
     @abstractmethod
     def _transact(self, work: Callable[[Tx], T]) -> T:
         """Runs ``work`` in one write transaction (committed when it returns)."""
+
+    def _read(self, work: Callable[[Tx], T]) -> T:
+        """Runs ``work``, which only reads, with one statement."""
+        return self._transact(work)
 
     # --- jobs created with the transitions ---------------------------------------------------
 
@@ -853,7 +861,7 @@ class QueueMethods(ABC):
 
     def held_destinations(self) -> dict[str, str]:
         """Held destination -> why."""
-        return self._transact(
+        return self._read(
             lambda tx: {
                 name: reason for name, reason in tx.execute(self._sql.held_names).fetchall()
             }
@@ -883,7 +891,7 @@ class QueueMethods(ABC):
             query += " LIMIT :limit"
             params["limit"] = limit
         sql = self._dialect.sql(query)
-        rows = self._transact(lambda tx: tx.execute(sql, params).fetchall())
+        rows = self._read(lambda tx: tx.execute(sql, params).fetchall())
         return [_job_row(row) for row in reversed(rows)]
 
     def retry_jobs(
@@ -930,7 +938,7 @@ class QueueMethods(ABC):
             return {}
         wanted = set(keys)
         params = {"uids": self._dialect.values(sorted({uid for uid, _ in wanted}))}
-        rows = self._transact(lambda tx: tx.execute(self._sql.forwarded, params).fetchall())
+        rows = self._read(lambda tx: tx.execute(self._sql.forwarded, params).fetchall())
         found: dict[SeriesKey, list[ForwardSummary]] = {}
         for uid, aet, job, destination, rule, state, delivered, total in rows:
             if (uid, aet) in wanted:

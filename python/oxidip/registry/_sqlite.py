@@ -192,6 +192,11 @@ class SqliteRegistry(QueueMethods):
         with self._write() as conn:
             return work(_Tx(conn))
 
+    def _read(self, work: Callable[[Tx], T]) -> T:
+        # A statement outside BEGIN is its own read transaction: no write lock to wait for.
+        with self._lock:
+            return work(_Tx(self._conn))
+
     # --- schema -------------------------------------------------------------------------
 
     def migrate(self) -> None:
