@@ -467,16 +467,17 @@ class Forwarding:
             "seconds": round(seconds, 3),
         }
         state = row.state
-        if end == JobEndKind.CANCELLED or state == JobState.CANCELLED:
-            # Stopped by us (shutdown, lease given up) or by a person: not an attempt's end.
-            what = (
-                "forwarding cancelled"
-                if state == JobState.CANCELLED
-                else ("forwarding interrupted; the job waits in the queue")
-            )
-            log.info(what, extra={**fields, "reason": row.last_error})
+        if state == JobState.CANCELLED:  # by a person (oxidip queue cancel)
+            log.info("forwarding cancelled", extra={**fields, "reason": row.last_error})
             return
-        if end == JobEndKind.OK and state in (JobState.PENDING, JobState.HELD):
+        if state != JobState.DONE and end == JobEndKind.CANCELLED:
+            # Stopped by us (shutdown, lease given up): not the end of an attempt.
+            log.info(
+                "forwarding interrupted; the job waits in the queue",
+                extra={**fields, "reason": row.last_error},
+            )
+            return
+        if state != JobState.DONE and end == JobEndKind.OK:
             # Split over claims (over 128 presentation contexts), or grown since claimed.
             log.info("forwarded part of a job; the rest follows", extra=fields)
             return
