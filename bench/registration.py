@@ -6,6 +6,12 @@
    PostgreSQL, a fresh database per repetition (``migrate`` not timed). Instances/s over all
    the batches of a repetition: median, min, max over ``--reg-repeats``.
 
+1b. Registration with routes (issue 11): the same calls with the registry given no routes,
+   a ``series-finalized`` rule, or an ``instance`` rule (jobs created per batch), then
+   ``association_ended`` (the series finalize: the series-finalized rule's jobs are created
+   with all their items, in that transaction). Microseconds per instance of each, medians
+   over ``--reg-repeats``.
+
 2. Receiving with registration on vs off: ``bench/receive.py``'s small workload
    (``--small`` Secondary Capture 32x32 instances, one dcmtk ``storescu`` association) pushed
    to ``oxidip serve`` with registration on in SQLite (the default), on in PostgreSQL
@@ -70,6 +76,7 @@ from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
 from oxidip.bench.receivers import RunContext, start_oxidip
 from oxidip.bench.tools import cpu_model, keep_pynetdicom_responses, tool, versions
 from oxidip.registry import open_registry
+from oxidip.routing import Routes
 
 HERE = Path(__file__).resolve().parent
 HOOKS_DIR = HERE / "hooks"
@@ -205,6 +212,66 @@ def measure_registration(
         finally:
             registry.close()
     return Throughput(backend.name, rep, seconds, len(events), timings)
+
+
+# --- 1b. registration with routes ------------------------------------------------------------
+
+_DESTINATION = """
+[destinations.archive]
+aet = "ARCHIVE"
+host = "127.0.0.1"
+port = 11112
+"""
+
+#: Routes files of the routed registration runs (None: no routes, nothing routed).
+ROUTINGS: dict[str, str | None] = {
+    "none": None,
+    "series-finalized": _DESTINATION
+    + '[[rules]]\nname = "all"\non = "series-finalized"\nto = ["archive"]\n',
+    "instance": _DESTINATION + '[[rules]]\nname = "all"\non = "instance"\nto = ["archive"]\n',
+}
+
+
+@dataclass
+class Routed:
+    backend: str
+    routing: str
+    count: int
+    register_seconds: float
+    #: ``association_ended`` of the association that sent everything (series finalized).
+    end_seconds: float
+    jobs: int
+    items: int
+
+
+def measure_routed(
+    backend: Backend, events: list[InstanceStored], batch: int, root: Path, routing: str
+) -> Routed:
+    text = ROUTINGS[routing]
+    router = Routes.parse(text, routing) if text else None
+    batches = [events[i : i + batch] for i in range(0, len(events), batch)]
+    with backend.fresh() as connection:
+        registry = open_registry(connection, root, router=router)
+        try:
+            registry.migrate()
+            started = time.perf_counter()
+            for chunk in batches:
+                registry.register(chunk, "bench-node")
+            registered = time.perf_counter()
+            registry.association_ended("bench-node", 1)
+            ended = time.perf_counter()
+            jobs = registry.list_jobs()
+        finally:
+            registry.close()
+    return Routed(
+        backend.name,
+        routing,
+        len(events),
+        registered - started,
+        ended - registered,
+        len(jobs),
+        sum(job.total for job in jobs),
+    )
 
 
 # --- 2. receiving with registration on vs off -----------------------------------------------
@@ -430,6 +497,7 @@ def report(
     args: argparse.Namespace,
     argv: Sequence[str],
     throughputs: list[Throughput],
+    routed: list[Routed],
     backends: list[Backend],
     receive_runs: list[ReceiveRun],
     variants: list[ReceiveVariant],
@@ -474,6 +542,32 @@ def report(
             f"{statistics.median(batch_times) * 1000:.1f} | {max(batch_times) * 1000:.1f} |"
         )
 
+    lines += [
+        "",
+        "## Registration with routes",
+        "",
+        (
+            "The same `Registry.register` calls with routes given to the registry: none, one"
+            " `series-finalized` rule, or one `instance` rule (a job per series and batch), then"
+            " `association_ended` for the association that sent everything (the series"
+            " finalize; the series-finalized rule's jobs are created then, with every instance)."
+            f" Microseconds per instance, median over {args.reg_repeats} repetition(s)."
+        ),
+        "",
+        "| backend | routes | register us/instance | association end us/instance | jobs | items |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for backend in backends:
+        for routing in ROUTINGS:
+            runs = [r for r in routed if r.backend == backend.name and r.routing == routing]
+            if not runs:
+                continue
+            register_us = statistics.median(r.register_seconds / r.count * 1e6 for r in runs)
+            end_us = statistics.median(r.end_seconds / r.count * 1e6 for r in runs)
+            lines.append(
+                f"| {backend.name} | {routing} | {register_us:.1f} | {end_us:.2f} |"
+                f" {runs[0].jobs} | {runs[0].items:,} |"
+            )
     lines += [
         "",
         "## Receiving with registration on vs off",
@@ -686,6 +780,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"register rep {rep} {backend.name:10} {t.seconds:6.2f} s "
                     f"{t.per_second:8.0f} inst/s"
                 )
+        routed: list[Routed] = []
+        for rep in range(args.reg_repeats):
+            shift = rep % len(ROUTINGS)
+            order = list(ROUTINGS)[shift:] + list(ROUTINGS)[:shift]
+            for backend in backends:
+                for routing in order:
+                    root = workdir / f"routed-{rep}-{backend.name}-{routing}"
+                    r = measure_routed(backend, events, args.reg_batch, root, routing)
+                    routed.append(r)
+                    _progress(
+                        f"routes rep {rep} {backend.name:10} {routing:16} register"
+                        f" {r.register_seconds / r.count * 1e6:6.1f} us/inst, end"
+                        f" {r.end_seconds / r.count * 1e6:6.2f} us/inst, {r.jobs} jobs"
+                    )
 
         # 2. Receiving with registration on vs off.
         variants = [ReceiveVariant(OFF, None)] + [
@@ -732,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
 
         text = report(
-            args, argv, throughputs, backends, receive_runs, variants, workload, latencies
+            args, argv, throughputs, routed, backends, receive_runs, variants, workload, latencies
         )
         print(text)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod dicom;
 pub mod dimse;
 pub mod events;
+pub mod forward;
 pub mod implementation;
 pub mod loadgen;
 pub mod server;

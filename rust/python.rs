@@ -1,6 +1,6 @@
-//! The Python extension `oxidip._core`: a thin typed layer over `server::Server`. Python
-//! calls it a few times a second (start, stop, one call per batch of events); nothing here
-//! runs per PDU. Data crosses as msgpack, decoded on the Python side by msgspec structs
+//! The Python extension `oxidip._core`: a thin typed layer over `server::Server` and
+//! `forward::Forwarder`. Python calls it a few times a second (start, stop, one call per
+//! batch of events, of jobs or of outcomes); nothing here runs per PDU or per instance. Data crosses as msgpack, decoded on the Python side by msgspec structs
 //! (`oxidip._boundary`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +18,8 @@ use crate::dicom::extract::Extractor;
 use crate::dicom::inflate::InflateLimits;
 use crate::dicom::transfer_syntax;
 use crate::events::EventStream;
+use crate::forward;
+use crate::forward::job::{ForwardJob, ForwarderConfig};
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::loadgen as load;
 use crate::server::config::ServerConfig;
@@ -451,6 +453,59 @@ fn msgpack<'py>(py: Python<'py>, value: &impl serde::Serialize) -> PyResult<Boun
     Ok(PyBytes::new(py, &bytes))
 }
 
+/// The forwarding engine (`forward::Forwarder`): jobs in, outcomes out, both as msgpack
+/// batches (`oxidip._boundary.ForwardJob`, `ForwardOutcome`).
+#[pyclass(module = "oxidip._core", frozen, name = "Forwarder")]
+struct PyForwarder {
+    engine: forward::Forwarder,
+}
+
+#[pymethods]
+impl PyForwarder {
+    #[new]
+    fn new(config: &[u8]) -> PyResult<Self> {
+        let config: ForwarderConfig = rmp_serde::from_slice(config)
+            .map_err(|e| PyValueError::new_err(format!("invalid forwarder configuration: {e}")))?;
+        let engine = forward::Forwarder::new(&config).map_err(PyValueError::new_err)?;
+        Ok(PyForwarder { engine })
+    }
+
+    fn submit(&self, py: Python<'_>, jobs: &[u8]) -> PyResult<()> {
+        let jobs: Vec<ForwardJob> =
+            rmp_serde::from_slice(jobs).map_err(|e| PyValueError::new_err(format!("invalid forward jobs: {e}")))?;
+        py.allow_threads(|| self.engine.submit(jobs));
+        Ok(())
+    }
+
+    fn next_outcomes<'py>(&self, py: Python<'py>, max_outcomes: usize, timeout: f64) -> PyResult<Bound<'py, PyBytes>> {
+        let timeout = seconds(timeout, "timeout")?;
+        let outcomes = py.allow_threads(|| self.engine.next_outcomes(max_outcomes, timeout));
+        msgpack(py, &outcomes)
+    }
+
+    fn cancel(&self, job_ids: Vec<i64>) {
+        self.engine.cancel(&job_ids);
+    }
+
+    fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = seconds(timeout, "timeout")?;
+        py.allow_threads(|| self.engine.stop(timeout));
+        Ok(())
+    }
+
+    #[getter]
+    fn running(&self) -> usize {
+        self.engine.running()
+    }
+}
+
+/// C-ECHO on a new association: the status; OSError saying why when there was no answer.
+#[pyfunction]
+fn echo(py: Python<'_>, host: &str, port: u16, calling_aet: &str, called_aet: &str, timeout: f64) -> PyResult<u16> {
+    let timeout = seconds(timeout, "timeout")?;
+    py.allow_threads(|| forward::echo(host, port, calling_aet, called_aet, timeout)).map_err(PyOSError::new_err)
+}
+
 /// Runs the load generator (`loadgen`): options and report as msgpack of
 /// `oxidip._boundary.LoadOptions` / `LoadReport`. Blocks until done, without the GIL.
 #[pyfunction]
@@ -475,6 +530,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OrphanJournal>()?;
     m.add_class::<FindResult>()?;
     m.add_class::<RetrieveResult>()?;
+    m.add_class::<PyForwarder>()?;
     m.add_function(wrap_pyfunction!(decode_pdus, m)?)?;
     m.add_function(wrap_pyfunction!(extract_attributes, m)?)?;
     m.add_function(wrap_pyfunction!(check_path_template, m)?)?;
@@ -484,5 +540,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_stored_for_sending, m)?)?;
     m.add_function(wrap_pyfunction!(send_load, m)?)?;
     m.add_function(wrap_pyfunction!(find, m)?)?;
+    m.add_function(wrap_pyfunction!(echo, m)?)?;
     Ok(())
 }

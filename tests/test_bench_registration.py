@@ -83,10 +83,27 @@ def test_registration_benchmark_quick(tmp_path: Path) -> None:
     titles = [s.splitlines()[0] for s in sections[1:]]
     assert titles == [
         "Registration throughput",
+        "Registration with routes",
         "Receiving with registration on vs off",
         "Series completion latency",
     ], text
-    throughput, receiving, latency = (_rows(s) for s in sections[1:])
+    throughput, _, receiving, latency = (_rows(s) for s in sections[1:])
+    routed = [
+        line.strip("|").split("|")
+        for line in sections[2].splitlines()
+        if line.startswith(("| SQLite", "| PostgreSQL"))
+    ]
+    # Per backend: no routes (no jobs), a series-finalized rule (one job per series, created
+    # when the association ends), an instance rule (one job per series and batch).
+    assert sorted((b.strip(), r.strip(), int(j), _number(i)) for b, r, _, _, j, i in routed) == [
+        (backend, routing, jobs, items)
+        for backend in ("PostgreSQL", "SQLite")
+        for routing, jobs, items in (
+            ("instance", 2, 2000),
+            ("none", 0, 0),
+            ("series-finalized", 2, 2000),
+        )
+    ], text
 
     for backend in ("SQLite", "PostgreSQL"):
         instances, batch, median, span, *_ = throughput[backend]
@@ -102,7 +119,7 @@ def test_registration_benchmark_quick(tmp_path: Path) -> None:
         # Registered after (or when) acknowledged, never before.
         assert 0 < _number(registered) <= _number(acked) * 1.0001, text
         assert _number(registered_ratio) > 0, text
-    assert "within 10%" in sections[2], text
+    assert "within 10%" in sections[3], text
 
     for backend in ("SQLite", "PostgreSQL"):
         series, per_series, median, span = latency[backend]

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import operator
 import os
 import queue
 import signal
@@ -76,6 +77,13 @@ DEFAULTS: dict[str, Any] = {
     "nats_address": None,
     "nats_root_subject": "",
     "progress_interval": 0.5,
+    "forward.routes": None,
+    "forward.retry_base": 10.0,
+    "forward.retry_max": 900.0,
+    "forward.attempts": 10,
+    "forward.lease": 60.0,
+    "forward.timeout": 30.0,
+    "forward.breaker_failures": 3,
     "http_host": "0.0.0.0",
     "http_port": None,
     "health_max_journal_backlog": 100000,
@@ -182,6 +190,13 @@ GOOD += [
     ("OXIDIP_HTTP_PORT", "8080", 8080),
     ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "0", 0),
     ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "500", 500),
+    ("OXIDIP_ROUTES", "", None),
+    ("OXIDIP_FORWARD_RETRY_BASE", "0.5", 0.5),
+    ("OXIDIP_FORWARD_RETRY_MAX", "10", 10.0),  # the base's default: equal is fine
+    ("OXIDIP_FORWARD_ATTEMPTS", "1", 1),
+    ("OXIDIP_FORWARD_LEASE", "5", 5.0),
+    ("OXIDIP_FORWARD_TIMEOUT", "2.5", 2.5),
+    ("OXIDIP_FORWARD_BREAKER_FAILURES", "1", 1),
     # Alone: the TLS files need each other, and "false" needs the TLS listener (see below).
     ("OXIDIP_PLAIN_LISTENER", "yes", True),
     ("OXIDIP_TLS_PORT", "0", 0),
@@ -284,6 +299,13 @@ BAD += [
     ("OXIDIP_HTTP_PORT", "65536"),
     ("OXIDIP_HTTP_PORT", "http"),
     ("OXIDIP_HEALTH_MAX_JOURNAL_BACKLOG", "-1"),
+    ("OXIDIP_ROUTES", "/nonexistent/routes.toml"),
+    ("OXIDIP_FORWARD_RETRY_BASE", "0"),
+    ("OXIDIP_FORWARD_RETRY_MAX", "15m"),
+    ("OXIDIP_FORWARD_ATTEMPTS", "0"),
+    ("OXIDIP_FORWARD_LEASE", "-1"),
+    ("OXIDIP_FORWARD_TIMEOUT", "3601"),
+    ("OXIDIP_FORWARD_BREAKER_FAILURES", "0"),
     ("OXIDIP_PLAIN_LISTENER", "maybe"),
     ("OXIDIP_TLS_PORT", "65536"),
     ("OXIDIP_TLS_CERT", "/nonexistent/server.crt"),
@@ -293,18 +315,30 @@ BAD += [
 BAD += [(name, raw) for name in BOOLEANS for raw in ("", "maybe", "2", "y", "enabled")]
 
 
-def field(name: str) -> str:
-    return name.removeprefix("OXIDIP_").lower()
+def value(config: Config, name: str) -> Any:
+    """The value of variable ``name`` in ``config`` (``forward.lease`` for a group's)."""
+    (variable,) = (variable for variable in VARIABLES if variable.name == name)
+    return operator.attrgetter(variable.field)(config)
+
+
+def fields(config: Config) -> dict[str, Any]:
+    """Every field of ``config``, those of its groups' structs as ``group.field``."""
+    found: dict[str, Any] = {}
+    for name, field in msgspec.structs.asdict(config).items():
+        if isinstance(field, msgspec.Struct):
+            found.update({f"{name}.{k}": v for k, v in msgspec.structs.asdict(field).items()})
+        else:
+            found[name] = field
+    return found
 
 
 def test_defaults() -> None:
-    config = Config.from_env({})
-    assert msgspec.structs.asdict(config) == DEFAULTS
+    assert fields(Config.from_env({})) == DEFAULTS
 
 
 def test_every_variable_has_a_field_and_a_default_test() -> None:
     names = {variable.name for variable in VARIABLES}
-    assert {field(name) for name in names} == set(msgspec.structs.asdict(Config.from_env({})))
+    assert {variable.field for variable in VARIABLES} == set(fields(Config.from_env({})))
     assert {variable.field for variable in VARIABLES} == set(DEFAULTS)
     assert names == {name for name, _, _ in GOOD} == {name for name, _ in BAD}
 
@@ -312,7 +346,7 @@ def test_every_variable_has_a_field_and_a_default_test() -> None:
 @pytest.mark.parametrize(("name", "raw", "expected"), GOOD)
 def test_good_value(name: str, raw: str, expected: Any) -> None:
     config = Config.from_env({name: raw})
-    assert getattr(config, field(name)) == expected
+    assert value(config, name) == expected
 
 
 @pytest.mark.parametrize(("name", "raw"), BAD)
@@ -341,6 +375,14 @@ def test_policies_are_enums_that_cross_the_boundary_as_their_words() -> None:
     wire = msgspec.msgpack.decode(msgspec.msgpack.encode(config.core()))
     assert (wire["fsync"], wire["duplicates"], wire["ack"]) == ("file", "keep-first", "registered")
     assert {type(wire[key]) for key in ("fsync", "duplicates", "ack")} == {str}
+
+
+def test_forward_retry_max_is_at_least_the_base() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"OXIDIP_FORWARD_RETRY_BASE": "60", "OXIDIP_FORWARD_RETRY_MAX": "30"})
+    assert caught.value.problems == [
+        "OXIDIP_FORWARD_RETRY_MAX='30': less than OXIDIP_FORWARD_RETRY_BASE (60)"
+    ]
 
 
 def test_port_message() -> None:

@@ -616,18 +616,22 @@ def test_schema_version_and_indexes(
         registry.migrate()
         registry.close()
     versions, indexes = _schema(connection, tmp_path)
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
     for index in (
         "studies_patient_id",
         "series_study_instance_uid",
         "series_state",
         "instances_series",
         "series_activity_association",
+        "forward_jobs_claim",
+        "forward_jobs_series",
+        "forward_jobs_state",
+        "forward_items_job",
     ):
         assert index in indexes
     # The primary keys: lookups by Study UID, by Series and SOP Instance UID (and sender).
     if backend == "postgresql":
-        assert {"studies_pkey", "series_key", "instances_key"} <= indexes
+        assert {"studies_pkey", "series_key", "instances_key", "forward_items_once"} <= indexes
 
 
 def test_open_registry(tmp_path: Path) -> None:

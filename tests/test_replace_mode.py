@@ -1,6 +1,7 @@
 """``REGISTER_MODE = "replace"`` (issue 9, item 15): the register hook replaces oxidip's
 database, where series states live, so the series hooks, NATS series messages and the
-expected-count C-FINDs do nothing. ``oxidip serve`` says so at start (a WARNING naming those
+expected-count C-FINDs do nothing, and nothing is forwarded (the queue lives there too).
+``oxidip serve`` says so at start (a WARNING naming those
 that are configured) instead of silently turning them off; with none of them configured, an
 INFO line says series states are not tracked."""
 
@@ -8,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 from tests.helpers.e2e import Oxidip, make_series, send
+from tests.helpers.forwarding import destination, write_routes
 from tests.helpers.nats import NatsServer
 from tests.helpers.query_scp import QueryScp
 
@@ -22,6 +24,9 @@ HOOKS = textwrap.dedent(
         pass
 
     def on_series_finalized(series):
+        pass
+
+    def on_forwarded(job):
         pass
     """
 )
@@ -46,6 +51,9 @@ def test_replace_mode_names_what_is_off(tmp_path: Path) -> None:
     env = hooks_env(tmp_path, HOOKS)
     with NatsServer() as nats, QueryScp({}) as pacs:
         env["OXIDIP_NATS_ADDRESS"] = nats.address
+        routes = {"archive": destination("ARCHIVE", pacs.port)}
+        rules = [{"name": "all", "on": "series-finalized", "to": ["archive"]}]
+        env["OXIDIP_ROUTES"] = str(write_routes(tmp_path / "routes.toml", routes, rules))
         with Oxidip(
             tmp_path / "data", pacs={"MODALITY": (pacs.host, pacs.port)}, env=env
         ) as server:
@@ -57,8 +65,10 @@ def test_replace_mode_names_what_is_off(tmp_path: Path) -> None:
             for what in (
                 "on_series_complete",
                 "on_series_finalized",
+                "on_forwarded",
                 "OXIDIP_NATS_ADDRESS",
                 "OXIDIP_PACS_ADDRESS",
+                "OXIDIP_ROUTES",
             ):
                 assert what in off, off
             assert "REGISTER_MODE" in str(record["why"])

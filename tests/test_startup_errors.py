@@ -7,6 +7,7 @@ line that says why, never a traceback.
   create files in);
 - a database URL libpq cannot read (a port that is not a number);
 - the database down for ``oxidip serve`` and for ``oxidip reconcile``;
+- a ``route()`` hook without ``OXIDIP_ROUTES`` (the destinations it could name);
 - ``oxidip bench compare`` without matplotlib: refused before the first run (not after the
   whole comparison), or run with ``--no-chart`` for the report without the chart.
 """
@@ -86,6 +87,17 @@ def test_serve_with_the_database_down(tmp_path: Path) -> None:
     assert '"msg": "cannot start"' in line
     assert '"variable": "OXIDIP_DB_CONNECTION"' in line
     assert "refused" in line
+
+
+def test_route_hook_without_routes(tmp_path: Path) -> None:
+    (tmp_path / "routing_hooks.py").write_text("def route(series):\n    return None\n")
+    env = serve_env(tmp_path / "data", OXIDIP_HOOKS="routing_hooks", PYTHONPATH=str(tmp_path))
+    result = run_oxidip("serve", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip().splitlines()[-1]  # after "hooks loaded"
+    assert line.startswith("oxidip: configuration error: OXIDIP_HOOKS='routing_hooks': ")
+    assert "OXIDIP_ROUTES is not set" in line, line
 
 
 def test_reconcile_with_the_database_down(tmp_path: Path) -> None:

@@ -19,17 +19,27 @@ __all__ = [
     "ConnectionRefused",
     "ContextsRefused",
     "CoreConfig",
+    "DeliveryResult",
     "DuplicatesPolicy",
     "Event",
+    "ForwardDestination",
+    "ForwardItem",
+    "ForwardJob",
+    "ForwardOutcome",
+    "ForwarderConfig",
     "FsyncPolicy",
     "Histogram",
     "InstanceFailed",
     "InstanceStored",
+    "ItemOutcome",
+    "JobEndKind",
+    "JobEnded",
     "LoadOptions",
     "LoadReport",
     "ReceiverMetrics",
     "RefusedContext",
     "ServerWarning",
+    "StoredDataSet",
     "StoredFile",
     "TlsListener",
 ]
@@ -406,3 +416,102 @@ class LoadReport(msgspec.Struct, frozen=True):
     latency_p90_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+
+
+# --- forwarding (``_core.Forwarder``, ``rust/forward/``) ------------------------------------
+
+
+class ForwarderConfig(msgspec.Struct, frozen=True):
+    """The forwarding engine's settings (``_core.Forwarder(config)``,
+    ``forward::job::ForwarderConfig``)."""
+
+    #: Seconds: bound on connecting, on each wait for the peer, on each write.
+    timeout: float
+    #: The maximum PDU length we announce (0 = unlimited); we send at most the peer's.
+    max_pdu_length: int
+    #: Associations open at once, all destinations together (a guard: the limits per
+    #: destination are the caller's, which submits no more jobs than they allow).
+    max_associations: int
+
+
+class ForwardDestination(msgspec.Struct, frozen=True):
+    """Where a job goes."""
+
+    #: The destination's name (routes file), for messages.
+    name: str
+    called_aet: str
+    host: str
+    port: int
+    calling_aet: str
+
+
+class ForwardItem(msgspec.Struct, frozen=True, array_like=True):
+    """One stored instance to send, as the registry knows it."""
+
+    item_id: int
+    #: Absolute path of the stored Part 10 file.
+    path: str
+    #: What the association proposes, and what the file must still hold.
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+class ForwardJob(msgspec.Struct, frozen=True):
+    """Items to send, in order, on one association to one destination. At most 128
+    distinct (sop_class_uid, transfer_syntax) pairs: one presentation context each."""
+
+    job_id: int
+    destination: ForwardDestination
+    items: list[ForwardItem]
+
+
+class DeliveryResult(enum.StrEnum):
+    """What became of an item (PS3.4 C.4.2.1.5 statuses)."""
+
+    #: 0000.
+    DELIVERED = "delivered"
+    #: 0001 or Bxxx: stored by the destination with a warning (delivered).
+    WARNING = "warning"
+    #: 0122, 0124, A9xx, Cxxx or another failure status; or never sent: no accepted
+    #: presentation context, the file missing, unreadable or changed. Permanent.
+    FAILED = "failed"
+
+
+class ItemOutcome(msgspec.Struct, frozen=True, tag_field="kind", tag="item"):
+    """An item's outcome, reported as it happens."""
+
+    job_id: int
+    item_id: int
+    result: DeliveryResult
+    #: The destination's DIMSE status; None when the item failed before being sent.
+    status: int | None
+    #: The destination's ErrorComment (or, without one, what its status means), or our
+    #: words for an item never sent ("file missing: ...").
+    comment: str
+
+
+class JobEndKind(enum.StrEnum):
+    """How a job ended."""
+
+    #: Every item has its ItemOutcome; the association was released.
+    OK = "ok"
+    #: Retry later: connection refused or lost, timeout, A-ABORT, A-ASSOCIATE-RJ transient,
+    #: an A7xx answer (that item has no outcome).
+    TRANSIENT = "transient"
+    #: A-ASSOCIATE-RJ permanent (or contexts that cannot be proposed).
+    PERMANENT = "permanent"
+    #: ``cancel`` or ``stop``.
+    CANCELLED = "cancelled"
+
+
+class JobEnded(msgspec.Struct, frozen=True, tag_field="kind", tag="job"):
+    """A job's end, its last outcome. Items without an ItemOutcome were not delivered."""
+
+    job_id: int
+    end: JobEndKind
+    #: "" when ok; else what happened, in words.
+    error: str
+
+
+ForwardOutcome: TypeAlias = ItemOutcome | JobEnded

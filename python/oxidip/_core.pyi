@@ -17,6 +17,7 @@ __all__ = [
     "IMPLEMENTATION_VERSION_NAME",
     "ExtractedAttributes",
     "FindResult",
+    "Forwarder",
     "OrphanJournal",
     "PathTemplate",
     "Receiver",
@@ -26,6 +27,7 @@ __all__ = [
     "check_tls",
     "claim_orphan_journals",
     "decode_pdus",
+    "echo",
     "extract_attributes",
     "find",
     "read_instance",
@@ -206,6 +208,46 @@ def find(
     information model ``model`` at ``host``:``port``: every match, then the final status.
     Every wait bounded by ``timeout`` seconds. OSError when the association or the operation
     fails."""
+
+def echo(host: str, port: int, calling_aet: str, called_aet: str, timeout: float) -> int:
+    """C-ECHO on a new association with ``host``:``port``, released after: the status (0 =
+    success). OSError saying why when there was no answer: refused, rejected (permanent or
+    transient, and why), aborted, timed out (every wait bounded by ``timeout`` seconds)."""
+
+@final
+class Forwarder:
+    """The forwarding engine: each job is sent on one association of its own, on a runtime
+    the engine owns, its data sets streamed from their files byte for byte as stored;
+    outcomes come back as they happen (see ``rust/forward/`` and
+    ``oxidip._boundary.ForwardOutcome``)."""
+
+    def __new__(cls, config: bytes) -> Forwarder:
+        """``config``: msgpack of ``oxidip._boundary.ForwarderConfig``. ValueError when a
+        value is unusable (timeout not > 0, no association allowed)."""
+
+    def submit(self, jobs: bytes) -> None:
+        """Starts the jobs (msgpack of ``list[oxidip._boundary.ForwardJob]``) and returns at
+        once; beyond ``max_associations`` they wait for room. After ``stop`` each ends at
+        once (``JobEnded`` cancelled). ValueError when ``jobs`` does not decode."""
+
+    def next_outcomes(self, max_outcomes: int, timeout: float) -> bytes:
+        """msgpack of ``list[oxidip._boundary.ForwardOutcome]``: waits up to ``timeout``
+        seconds (GIL released) for a first outcome, then takes those already there, up to
+        ``max_outcomes``; an empty list on timeout."""
+
+    def cancel(self, job_ids: list[int]) -> None:
+        """A-ABORT the associations of these jobs, even in the middle of an item; each ends
+        with ``JobEnded`` cancelled. Ids of jobs not running are ignored."""
+
+    def stop(self, timeout: float) -> None:
+        """No new item begins (jobs waiting for an association end at once); the items
+        being sent get ``timeout`` seconds to finish, their associations then released;
+        the rest are aborted. Returns (GIL released) once every job has ended: each one's
+        ``JobEnded`` is among the outcomes still to take."""
+
+    @property
+    def running(self) -> int:
+        """Jobs submitted whose ``JobEnded`` is not yet among the outcomes."""
 
 # The receiver's hot-path steps, one call each: for the micro-benchmarks (bench/micro/) and for
 # tests that hold them against pydicom.

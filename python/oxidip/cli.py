@@ -2,8 +2,8 @@
 
 Each subcommand is registered by a function in ``SUBCOMMANDS`` that adds its parser and sets
 ``func`` (returning the exit status): ``serve`` (``oxidip.serve``), ``series``
-(``oxidip.series_cli``), ``bench`` (``oxidip.bench``) and ``reconcile``
-(``oxidip.reconcile_cli``).
+(``oxidip.series_cli``), ``queue`` (``oxidip.queue_cli``), ``bench`` (``oxidip.bench``),
+``reconcile`` (``oxidip.reconcile_cli``) and ``routes`` (``oxidip.routes_cli``).
 """
 
 import argparse
@@ -11,7 +11,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
-from oxidip import __version__, bench, reconcile_cli, series_cli, serve
+from oxidip import __version__, bench, queue_cli, reconcile_cli, routes_cli, series_cli, serve
 from oxidip.config import VARIABLES
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -46,8 +46,10 @@ def _add_serve(subparsers: Subparsers) -> None:
 SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     _add_serve,
     series_cli.add_parser,
+    queue_cli.add_parser,
     bench.add_parser,
     reconcile_cli.add_parser,
+    routes_cli.add_parser,
 ]
 
 

@@ -2,8 +2,10 @@
 
 The variables are declared once, in ``VARIABLES``: name, default, parser (which knows what it
 accepts) and a one-line description. ``Config`` has one field per variable, named after it
-(``OXIDIP_LISTENER_PORT`` -> ``listener_port``). To add a variable, add a ``Variable`` to the
-table and the matching field to ``Config``.
+(``OXIDIP_LISTENER_PORT`` -> ``listener_port``), except the variables of a group, which fill
+a struct of their own: ``OXIDIP_ROUTES`` and ``OXIDIP_FORWARD_*`` are ``Config.forward``
+(``OXIDIP_FORWARD_RETRY_BASE`` -> ``forward.retry_base``). To add a variable, add a
+``Variable`` to the table and the matching field to ``Config`` (or to its group's struct).
 """
 
 import difflib
@@ -27,12 +29,14 @@ from psycopg.conninfo import conninfo_to_dict
 from oxidip import _core
 from oxidip._boundary import AckMode, CoreConfig, DuplicatesPolicy, FsyncPolicy, TlsListener
 from oxidip.nodes import AE_TITLE_ACCEPTS, InvalidAeTitle, NodeDirectory, check_ae_title
+from oxidip.routing import Routes, RoutesError
 
 __all__ = [
     "PREFIX",
     "VARIABLES",
     "Config",
     "ConfigError",
+    "ForwardConfig",
     "Variable",
     "unknown_variables",
     "warn_unknown_variables",
@@ -326,6 +330,28 @@ class PemFile:
 
 
 @dataclass(frozen=True)
+class RoutesPath:
+    """A routes file that must exist and be readable now; what is in it is checked once
+    every variable parsed (``_forward_problems``)."""
+
+    accepts: str = (
+        "empty (nothing forwarded), or the path of a readable routes file (see README: Routing)"
+    )
+
+    def __call__(self, raw: str) -> str | None:
+        if not raw.strip():
+            return None
+        if "\0" in raw:
+            raise Invalid("contains a NUL character")
+        try:
+            with open(raw, "rb"):
+                pass
+        except OSError as error:
+            raise Invalid(f"cannot read it: {error.strerror}") from None
+        return raw
+
+
+@dataclass(frozen=True)
 class PathTemplate:
     accepts: str = "a path template (see README: Path template)"
 
@@ -448,11 +474,18 @@ class Variable:
     help: str
     #: The value may hold a password: error messages do not repeat it.
     secret: bool = False
+    #: The ``Config`` field holding the struct this variable is a field of ("": none).
+    group: str = ""
 
     @property
     def field(self) -> str:
-        """The ``Config`` field: the name without the prefix, lower case."""
-        return self.name.removeprefix(PREFIX).lower()
+        """The ``Config`` field: the name without the prefix, lower case; for a variable of
+        a group, ``group.field``, its field in the group's struct, without the group's name
+        (``OXIDIP_FORWARD_LEASE`` -> ``forward.lease``): ``operator.attrgetter`` reads it."""
+        field = self.name.removeprefix(PREFIX).lower()
+        if not self.group:
+            return field
+        return f"{self.group}.{field.removeprefix(self.group + '_')}"
 
     @property
     def accepts(self) -> str:
@@ -700,7 +733,7 @@ VARIABLES: tuple[Variable, ...] = (
         "OXIDIP_HOOKS",
         "",
         ModulePath(),
-        "Python module with on_instance, on_series_complete, on_series_finalized, register.",
+        "Python module with on_instance, on_series_complete, on_series_finalized, route, register.",
     ),
     Variable(
         "OXIDIP_HOOK_QUEUE",
@@ -725,6 +758,60 @@ VARIABLES: tuple[Variable, ...] = (
         "0.5",
         Seconds(3600.0),
         "At most one progress message per series per this many seconds.",
+    ),
+    Variable(
+        "OXIDIP_ROUTES",
+        "",
+        RoutesPath(),
+        "Routes file (TOML): the destinations and the rules that forward series to them;"
+        " read and validated at start.",
+        group="forward",
+    ),
+    Variable(
+        "OXIDIP_FORWARD_RETRY_BASE",
+        "10",
+        Seconds(86400.0),
+        "Delay before the first retry of a forwarding job that failed for a transient reason;"
+        " it doubles at each attempt (with jitter).",
+        group="forward",
+    ),
+    Variable(
+        "OXIDIP_FORWARD_RETRY_MAX",
+        "900",
+        Seconds(_MAX_SECONDS),
+        "Longest delay between two attempts of a forwarding job (at least"
+        " OXIDIP_FORWARD_RETRY_BASE).",
+        group="forward",
+    ),
+    Variable(
+        "OXIDIP_FORWARD_ATTEMPTS",
+        "10",
+        Integer(1, 1000),
+        "Attempts of a forwarding job before it is dead (retried by hand: oxidip queue retry).",
+        group="forward",
+    ),
+    Variable(
+        "OXIDIP_FORWARD_LEASE",
+        "60",
+        Seconds(86400.0),
+        "How long a claimed forwarding job stays ours without renewal: a process killed while"
+        " forwarding gives its jobs back after this.",
+        group="forward",
+    ),
+    Variable(
+        "OXIDIP_FORWARD_TIMEOUT",
+        "30",
+        Seconds(3600.0),
+        "Forwarding: bound on connecting, on each wait for the destination and on each write.",
+        group="forward",
+    ),
+    Variable(
+        "OXIDIP_FORWARD_BREAKER_FAILURES",
+        "3",
+        Integer(1, 1000),
+        "Consecutive transient job failures that hold a destination (circuit open) until a"
+        " C-ECHO to it succeeds.",
+        group="forward",
     ),
     Variable(
         "OXIDIP_HTTP_HOST",
@@ -760,6 +847,19 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 _BY_NAME: dict[str, Variable] = {variable.name: variable for variable in VARIABLES}
+
+
+class ForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Forwarding: ``OXIDIP_ROUTES`` (read and validated) and ``OXIDIP_FORWARD_*``."""
+
+    #: The routes file's destinations and rules; None: nothing is forwarded.
+    routes: Routes | None
+    retry_base: float
+    retry_max: float
+    attempts: int
+    lease: float
+    timeout: float
+    breaker_failures: int
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -809,6 +909,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     nats_address: str | None
     nats_root_subject: str
     progress_interval: float
+    forward: ForwardConfig
     http_host: str
     http_port: int | None
     health_max_journal_backlog: int
@@ -833,11 +934,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             except ConfigError as error:
                 problems.extend(error.problems)
         problems.extend(_listener_problems(values) if not problems else [])
+        forward = {
+            field.removeprefix("forward."): values.pop(field)
+            for field in list(values)
+            if field.startswith("forward.")
+        }
+        if not problems:
+            problems.extend(_forward_problems(forward))
         if problems:
             raise ConfigError(problems)
         if warn_unknown:
             warn_unknown_variables(env)
-        return cls(**values)
+        return cls(**values, forward=ForwardConfig(**forward))
 
     def core(self) -> CoreConfig:
         """The part the Rust receiver needs, with ``files_root`` made absolute."""
@@ -911,6 +1019,25 @@ def _listener_problems(values: Mapping[str, Any]) -> list[str]:
     which, reason = problem
     name = _TLS_FILE_VARIABLES[which]
     return [f"{name}={values[name.removeprefix(PREFIX).lower()]!r}: {reason}"]
+
+
+def _forward_problems(values: dict[str, Any]) -> list[str]:
+    """What the forwarding variables get wrong together, and the routes file's mistakes (it
+    is read here, its path replaced by what it says)."""
+    if values["retry_max"] < values["retry_base"]:
+        problem = (
+            f"OXIDIP_FORWARD_RETRY_MAX='{values['retry_max']:g}': less than"
+            f" OXIDIP_FORWARD_RETRY_BASE ({values['retry_base']:g})"
+        )
+        return [problem]
+    path = values["routes"]
+    if path is None:
+        return []
+    try:
+        values["routes"] = Routes.load(path)
+    except RoutesError as error:
+        return [f"OXIDIP_ROUTES={path!r}: {problem}" for problem in error.problems]
+    return []
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -9,21 +9,32 @@ defining any of:
 - ``on_series_finalized(series: SeriesRow) -> None``: a series left ``receiving`` for any final
   state: ``complete``, ``incomplete``, ``overfull`` or ``finalized-unknown`` (so a complete
   series gets ``on_series_complete`` then ``on_series_finalized``, when both are defined);
+- ``on_forwarded(job: JobRow) -> None``: a forwarding job ended ``done`` (every instance
+  delivered or refused for good; ``job.failed`` counts the refused ones, ``job.last_error``
+  says why; see ``oxidip.forwarding``);
+- ``on_forward_failed(job: JobRow) -> None``: an attempt of a forwarding job failed: the job
+  is ``failed`` (``job.next_attempt_at`` says when it is tried again), ``held`` (its
+  destination's circuit is open) or ``dead`` (it gave up: ``oxidip queue retry``);
+- ``route(series: RoutedSeries) -> list[str] | None``: the destinations of a series, adding
+  to or replacing those the routes file's rules chose (``oxidip.routing.HookedRouter``);
 - ``register(instances: list[InstanceStored]) -> None`` with an optional module constant
   ``REGISTER_MODE``: ``"add"`` (default) calls it after each batch is registered in the
   database; ``"replace"`` calls it *instead of* the database (registration in another backend).
 
 ``register`` runs synchronously on the registration path, and its exceptions propagate to the
-caller, which decides: an ``OSError`` (``ConnectionError``, ``TimeoutError``...) means the
-backend is unreachable, and the batch is retried with backoff like a database outage; any
-other exception fails the batch (logged, kept in the journal for the next start). A
-registration is never silently lost. With ``"replace"`` no series state is tracked (they live
-in oxidip's database), so ``on_series_complete``, ``on_series_finalized`` and NATS series
-messages never come: ``oxidip serve`` warns at start, naming those that are configured. The three
-notification hooks run in order on one worker thread, fed by one bounded queue
-(``queue_size`` items, an item being one instance or one series): they never run on the
-network path, and when a slow hook lets the queue fill up, the producers wait (back-pressure:
-registration, then the receiver's event queue, then TCP to the senders), so memory stays
+caller, which decides (``route`` too runs synchronously, inside the registry's transaction:
+``HookedRouter`` logs its exceptions and keeps the rules' destinations); an ``OSError``
+(``ConnectionError``, ``TimeoutError``...) means the backend is unreachable, and the batch is
+retried with backoff like a database outage; any other exception fails the batch (logged,
+kept in the journal for the next start). A registration is never silently lost. With
+``"replace"`` no series state is tracked (they live in oxidip's database), so
+``on_series_complete``, ``on_series_finalized``, the forwarding hooks and NATS series messages
+never come: ``oxidip serve`` warns at start, naming those that are configured. The
+notification hooks (``on_*``) run in order on one worker thread, fed by one bounded queue
+(``queue_size`` items, an item being one instance, one series or one forwarding job): they
+never run on the network path nor on the forwarding thread, and when a slow hook lets the
+queue fill up, the producers wait (back-pressure: registration, then the receiver's event
+queue, then TCP to the senders; forwarding records its next outcomes later), so memory stays
 bounded. A backlog over half the queue is logged as a WARNING (at most every 10 s). An
 exception in a notification hook is logged at ERROR with its traceback, the hook and the UIDs
 it concerns, and the next item is processed.
@@ -45,7 +56,15 @@ __all__ = ["BACKLOG_WARNING_INTERVAL", "HOOK_NAMES", "HookError", "Hooks", "Iden
 log = logging.getLogger("oxidip.hooks")
 
 #: The functions a hooks module may define.
-HOOK_NAMES = ("on_instance", "on_series_complete", "on_series_finalized", "register")
+HOOK_NAMES = (
+    "on_instance",
+    "on_series_complete",
+    "on_series_finalized",
+    "on_forwarded",
+    "on_forward_failed",
+    "route",
+    "register",
+)
 
 #: Seconds between two "hooks backlog" warnings.
 BACKLOG_WARNING_INTERVAL = 10.0
@@ -54,8 +73,9 @@ RegisterMode: TypeAlias = Literal["add", "replace"]
 
 
 class IdentifiedSeries(Protocol):
-    """A series as the hooks machinery knows it: its key, for the log of a failed hook
-    (``oxidip.registry.SeriesRow`` has it all; the hook functions receive the whole row)."""
+    """A series (or a forwarding job) as the hooks machinery knows it: its key, for the log
+    of a failed hook (``oxidip.registry.SeriesRow`` and ``JobRow`` have it all; the hook
+    functions receive the whole row)."""
 
     @property
     def series_instance_uid(self) -> str: ...
@@ -71,7 +91,10 @@ class HookError(Exception):
 
 InstanceHook: TypeAlias = Callable[[InstanceStored], object]
 SeriesHook: TypeAlias = Callable[[Any], object]
+JobHook: TypeAlias = Callable[[Any], object]
 RegisterHook: TypeAlias = Callable[[list[InstanceStored]], object]
+#: Takes an ``oxidip.routing.RoutedSeries``; answers None or destination names.
+RouteHook: TypeAlias = Callable[[Any], object]
 
 
 class _Call(NamedTuple):
@@ -93,6 +116,9 @@ class Hooks:
         on_instance: InstanceHook | None = None,
         on_series_complete: SeriesHook | None = None,
         on_series_finalized: SeriesHook | None = None,
+        on_forwarded: JobHook | None = None,
+        on_forward_failed: JobHook | None = None,
+        route: RouteHook | None = None,
         register: RegisterHook | None = None,
         register_mode: RegisterMode = "add",
         queue_size: int = 10000,
@@ -105,6 +131,9 @@ class Hooks:
         self._on_instance = on_instance
         self._on_series_complete = on_series_complete
         self._on_series_finalized = on_series_finalized
+        self._on_forwarded = on_forwarded
+        self._on_forward_failed = on_forward_failed
+        self._route = route
         self._register = register
         #: True when ``register`` replaces the database registration (``REGISTER_MODE``).
         self.replaces_registry: bool = register_mode == "replace"
@@ -114,7 +143,14 @@ class Hooks:
         self._last_warning = -float("inf")
         #: The notification hooks' calls, run in order on one worker thread.
         self.calls: WorkQueue[_Call] | None = None
-        if on_instance or on_series_complete or on_series_finalized:
+        notifications = (
+            on_instance,
+            on_series_complete,
+            on_series_finalized,
+            on_forwarded,
+            on_forward_failed,
+        )
+        if any(hook is not None for hook in notifications):
             self.calls = WorkQueue("hooks", self._run, max_waiting=queue_size)
 
     # --- loading ---------------------------------------------------------------------------
@@ -158,6 +194,9 @@ class Hooks:
             on_instance=found.get("on_instance"),
             on_series_complete=found.get("on_series_complete"),
             on_series_finalized=found.get("on_series_finalized"),
+            on_forwarded=found.get("on_forwarded"),
+            on_forward_failed=found.get("on_forward_failed"),
+            route=found.get("route"),
             register=found.get("register"),
             register_mode=mode,
             queue_size=queue_size,
@@ -180,9 +219,16 @@ class Hooks:
             self._on_instance,
             self._on_series_complete,
             self._on_series_finalized,
+            self._on_forwarded,
+            self._on_forward_failed,
+            self._route,
             self._register,
         )
         return [name for name, hook in zip(HOOK_NAMES, present, strict=True) if hook is not None]
+
+    def qualified(self, hook: str) -> str:
+        """``module.hook``, for logs."""
+        return f"{self.module_name}.{hook}" if self.module_name else hook
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -192,23 +238,44 @@ class Hooks:
         if self._register is not None and instances:
             self._register(instances)
 
+    @property
+    def routes_series(self) -> bool:
+        """Whether there is a ``route`` hook."""
+        return self._route is not None
+
+    def route(self, series: object) -> object:
+        """Calls the ``route`` hook in the caller's thread and returns its answer (None when
+        there is no hook); its exceptions propagate."""
+        return None if self._route is None else self._route(series)
+
     def instance_stored(self, events: list[InstanceStored]) -> None:
         """Queues one ``on_instance`` call per event (blocks while the queue is full)."""
         hook = self._on_instance
         if hook is not None and events:
-            name = self._qualified("on_instance")
+            name = self.qualified("on_instance")
             self._put(_Call(hook, name, event) for event in events)
 
     def series_complete(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_complete`` call (blocks while the queue is full)."""
         if self._on_series_complete is not None:
-            call = _Call(self._on_series_complete, self._qualified("on_series_complete"), series)
+            call = _Call(self._on_series_complete, self.qualified("on_series_complete"), series)
             self._put((call,))
 
     def series_finalized(self, series: IdentifiedSeries) -> None:
         """Queues an ``on_series_finalized`` call (blocks while the queue is full)."""
         if self._on_series_finalized is not None:
-            call = _Call(self._on_series_finalized, self._qualified("on_series_finalized"), series)
+            call = _Call(self._on_series_finalized, self.qualified("on_series_finalized"), series)
+            self._put((call,))
+
+    def forwarded(self, job: IdentifiedSeries) -> None:
+        """Queues an ``on_forwarded`` call (blocks while the queue is full)."""
+        if self._on_forwarded is not None:
+            self._put((_Call(self._on_forwarded, self.qualified("on_forwarded"), job),))
+
+    def forward_failed(self, job: IdentifiedSeries) -> None:
+        """Queues an ``on_forward_failed`` call (blocks while the queue is full)."""
+        if self._on_forward_failed is not None:
+            call = _Call(self._on_forward_failed, self.qualified("on_forward_failed"), job)
             self._put((call,))
 
     @property
@@ -250,9 +317,6 @@ class Hooks:
             )
 
     # --- internals -------------------------------------------------------------------------
-
-    def _qualified(self, hook: str) -> str:
-        return f"{self.module_name}.{hook}" if self.module_name else hook
 
     def _put(self, calls: Iterable[_Call]) -> None:
         """Queues the calls in order, waiting for room whenever the queue is full."""
@@ -296,10 +360,15 @@ def _uids(arg: InstanceStored | IdentifiedSeries) -> dict[str, str]:
             "calling_aet": arg.calling_aet,
             "path": arg.path,
         }
-    return {
+    uids = {
         "series_instance_uid": str(getattr(arg, "series_instance_uid", "")),
         "calling_aet": str(getattr(arg, "calling_aet", "")),
     }
+    job_id = getattr(arg, "id", None)  # a forwarding job (JobRow)
+    if job_id is not None:
+        uids["job_id"] = str(job_id)
+        uids["destination"] = str(getattr(arg, "destination", ""))
+    return uids
 
 
 def _import(name: str) -> ModuleType:

@@ -8,10 +8,12 @@ Two sources, both read when scraped, never pushed:
 - ``PipelineMetrics`` (``oxidip.pipeline_metrics``), plain numbers the pipeline updates once
   per batch (registration, its lag, the database as registration last saw it, C-FIND
   outcomes), and the backlogs and counters of its work queues (``oxidip.workers``:
-  registration, C-FIND lookups, hooks, NATS), read from those objects.
+  registration, C-FIND lookups, hooks, NATS), read from those objects;
+- ``ForwardingMetrics`` (``oxidip.forwarding``), numbers the forwarding thread updates as it
+  records outcomes (this process's share of the work; all zero without ``OXIDIP_ROUTES``).
 
-Metric names (all prefixed ``oxidip_``): the tables ``_RECEIVER`` and ``_PIPELINE``, and the
-README.
+Metric names (all prefixed ``oxidip_``): the tables ``_RECEIVER``, ``_PIPELINE`` and
+``_FORWARDING``, and the README.
 """
 
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ from oxidip.receiver import Receiver
 from oxidip.workers import WorkQueue
 
 if TYPE_CHECKING:
+    from oxidip.forwarding import ForwardingMetrics
     from oxidip.pipeline import Pipeline
 
 __all__ = ["MetricsPage", "OxidipCollector", "metrics_page", "metrics_registry"]
@@ -240,6 +243,57 @@ _PIPELINE = (
 )
 
 
+def _forwarding(read: Callable[["ForwardingMetrics"], Any], empty: Any) -> Callable[..., Any]:
+    """A number of the pipeline's forwarding; ``empty`` when it does not forward."""
+
+    def value(pipeline: "Pipeline") -> Any:
+        forwarding = pipeline.forwarding
+        return empty if forwarding is None else read(forwarding.metrics)
+
+    return value
+
+
+def _by_label(counts: Any, labels: tuple[str, ...]) -> dict[str, int]:
+    """Every label of ``labels`` (at 0 until seen), so that rates start from the start."""
+    return {label: int(counts.get(label, 0)) for label in labels}
+
+
+_ITEM_RESULTS = ("delivered", "warning", "failed")
+_JOB_ENDS = ("done", "failed", "held", "dead", "pending", "cancelled")
+
+#: Read from the pipeline's forwarding (``ForwardingMetrics``).
+_FORWARDING = (
+    _Family(
+        "gauge",
+        "oxidip_forward_jobs_running",
+        "Forwarding jobs being sent by this process (one association each).",
+        _forwarding(attrgetter("running"), 0),
+    ),
+    _Family(
+        "counter",
+        "oxidip_forward_job_attempts",
+        "Forwarding job attempts ended by this process, by the state they left the job in"
+        " (done, failed: to be retried, held, dead, pending: interrupted, cancelled).",
+        _forwarding(lambda m: _by_label(m.jobs_ended, _JOB_ENDS), _by_label({}, _JOB_ENDS)),
+        label="state",
+    ),
+    _Family(
+        "counter",
+        "oxidip_forward_items",
+        "Instances forwarded by this process, by result (delivered, warning: delivered with a"
+        " warning status, failed: refused for good).",
+        _forwarding(lambda m: _by_label(m.items, _ITEM_RESULTS), _by_label({}, _ITEM_RESULTS)),
+        label="result",
+    ),
+    _Family(
+        "gauge",
+        "oxidip_forward_destinations_held",
+        "Destinations whose circuit is open (held, probed with C-ECHO).",
+        _forwarding(attrgetter("held"), 0),
+    ),
+)
+
+
 def _histogram(name: str, documentation: str, histogram: Histogram) -> HistogramMetricFamily:
     """Prometheus buckets are cumulative, the receiver's are not. Bounds are written as the
     client writes its own (``floatToGoString``)."""
@@ -270,7 +324,7 @@ class OxidipCollector(Collector):
             "Seconds from a C-STORE-RQ's command to its response, whatever the status.",
             snapshot.store_latency,
         )
-        for family in _PIPELINE:
+        for family in (*_PIPELINE, *_FORWARDING):
             yield family.build(self.pipeline)
 
 

@@ -50,6 +50,21 @@ NumberOfSeriesRelatedInstances, ``null`` when unknown); ``expected_status`` and
 - ``error``: something went wrong for this series; ``message`` says what. It has no series
   fields.
 
+Forwarding (``oxidip.forwarding``) publishes on
+``{root_subject}.forward.{state}.{destination}.{SeriesInstanceUID}`` (destination and UID
+sanitised like above) when a forwarding job ends an attempt: ``state`` is ``done``,
+``failed`` (tried again at ``next_attempt_at``; also when the job is ``held``) or ``dead``
+(gave up). Subscribe to ``OXIDIP.forward.>`` for all of it, ``OXIDIP.forward.dead.>`` for what
+needs a person. One ``forward`` message per job end::
+
+    {"kind": "forward", "v": 1, "series_instance_uid": "1.2.840.1", "calling_aet": "MY PACS",
+     "time": "...", "study_instance_uid": "1.2.840", "job_id": 7, "rule": "ct-to-archive",
+     "destination": "archive", "state": "done", "delivered": 120, "warnings": 0, "failed": 0,
+     "total": 120, "attempts": 1, "next_attempt_at": null, "last_error": ""}
+
+``next_attempt_at`` is unix seconds; ``last_error`` says in words what went wrong (for a
+``done`` job with ``failed`` > 0: why those instances were refused).
+
 Publishing never holds up the caller for long: messages are handed to a background thread
 running the NATS client through a bounded queue; only when it is full do ``complete``,
 ``finalized`` and ``error`` wait for room, for at most ``block_timeout`` seconds (after which
@@ -83,16 +98,19 @@ __all__ = [
     "Complete",
     "Error",
     "Finalized",
+    "Forward",
     "Message",
     "NatsNotifier",
     "Notifier",
     "NotifierError",
     "NullNotifier",
     "Progress",
+    "ReportedJob",
     "ReportedSeries",
     "check_root_subject",
     "decode_message",
     "encode_message",
+    "forward_subject",
     "open_notifier",
     "sanitize_subject_part",
     "subject_of",
@@ -144,7 +162,24 @@ class Error(_Base, tag="error", kw_only=True):
     message: str
 
 
-Message: TypeAlias = Progress | Complete | Finalized | Error
+class Forward(_Base, tag="forward", kw_only=True):
+    """A forwarding job ended an attempt (``state``: done, failed, held or dead)."""
+
+    study_instance_uid: str
+    job_id: int
+    rule: str
+    destination: str
+    state: str
+    delivered: int
+    warnings: int
+    failed: int
+    total: int
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str
+
+
+Message: TypeAlias = Progress | Complete | Finalized | Error | Forward
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
@@ -180,6 +215,59 @@ class ReportedSeries(Protocol):
     def expected_detail(self) -> str: ...
     @property
     def state(self) -> str: ...
+
+
+class ReportedJob(Protocol):
+    """A forwarding job as a message reports it (``oxidip.registry.JobRow`` has it all)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def series_instance_uid(self) -> str: ...
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def calling_aet(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def destination(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def warnings(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def next_attempt_at(self) -> float | None: ...
+    @property
+    def last_error(self) -> str: ...
+
+
+def _forward_message(job: ReportedJob, at: datetime) -> Forward:
+    return Forward(
+        series_instance_uid=job.series_instance_uid,
+        calling_aet=job.calling_aet,
+        time=at,
+        study_instance_uid=job.study_instance_uid,
+        job_id=job.id,
+        rule=job.rule,
+        destination=job.destination,
+        state=str(job.state),
+        delivered=job.delivered,
+        warnings=job.warnings,
+        failed=job.failed,
+        total=job.total,
+        attempts=job.attempts,
+        next_attempt_at=job.next_attempt_at,
+        last_error=job.last_error,
+    )
 
 
 def _series_message(
@@ -224,6 +312,16 @@ def subject_of(root_subject: str, calling_aet: str, series_instance_uid: str) ->
     )
 
 
+def forward_subject(root_subject: str, state: str, destination: str, series_uid: str) -> str:
+    """Where a forwarding job's end is published; a ``held`` job is reported as ``failed``
+    (it is tried again once its destination answers)."""
+    kind = "failed" if state == "held" else state
+    return (
+        f"{root_subject}.forward.{kind}.{sanitize_subject_part(destination)}"
+        f".{sanitize_subject_part(series_uid)}"
+    )
+
+
 def check_root_subject(root_subject: str) -> str:
     """``root_subject`` when it is usable as the start of a subject: dot-separated non-empty
     tokens without whitespace, control characters or wildcards; ``ValueError`` otherwise."""
@@ -254,6 +352,7 @@ class Notifier(Protocol):
     def complete(self, series: ReportedSeries) -> None: ...
     def finalized(self, series: ReportedSeries) -> None: ...
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None: ...
+    def forward(self, job: ReportedJob) -> None: ...
     def close(self, timeout: float = 5.0) -> None: ...
 
 
@@ -270,6 +369,9 @@ class NullNotifier:
         pass
 
     def error(self, series_instance_uid: str, calling_aet: str, message: str) -> None:
+        pass
+
+    def forward(self, job: ReportedJob) -> None:
         pass
 
     def close(self, timeout: float = 5.0) -> None:
@@ -401,6 +503,14 @@ class NatsNotifier:
             message=message,
         )
         self._send(self._outgoing(error))
+
+    def forward(self, job: ReportedJob) -> None:
+        """Publishes the end of an attempt of a forwarding job (waits like ``complete``)."""
+        message = _forward_message(job, datetime.now(UTC))
+        subject = forward_subject(
+            self.root_subject, message.state, job.destination, job.series_instance_uid
+        )
+        self._send(_Outgoing(subject, encode_message(message), "forward"))
 
     def close(self, timeout: float = 5.0) -> None:
         """Publishes what is queued (held-back progress included) and flushes it to the server

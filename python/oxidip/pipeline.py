@@ -26,6 +26,9 @@ on a call's result run there once it has succeeded:
 5. ``tick`` also adopts the journals of other oxidip processes that died on the same storage
    root (``oxidip.adoption``): their instances are registered and their series finalized
    within seconds, like this process's own.
+6. The registry queues forwarding jobs in the transactions of those calls (``oxidip.routing``
+   rules); after each, the forwarding component (``oxidip.forwarding``, its own thread) is
+   woken to claim them.
 
 Hooks and NATS have bounded queues of their own, and so has the registrar (the backlog of
 unregistered instances, ``OXIDIP_REGISTRATION_BACKLOG``): when any falls behind, the caller
@@ -41,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from oxidip._boundary import AssociationClosed, Event, InstanceStored
 from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCount, ExpectedCountLookup
+from oxidip.forwarding import Forwarding
 from oxidip.hooks import Hooks
 from oxidip.notify import Notifier
 from oxidip.pipeline_metrics import PipelineMetrics
@@ -55,6 +59,7 @@ from oxidip.registry import (
     SeriesState,
     Transition,
 )
+from oxidip.routing import Trigger
 
 __all__ = ["Pipeline"]
 
@@ -88,6 +93,7 @@ class Pipeline:
         answer_within: float | None = None,
         pending: Sequence[SeriesRow] = (),
         adopter: JournalAdopter | None = None,
+        forwarding: Forwarding | None = None,
         clock: Callable[[], float] = time.time,
         metrics: PipelineMetrics | None = None,
     ) -> None:
@@ -98,6 +104,7 @@ class Pipeline:
         self.process_id = process_id
         self.series_idle_timeout = series_idle_timeout
         self.adopter = adopter
+        self.forwarding = forwarding
         self.clock = clock
         #: Read by ``/metrics`` (``oxidip.metrics``).
         self.metrics = metrics or PipelineMetrics()
@@ -119,6 +126,11 @@ class Pipeline:
         )
 
     # --- the event loop's side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts forwarding, if configured (the receiver has started)."""
+        if self.forwarding is not None:
+            self.forwarding.start()
 
     def handle(self, batch: Sequence[Event]) -> None:
         stored = [event for event in batch if isinstance(event, InstanceStored)]
@@ -171,6 +183,8 @@ class Pipeline:
         senders waiting on an unreachable database get their answer now."""
         self._deadline = time.monotonic() + timeout
         self.registrar.stopping()
+        if self.forwarding is not None:
+            self.forwarding.begin_stop(timeout)
 
     def close(self, timeout: float) -> None:
         """Last answers and idle checks, lets the registrar finish, then stops the helpers
@@ -185,6 +199,10 @@ class Pipeline:
         self.tick()
         self.registrar.close((deadline if self.registrar.outage else end) - time.monotonic())
         self.lookup.close()
+        if self.forwarding is not None:
+            # After the registrar (its last jobs are queued, not sent: the next start does),
+            # before the hooks and NATS it reports to.
+            self.forwarding.close(max(deadline - time.monotonic(), 0.0))
         self.hooks.close(max(end - time.monotonic(), 0.0))
         self.notifier.close(max(end - time.monotonic(), 0.0))
         # A registry call stuck on an unreachable server still holds it (SQLite: its lock).
@@ -205,6 +223,8 @@ class Pipeline:
         self.hooks.instance_stored(stored)
         if result is None:
             return
+        if self.forwarding is not None:
+            self.forwarding.wake(Trigger.INSTANCE)  # the batch may have queued jobs
         self.request_expected(result.touched)
         self._apply(result.transitions)
         for series in result.touched:
@@ -270,6 +290,10 @@ class Pipeline:
 
     def _apply(self, transitions: Sequence[Transition]) -> None:
         self.request_expected(transition.series for transition in transitions)
+        if self.forwarding is not None and any(
+            t.series.state != SeriesState.RECEIVING for t in transitions
+        ):
+            self.forwarding.wake()  # series-complete/-finalized rules may have queued jobs
         for transition in transitions:
             series = transition.series
             if series.state == transition.previous:

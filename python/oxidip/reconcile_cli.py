@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(config.log_level, config.log_format)
     process_id = f"{socket.gethostname()}-{os.getpid()}-reconcile"
     try:
-        registry = open_migrated_registry(config)
+        # The rules' jobs are queued for series it completes (not those of a route() hook,
+        # which runs in oxidip serve).
+        registry = open_migrated_registry(config, config.forward.routes)
     except (psycopg.Error, sqlite3.Error, OSError) as error:
         where = "OXIDIP_DB_CONNECTION" if config.db_connection else "the SQLite registry"
         print(f"oxidip reconcile: cannot open {where}: {one_line(error)}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """``oxidip series``: the series of the registry with their expected and received counts and
-state, as an aligned table for people or (``--json``) one JSON object per line for scripts.
+state, as an aligned table for people or (``--json``) one JSON object per line for scripts,
+with the forwarding jobs of each series (``forwarded``).
 
 The registry is the one ``oxidip serve`` uses with the same environment: SQLite under
 ``OXIDIP_FILES_ROOT``, or the PostgreSQL database of ``OXIDIP_DB_CONNECTION``.
@@ -9,16 +10,30 @@ import argparse
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 import msgspec
 import psycopg
 
 from oxidip.config import EXIT_CONFIG, Config, ConfigError, report_config_error
-from oxidip.registry import SeriesRow, SeriesState, open_registry, sqlite_path
+from oxidip.registry import (
+    ForwardSummary,
+    Registry,
+    SeriesRow,
+    SeriesState,
+    open_registry,
+    sqlite_path,
+)
 
-__all__ = ["add_parser", "format_age", "format_table", "run"]
+__all__ = [
+    "SeriesJson",
+    "add_parser",
+    "format_age",
+    "format_table",
+    "run",
+    "run_on_registry",
+]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -41,6 +56,13 @@ _HEADERS = (
 )
 #: Columns aligned to the right (numbers).
 _RIGHT = frozenset({"EXPECTED", "RECEIVED", "AGE"})
+
+
+class SeriesJson(SeriesRow, frozen=True):
+    """The ``--json`` line: the series and its forwarding jobs."""
+
+    #: One per job (destination, rule, state, delivered of total), oldest first.
+    forwarded: list[ForwardSummary] = msgspec.field(default_factory=list)
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -66,7 +88,8 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="one JSON object per series and line (fields: those of the registry's series)",
+        help="one JSON object per series and line (fields: those of the registry's series,"
+        " and forwarded: its forwarding jobs with destination, rule, state, delivered, total)",
     )
     parser.set_defaults(func=run)
 
@@ -119,13 +142,16 @@ def format_table(rows: Sequence[SeriesRow], now: float) -> str:
     return "\n".join(out)
 
 
-def _fail(message: str, status: int) -> int:
-    print(f"oxidip series: {message}", file=sys.stderr)
+def _fail(command: str, message: str, status: int) -> int:
+    print(f"oxidip {command}: {message}", file=sys.stderr)
     return status
 
 
-def run(args: argparse.Namespace) -> int:
-    """Prints the series; returns the exit status."""
+def run_on_registry(command: str, work: Callable[[Registry], int]) -> int:
+    """Runs ``work`` (returning the exit status) on the registry ``oxidip serve`` uses with
+    the same environment, brought up to date; a database error is reported as ``oxidip
+    COMMAND: ...`` (exit 1), a bad configuration exits 2. Without any SQLite registry yet,
+    says so and returns 0 (nothing to show, nothing created)."""
     try:
         config = Config.from_env(warn_unknown=False)
     except ConfigError as error:
@@ -134,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if connection is None and not sqlite_path(config.files_root).exists():
         # Do not create a database under a files root that may be the wrong one.
         print(
-            f"oxidip series: no registry at {sqlite_path(config.files_root)}: nothing"
+            f"oxidip {command}: no registry at {sqlite_path(config.files_root)}: nothing"
             " registered under this OXIDIP_FILES_ROOT yet",
             file=sys.stderr,
         )
@@ -142,24 +168,40 @@ def run(args: argparse.Namespace) -> int:
     try:
         registry = open_registry(connection, config.files_root, pool_size=1)
     except ValueError as error:
-        return _fail(str(error), EXIT_CONFIG)
+        return _fail(command, str(error), EXIT_CONFIG)
     except (psycopg.Error, sqlite3.Error, OSError) as error:
-        return _fail(f"cannot open the registry: {error}", EXIT_FAILURE)
+        return _fail(command, f"cannot open the registry: {error}", EXIT_FAILURE)
     try:
         registry.migrate()
+        return work(registry)
+    except (psycopg.Error, sqlite3.Error, OSError, RuntimeError) as error:
+        return _fail(command, f"cannot read the registry: {error}", EXIT_FAILURE)
+    finally:
+        registry.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prints the series; returns the exit status."""
+
+    def work(registry: Registry) -> int:
         rows = registry.list_series(
             state=args.state, calling_aet=args.aet, study_instance_uid=args.study
         )
-    except (psycopg.Error, sqlite3.Error, OSError, RuntimeError) as error:
-        return _fail(f"cannot read the registry: {error}", EXIT_FAILURE)
-    finally:
-        registry.close()
-    if args.json:
-        encoder = msgspec.json.Encoder()
-        for row in rows:
-            sys.stdout.write(encoder.encode(row).decode() + "\n")
-    elif rows:
-        print(format_table(rows, time.time()))
-    else:
-        print("no series", file=sys.stderr)
-    return EXIT_OK
+        if args.json:
+            forwarded = registry.forwarded(
+                [(row.series_instance_uid, row.calling_aet) for row in rows]
+            )
+            encoder = msgspec.json.Encoder()
+            for row in rows:
+                line = SeriesJson(
+                    **msgspec.structs.asdict(row),
+                    forwarded=forwarded.get((row.series_instance_uid, row.calling_aet), []),
+                )
+                sys.stdout.write(encoder.encode(line).decode() + "\n")
+        elif rows:
+            print(format_table(rows, time.time()))
+        else:
+            print("no series", file=sys.stderr)
+        return EXIT_OK
+
+    return run_on_registry("series", work)

@@ -4,12 +4,14 @@ The components, in the order they start: the receiver (``oxidip.receiver``: the 
 listeners and storage), the user hooks (``oxidip.hooks``), the registry with the journals of
 dead processes replayed (``oxidip.registry``, ``oxidip.reconcile``), the expected-count
 lookups (``oxidip.completeness``, asking the nodes of ``oxidip.nodes``), the notifier
-(``oxidip.notify``), the journal adopter (``oxidip.adoption``), all but the receiver held by
-the pipeline (``oxidip.pipeline``, whose registrar runs every registry call), and the HTTP
-endpoint (``oxidip.http_endpoint``). ``consume`` then hands every batch of the receiver's
-events to the handlers (the log, then the pipeline) and ticks the pipeline between batches,
-until SIGTERM or SIGINT; the receiver stops first, the pipeline drains and closes, the HTTP
-endpoint last.
+(``oxidip.notify``), the journal adopter (``oxidip.adoption``), forwarding
+(``oxidip.forwarding``, when ``OXIDIP_ROUTES`` names rules: the registry queues jobs with the
+router of ``oxidip.routing``), all but the receiver held by the pipeline (``oxidip.pipeline``,
+whose registrar runs every registry call), and the HTTP endpoint (``oxidip.http_endpoint``).
+``consume`` then hands every batch of the receiver's events to the handlers (the log, then
+the pipeline) and ticks the pipeline between batches, until SIGTERM or SIGINT; the receiver
+stops first (forwarding stops claiming at once), the pipeline drains and closes (forwarding
+after the registrar: unfinished jobs back to pending), the HTTP endpoint last.
 """
 
 import argparse
@@ -39,6 +41,7 @@ from oxidip._boundary import (
 from oxidip.adoption import JournalAdopter
 from oxidip.completeness import ExpectedCountLookup
 from oxidip.config import Config, ConfigError, report_config_error, warn_unknown_variables
+from oxidip.forwarding import Forwarding
 from oxidip.hooks import HookError, Hooks
 from oxidip.http_endpoint import HttpEndpoint, open_http_endpoint
 from oxidip.logs import one_line
@@ -48,6 +51,7 @@ from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
 from oxidip.reconcile import Registration, adopt_journals
 from oxidip.registry import ExpectedStatus, Registry, SeriesRow, open_registry
+from oxidip.routing import Router, build_router
 
 __all__ = [
     "EventHandler",
@@ -240,14 +244,16 @@ def _name(handler: Callable[..., None]) -> str:
 # --- the components ----------------------------------------------------------------------
 
 
-def open_migrated_registry(config: Config) -> Registry:
-    """The registry ``serve`` and ``reconcile`` use, its schema brought up to date."""
+def open_migrated_registry(config: Config, router: Router | None) -> Registry:
+    """The registry ``serve`` and ``reconcile`` use, its schema brought up to date;
+    ``router`` says which forwarding jobs its state changes queue (None: none)."""
     registry = open_registry(
         config.db_connection,
         config.core().files_root,
         pool_size=config.db_pool,
         duplicates=config.duplicates,
         dir_mode=config.dir_mode,
+        router=router,
     )
     registry.migrate()
     return registry
@@ -258,12 +264,21 @@ def warn_untracked_series(config: Config, hooks: Hooks) -> None:
     series state is tracked: says which of what is configured therefore does nothing (a
     WARNING), or that nothing is lost (INFO)."""
     off: list[str] = [
-        name for name in ("on_series_complete", "on_series_finalized") if name in hooks.names
+        name
+        for name in (
+            "on_series_complete",
+            "on_series_finalized",
+            "on_forwarded",
+            "on_forward_failed",
+        )
+        if name in hooks.names
     ]
     if config.nats_address:
         off.append("NATS progress, complete and finalized messages (OXIDIP_NATS_ADDRESS)")
     if config.pacs_address:
         off.append("expected-count C-FINDs (OXIDIP_PACS_ADDRESS)")
+    if config.forward.routes is not None:
+        off.append("forwarding (OXIDIP_ROUTES): its queue is in oxidip's database")
     fields = {"hooks_module": hooks.module_name or "", "register_mode": "replace"}
     if not off:
         log.info("series states are not tracked", extra=fields)
@@ -279,9 +294,11 @@ def warn_untracked_series(config: Config, hooks: Hooks) -> None:
     )
 
 
-def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline:
+def build_pipeline(
+    config: Config, receiver: Receiver, hooks: Hooks, router: Router | None
+) -> Pipeline:
     """Opens the registry (migrating it, replaying journals of dead processes), the expected
-    count lookup and the notifier."""
+    count lookup, the notifier and forwarding (not started)."""
     process_id = receiver.process_id
     files_root = config.core().files_root
     registry = None
@@ -291,7 +308,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
     if hooks.replaces_registry:
         warn_untracked_series(config, hooks)
     else:
-        registry = open_migrated_registry(config)
+        registry = open_migrated_registry(config, router)
         replayed = adopt_journals(files_root, registry, process_id)
         if replayed.registered:
             log.info(
@@ -314,6 +331,20 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         root_subject=config.nats_root_subject or sanitize_subject_part(config.scp_aet),
         progress_interval=config.progress_interval,
     )
+    forwarding = None
+    routes = config.forward.routes
+    if registry is not None and routes is not None and routes.destinations:
+        forwarding = Forwarding(
+            registry=registry,
+            destinations=routes.destinations,
+            triggers=router.triggers if router is not None else frozenset(),
+            forward=config.forward,
+            scp_aet=config.scp_aet,
+            max_pdu_length=config.scp_max_pdu_length,
+            process_id=process_id,
+            hooks=hooks,
+            notifier=notifier,
+        )
     pipeline = Pipeline(
         receiver=receiver,
         registry=registry,
@@ -326,6 +357,7 @@ def build_pipeline(config: Config, receiver: Receiver, hooks: Hooks) -> Pipeline
         backlog=config.registration_backlog,
         answer_within=config.registration_timeout if config.ack == AckMode.REGISTERED else None,
         pending=pending,
+        forwarding=forwarding,
     )
     pipeline.registered_from_files(replayed)
     return pipeline
@@ -350,12 +382,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:  # the core's own range checks; Config should catch all first
         return report_config_error([str(error)])
     try:
+        router = build_router(config.forward.routes, hooks)
+    except ValueError as error:  # a route() hook without routes
+        hooks.close(0)
+        return report_config_error([f"OXIDIP_HOOKS={config.hooks!r}: {error}"])
+    try:
         # First, so that the root gets its mode and group before the registry is made in it.
         receiver.prepare_storage()
     except OSError as error:
         return report_config_error([f"OXIDIP_FILES_ROOT={config.files_root!r}: {error}"])
     try:
-        pipeline = build_pipeline(config, receiver, hooks)
+        pipeline = build_pipeline(config, receiver, hooks, router)
     except psycopg.Error as error:
         hooks.close(0)
         log.error(
@@ -401,6 +438,7 @@ def _serve(
         try:
             http = open_http_endpoint(config, receiver, pipeline)
             receiver.start()
+            pipeline.start()
         except OSError as error:
             log.error(
                 "cannot start",

@@ -26,6 +26,7 @@ use crate::dicom::sop_class::VERIFICATION;
 use crate::dicom::transfer_syntax::IMPLICIT_VR_LITTLE_ENDIAN;
 use crate::dimse::channel::{Channel, ChannelError};
 use crate::dimse::command::{self, element, CommandSet};
+use crate::dimse::status::Status;
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use crate::service::store::Origin;
 use crate::transport::{tls, Transport};
@@ -216,13 +217,25 @@ impl Client {
         }
     }
 
+    /// The accepted context on which we may invoke `abstract_syntax` with data sets encoded
+    /// in `transfer_syntax`.
+    pub fn context_in(&self, abstract_syntax: &str, transfer_syntax: &str) -> Option<&AcceptedContext> {
+        self.association()
+            .contexts()
+            .find(|c| c.roles.scu && c.abstract_syntax == abstract_syntax && c.transfer_syntax.uid == transfer_syntax)
+    }
+
     /// The ID of the context to invoke `abstract_syntax` on, and a new message ID.
     fn invoke(&mut self, abstract_syntax: &str) -> Result<(u8, u16), ClientError> {
         let context_id =
             self.context_for(abstract_syntax).ok_or_else(|| ClientError::NoContext(abstract_syntax.into()))?.id;
+        Ok((context_id, self.next_message_id()))
+    }
+
+    fn next_message_id(&mut self) -> u16 {
         let id = self.next_message_id;
         self.next_message_id = self.next_message_id.wrapping_add(1).max(1);
-        Ok((context_id, id))
+        id
     }
 
     /// C-ECHO; the response status.
@@ -247,22 +260,35 @@ impl Client {
         self.final_response(context_id, id, command::field::C_STORE_RSP).await
     }
 
-    /// C-STORE of a data set of `len` bytes read from `reader` (a stored file from the byte
-    /// where its data set begins, say), a chunk at a time; otherwise as `store`.
+    /// C-STORE of a data set of `len` bytes encoded in `transfer_syntax`, read from `reader`
+    /// (a stored file from the byte where its data set begins, say) a chunk at a time
+    /// (`Channel::send_from_reader`: memory is one chunk, whatever the size), on the context
+    /// accepted for that SOP class in that transfer syntax: the bytes go as they are, never
+    /// re-encoded. The response status with its ErrorComment.
     pub async fn store_from_reader(
         &mut self,
         abstract_syntax: &str,
+        transfer_syntax: &str,
         sop_instance_uid: &str,
-        reader: &mut (impl io::Read + Send),
+        reader: &mut (impl tokio::io::AsyncRead + Unpin + Send),
         len: u64,
-    ) -> Result<u16, ClientError> {
-        let (context_id, id) = self.invoke(abstract_syntax)?;
+    ) -> Result<Status, ClientError> {
+        let context_id = self
+            .context_in(abstract_syntax, transfer_syntax)
+            .ok_or_else(|| ClientError::NoContext(format!("{abstract_syntax} in {transfer_syntax}")))?
+            .id;
+        let id = self.next_message_id();
         let rq = command::c_store_rq(id, abstract_syntax, sop_instance_uid);
         let sent = self.channel.send_from_reader(context_id, &rq, reader, len).await;
         if let Err(e) = sent {
             return Err(self.fail(e).await);
         }
-        self.final_response(context_id, id, command::field::C_STORE_RSP).await
+        self.final_status(context_id, id, command::field::C_STORE_RSP).await
+    }
+
+    /// How much of a data set `store_from_reader` reads at once (`Channel::chunk_len`).
+    pub fn chunk_len(&self) -> usize {
+        self.channel.chunk_len()
     }
 
     /// Sends a request; a failure ends the association.
@@ -275,12 +301,18 @@ impl Client {
 
     /// Reads the only response to message `id`, which carries no data set: its status.
     async fn final_response(&mut self, context_id: u8, id: u16, expected: u16) -> Result<u16, ClientError> {
+        Ok(self.final_status(context_id, id, expected).await?.code)
+    }
+
+    /// Reads the only response to message `id`, which carries no data set: its status and
+    /// ErrorComment.
+    async fn final_status(&mut self, context_id: u8, id: u16, expected: u16) -> Result<Status, ClientError> {
         let rsp = self.response(context_id, id, expected).await?;
         if rsp.has_data_set() {
             return Err(self.violation(format!("response {expected:#06x} announces a data set")).await);
         }
         match rsp.status() {
-            Some(status) => Ok(status),
+            Some(code) => Ok(Status { code, comment: rsp.get_text(element::ERROR_COMMENT) }),
             None => Err(self.violation("response without a status".into()).await),
         }
     }

@@ -45,7 +45,7 @@ pub(crate) fn stored_files(root: &Path) -> Vec<std::path::PathBuf> {
     files_under(&root.join("LOADSCU"))
 }
 
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -61,7 +61,7 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
@@ -97,7 +97,11 @@ fn policy(ae_title: &str) -> AcceptorPolicy {
 }
 
 /// Accepts one association on `listener` as `ae_title`, negotiated with `supported`.
-async fn accept_one(listener: TcpListener, ae_title: &str, supported: impl SupportedSyntaxes) -> Channel<TcpStream> {
+pub(crate) async fn accept_one(
+    listener: TcpListener,
+    ae_title: &str,
+    supported: impl SupportedSyntaxes,
+) -> Channel<TcpStream> {
     let (tcp, _) = listener.accept().await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let mut channel = Channel::new(Connection::new(tcp, 16384, Duration::from_secs(10)));
@@ -116,7 +120,7 @@ async fn connect(port: u16, called: &str, contexts: Vec<ProposedContext>) -> Cli
     Client::connect(("127.0.0.1", port), ClientOptions::new("OXIDIP", called, contexts)).await.unwrap()
 }
 
-async fn listener() -> (TcpListener, u16) {
+pub(crate) async fn listener() -> (TcpListener, u16) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     (listener, port)
@@ -132,7 +136,7 @@ async fn request(channel: &mut Channel<TcpStream>, expected: u16) -> (u8, Comman
 }
 
 /// Waits for the requestor's A-RELEASE-RQ and answers it.
-async fn released(channel: &mut Channel<TcpStream>) {
+pub(crate) async fn released(channel: &mut Channel<TcpStream>) {
     match channel.receive_command().await {
         Err(ChannelError::ReleaseRequested) => channel.answer_release().await.unwrap(),
         other => panic!("expected a release, got {other:?}"),
@@ -328,15 +332,19 @@ fn store_from_a_reader_streams_the_data_set_in_chunks() {
     let (status, short) = server.runtime().block_on(async {
         let mut client = Client::connect(("127.0.0.1", port), options("OXIDIP")).await.unwrap();
         let mut reader = std::io::Cursor::new(&dataset);
-        let status = client.store_from_reader(SECONDARY_CAPTURE, &uid, &mut reader, dataset.len() as u64).await;
+        let ts = EXPLICIT_VR_LITTLE_ENDIAN;
+        let status = client.store_from_reader(SECONDARY_CAPTURE, ts, &uid, &mut reader, dataset.len() as u64).await;
+        // Only on the context of the data set's transfer syntax.
+        let other = client.store_from_reader(SECONDARY_CAPTURE, IMPLICIT_VR_LITTLE_ENDIAN, &uid, &mut reader, 0).await;
+        assert!(matches!(other, Err(ClientError::NoContext(_))), "{other:?}");
         client.release().await.unwrap();
         // A reader with fewer bytes than announced: the message cannot be completed.
         let mut client = Client::connect(("127.0.0.1", port), options("OXIDIP")).await.unwrap();
         let mut short = std::io::Cursor::new(&dataset[..10]);
-        let short = client.store_from_reader(SECONDARY_CAPTURE, &uid, &mut short, dataset.len() as u64).await;
+        let short = client.store_from_reader(SECONDARY_CAPTURE, ts, &uid, &mut short, dataset.len() as u64).await;
         (status.unwrap(), short)
     });
-    assert_eq!(status, 0);
+    assert_eq!(status, Status::success());
     assert!(matches!(short, Err(ClientError::Io(ref e)) if e.kind() == std::io::ErrorKind::UnexpectedEof), "{short:?}");
     let files = stored_files(root.path());
     assert_eq!(files.len(), 1);

@@ -172,6 +172,15 @@ impl<S: ByteStream> Channel<S> {
         &mut self.conn
     }
 
+    /// How much of a data set `send_from_reader` reads at once: at least 1 MiB (a CT slice
+    /// in one read: each read of a file is a system call, and a trip to a blocking thread
+    /// when the reader is asynchronous), at least a few fragments, and at most 4 MiB, so that
+    /// memory stays bounded whatever the data set's size. A chunk goes out in one writev,
+    /// cut to the peer's maximum PDU length.
+    pub fn chunk_len(&self) -> usize {
+        (self.peer_max_pdu() as usize).saturating_mul(4).clamp(1 << 20, 4 << 20)
+    }
+
     /// The largest P-DATA-TF we send, 0 (unlimited) capped (`UNLIMITED_PDU_CAP`).
     pub fn peer_max_pdu(&self) -> u32 {
         match self.association.peer_max_pdu_length {
@@ -195,25 +204,25 @@ impl<S: ByteStream> Channel<S> {
 
     /// Sends a message whose data set, `len` bytes, is read from `reader` one chunk at a
     /// time (a stored file, say): the command set with the first chunk, then each chunk as
-    /// data fragments. Memory is one chunk, whatever the data set's size. An `UnexpectedEof`
-    /// if the reader has fewer bytes than it said: the message cannot be completed, and the
-    /// association must be aborted.
+    /// data fragments. Memory is one chunk (`chunk_len`), whatever the data set's size. An
+    /// `UnexpectedEof` if the reader has fewer bytes than it said: the message cannot be
+    /// completed, and the association must be aborted. The reader is asynchronous: a file
+    /// is read off the runtime's workers (`tokio::fs::File`), which a slow disk never stalls.
     pub async fn send_from_reader(
         &mut self,
         context_id: u8,
         command: &CommandSet,
-        reader: &mut impl std::io::Read,
+        reader: &mut (impl tokio::io::AsyncRead + Unpin),
         len: u64,
     ) -> Result<(), ChannelError> {
-        // A few fragments per chunk: few syscalls on both sides, bounded memory.
-        let chunk_len = (self.peer_max_pdu() as usize).saturating_mul(4).clamp(1, 4 << 20);
-        let mut chunk = vec![0; usize::try_from(len).unwrap_or(usize::MAX).min(chunk_len)];
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0; usize::try_from(len).unwrap_or(usize::MAX).min(self.chunk_len())];
         let mut left = len;
         let mut command = Some(command.encode());
         let peer_max = self.peer_max_pdu();
         loop {
             let n = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
-            reader.read_exact(&mut chunk[..n]).map_err(ChannelError::Read)?;
+            reader.read_exact(&mut chunk[..n]).await.map_err(ChannelError::Read)?;
             left -= n as u64;
             let data = &chunk[..n];
             let written = match command.take() {

@@ -107,16 +107,19 @@ impl Part10 {
         let mut extractor = Extractor::new(ts.encoding);
         let malformed = |e: ExtractError| invalid(format!("data set: {e}"));
         let feed = |extractor: &mut Extractor, bytes: &[u8]| extractor.feed(bytes).map_err(malformed);
-        let mut done = feed(&mut extractor, &self.head[self.data_set_offset..])?;
-        // The rest of the data set is read in chunks into the head's buffer.
-        let mut chunk = std::mem::take(&mut self.head);
-        chunk.resize(HEAD_LEN, 0);
-        while !done {
-            let n = self.file.read(&mut chunk)?;
-            if n == 0 {
-                break;
+        let done = feed(&mut extractor, &self.head[self.data_set_offset..])?;
+        // A head shorter than its buffer is the whole file: nothing more to read (and the
+        // buffer is not zeroed for nothing, which cost more than the rest of a small file's
+        // reading back).
+        if !done && self.head.len() == HEAD_LEN {
+            // The rest of the data set is read in chunks into the head's buffer.
+            let mut chunk = std::mem::take(&mut self.head);
+            loop {
+                let n = self.file.read(&mut chunk)?;
+                if n == 0 || feed(&mut extractor, &chunk[..n])? {
+                    break;
+                }
             }
-            done = feed(&mut extractor, &chunk[..n])?;
         }
         extractor.finish().map_err(malformed)
     }

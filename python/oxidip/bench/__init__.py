@@ -1,11 +1,11 @@
-"""``oxidip bench``: the load generator (``send``) and the side-by-side comparison of
-receivers (``compare``). The compared receivers, their process measurements and the report
+"""``oxidip bench``: the load generator (``send``), the side-by-side comparison of
+receivers (``compare``) and of senders forwarding stored files (``forward``). The compared receivers, their process measurements and the report
 live here too, so that an installed oxidip can benchmark itself against its peers."""
 
 import argparse
 from typing import TypeAlias
 
-from oxidip.bench import compare, send
+from oxidip.bench import compare, forward, send
 
 __all__ = ["add_parser"]
 
@@ -16,9 +16,10 @@ def add_parser(subparsers: Subparsers) -> None:
     """Registers ``oxidip bench`` and its subcommands."""
     bench = subparsers.add_parser(
         "bench",
-        help="benchmark tools (load generator, comparison with other receivers)",
+        help="benchmark tools (load generator, comparison with other receivers and senders)",
         description="Benchmark tools.",
     )
     commands = bench.add_subparsers(dest="bench_command", metavar="COMMAND", required=True)
     send.add_parser(commands)
     compare.add_parser(commands)
+    forward.add_parser(commands)

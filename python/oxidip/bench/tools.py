@@ -33,6 +33,8 @@ INSTALL_HINT = {
     "findscu": "apt-get install dcmtk",
     "dicom-storescp": "cargo install dicom-storescp --locked --version 0.10.1",
     "openssl": "apt-get install openssl",
+    "dcmsend": "apt-get install dcmtk",
+    "time": "apt-get install time (GNU time)",
 }
 
 

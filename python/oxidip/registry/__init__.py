@@ -8,20 +8,23 @@ Backends
     share the database. The tables have plain names (below): give oxidip its own database, or
     its own schema with ``?options=-csearch_path%3Dname`` in the URL.
 
-Schema (version 2; ``oxidip_schema_version`` lists the migrations applied)
+Schema (version 3; ``oxidip_schema_version`` lists the migrations applied)
     - ``patients(patient_id PK, patient_name, patient_birth_date, patient_sex)``
     - ``studies(study_instance_uid PK, patient_id -> patients, study_date, study_time,
       accession_number, study_description)``
     - ``series(series_instance_uid, calling_aet, study_instance_uid -> studies, modality,
       series_description, series_number, expected, expected_status, expected_detail, received,
-      state, first_received_at, last_received_at, finalized_at)``, primary key
-      (series_instance_uid, calling_aet)
+      state, first_received_at, last_received_at, finalized_at, called_aet)``, primary key
+      (series_instance_uid, calling_aet); ``called_aet`` (version 3) is the called AE title
+      of the first association that delivered it
     - ``instances(sop_instance_uid, calling_aet, series_instance_uid, sop_class_uid,
       instance_number, transfer_syntax, path, size, node, association_id, received_at,
       stored_at)``, primary key (sop_instance_uid, calling_aet), (series_instance_uid,
       calling_aet) -> series
     - ``series_activity(series_instance_uid, calling_aet, node, association_id)``: the
       associations currently delivering each series (primary key the four columns).
+    - ``forward_jobs``, ``forward_items``, ``forward_held``: the forwarding queue
+      (``oxidip.registry._queue`` describes them and the jobs' states).
 
     Series and instances are keyed by their UID *and the calling AE title that sent them*:
     the same series sent by two AEs is two series rows, each with its own count, expected
@@ -89,6 +92,19 @@ State rule (applied to every series a call affects, inside its transaction)
     error whose outcome it cannot know (connection lost during the commit) should also treat
     touched series still "pending" that it never asked about as new.
 
+Forwarding (issue 11)
+    Given a ``Router`` (``open_registry(..., router=...)``), every call that changes series
+    states creates the forwarding jobs of those changes in its own transaction (a crash cannot
+    separate "series complete" from "job queued"): ``series-complete`` rules when a series
+    becomes complete, ``series-finalized`` rules when it reaches any final state, and
+    ``instance`` rules for each registration batch. A job holds the instances of its series not
+    yet queued for its rule and destination: an instance is queued at most once per rule and
+    destination (a re-send, a second sender, a restart or a second process queues nothing
+    again; instances arriving after a series was forwarded make a job of their own). The
+    sending side claims jobs with leases (``claim_jobs``), records outcomes (``record_items``)
+    and ends its attempts (``end_job``: done, retried with backoff, or dead); ``oxidip queue``
+    lists, retries and cancels them.
+
 Concurrency
     The state lives in the database only. PostgreSQL: a write locks the series rows it changes
     in Series Instance UID order (``FOR UPDATE``, or the series upsert of ``register``), so two
@@ -112,15 +128,34 @@ from oxidip.registry._model import (
     ExpectedStatus,
     RegisterResult,
     Registry,
+    SeriesKey,
     SeriesRow,
     SeriesState,
     Transition,
 )
+from oxidip.registry._queue import (
+    MAX_PAIRS,
+    ClaimedJob,
+    ForwardSummary,
+    ItemState,
+    JobRow,
+    JobState,
+    RetryPolicy,
+)
+from oxidip.routing import Router
 
 __all__ = [
+    "MAX_PAIRS",
+    "ClaimedJob",
     "ExpectedStatus",
+    "ForwardSummary",
+    "ItemState",
+    "JobRow",
+    "JobState",
     "RegisterResult",
     "Registry",
+    "RetryPolicy",
+    "SeriesKey",
     "SeriesRow",
     "SeriesState",
     "Transition",
@@ -194,12 +229,15 @@ def open_registry(
     pool_size: int = 4,
     duplicates: str = "overwrite",
     dir_mode: int = 0o750,
+    router: Router | None = None,
 ) -> Registry:
     """Opens the registry: SQLite under ``files_root`` when ``connection`` is None (created
     for the owner only: directory 0700, database 0600; a missing ``files_root`` is created
     with ``dir_mode``), PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL with a
     pool of ``pool_size`` connections. ``duplicates`` is the receiver's policy ("overwrite",
-    "keep-first" or "reject"). Call ``migrate`` before anything else. Raises ValueError for
+    "keep-first" or "reject"). ``router`` decides which forwarding jobs each state change
+    creates (in its transaction); None: nothing is forwarded. Call ``migrate`` before
+    anything else. Raises ValueError for
     anything else, and psycopg's OperationalError when PostgreSQL cannot be reached."""
     if duplicates not in DUPLICATES:
         raise ValueError(
@@ -211,7 +249,7 @@ def open_registry(
 
         path = sqlite_path(files_root)
         _create_private(path, root_mode=dir_mode)
-        return SqliteRegistry(path, policy)
+        return SqliteRegistry(path, policy, router)
     scheme = urlsplit(connection.strip()).scheme.lower() if "://" in connection else ""
     if scheme not in _POSTGRES_SCHEMES:
         # The value may hold a password: only its scheme is repeated.
@@ -224,4 +262,4 @@ def open_registry(
         raise ValueError(f"pool_size must be at least 1, got {pool_size}")
     from oxidip.registry._postgres import PostgresRegistry
 
-    return PostgresRegistry(connection.strip(), pool_size, policy)
+    return PostgresRegistry(connection.strip(), pool_size, policy, router)

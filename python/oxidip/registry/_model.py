@@ -2,12 +2,17 @@
 
 import enum
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any, LiteralString, Protocol
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, LiteralString, Protocol
 
 import msgspec
 
-from oxidip._boundary import InstanceStored
+from oxidip._boundary import InstanceStored, ItemOutcome, JobEndKind
+
+if TYPE_CHECKING:
+    # The queue's types; its module builds on this one.
+    from oxidip.registry._queue import ClaimedJob, ForwardSummary, JobRow, JobState, RetryPolicy
 
 __all__ = [
     "DUPLICATES",
@@ -165,6 +170,78 @@ class Registry(Protocol):
         """(SOP Instance UID, path) of every registered instance."""
         ...
 
+    # --- the forwarding queue (``oxidip.registry._queue`` says how it works) ---------------
+
+    def claim_jobs(
+        self, process_id: str, room: Mapping[str, int], lease: float, now: float
+    ) -> "list[ClaimedJob]":
+        """Claims jobs to send, at most ``room[destination]`` per destination."""
+        ...
+
+    def renew_leases(
+        self, process_id: str, job_ids: Sequence[int], lease: float, now: float
+    ) -> set[int]:
+        """Extends leases; returns the jobs still ours."""
+        ...
+
+    def record_items(self, process_id: str, outcomes: Sequence[ItemOutcome], now: float) -> None:
+        """Records items' outcomes (a batch, one transaction)."""
+        ...
+
+    def end_job(
+        self,
+        process_id: str,
+        job_id: int,
+        end: JobEndKind,
+        error: str,
+        retry: "RetryPolicy",
+        now: float,
+        rng: random.Random,
+    ) -> "JobRow":
+        """Ends an attempt at a job: done, pending, failed (retry later), dead..."""
+        ...
+
+    def hold_destination(self, name: str, reason: str, now: float) -> None:
+        """Opens a destination's circuit (its jobs held)."""
+        ...
+
+    def release_destination(self, name: str, now: float | None = None) -> None:
+        """Closes a destination's circuit (its held jobs pending)."""
+        ...
+
+    def held_destinations(self) -> dict[str, str]:
+        """Held destination -> why."""
+        ...
+
+    def list_jobs(
+        self,
+        states: "Sequence[JobState | str] | None" = None,
+        series: str | None = None,
+        limit: int | None = None,
+    ) -> "list[JobRow]":
+        """Jobs, oldest first (with ``limit``: the newest ones)."""
+        ...
+
+    def retry_jobs(
+        self,
+        ids: Sequence[int] | None = None,
+        state: "JobState | str | None" = None,
+        *,
+        now: float,
+    ) -> int:
+        """Dead, failed, cancelled (or done with failures) jobs sent again; how many."""
+        ...
+
+    def cancel_jobs(
+        self, ids: Sequence[int] | None = None, state: "JobState | str | None" = None
+    ) -> int:
+        """Jobs not done cancelled; how many."""
+        ...
+
+    def forwarded(self, keys: Sequence[SeriesKey]) -> "dict[SeriesKey, list[ForwardSummary]]":
+        """The forwarding jobs of each series."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -219,6 +296,7 @@ class InstanceRow(msgspec.Struct, array_like=True):
     series_description: str | None
     series_number: str | None
     calling_aet: str
+    called_aet: str
     sop_class_uid: str | None
     instance_number: str | None
     transfer_syntax: str
@@ -283,6 +361,7 @@ def prepare(
             series_description=a.SeriesDescription or None,
             series_number=a.SeriesNumber or None,
             calling_aet=instance.calling_aet,
+            called_aet=instance.called_aet,
             sop_class_uid=a.SOPClassUID or None,
             instance_number=a.InstanceNumber or None,
             transfer_syntax=instance.transfer_syntax,

@@ -6,8 +6,9 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -29,13 +30,28 @@ from oxidip.registry._model import (
     state_sql,
     transitions_of,
 )
+from oxidip.registry._queue import Dialect, QueueMethods, Tx, schema_v3
+from oxidip.routing import Router
 
-__all__ = ["MIGRATIONS", "SqliteRegistry"]
+__all__ = ["DIALECT", "MIGRATIONS", "SqliteRegistry"]
+
+T = TypeVar("T")
+
+#: How the forwarding queue's SQL is written here: instants as REAL unix seconds, lists as
+#: JSON arrays; no row locks (a write transaction holds the whole database).
+DIALECT = Dialect(
+    timestamp="REAL",
+    identity="INTEGER PRIMARY KEY",
+    skip_locked="",
+    for_update="",
+    postgres=False,
+)
 
 #: (version, statements): applied in order, each version once, in one transaction.
 MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, schema_v1(timestamp="REAL")),
     (2, schema_v2(timestamp="REAL")),
+    (3, schema_v3(DIALECT)),
 )
 
 LATEST = MIGRATIONS[-1][0]
@@ -83,11 +99,12 @@ _STUDY = """INSERT INTO studies (study_instance_uid, patient_id, study_date, stu
     accession_number, study_description) VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (study_instance_uid) DO NOTHING"""
 
-_SERIES = """INSERT INTO series (series_instance_uid, study_instance_uid, calling_aet, modality,
-    series_description, series_number, expected, expected_status, expected_detail, received,
-    state, first_received_at, last_received_at, finalized_at)
-    VALUES (?, ?, ?, ?, ?, ?, NULL, 'pending', '', 0, 'receiving', ?, ?, NULL)
+_SERIES = """INSERT INTO series (series_instance_uid, study_instance_uid, calling_aet, called_aet,
+    modality, series_description, series_number, expected, expected_status, expected_detail,
+    received, state, first_received_at, last_received_at, finalized_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, NULL, 'pending', '', 0, 'receiving', ?, ?, NULL)
     ON CONFLICT (series_instance_uid, calling_aet) DO UPDATE SET
+        called_aet = coalesce(series.called_aet, excluded.called_aet),
         modality = coalesce(series.modality, excluded.modality),
         series_description = coalesce(series.series_description, excluded.series_description),
         series_number = coalesce(series.series_number, excluded.series_number),
@@ -117,11 +134,25 @@ def _keys(keys: Sequence[tuple[str, str]]) -> bytes:
     return msgspec.json.encode(list(keys))
 
 
-class SqliteRegistry:
+class _Tx:
+    """A write transaction's connection, as the queue's shared code uses it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> sqlite3.Cursor:
+        return self._conn.execute(sql, params or {})
+
+    def executemany(self, sql: str, params: Sequence[Mapping[str, Any]]) -> None:
+        self._conn.executemany(sql, params)
+
+
+class SqliteRegistry(QueueMethods):
     """``Registry`` on one SQLite file. One connection, used by one thread at a time; other
     processes may open the same file (SQLite's locking makes their writes take turns)."""
 
-    def __init__(self, path: Path, duplicates: str) -> None:
+    def __init__(self, path: Path, duplicates: str, router: Router | None = None) -> None:
+        super().__init__(DIALECT, router)
         self.path = path
         self._duplicates = duplicates
         self._instance_sql = _INSTANCE + _ON_DUPLICATE[duplicates]
@@ -156,6 +187,15 @@ class SqliteRegistry:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def _transact(self, work: Callable[[Tx], T]) -> T:
+        with self._write() as conn:
+            return work(_Tx(conn))
+
+    def _read(self, work: Callable[[Tx], T]) -> T:
+        # A statement outside BEGIN is its own read transaction: no write lock to wait for.
+        with self._lock:
+            return work(_Tx(self._conn))
 
     # --- schema -------------------------------------------------------------------------
 
@@ -195,6 +235,19 @@ class SqliteRegistry:
             (encoded,),
         )
         return [series_row(row) for row in rows]
+
+    def _transitions(
+        self,
+        conn: sqlite3.Connection,
+        keys: Sequence[SeriesKey],
+        previous: dict[SeriesKey, str | None],
+        now: float,
+    ) -> list[Transition]:
+        """Recomputes the series ``keys`` and creates the forwarding jobs of their state
+        changes, in the caller's transaction."""
+        transitions = transitions_of(self._recompute(conn, keys, now), previous)
+        self._create_jobs(_Tx(conn), transitions, None, now)
+        return transitions
 
     def _states(self, conn: sqlite3.Connection, keys: Sequence[SeriesKey]) -> dict[SeriesKey, str]:
         rows = conn.execute(
@@ -252,6 +305,7 @@ class SqliteRegistry:
                         uid,
                         r.study_instance_uid,
                         aet,
+                        r.called_aet,
                         r.modality,
                         r.series_description,
                         r.series_number,
@@ -295,8 +349,15 @@ class SqliteRegistry:
                 _ADD_RECEIVED, [(n, uid, aet) for (uid, aet), n in sorted(added.items())]
             )
             conn.executemany(_ACTIVITY, sorted(activity))
-            after = self._recompute(conn, keys, now)
-        return result_of(after, previous, set(keys))
+            result = result_of(self._recompute(conn, keys, now), previous, set(keys))
+            if self._router is not None:
+                batch: dict[SeriesKey, list[str]] = {}
+                for r in rows:
+                    batch.setdefault((r.series_instance_uid, r.calling_aet), []).append(
+                        r.sop_instance_uid
+                    )
+                self._create_jobs(_Tx(conn), result.transitions, batch, now)
+        return result
 
     def set_expected(
         self,
@@ -307,6 +368,7 @@ class SqliteRegistry:
         calling_aet: str | None = None,
     ) -> list[Transition]:
         checked = check_expected(expected, status)
+        now = time.time()
         with self._write() as conn:
             previous = {
                 (uid, aet): state
@@ -323,8 +385,7 @@ class SqliteRegistry:
                 f" WHERE {_IN_KEYS}",
                 (expected, checked.value, detail, _keys(list(previous))),
             )
-            after = self._recompute(conn, list(previous), time.time())
-        return transitions_of(after, dict(previous))
+            return self._transitions(conn, list(previous), dict(previous), now)
 
     def association_ended(self, process_id: str, association_id: int) -> list[Transition]:
         return self._end_activity("node = ? AND association_id = ?", (process_id, association_id))
@@ -334,6 +395,7 @@ class SqliteRegistry:
 
     def _end_activity(self, where: str, params: tuple[str | int, ...]) -> list[Transition]:
         """Removes the activity rows matching ``where`` and recomputes their series."""
+        now = time.time()
         with self._write() as conn:
             keys: list[SeriesKey] = conn.execute(
                 "SELECT DISTINCT series_instance_uid, calling_aet FROM series_activity"
@@ -344,8 +406,7 @@ class SqliteRegistry:
                 return []
             previous = self._states(conn, keys)
             conn.execute(f"DELETE FROM series_activity WHERE {where}", params)
-            after = self._recompute(conn, keys, time.time())
-        return transitions_of(after, dict(previous))
+            return self._transitions(conn, keys, dict(previous), now)
 
     def finalize_idle(self, idle_seconds: float, now: float) -> list[Transition]:
         cutoff = now - idle_seconds
@@ -363,8 +424,7 @@ class SqliteRegistry:
                 return []
             previous = self._states(conn, keys)
             conn.execute(f"DELETE FROM series_activity WHERE {_IN_KEYS}", (_keys(keys),))
-            after = self._recompute(conn, keys, now)
-        return transitions_of(after, dict(previous))
+            return self._transitions(conn, keys, dict(previous), now)
 
     # --- reading ------------------------------------------------------------------------
 
