@@ -310,33 +310,12 @@ class Group:
 
 
 @dataclass(frozen=True)
-class PemFile:
-    """A file that must exist and be readable now (what is in it is checked with the other
-    TLS variables, see ``_listener_problems``); empty for none."""
+class ReadableFile:
+    """A file that must exist and be readable now (what is in it is checked once every
+    variable parsed: the TLS files by ``_listener_problems``, the routes file by
+    ``_forward_problems``); empty for none."""
 
-    accepts: str = "empty, or the path of a readable PEM file"
-
-    def __call__(self, raw: str) -> str | None:
-        if not raw.strip():
-            return None
-        if "\0" in raw:
-            raise Invalid("contains a NUL character")
-        try:
-            with open(raw, "rb"):
-                pass
-        except OSError as error:
-            raise Invalid(f"cannot read it: {error.strerror}") from None
-        return raw
-
-
-@dataclass(frozen=True)
-class RoutesPath:
-    """A routes file that must exist and be readable now; what is in it is checked once
-    every variable parsed (``_forward_problems``)."""
-
-    accepts: str = (
-        "empty (nothing forwarded), or the path of a readable routes file (see README: Routing)"
-    )
+    accepts: str
 
     def __call__(self, raw: str) -> str | None:
         if not raw.strip():
@@ -349,6 +328,12 @@ class RoutesPath:
         except OSError as error:
             raise Invalid(f"cannot read it: {error.strerror}") from None
         return raw
+
+
+PEM_FILE = ReadableFile("empty, or the path of a readable PEM file")
+ROUTES_FILE = ReadableFile(
+    "empty (nothing forwarded), or the path of a readable routes file (see README: Routing)"
+)
 
 
 @dataclass(frozen=True)
@@ -529,15 +514,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "OXIDIP_TLS_CERT",
         "",
-        PemFile(),
+        PEM_FILE,
         "PEM certificate chain (ours first) of the TLS listener; with OXIDIP_TLS_KEY it turns"
         " the listener on.",
     ),
-    Variable("OXIDIP_TLS_KEY", "", PemFile(), "PEM private key of OXIDIP_TLS_CERT."),
+    Variable("OXIDIP_TLS_KEY", "", PEM_FILE, "PEM private key of OXIDIP_TLS_CERT."),
     Variable(
         "OXIDIP_TLS_CA",
         "",
-        PemFile(),
+        PEM_FILE,
         "PEM CA certificates: TLS clients must present a certificate signed by one (mutual"
         " TLS). Empty: no client certificate asked for.",
     ),
@@ -762,7 +747,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "OXIDIP_ROUTES",
         "",
-        RoutesPath(),
+        ROUTES_FILE,
         "Routes file (TOML): the destinations and the rules that forward series to them;"
         " read and validated at start.",
         group="forward",
