@@ -16,6 +16,7 @@ import msgspec
 
 from oxidip.registry import JobRow, JobState, Registry
 from oxidip.series_cli import EXIT_FAILURE, EXIT_OK, Subparsers, format_age, run_on_registry
+from oxidip.text_table import aligned
 
 __all__ = ["add_parser", "format_jobs", "format_next", "run"]
 
@@ -120,7 +121,7 @@ def _sent(row: JobRow) -> str:
 
 def format_jobs(rows: Sequence[JobRow], now: float) -> str:
     """The jobs as an aligned table with a header line (no trailing spaces)."""
-    lines = [list(_HEADERS)]
+    lines: list[list[str]] = []
     for row in rows:
         lines.append(
             [
@@ -136,15 +137,7 @@ def format_jobs(rows: Sequence[JobRow], now: float) -> str:
                 " ".join(row.last_error.split()),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADERS))]
-    out = []
-    for line in lines:
-        cells = [
-            cell.rjust(width) if header in _RIGHT else cell.ljust(width)
-            for cell, width, header in zip(line, widths, _HEADERS, strict=True)
-        ]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
+    return aligned(_HEADERS, lines, _RIGHT)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from oxidip.registry import (
     open_registry,
     sqlite_path,
 )
+from oxidip.text_table import aligned
 
 __all__ = [
     "SeriesJson",
@@ -116,7 +117,7 @@ def _description(text: str | None) -> str:
 
 def format_table(rows: Sequence[SeriesRow], now: float) -> str:
     """The rows as an aligned table with a header line (no trailing spaces)."""
-    lines = [list(_HEADERS)]
+    lines: list[list[str]] = []
     for row in rows:
         lines.append(
             [
@@ -131,15 +132,7 @@ def format_table(rows: Sequence[SeriesRow], now: float) -> str:
                 format_age(now - row.last_received_at),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADERS))]
-    out = []
-    for line in lines:
-        cells = [
-            cell.rjust(width) if header in _RIGHT else cell.ljust(width)
-            for cell, width, header in zip(line, widths, _HEADERS, strict=True)
-        ]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
+    return aligned(_HEADERS, lines, _RIGHT)
 
 
 def _fail(command: str, message: str, status: int) -> int:
