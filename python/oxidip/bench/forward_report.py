@@ -131,7 +131,9 @@ def markdown(results: "ForwardResults") -> str:
             " (`VmHWM`, from `wait4`) are the sender process's, for oxidip the Python interpreter"
             " included. `receive`: `oxidip serve` (SQLite registry) receiving from the load"
             " generator, alone and while the same process forwards the `small` files to storescp"
-            " again and again; its CPU and RSS are that process's."
+            " again and again (storescp niced: it stands for a destination on another machine;"
+            " oxidip's forwarding threads run niced too, see `rust/forward/mod.rs`); its CPU"
+            " and RSS are that process's."
         ),
         "",
         "## Targets (issue 11)",
