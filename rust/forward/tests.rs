@@ -391,3 +391,29 @@ fn stop_ends_every_job_waiting_ones_at_once_running_ones_aborted_past_the_timeou
     let (_, seen) = runtime.block_on(scp).unwrap();
     assert!(matches!(seen, Err(ChannelError::Aborted(Abort { source: 0, .. }))), "{seen:?}");
 }
+
+/// The niceness in a `/proc` stat file (field 19, counted after the parenthesised command
+/// name, field 2).
+fn niceness(stat: &std::path::Path) -> i32 {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn forwarding_threads_yield_to_the_rest_of_the_process() {
+    let forwarder = engine(5.0, 1);
+    // A job, so that every kind of thread the engine starts has run.
+    forwarder.submit(vec![job(1, 1, "NOBODY", vec![])]);
+    outcomes_until_ended(&forwarder, 1);
+    // The test threads run at the process's niceness, which the engine was made from.
+    let base = niceness(Path::new("/proc/thread-self/stat"));
+    let mut engine_threads = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if name.trim() == "oxidip-forward" {
+            engine_threads += 1;
+            assert_eq!(niceness(&task.path().join("stat")), (base + 10).min(19));
+        }
+    }
+    assert!(engine_threads > 0);
+}
