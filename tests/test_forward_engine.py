@@ -351,7 +351,9 @@ def test_an_abort_in_the_middle_of_a_job_is_transient(tmp_path: Path) -> None:
     assert items_of(outcomes) == [delivered(1, 0), delivered(1, 1)]
     [end] = ends_of(outcomes)
     assert end.end == JobEndKind.TRANSIENT
-    assert end.error.startswith("association aborted by the peer after 2 of 5 instances"), end
+    # The A-ABORT as such, or (pynetdicom closing at once) the connection reset after it.
+    assert "after 2 of 5 instances" in end.error, end
+    assert end.error.startswith(("association aborted by the peer", "connection")), end
 
 
 def test_rejections_permanent_and_transient_and_connection_refused(tmp_path: Path) -> None:
