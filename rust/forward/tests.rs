@@ -367,9 +367,10 @@ fn stop_ends_every_job_waiting_ones_at_once_running_ones_aborted_past_the_timeou
     // One association at once: the second job waits for the first's.
     let forwarder = engine(5.0, 1);
     let one = || vec![item(1, &path, &uid, EXPLICIT_VR_LITTLE_ENDIAN)];
-    forwarder.submit(vec![job(1, port, "DEST", one()), job(2, port, "DEST", one())]);
+    forwarder.submit(vec![job(1, port, "DEST", one())]);
     // The first is being sent once the peer has its data set, its answer never coming.
     receiving.recv_timeout(Duration::from_secs(5)).unwrap();
+    forwarder.submit(vec![job(2, port, "DEST", one())]);
     let started = std::time::Instant::now();
     forwarder.stop(Duration::from_millis(200));
     assert_eq!(forwarder.running(), 0, "every job ended when stop returns");
