@@ -1,15 +1,20 @@
 //! An item's stored file made ready to send: opened, its file meta read back and checked
 //! against what the registry says (`storage::read_back`), and the first chunk of its data
 //! set read, while the peer handles the item before it. The rest of the data set is read as
-//! it is sent, a chunk at a time, on tokio's blocking pool: memory per association is a
-//! chunk or two, whatever the instance's size.
+//! it is sent, a chunk ahead, on tokio's blocking pool: memory per association is a few
+//! chunks, whatever the instance's size.
 
+use std::fs::File;
+use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::task::JoinHandle;
 
 use super::classify;
 use super::job::ForwardItem;
@@ -59,45 +64,90 @@ pub fn prepare(item: &ForwardItem, first_chunk: usize) -> Result<Prepared, Strin
     }
     file.seek(SeekFrom::Start(data_set.offset)).map_err(unreadable)?;
     let first_len = usize::try_from(data_set.len).unwrap_or(usize::MAX).min(first_chunk);
-    let mut first = vec![0; first_len];
-    file.read_exact(&mut first).map_err(unreadable)?;
-    let rest = (data_set.len > first_len as u64).then(|| tokio::fs::File::from_std(file));
-    Ok(Prepared { data_set, reader: DataSetReader { first, at: 0, rest, failure: None } })
+    let mut current = vec![0; first_len];
+    file.read_exact(&mut current).map_err(unreadable)?;
+    let reader = DataSetReader {
+        file: Arc::new(file),
+        offset: data_set.offset + first_len as u64,
+        end: data_set.offset + data_set.len,
+        chunk: first_chunk.max(1),
+        current,
+        at: 0,
+        ahead: None,
+        failure: None,
+    };
+    Ok(Prepared { data_set, reader })
 }
 
-/// The data set's bytes: the chunk read when preparing, then the rest of the file, read on
-/// tokio's blocking pool. Remembers a read error, which the channel would report as any
-/// read error: the item failed because of its file, not because of the peer.
+/// The data set's bytes: the chunk read when preparing, then the rest of the file, a chunk
+/// at a time, each read on tokio's blocking pool while the chunk before it is being sent
+/// (two chunks in memory, whatever the size). Remembers a read error, which the channel
+/// would report as any read error: the item failed because of its file, not because of the
+/// peer.
 pub struct DataSetReader {
-    first: Vec<u8>,
+    file: Arc<File>,
+    /// Where the next chunk to read begins, and where the data set ends.
+    offset: u64,
+    end: u64,
+    chunk: usize,
+    /// The chunk being handed out, from `at`.
+    current: Vec<u8>,
     at: usize,
-    rest: Option<tokio::fs::File>,
+    /// The read of the next chunk, under way.
+    ahead: Option<JoinHandle<io::Result<Vec<u8>>>>,
     failure: Option<io::Error>,
+}
+
+impl DataSetReader {
+    /// Starts reading the next chunk into `buffer` (a chunk already sent, reused), unless the
+    /// data set has been read to its end.
+    fn read_ahead(&mut self, mut buffer: Vec<u8>) {
+        if self.offset >= self.end {
+            return;
+        }
+        let len = usize::try_from(self.end - self.offset).unwrap_or(usize::MAX).min(self.chunk);
+        buffer.resize(len, 0);
+        let (file, at) = (self.file.clone(), self.offset);
+        self.offset += len as u64;
+        self.ahead = Some(tokio::task::spawn_blocking(move || {
+            file.read_exact_at(&mut buffer, at)?;
+            Ok(buffer)
+        }));
+    }
+
+    fn failed(&mut self, e: io::Error) -> Poll<io::Result<()>> {
+        self.failure = Some(io::Error::new(e.kind(), e.to_string()));
+        Poll::Ready(Err(e))
+    }
 }
 
 impl AsyncRead for DataSetReader {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.at < this.first.len() {
-            let n = buf.remaining().min(this.first.len() - this.at);
-            buf.put_slice(&this.first[this.at..this.at + n]);
-            this.at += n;
-            if this.at == this.first.len() {
-                // Sent: its memory goes back before the rest is read.
-                this.first = Vec::new();
-                this.at = 0;
+        loop {
+            if this.at < this.current.len() {
+                if this.at == 0 && this.ahead.is_none() {
+                    // The first chunk begins to go out: read the next meanwhile.
+                    this.read_ahead(Vec::new());
+                }
+                let n = buf.remaining().min(this.current.len() - this.at);
+                buf.put_slice(&this.current[this.at..this.at + n]);
+                this.at += n;
+                return Poll::Ready(Ok(()));
             }
-            return Poll::Ready(Ok(()));
-        }
-        let Some(rest) = this.rest.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        match Pin::new(rest).poll_read(cx, buf) {
-            Poll::Ready(Err(e)) => {
-                this.failure = Some(io::Error::new(e.kind(), e.to_string()));
-                Poll::Ready(Err(e))
-            }
-            other => other,
+            let Some(ahead) = this.ahead.as_mut() else {
+                // The end of the data set.
+                return Poll::Ready(Ok(()));
+            };
+            let next = match std::task::ready!(Pin::new(ahead).poll(cx)) {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => return this.failed(e),
+                Err(e) => return this.failed(io::Error::other(e)),
+            };
+            this.ahead = None;
+            let sent = std::mem::replace(&mut this.current, next);
+            this.at = 0;
+            this.read_ahead(sent);
         }
     }
 }

@@ -367,9 +367,10 @@ fn stop_ends_every_job_waiting_ones_at_once_running_ones_aborted_past_the_timeou
     // One association at once: the second job waits for the first's.
     let forwarder = engine(5.0, 1);
     let one = || vec![item(1, &path, &uid, EXPLICIT_VR_LITTLE_ENDIAN)];
-    forwarder.submit(vec![job(1, port, "DEST", one()), job(2, port, "DEST", one())]);
+    forwarder.submit(vec![job(1, port, "DEST", one())]);
     // The first is being sent once the peer has its data set, its answer never coming.
     receiving.recv_timeout(Duration::from_secs(5)).unwrap();
+    forwarder.submit(vec![job(2, port, "DEST", one())]);
     let started = std::time::Instant::now();
     forwarder.stop(Duration::from_millis(200));
     assert_eq!(forwarder.running(), 0, "every job ended when stop returns");
@@ -390,4 +391,24 @@ fn stop_ends_every_job_waiting_ones_at_once_running_ones_aborted_past_the_timeou
     assert_eq!(ended(&late)[0].error, "stopped: the forwarder is shutting down");
     let (_, seen) = runtime.block_on(scp).unwrap();
     assert!(matches!(seen, Err(ChannelError::Aborted(Abort { source: 0, .. }))), "{seen:?}");
+}
+
+/// The niceness in a `/proc` stat file (field 19, counted after the parenthesised command
+/// name, field 2).
+fn niceness(stat: &std::path::Path) -> i32 {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn forwarding_threads_yield_to_the_rest_of_the_process() {
+    let forwarder = engine(5.0, 1);
+    // The test thread runs at the niceness the engine was made from.
+    let base = niceness(Path::new("/proc/thread-self/stat"));
+    let runtime = forwarder.runtime.as_ref().unwrap();
+    let on_a_worker = runtime.block_on(runtime.spawn(async { niceness(Path::new("/proc/thread-self/stat")) }));
+    let on_the_blocking_pool =
+        runtime.block_on(async { tokio::task::spawn_blocking(|| niceness(Path::new("/proc/thread-self/stat"))).await });
+    let lowered = (base + 10).min(19);
+    assert_eq!((on_a_worker.unwrap(), on_the_blocking_pool.unwrap()), (lowered, lowered));
 }

@@ -6,14 +6,21 @@ in the shape of ``oxidip bench compare``'s (``oxidip.bench.report``)."""
 import os
 import platform
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from oxidip.bench.model import MIB, Measurement, Target, Workload
-from oxidip.bench.report import chart_unavailable
+from oxidip.bench.report import (
+    chart_unavailable,
+    fmt_value,
+    median_of,
+    rate_of,
+    ratio_of,
+    runs_of,
+)
 from oxidip.bench.tools import cpu_model, versions
 
 if TYPE_CHECKING:
@@ -27,26 +34,9 @@ ALONE = "receiving alone"
 WHILE_FORWARDING = "receiving while forwarding"
 
 
-def _runs(ms: Sequence[Measurement], workload: str, who: str) -> list[Measurement]:
-    return [m for m in ms if m.workload == workload and m.receiver == who]
-
-
-def _rate(workload: Workload) -> Callable[[Measurement], float]:
-    """MB/s for large instances, instances/s otherwise."""
-    if workload.by_bytes:
-        return lambda m: m.mb_per_second
-    return lambda m: m.per_second
-
-
 def _median_rate(ms: Sequence[Measurement], workload: Workload, who: str) -> float | None:
-    runs = _runs(ms, workload.key, who)
-    rate = _rate(workload)
-    return statistics.median(rate(m) for m in runs) if runs else None
-
-
-def _ratio(ms: Sequence[Measurement], workload: Workload, who: str, baseline: str) -> float | None:
-    ours, theirs = _median_rate(ms, workload, who), _median_rate(ms, workload, baseline)
-    return None if ours is None or theirs is None else ours / theirs
+    runs = runs_of(ms, workload.key, who)
+    return median_of(runs, rate_of(workload)) if runs else None
 
 
 def check_targets(ms: Sequence[Measurement], workloads: Sequence[Workload]) -> list[Target]:
@@ -54,29 +44,25 @@ def check_targets(ms: Sequence[Measurement], workloads: Sequence[Workload]) -> l
     by_key = {w.key: w for w in workloads}
     targets = []
     if "small" in by_key:
-        measured = _ratio(ms, by_key["small"], OXIDIP, DCMSEND)
+        measured = ratio_of(ms, by_key["small"], OXIDIP, DCMSEND)
         targets.append(Target("small", "oxidip / dcmsend", measured, 1.5, "at least", "x"))
     if "ct" in by_key:
-        measured = _ratio(ms, by_key["ct"], OXIDIP, DCMSEND)
+        measured = ratio_of(ms, by_key["ct"], OXIDIP, DCMSEND)
         targets.append(Target("ct", "oxidip / dcmsend", measured, 1.2, "at least", "x MB/s"))
     if "large" in by_key:
-        runs = _runs(ms, "large", OXIDIP)
+        runs = runs_of(ms, "large", OXIDIP)
         rss = max(m.peak_rss for m in runs) / MIB if runs else None
         what = "oxidip forwarding process peak RSS"
         targets.append(Target("large", what, rss, 100.0, "at most", "MiB"))
     if "receive" in by_key:
-        measured = _ratio(ms, by_key["receive"], WHILE_FORWARDING, ALONE)
+        measured = ratio_of(ms, by_key["receive"], WHILE_FORWARDING, ALONE)
         what = "receive rate while forwarding / alone"
         targets.append(Target("receive", what, measured, 0.9, "at least", "x"))
     return targets
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else format(value, spec) + suffix
-
-
 def _table(ms: Sequence[Measurement], workload: Workload, who: Sequence[str]) -> list[str]:
-    rate = _rate(workload)
+    rate = rate_of(workload)
     unit = "MB/s" if workload.by_bytes else "inst/s"
     baseline = ALONE if workload.key == "receive" else DCMSEND
     per = "ms/GB" if workload.by_bytes else "us/inst"
@@ -90,7 +76,7 @@ def _table(ms: Sequence[Measurement], workload: Workload, who: Sequence[str]) ->
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in who:
-        runs = _runs(ms, workload.key, name)
+        runs = runs_of(ms, workload.key, name)
         if not runs:
             continue
         rates = [rate(m) for m in runs]
@@ -100,7 +86,7 @@ def _table(ms: Sequence[Measurement], workload: Workload, who: Sequence[str]) ->
             cpu = statistics.median(m.cpu_seconds * 1e6 / m.instances for m in runs)
         lines.append(
             f"| {name} | {statistics.median(rates):,.1f} | {min(rates):,.1f}-{max(rates):,.1f}"
-            f" | {_fmt(_ratio(ms, workload, name, baseline), '.2f', 'x')}"
+            f" | {fmt_value(ratio_of(ms, workload, name, baseline), '.2f', 'x')}"
             f" | {statistics.median(m.seconds for m in runs):.3f} | {cpu:,.0f}"
             f" | {max(m.peak_rss for m in runs) / MIB:,.1f} |"
         )
@@ -131,7 +117,9 @@ def markdown(results: "ForwardResults") -> str:
             " (`VmHWM`, from `wait4`) are the sender process's, for oxidip the Python interpreter"
             " included. `receive`: `oxidip serve` (SQLite registry) receiving from the load"
             " generator, alone and while the same process forwards the `small` files to storescp"
-            " again and again; its CPU and RSS are that process's."
+            " again and again (storescp niced: it stands for a destination on another machine;"
+            " oxidip's forwarding threads run niced too, see `rust/forward/mod.rs`); its CPU"
+            " and RSS are that process's."
         ),
         "",
         "## Targets (issue 11)",
@@ -143,7 +131,7 @@ def markdown(results: "ForwardResults") -> str:
         met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
         lines.append(
             f"| {t.workload} | {t.what} | {t.direction} {t.required:g} {t.unit}"
-            f" | {_fmt(t.measured, '.2f', ' ' + t.unit)} | {met} |"
+            f" | {fmt_value(t.measured, '.2f', ' ' + t.unit)} | {met} |"
         )
     lines += ["", "## Results", ""]
     for w in results.workloads:
@@ -183,11 +171,11 @@ def chart(path: Path, results: "ForwardResults") -> None:
     for i, name in enumerate(who):
         xs, ratios, low, high, rss = [], [], [], [], []
         for j, w in enumerate(workloads):
-            runs = _runs(ms, w.key, name)
+            runs = runs_of(ms, w.key, name)
             base = _median_rate(ms, w, ALONE if w.key == "receive" else DCMSEND)
             if not runs or base is None:
                 continue
-            values = [_rate(w)(m) / base for m in runs]
+            values = [rate_of(w)(m) / base for m in runs]
             median = statistics.median(values)
             xs.append(j + (i - (len(who) - 1) / 2) * width)
             ratios.append(median)

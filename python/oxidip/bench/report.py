@@ -15,36 +15,44 @@ from oxidip.bench.model import MIB, Measurement, Results, Target, Workload
 from oxidip.bench.receivers import BASELINE_OXIDIP
 from oxidip.bench.tools import cpu_model, versions
 
-__all__ = ["check_targets", "write"]
+__all__ = [
+    "check_targets",
+    "fmt_value",
+    "median_of",
+    "rate_of",
+    "ratio_of",
+    "runs_of",
+    "write",
+]
 
 BASELINE = "dcmtk storescp"
 FORK = "dcmtk storescp --fork"
 OXIDIP_VARIANTS = ("oxidip", "oxidip postgresql")
 
 
-def _runs(ms: Sequence[Measurement], workload: str, receiver: str) -> list[Measurement]:
+def runs_of(ms: Sequence[Measurement], workload: str, receiver: str) -> list[Measurement]:
     return [m for m in ms if m.workload == workload and m.receiver == receiver]
 
 
-def _median(runs: Sequence[Measurement], value: Callable[[Measurement], float]) -> float:
+def median_of(runs: Sequence[Measurement], value: Callable[[Measurement], float]) -> float:
     return statistics.median(value(m) for m in runs)
 
 
-def _rate(workload: Workload) -> Callable[[Measurement], float]:
+def rate_of(workload: Workload) -> Callable[[Measurement], float]:
     """What a workload is compared by: MB/s for large instances, instances/s otherwise."""
     if workload.by_bytes:
         return lambda m: m.mb_per_second
     return lambda m: m.per_second
 
 
-def _ratio(
+def ratio_of(
     ms: Sequence[Measurement], workload: Workload, receiver: str, baseline: str
 ) -> float | None:
-    ours, theirs = _runs(ms, workload.key, receiver), _runs(ms, workload.key, baseline)
+    ours, theirs = runs_of(ms, workload.key, receiver), runs_of(ms, workload.key, baseline)
     if not ours or not theirs:
         return None
-    rate = _rate(workload)
-    return _median(ours, rate) / _median(theirs, rate)
+    rate = rate_of(workload)
+    return median_of(ours, rate) / median_of(theirs, rate)
 
 
 def _filesystem(path: str) -> str:
@@ -83,32 +91,32 @@ def check_targets(
             continue
         for key, baseline, required in ratios:
             if key in by_key:
-                measured = _ratio(ms, by_key[key], ox, baseline)
+                measured = ratio_of(ms, by_key[key], ox, baseline)
                 unit = "x MB/s" if by_key[key].by_bytes else "x"
                 what = f"{ox} / {baseline}"
                 targets.append(Target(key, what, measured, required, "at least", unit))
         for key in ("ct", "ct-4"):
             if storage_fs == "tmpfs" and key in by_key:
-                runs = _runs(ms, key, ox)
-                mbs = _median(runs, lambda m: m.mb_per_second) if runs else None
+                runs = runs_of(ms, key, ox)
+                mbs = median_of(runs, lambda m: m.mb_per_second) if runs else None
                 targets.append(Target(key, f"{ox} MB/s on tmpfs", mbs, 1000.0, "at least", "MB/s"))
         if "large" in by_key:
-            runs = _runs(ms, "large", ox)
+            runs = runs_of(ms, "large", ox)
             rss = max(m.peak_rss for m in runs) / MIB if runs else None
             targets.append(Target("large", f"{ox} peak RSS", rss, 100.0, "at most", "MiB"))
         if "idle" in by_key and "small-16" in by_key:
-            idle, busy = _runs(ms, "idle", ox), _runs(ms, "small-16", ox)
+            idle, busy = runs_of(ms, "idle", ox), runs_of(ms, "small-16", ox)
             share = None
             if idle and busy:
-                rate = _rate(by_key["idle"])
-                share = _median(idle, rate) / _median(busy, rate)
+                rate = rate_of(by_key["idle"])
+                share = median_of(idle, rate) / median_of(busy, rate)
             targets.append(
                 Target("idle", f"{ox} idle / small-16 throughput", share, 0.9, "at least", "x")
             )
     return targets
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+def fmt_value(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + suffix
 
 
@@ -131,7 +139,7 @@ def _ceiling_line(results: Results, workload: Workload) -> list[str]:
 def _workload_table(
     ms: Sequence[Measurement], workload: Workload, receivers: Sequence[str]
 ) -> list[str]:
-    rate = _rate(workload)
+    rate = rate_of(workload)
     unit = "MB/s" if workload.by_bytes else "inst/s"
     per = "ms/GB" if workload.by_bytes else "us/inst"
     lines = [
@@ -144,23 +152,23 @@ def _workload_table(
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in receivers:
-        runs = _runs(ms, workload.key, name)
+        runs = runs_of(ms, workload.key, name)
         if not runs:
             continue
         rates = [rate(m) for m in runs]
         if workload.by_bytes:
-            cpu = _median(runs, lambda m: m.cpu_seconds * 1e3 / (m.bytes / 1e9))
+            cpu = median_of(runs, lambda m: m.cpu_seconds * 1e3 / (m.bytes / 1e9))
         else:
-            cpu = _median(runs, lambda m: m.cpu_seconds * 1e6 / m.instances)
+            cpu = median_of(runs, lambda m: m.cpu_seconds * 1e6 / m.instances)
         registered = [m.registered_seconds for m in runs if m.registered_seconds is not None]
         lines.append(
             f"| {name} | {statistics.median(rates):,.0f} | {min(rates):,.0f}-{max(rates):,.0f}"
-            f" | {_fmt(_ratio(ms, workload, name, BASELINE), '.2f', 'x')}"
-            f" | {_fmt(_ratio(ms, workload, name, FORK), '.2f', 'x')}"
+            f" | {fmt_value(ratio_of(ms, workload, name, BASELINE), '.2f', 'x')}"
+            f" | {fmt_value(ratio_of(ms, workload, name, FORK), '.2f', 'x')}"
             f" | {cpu:,.0f} | {max(m.peak_rss for m in runs) / MIB:,.1f}"
-            f" | {_median(runs, lambda m: m.latency_p50_ms):.2f} /"
-            f" {_median(runs, lambda m: m.latency_p99_ms):.2f}"
-            f" | {_fmt(statistics.median(registered) if registered else None, '.2f')} |"
+            f" | {median_of(runs, lambda m: m.latency_p50_ms):.2f} /"
+            f" {median_of(runs, lambda m: m.latency_p99_ms):.2f}"
+            f" | {fmt_value(statistics.median(registered) if registered else None, '.2f')} |"
         )
     return [*lines, ""]
 
@@ -206,7 +214,7 @@ def markdown(results: Results) -> str:
         met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
         lines.append(
             f"| {t.workload} | {t.what} | {t.direction} {t.required:g} {t.unit}"
-            f" | {_fmt(t.measured, '.2f', ' ' + t.unit)} | {met} |"
+            f" | {fmt_value(t.measured, '.2f', ' ' + t.unit)} | {met} |"
         )
     lines += _before_after(results)
     lines += ["", "## Results", ""]
@@ -238,13 +246,13 @@ def _before_after(results: Results) -> list[str]:
         "|---|---:|---:|---:|---:|",
     ]
     for w in results.workloads:
-        ours, theirs = _runs(ms, w.key, "oxidip"), _runs(ms, w.key, BASELINE_OXIDIP)
+        ours, theirs = runs_of(ms, w.key, "oxidip"), runs_of(ms, w.key, BASELINE_OXIDIP)
         if not ours or not theirs:
             continue
-        rate, unit = _rate(w), "MB/s" if w.by_bytes else "inst/s"
+        rate, unit = rate_of(w), "MB/s" if w.by_bytes else "inst/s"
         lines.append(
-            f"| {w.key} | {_median(ours, rate):,.0f} {unit} | {_median(theirs, rate):,.0f} {unit}"
-            f" | {_fmt(_ratio(ms, w, 'oxidip', BASELINE_OXIDIP), '.2f', 'x')}"
+            f"| {w.key} | {median_of(ours, rate):,.0f} {unit} | {median_of(theirs, rate):,.0f} {unit}"
+            f" | {fmt_value(ratio_of(ms, w, 'oxidip', BASELINE_OXIDIP), '.2f', 'x')}"
             f" | {len(ours)} / {len(theirs)} |"
         )
     return lines
@@ -265,13 +273,13 @@ def chart(path: Path, results: Results) -> None:
     for i, name in enumerate(receivers):
         xs, ratios, low, high, cpu, rss = [], [], [], [], [], []
         for j, w in enumerate(workloads):
-            runs = _runs(ms, w.key, name)
+            runs = runs_of(ms, w.key, name)
             # The single-process storescp cannot run with idle associations: --fork then.
-            base = _runs(ms, w.key, BASELINE) or _runs(ms, w.key, FORK)
+            base = runs_of(ms, w.key, BASELINE) or runs_of(ms, w.key, FORK)
             if not runs:
                 continue
-            rate = _rate(w)
-            scale = _median(base, rate) if base else _median(runs, rate)
+            rate = rate_of(w)
+            scale = median_of(base, rate) if base else median_of(runs, rate)
             values = [rate(m) / scale for m in runs]
             median = statistics.median(values)
             xs.append(j + (i - (len(receivers) - 1) / 2) * width)
