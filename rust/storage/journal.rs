@@ -653,7 +653,17 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         drop(child.stdin.take()); // cat ends too
-        let claimed = claim_orphans(root.path()).unwrap();
+
+        // The lock goes with the last descriptor of flock(1)'s open file: `cat` may still
+        // hold a copy for an instant (between its fork and -o's close), so wait for it.
+        let claimed = loop {
+            let claimed = claim_orphans(root.path()).unwrap();
+            if !claimed.is_empty() {
+                break claimed;
+            }
+            assert!(std::time::Instant::now() < deadline, "the segment was never claimable");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].entries, vec!["a.dcm"]);
     }
