@@ -634,6 +634,7 @@ fn retrieval_of_a_silent_peer_ends_at_the_idle_timeout() {
     assert_eq!(progress(&retrieval).sub_operations, counts(Some(3), 1));
     let End::Failed(words) = ended(&retrieval) else { panic!("a silent peer cannot end well") };
     assert!(words.contains("sent nothing for 0.3 s (idle timeout)"), "{words}");
+    assert_eq!(retrieval.next_progress(Duration::MAX), None, "ended: no wait, however long allowed");
     let peer_saw = runtime.block_on(provider).unwrap();
     assert!(matches!(peer_saw, ChannelError::Aborted(Abort { source: 0, .. })), "{peer_saw:?}");
 }
