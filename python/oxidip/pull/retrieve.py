@@ -126,9 +126,13 @@ def status_words(
             f"the identifier does not match the SOP class (0x{status:04X}){said}",
         )
     if 0xC000 <= status <= 0xCFFF:
+        # Orthanc, for one, answers a C-MOVE whose destination it cannot reach so.
+        reach = (
+            f": can the PACS reach {destination} (oxidip's receiver)?" if method == "move" else ""
+        )
         return (
             Verdict.PERMANENT,
-            f"the PACS could not process the C-{method.upper()} (0x{status:04X}){said}",
+            f"the PACS could not process the C-{method.upper()} (0x{status:04X}){said}{reach}",
         )
     return Verdict.PERMANENT, f"the {method.upper()} failed with status 0x{status:04X}{said}"
 
