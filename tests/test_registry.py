@@ -616,7 +616,7 @@ def test_schema_version_and_indexes(
         registry.migrate()
         registry.close()
     versions, indexes = _schema(connection, tmp_path)
-    assert versions == [1, 2, 3]
+    assert versions == [1, 2, 3, 4]
     for index in (
         "studies_patient_id",
         "series_study_instance_uid",

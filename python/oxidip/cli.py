@@ -3,7 +3,8 @@
 Each subcommand is registered by a function in ``SUBCOMMANDS`` that adds its parser and sets
 ``func`` (returning the exit status): ``serve`` (``oxidip.serve``), ``series``
 (``oxidip.series_cli``), ``queue`` (``oxidip.queue_cli``), ``bench`` (``oxidip.bench``),
-``reconcile`` (``oxidip.reconcile_cli``) and ``routes`` (``oxidip.routes_cli``).
+``reconcile`` (``oxidip.reconcile_cli``), ``routes`` (``oxidip.routes_cli``) and ``pull``
+(``oxidip.pull.command``).
 """
 
 import argparse
@@ -13,6 +14,7 @@ from typing import TypeAlias
 
 from oxidip import __version__, bench, queue_cli, reconcile_cli, routes_cli, series_cli, serve
 from oxidip.config import VARIABLES
+from oxidip.pull import command as pull_command
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -50,6 +52,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     bench.add_parser,
     reconcile_cli.add_parser,
     routes_cli.add_parser,
+    pull_command.add_parser,
 ]
 
 

@@ -99,6 +99,12 @@ class Receiver:
         if seqs:
             self._core.acknowledge(seqs, registered)
 
+    @property
+    def core(self) -> _core.Receiver:
+        """The Rust receiver itself, for what it does on its own associations (a C-GET,
+        ``_core.Receiver.get``)."""
+        return self._core
+
     def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stops accepting; running associations may finish within
         ``timeout`` seconds (default: ``config.shutdown_timeout``), then are aborted. Keep

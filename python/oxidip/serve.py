@@ -59,7 +59,10 @@ __all__ = [
     "consume",
     "log_events",
     "open_migrated_registry",
+    "prepare",
     "run",
+    "serve_until",
+    "stop_requested_by_signals",
 ]
 
 log = logging.getLogger("oxidip")
@@ -374,6 +377,17 @@ def run(args: argparse.Namespace) -> int:
         return report_config_error(error.problems)
     logs.configure(config.log_level, config.log_format)
     warn_unknown_variables()
+    prepared = prepare(config)
+    if isinstance(prepared, int):
+        return prepared
+    with stop_requested_by_signals() as stop_requested:
+        return serve_until(config, *prepared, stop_requested)
+
+
+def prepare(config: Config) -> tuple[Receiver, Pipeline] | int:
+    """The receiver (its storage ready) and the pipeline of ``config``, not started; or the
+    exit status when they cannot be (logged or reported first). ``oxidip pull --serve``
+    composes the same."""
     try:
         receiver = Receiver(config)
         hooks = Hooks.load(config.hooks, queue_size=config.hook_queue)
@@ -408,12 +422,11 @@ def run(args: argparse.Namespace) -> int:
         hooks.close(0)
         log.error("cannot start", extra={"error": one_line(error)})
         return EXIT_FAILURE
-    with _stop_requested_by_signals() as stop_requested:
-        return _serve(config, receiver, pipeline, stop_requested)
+    return receiver, pipeline
 
 
 @contextlib.contextmanager
-def _stop_requested_by_signals() -> Iterator[threading.Event]:
+def stop_requested_by_signals() -> Iterator[threading.Event]:
     """An event set by SIGTERM or SIGINT while in the block (their handlers restored after)."""
     stop_requested = threading.Event()
 
@@ -428,11 +441,16 @@ def _stop_requested_by_signals() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _serve(
-    config: Config, receiver: Receiver, pipeline: Pipeline, stop_requested: threading.Event
+def serve_until(
+    config: Config,
+    receiver: Receiver,
+    pipeline: Pipeline,
+    stop_requested: threading.Event,
+    started: threading.Event | None = None,
 ) -> int:
     """Opens the HTTP endpoint, starts the receiver and consumes its events until it
-    stopped; closes the pipeline, then the endpoint."""
+    stopped (``stop_requested``); closes the pipeline, then the endpoint. ``started`` is set
+    once the receiver listens (or could not start)."""
     http: HttpEndpoint | None = None
     try:
         try:
@@ -450,7 +468,10 @@ def _serve(
                 },
             )
             return EXIT_FAILURE
-        started = time.monotonic()
+        finally:
+            if started is not None:
+                started.set()
+        since = time.monotonic()
         log.info(
             "listening",
             extra={
@@ -479,7 +500,7 @@ def _serve(
             return EXIT_FAILURE
         finally:
             pipeline.close(config.shutdown_timeout)
-        uptime = round(time.monotonic() - started, 3)
+        uptime = round(time.monotonic() - since, 3)
         if not requested:
             log.error("receiver stopped unexpectedly", extra={"uptime": uptime})
             return EXIT_FAILURE

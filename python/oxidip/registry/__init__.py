@@ -8,7 +8,7 @@ Backends
     share the database. The tables have plain names (below): give oxidip its own database, or
     its own schema with ``?options=-csearch_path%3Dname`` in the URL.
 
-Schema (version 3; ``oxidip_schema_version`` lists the migrations applied)
+Schema (version 4; ``oxidip_schema_version`` lists the migrations applied)
     - ``patients(patient_id PK, patient_name, patient_birth_date, patient_sex)``
     - ``studies(study_instance_uid PK, patient_id -> patients, study_date, study_time,
       accession_number, study_description)``
@@ -25,6 +25,8 @@ Schema (version 3; ``oxidip_schema_version`` lists the migrations applied)
       associations currently delivering each series (primary key the four columns).
     - ``forward_jobs``, ``forward_items``, ``forward_held``: the forwarding queue
       (``oxidip.registry._queue`` describes them and the jobs' states).
+    - ``pulls``, ``pull_series`` (version 4): the pull jobs of ``oxidip pull``
+      (``oxidip.registry._pulls`` describes them and the series' states).
 
     Series and instances are keyed by their UID *and the calling AE title that sent them*:
     the same series sent by two AEs is two series rows, each with its own count, expected
@@ -133,6 +135,14 @@ from oxidip.registry._model import (
     SeriesState,
     Transition,
 )
+from oxidip.registry._pulls import (
+    FoundSeries,
+    PullRow,
+    PullSeriesRow,
+    PullSeriesState,
+    PullState,
+    Received,
+)
 from oxidip.registry._queue import (
     MAX_PAIRS,
     ClaimedJob,
@@ -149,9 +159,15 @@ __all__ = [
     "ClaimedJob",
     "ExpectedStatus",
     "ForwardSummary",
+    "FoundSeries",
     "ItemState",
     "JobRow",
     "JobState",
+    "PullRow",
+    "PullSeriesRow",
+    "PullSeriesState",
+    "PullState",
+    "Received",
     "RegisterResult",
     "Registry",
     "RetryPolicy",

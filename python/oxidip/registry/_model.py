@@ -12,6 +12,13 @@ from oxidip._boundary import InstanceStored, ItemOutcome, JobEndKind
 
 if TYPE_CHECKING:
     # The queue's types; its module builds on this one.
+    from oxidip.registry._pulls import (
+        FoundSeries,
+        PullRow,
+        PullSeriesRow,
+        PullSeriesState,
+        Received,
+    )
     from oxidip.registry._queue import ClaimedJob, ForwardSummary, JobRow, JobState, RetryPolicy
 
 __all__ = [
@@ -240,6 +247,60 @@ class Registry(Protocol):
 
     def forwarded(self, keys: Sequence[SeriesKey]) -> "dict[SeriesKey, list[ForwardSummary]]":
         """The forwarding jobs of each series."""
+        ...
+
+    # --- pull jobs (``oxidip.registry._pulls`` says how they work) --------------------------
+
+    def create_pull(self, queries: str, pacs: str, method: str, now: float) -> "PullRow":
+        """A new pull of ``queries`` (canonical JSON) from ``pacs``."""
+        ...
+
+    def find_pull(self, queries: str, pacs: str) -> "PullRow | None":
+        """The latest pull of these queries from ``pacs``."""
+        ...
+
+    def get_pull(self, pull_id: int) -> "PullRow | None": ...
+
+    def restart_pull(
+        self, pull_id: int, method: str, found: "Sequence[FoundSeries]", now: float
+    ) -> "list[PullSeriesRow]":
+        """Starts a pull (again) with the series the C-FIND found."""
+        ...
+
+    def pull_series(self, pull_id: int) -> "list[PullSeriesRow]":
+        """The series of a pull."""
+        ...
+
+    def claim_pull_series(
+        self, pull_id: int, owner: str, lease: float, now: float
+    ) -> "PullSeriesRow | None":
+        """Claims the next series of a pull to retrieve, leased to ``owner``."""
+        ...
+
+    def renew_pull_leases(
+        self, pull_id: int, owner: str, uids: Sequence[str], lease: float, now: float
+    ) -> set[str]:
+        """Extends ``owner``'s leases; returns the series still held."""
+        ...
+
+    def end_pull_series(
+        self,
+        pull_id: int,
+        uid: str,
+        owner: str,
+        state: "PullSeriesState",
+        *,
+        error: str,
+        counts: tuple[int | None, int | None, int | None],
+        received: int | None,
+        next_attempt_at: float | None,
+        now: float,
+    ) -> bool:
+        """Ends ``owner``'s attempt at a series."""
+        ...
+
+    def received(self, uids: Sequence[str], calling_aet: str) -> "dict[str, Received]":
+        """What the registry holds of each series from ``calling_aet``."""
         ...
 
     def close(self) -> None: ...

@@ -37,6 +37,7 @@ from oxidip.registry._model import (
     state_sql,
     transitions_of,
 )
+from oxidip.registry._pulls import PullMethods, schema_v4
 from oxidip.registry._queue import Dialect, QueueMethods, Tx, schema_v3
 from oxidip.routing import Router
 
@@ -85,6 +86,7 @@ MIGRATIONS: tuple[tuple[int, tuple[LiteralString, ...]], ...] = (
     (1, schema_v1(timestamp="timestamptz")),
     (2, schema_v2(timestamp="timestamptz")),
     (3, tuple(_sql(statement) for statement in schema_v3(DIALECT))),
+    (4, tuple(_sql(statement) for statement in schema_v4(DIALECT))),
 )
 
 LATEST = MIGRATIONS[-1][0]
@@ -255,7 +257,7 @@ class _Tx:
             cursor.executemany(_sql(sql), params)
 
 
-class PostgresRegistry(QueueMethods):
+class PostgresRegistry(QueueMethods, PullMethods):
     """``Registry`` on PostgreSQL; any number of processes may share the database."""
 
     def __init__(

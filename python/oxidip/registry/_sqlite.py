@@ -30,6 +30,7 @@ from oxidip.registry._model import (
     state_sql,
     transitions_of,
 )
+from oxidip.registry._pulls import PullMethods, schema_v4
 from oxidip.registry._queue import Dialect, QueueMethods, Tx, schema_v3
 from oxidip.routing import Router
 
@@ -52,6 +53,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (1, schema_v1(timestamp="REAL")),
     (2, schema_v2(timestamp="REAL")),
     (3, schema_v3(DIALECT)),
+    (4, schema_v4(DIALECT)),
 )
 
 LATEST = MIGRATIONS[-1][0]
@@ -147,7 +149,7 @@ class _Tx:
         self._conn.executemany(sql, params)
 
 
-class SqliteRegistry(QueueMethods):
+class SqliteRegistry(QueueMethods, PullMethods):
     """``Registry`` on one SQLite file. One connection, used by one thread at a time; other
     processes may open the same file (SQLite's locking makes their writes take turns)."""
 
