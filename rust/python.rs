@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::client::query_retrieve;
+use crate::client::retrieval::{self, End, Method, Request};
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::dicom::attributes::{Attributes, EXTRACTED};
 use crate::dicom::extract::Extractor;
@@ -24,7 +25,6 @@ use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAM
 use crate::loadgen as load;
 use crate::server::config::ServerConfig;
 use crate::server::Server;
-use crate::service::store::StoreProvider;
 use crate::storage::path_template::{PathContext, PathTemplate, DEFAULT_PATH_TEMPLATE};
 use crate::storage::writer::prepare_root;
 use crate::storage::{journal, read_back};
@@ -170,12 +170,12 @@ impl Receiver {
         lock(&self.server).as_ref().map_or(0, Server::journal_backlog)
     }
 
-    /// C-GET (PS3.4 C.4.3) from `host`:`port` of what `identifier` (encoded in
-    /// `identifier_transfer_syntax`) names, as this receiver's AE title: the instances come
-    /// back on the same association and go through the receiver's store path and events,
-    /// like received ones (calling AE: the peer).
+    /// Starts a C-GET (PS3.4 C.4.3) from `host`:`port` of what `identifier` (encoded in
+    /// `identifier_transfer_syntax`) names, as this receiver's AE title, on the receiver's
+    /// runtime: the instances come back on the same association and go through the
+    /// receiver's store path and events, like received ones (calling AE: the peer).
     #[allow(clippy::too_many_arguments)]
-    fn retrieve(
+    fn get(
         &self,
         py: Python<'_>,
         host: &str,
@@ -187,8 +187,10 @@ impl Receiver {
         sop_classes: Vec<String>,
         transfer_syntaxes: Vec<String>,
         timeout: f64,
-    ) -> PyResult<RetrieveResult> {
+        idle_timeout: f64,
+    ) -> PyResult<Retrieval> {
         let timeout = seconds(timeout, "timeout")?;
+        let idle_timeout = seconds(idle_timeout, "idle_timeout")?;
         let (handle, context) = match lock(&self.server).as_ref() {
             Some(server) => (server.runtime().handle().clone(), server.context()),
             None => return Err(PyRuntimeError::new_err("receiver not started")),
@@ -196,38 +198,137 @@ impl Receiver {
         let context = context.ok_or_else(|| PyRuntimeError::new_err("receiver stopped"))?;
         let sop_classes: Vec<&str> = sop_classes.iter().map(String::as_str).collect();
         let transfer_syntaxes: Vec<&str> = transfer_syntaxes.iter().map(String::as_str).collect();
-        let outcome = py.allow_threads(|| {
-            handle.block_on(async {
-                let contexts =
-                    query_retrieve::get_contexts(model, identifier_transfer_syntax, &sop_classes, &transfer_syntaxes)?;
-                // As the receiver: its AE title, and the PDU limit it announces to senders.
-                let acceptor = &context.settings.acceptor;
-                let options = ClientOptions {
-                    timeout,
-                    max_pdu_length: acceptor.max_pdu_length,
-                    ..ClientOptions::new(&acceptor.ae_title, called_aet, contexts)
-                };
-                let mut client = Client::connect((host, port), options).await?;
-                let origin = client.store_origin(context.next_association_id());
-                let mut store = StoreProvider::new(context.store.clone(), origin);
-                let outcome = client.get(model, identifier, &mut store).await?.finish().await?;
-                client.release().await?;
-                Ok::<_, ClientError>(outcome)
-            })
-        });
-        let outcome = outcome.map_err(|e| PyOSError::new_err(e.to_string()))?;
-        Ok(RetrieveResult {
-            status: outcome.status.code,
-            comment: outcome.status.comment.unwrap_or_default(),
-            completed: outcome.sub_operations.completed,
-            failed: outcome.sub_operations.failed,
-            warning: outcome.sub_operations.warning,
-            identifier: outcome.identifier,
-        })
+        let contexts =
+            query_retrieve::get_contexts(model, identifier_transfer_syntax, &sop_classes, &transfer_syntaxes)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // As the receiver: its AE title, and the PDU limit it announces to senders.
+        let acceptor = &context.settings.acceptor;
+        let options = ClientOptions {
+            timeout,
+            max_pdu_length: acceptor.max_pdu_length,
+            ..ClientOptions::new(&acceptor.ae_title, called_aet, contexts)
+        };
+        let method = Method::Get { service: context.store.clone(), association_id: context.next_association_id() };
+        let request = Request { model: model.into(), identifier: identifier.into(), method, idle_timeout };
+        let started = py.allow_threads(|| retrieval::Retrieval::start(&handle, host, port, options, request));
+        Ok(Retrieval { inner: started.map_err(|e| PyOSError::new_err(e.to_string()))? })
     }
 }
 
-/// How a C-GET ended (`Receiver.retrieve`).
+/// A pending response of a retrieve (`Retrieval.next_progress`).
+#[pyclass(module = "oxidip._core", frozen, get_all)]
+struct RetrieveProgress {
+    status: u16,
+    remaining: Option<u16>,
+    completed: Option<u16>,
+    failed: Option<u16>,
+    warning: Option<u16>,
+}
+
+/// A C-MOVE or C-GET in progress (`client::retrieval::Retrieval`).
+#[pyclass(module = "oxidip._core", frozen)]
+struct Retrieval {
+    inner: retrieval::Retrieval,
+}
+
+#[pymethods]
+impl Retrieval {
+    fn next_progress(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<RetrieveProgress>> {
+        let timeout = seconds(timeout, "timeout")?;
+        Ok(py.allow_threads(|| self.inner.next_progress(timeout)).map(|pending| {
+            let counts = pending.sub_operations;
+            RetrieveProgress {
+                status: pending.status,
+                remaining: counts.remaining,
+                completed: counts.completed,
+                failed: counts.failed,
+                warning: counts.warning,
+            }
+        }))
+    }
+
+    fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    fn abort(&self) {
+        self.inner.abort();
+    }
+
+    #[getter]
+    fn result(&self) -> Option<RetrieveResult> {
+        match self.inner.end()? {
+            End::Outcome(outcome) => Some(RetrieveResult {
+                status: outcome.status.code,
+                comment: outcome.status.comment.unwrap_or_default(),
+                completed: outcome.sub_operations.completed,
+                failed: outcome.sub_operations.failed,
+                warning: outcome.sub_operations.warning,
+                identifier: outcome.identifier,
+            }),
+            End::Failed(_) => None,
+        }
+    }
+
+    #[getter]
+    fn error(&self) -> Option<String> {
+        match self.inner.end()? {
+            End::Failed(words) => Some(words),
+            End::Outcome(_) => None,
+        }
+    }
+
+    #[getter]
+    fn instances_received(&self) -> u64 {
+        self.inner.stored()
+    }
+}
+
+/// The runtime C-MOVEs run on: theirs are waits on the peer, a few threads do.
+fn move_runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("oxidip-move")
+        .enable_all()
+        .build()?;
+    Ok(RUNTIME.get_or_init(|| runtime))
+}
+
+/// Starts a C-MOVE (PS3.4 C.4.2) at `host`:`port` of what `identifier` (encoded in
+/// `transfer_syntax`, the only one proposed) names, to the AE `move_destination`, on a
+/// runtime of the module's. OSError when there is no association that can carry it.
+#[pyfunction]
+#[pyo3(name = "move")]
+#[allow(clippy::too_many_arguments)]
+fn move_to(
+    py: Python<'_>,
+    host: &str,
+    port: u16,
+    calling_aet: &str,
+    called_aet: &str,
+    model: &str,
+    identifier: &[u8],
+    transfer_syntax: &str,
+    move_destination: &str,
+    timeout: f64,
+    idle_timeout: f64,
+) -> PyResult<Retrieval> {
+    let timeout = seconds(timeout, "timeout")?;
+    let idle_timeout = seconds(idle_timeout, "idle_timeout")?;
+    let runtime = move_runtime()?;
+    let contexts = vec![ProposedContext::scu(model, &[transfer_syntax])];
+    let options = ClientOptions { timeout, ..ClientOptions::new(calling_aet, called_aet, contexts) };
+    let method = Method::Move { destination: move_destination.into() };
+    let request = Request { model: model.into(), identifier: identifier.into(), method, idle_timeout };
+    let started = py.allow_threads(|| retrieval::Retrieval::start(runtime.handle(), host, port, options, request));
+    Ok(Retrieval { inner: started.map_err(|e| PyOSError::new_err(e.to_string()))? })
+}
+
+/// How a C-MOVE or C-GET ended (`Retrieval.result`).
 #[pyclass(module = "oxidip._core", frozen, get_all)]
 struct RetrieveResult {
     status: u16,
@@ -530,6 +631,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<OrphanJournal>()?;
     m.add_class::<FindResult>()?;
     m.add_class::<RetrieveResult>()?;
+    m.add_class::<RetrieveProgress>()?;
+    m.add_class::<Retrieval>()?;
     m.add_class::<PyForwarder>()?;
     m.add_function(wrap_pyfunction!(decode_pdus, m)?)?;
     m.add_function(wrap_pyfunction!(extract_attributes, m)?)?;
@@ -540,6 +643,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_stored_for_sending, m)?)?;
     m.add_function(wrap_pyfunction!(send_load, m)?)?;
     m.add_function(wrap_pyfunction!(find, m)?)?;
+    m.add_function(wrap_pyfunction!(move_to, m)?)?;
     m.add_function(wrap_pyfunction!(echo, m)?)?;
     Ok(())
 }

@@ -3,11 +3,9 @@ C-GET whose instances come back as C-STOREs on the association we opened (SCP ro
 negotiated, PS3.7 D.3.3.4) and go through the receiver's store path: files in place,
 journaled, reported as events with Orthanc as the sender."""
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -18,12 +16,12 @@ from tests.helpers.dicom import (
     EXPLICIT_LE,
     SECONDARY_CAPTURE,
     encode_dataset,
-    make_dataset,
     read_raw_dataset,
     source_dataset_bytes,
 )
 from tests.helpers.orthanc import OrthancServer
 from tests.helpers.receiver import RunningReceiver
+from tests.helpers.retrieval import finished, load_series, series_identifier
 
 OUR_AET = "OXIDIP"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -31,33 +29,6 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 TIMEOUT = 10.0
-
-
-def part10(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def load_series(orthanc: OrthancServer, size: int) -> tuple[str, str, list[Dataset]]:
-    """Uploads one series of ``size`` small instances; (study UID, series UID, instances)."""
-    study_uid, series_uid = generate_uid(), generate_uid()
-    instances = [
-        make_dataset(study_uid=study_uid, series_uid=series_uid, instance_number=n)
-        for n in range(1, size + 1)
-    ]
-    for ds in instances:
-        orthanc.upload(part10(ds))
-    return study_uid, series_uid, instances
-
-
-def series_identifier(study_uid: str, series_uid: str) -> Dataset:
-    """A Study Root SERIES-level identifier (PS3.4 C.6.2.1) naming one series."""
-    identifier = Dataset()
-    identifier.QueryRetrieveLevel = "SERIES"
-    identifier.StudyInstanceUID = study_uid
-    identifier.SeriesInstanceUID = series_uid
-    return identifier
 
 
 def find(orthanc: OrthancServer, query: Dataset, calling_aet: str = OUR_AET) -> _core.FindResult:
@@ -81,8 +52,8 @@ def retrieve(
     sop_classes: list[str],
     transfer_syntaxes: list[str],
 ) -> _core.RetrieveResult:
-    """C-GET from Orthanc's Study Root model into ``rx``, as its AE title."""
-    return rx.rx._core.retrieve(
+    """C-GET from Orthanc's Study Root model into ``rx``, as its AE title, to its end."""
+    retrieval = rx.rx._core.get(
         orthanc.host,
         orthanc.dicom_port,
         orthanc.aet,
@@ -92,7 +63,9 @@ def retrieve(
         sop_classes,
         transfer_syntaxes,
         TIMEOUT,
+        TIMEOUT,
     )
+    return finished(retrieval)
 
 
 @pytest.fixture(scope="module")

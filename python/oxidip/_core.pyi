@@ -21,6 +21,8 @@ __all__ = [
     "OrphanJournal",
     "PathTemplate",
     "Receiver",
+    "Retrieval",
+    "RetrieveProgress",
     "RetrieveResult",
     "__version__",
     "check_path_template",
@@ -30,6 +32,7 @@ __all__ = [
     "echo",
     "extract_attributes",
     "find",
+    "move",
     "read_instance",
     "read_stored_for_sending",
     "send_load",
@@ -148,7 +151,7 @@ class Receiver:
     def journal_backlog(self) -> int:
         """Journal entries of this receiver not yet registered (0 before start)."""
 
-    def retrieve(
+    def get(
         self,
         host: str,
         port: int,
@@ -159,18 +162,23 @@ class Receiver:
         sop_classes: list[str],
         transfer_syntaxes: list[str],
         timeout: float,
-    ) -> RetrieveResult:
-        """C-GET on the information model ``model`` of what ``identifier`` (encoded in
-        ``identifier_transfer_syntax``) names, from ``host``:``port``, as this receiver's AE
-        title, proposing the SCP role for ``sop_classes`` (at most 127) with
-        ``transfer_syntaxes``: the instances come back on the same association and are
-        stored and reported (events) like received ones, with the peer as calling AE. Every
-        wait bounded by ``timeout`` seconds. OSError when the association or the operation
-        fails; RuntimeError before ``start``."""
+        idle_timeout: float,
+    ) -> Retrieval:
+        """Starts a C-GET (PS3.4 C.4.3) on the information model ``model`` of what
+        ``identifier`` (encoded in ``identifier_transfer_syntax``) names, from
+        ``host``:``port``, as this receiver (its AE title), on the receiver's runtime. It
+        proposes a storage context with the SCP role (PS3.7 D.3.3.4) for each of
+        ``sop_classes`` (at most 127, else ValueError) with ``transfer_syntaxes``: the
+        instances come back on the same association and are stored and reported (events) like
+        received ones, with the peer's AE title as calling AE. ``timeout`` seconds bound
+        connecting and each write, ``idle_timeout`` each wait for the peer once asked.
+        OSError saying why when there is no association that can carry it: refused, or no
+        storage context accepted with us as SCP (the peer could send nothing). RuntimeError
+        before ``start``."""
 
 @final
 class RetrieveResult:
-    """How a C-GET ended (``Receiver.retrieve``)."""
+    """How a C-MOVE or C-GET ended: its final response (``Retrieval.result``)."""
 
     #: The final status (0 success, B000 some sub-operations failed, ...).
     status: int
@@ -182,6 +190,53 @@ class RetrieveResult:
     warning: int | None
     #: The final response's identifier (the Failed SOP Instance UID List), when it has one.
     identifier: bytes | None
+
+@final
+class RetrieveProgress:
+    """A pending response of a C-MOVE or C-GET (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+
+    #: FF00, or FF01 (a C-GET with instances in SOP classes not accepted).
+    status: int
+    #: The sub-operation counts, None when the peer left one out.
+    remaining: int | None
+    completed: int | None
+    failed: int | None
+    warning: int | None
+
+@final
+class Retrieval:
+    """A C-MOVE or C-GET in progress on an association of its own (released at its end),
+    run by the Rust core; Python watches it with ``next_progress``. Dropped before its end,
+    it is cancelled (C-CANCEL-RQ)."""
+
+    def next_progress(self, timeout: float) -> RetrieveProgress | None:
+        """The next pending response, waiting up to ``timeout`` seconds (GIL released); None
+        when none came meanwhile or the operation has ended (see ``result`` and ``error``)
+        and every pending response was taken."""
+
+    def cancel(self) -> None:
+        """Sends a C-CANCEL-RQ (PS3.7 §9.3.2.3) at once, even while the peer is silent; the
+        responses already on their way are still read, then the final one (usually Cancel,
+        FE00, with the counts so far). Once only; nothing after the end."""
+
+    def abort(self) -> None:
+        """Sends an A-ABORT at once, even in the middle of a sub-operation (a C-GET's
+        instance then being received is not stored): for a peer that ignores the cancel.
+        ``error`` then says so."""
+
+    @property
+    def result(self) -> RetrieveResult | None:
+        """The final response once the operation has ended with one, else None."""
+
+    @property
+    def error(self) -> str | None:
+        """Why the operation ended without a final response, in words (aborted, idle
+        timeout, transport or protocol failure), once it has; else None."""
+
+    @property
+    def instances_received(self) -> int:
+        """C-GET: the instances stored from this association so far, counted at each
+        pending response and at the end; 0 for a C-MOVE."""
 
 @final
 class FindResult:
@@ -208,6 +263,25 @@ def find(
     information model ``model`` at ``host``:``port``: every match, then the final status.
     Every wait bounded by ``timeout`` seconds. OSError when the association or the operation
     fails."""
+
+def move(
+    host: str,
+    port: int,
+    calling_aet: str,
+    called_aet: str,
+    model: str,
+    identifier: bytes,
+    transfer_syntax: str,
+    move_destination: str,
+    timeout: float,
+    idle_timeout: float,
+) -> Retrieval:
+    """Starts a C-MOVE (PS3.4 C.4.2) on the information model ``model`` at ``host``:``port``
+    of what ``identifier`` (encoded in ``transfer_syntax``, the only one proposed) names:
+    the peer sends the instances to the AE ``move_destination`` on associations of its own.
+    It runs on a runtime of the module's. ``timeout`` seconds bound connecting and each
+    write, ``idle_timeout`` each wait for the peer once asked (a peer silent longer is
+    aborted). OSError saying why when there is no association that can carry it."""
 
 def echo(host: str, port: int, calling_aet: str, called_aet: str, timeout: float) -> int:
     """C-ECHO on a new association with ``host``:``port``, released after: the status (0 =

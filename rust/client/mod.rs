@@ -15,6 +15,7 @@
 //! association.
 
 pub mod query_retrieve;
+pub mod retrieval;
 
 use std::io;
 use std::time::Duration;
@@ -187,6 +188,13 @@ impl Client {
         });
         channel.established(proposal.accepted(&ac), Some(timeout));
         Ok(Client { channel, next_message_id: 1 })
+    }
+
+    /// Bounds each wait for a PDU from now on (instead of `ClientOptions::timeout`, which
+    /// still bounds each write): a retrieve waits on the peer's sub-operations, which may be
+    /// longer than a connection should take.
+    pub fn set_idle_timeout(&mut self, idle_timeout: Duration) {
+        self.channel.set_read_timeout(Some(idle_timeout));
     }
 
     /// The association as negotiated.

@@ -219,6 +219,14 @@ pub struct RetrieveOutcome {
     pub identifier: Option<Vec<u8>>,
 }
 
+/// A pending response of a C-MOVE or C-GET (PS3.4 C.4.2.1.5): its status (FF00, or FF01
+/// for a C-GET some of whose instances were not in the SOP classes we accept) and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub status: u16,
+    pub sub_operations: SubOperations,
+}
+
 /// A C-MOVE or C-GET in progress.
 pub struct Retrieve<'a> {
     client: &'a mut Client,
@@ -232,7 +240,7 @@ impl Retrieve<'_> {
     /// The counts of the next pending response (PS3.4 C.4.2.1.5); None once the final
     /// response came, the outcome then in `outcome`. For a C-GET, the instances that come
     /// meanwhile are stored (and answered) on the way.
-    pub async fn next_pending(&mut self) -> Result<Option<SubOperations>, ClientError> {
+    pub async fn next_pending(&mut self) -> Result<Option<Pending>, ClientError> {
         if self.outcome.is_some() {
             return Ok(None);
         }
@@ -240,7 +248,7 @@ impl Retrieve<'_> {
         let code = self.client.status_of(&response).await?;
         let sub_operations = SubOperations::of(&response);
         if StatusClass::of(code) == StatusClass::Pending {
-            return Ok(Some(sub_operations));
+            return Ok(Some(Pending { status: code, sub_operations }));
         }
         self.outcome = Some(RetrieveOutcome { status: final_status(code, &response), sub_operations, identifier });
         Ok(None)
@@ -261,5 +269,20 @@ impl Retrieve<'_> {
     /// sub-operation under way is done.
     pub async fn cancel(&mut self) -> Result<(), ClientError> {
         self.client.cancel(&self.operation).await
+    }
+
+    /// Waits until the peer sends something (`Channel::readable`): cancel-safe, so that a
+    /// caller can wait for the peer and for its own reasons to `cancel` at once, and call
+    /// `next_pending` when the peer came first. Unbounded: the caller bounds it.
+    pub async fn readable(&mut self) -> Result<(), ClientError> {
+        match self.client.channel.readable().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.client.fail(e).await),
+        }
+    }
+
+    /// C-GET: the instances stored so far (answered success); 0 for a C-MOVE.
+    pub fn stored(&self) -> u64 {
+        self.store.as_ref().map_or(0, |store| store.counts().stored)
     }
 }

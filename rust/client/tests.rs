@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::query_retrieve::{get_contexts, RetrieveOutcome};
+use super::query_retrieve::{get_contexts, Pending, RetrieveOutcome};
+use super::retrieval::{End, Method, Request, Retrieval};
 use super::*;
 use crate::dicom::element::{Syntax, Writer};
 use crate::dicom::transfer_syntax::EXPLICIT_VR_LITTLE_ENDIAN;
@@ -79,6 +80,22 @@ fn failed_sop_instances(uids: &str) -> Vec<u8> {
     let mut list = Writer::new(Syntax::ExplicitLittle);
     list.text(0x0008_0058, Vr::UI, uids).unwrap();
     list.into_bytes()
+}
+
+/// The store path of a receiver whose files go under `root`, and its events.
+fn store_service(root: &Path) -> (Arc<StoreService>, crate::events::EventStream) {
+    let settings = config(root).settings().unwrap();
+    let storage = Arc::new(Storage::open(root, settings.storage_options()).unwrap());
+    let (sink, events) = crate::events::channel(100);
+    let service = Arc::new(StoreService {
+        storage,
+        required: settings.required.clone(),
+        inflate: settings.inflate,
+        ack_registered: false,
+        events: sink,
+        metrics: Arc::new(Uncounted),
+    });
+    (service, events)
 }
 
 // --- test-only acceptors -------------------------------------------------------------------
@@ -431,7 +448,7 @@ fn move_reports_pending_counts_and_the_final_outcome() {
         let mut client = connect(port, "PACS", contexts).await;
         let mut moving = client.move_to(STUDY_ROOT_MOVE, "ELSEWHERE", &identifier("SERIES", "1.2")).await.unwrap();
         let first = moving.next_pending().await.unwrap();
-        assert_eq!(first.and_then(|c| c.remaining), Some(1));
+        assert_eq!(first.map(|p| (p.status, p.sub_operations.remaining)), Some((status::PENDING, Some(1))));
         let outcome = moving.finish().await.unwrap();
         client.release().await.unwrap();
         provider.await.unwrap();
@@ -447,17 +464,7 @@ fn move_reports_pending_counts_and_the_final_outcome() {
 #[test]
 fn get_stores_the_sub_operations_through_the_store_path() {
     let root = tempfile::tempdir().unwrap();
-    let settings = config(root.path()).settings().unwrap();
-    let storage = Arc::new(Storage::open(root.path(), settings.storage_options()).unwrap());
-    let (sink, mut events) = crate::events::channel(100);
-    let service = Arc::new(StoreService {
-        storage,
-        required: settings.required.clone(),
-        inflate: settings.inflate,
-        ack_registered: false,
-        events: sink,
-        metrics: Arc::new(Uncounted),
-    });
+    let (service, mut events) = store_service(root.path());
     let instances = vec![
         ("1.2.826.1".to_string(), dataset("1.2.826.1")),
         ("1.2.826.2".to_string(), dataset("1.2.826.2")),
@@ -477,7 +484,7 @@ fn get_stores_the_sub_operations_through_the_store_path() {
         let mut get = client.get(STUDY_ROOT_GET, &identifier("SERIES", "1.2.3.4"), &mut store).await.unwrap();
         let mut pendings = Vec::new();
         while let Some(counts) = get.next_pending().await.unwrap() {
-            pendings.push(counts.remaining);
+            pendings.push(counts.sub_operations.remaining);
         }
         let outcome = get.outcome().cloned().unwrap();
         let counts = store.counts();
@@ -531,4 +538,182 @@ fn a_response_that_never_comes_times_out_and_aborts() {
     });
     assert!(matches!(error, ClientError::Timeout), "{error}");
     assert!(matches!(peer_saw, ChannelError::Aborted(Abort { source: 0, .. })), "{peer_saw:?}");
+}
+
+// --- retrievals in progress (`retrieval`) ----------------------------------------------------
+
+/// The pending counts a stub provider sends: `remaining` left, `completed` done.
+fn counts(remaining: Option<u16>, completed: u16) -> SubOperations {
+    SubOperations { remaining, completed: Some(completed), failed: Some(0), warning: Some(0) }
+}
+
+/// A C-MOVE request to a stub provider on `port`, run by a `Retrieval` on `runtime`.
+fn start_move(runtime: &tokio::runtime::Runtime, port: u16, idle_timeout: Duration) -> Retrieval {
+    let contexts = vec![ProposedContext::scu(STUDY_ROOT_MOVE, &[EXPLICIT_VR_LITTLE_ENDIAN])];
+    let options = ClientOptions::new("OXIDIP", "PACS", contexts);
+    let request = Request {
+        model: STUDY_ROOT_MOVE.into(),
+        identifier: identifier("SERIES", "1.2"),
+        method: Method::Move { destination: "ELSEWHERE".into() },
+        idle_timeout,
+    };
+    Retrieval::start(runtime.handle(), "127.0.0.1", port, options, request).unwrap()
+}
+
+/// A C-MOVE provider: one pending response, then silence until the requestor speaks.
+async fn move_scp_once_pending(listener: TcpListener) -> (Channel<TcpStream>, u8, u16) {
+    let mut channel = accept_one(listener, "PACS", |a: &str| (a == STUDY_ROOT_MOVE).then_some(Roles::SCP)).await;
+    let (context_id, rq, _) = request(&mut channel, field::C_MOVE_RQ).await;
+    let id = rq.message_id().unwrap();
+    let rsp = retrieve_rsp(field::C_MOVE_RSP, id, STUDY_ROOT_MOVE, &pending(), &counts(Some(3), 1), false);
+    channel.send(context_id, &rsp, None).await.unwrap();
+    (channel, context_id, id)
+}
+
+/// The next pending response, which must come within a few seconds.
+fn progress(retrieval: &Retrieval) -> Pending {
+    retrieval.next_progress(Duration::from_secs(5)).expect("a pending response")
+}
+
+/// Waits for the end of `retrieval` (a few seconds at most).
+fn ended(retrieval: &Retrieval) -> End {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(end) = retrieval.end() {
+            return end;
+        }
+        assert!(std::time::Instant::now() < deadline, "the retrieve has not ended");
+        retrieval.next_progress(Duration::from_millis(100));
+    }
+}
+
+/// PS3.7 §9.3.2.3: the C-CANCEL-RQ goes out while the peer is silent, naming the operation
+/// (Message ID Being Responded To); the responses already on their way are still read, one
+/// by one, then the final Cancel (FE00).
+#[test]
+fn retrieval_cancel_goes_out_at_once_and_the_responses_keep_being_read() {
+    let runtime = runtime();
+    let (listener, port) = runtime.block_on(listener());
+    let provider = runtime.spawn(async move {
+        let (mut channel, context_id, id) = move_scp_once_pending(listener).await;
+        let (cancel_on, cancel) = channel.receive_command().await.unwrap();
+        assert_eq!((cancel_on, cancel.command_field()), (context_id, Some(field::C_CANCEL_RQ)));
+        let responded_to = cancel.get_u16(element::MESSAGE_ID_BEING_RESPONDED_TO);
+        // One already on its way, then the end of the sub-operation under way: Cancel.
+        let rsp = retrieve_rsp(field::C_MOVE_RSP, id, STUDY_ROOT_MOVE, &pending(), &counts(Some(2), 2), false);
+        channel.send(context_id, &rsp, None).await.unwrap();
+        let cancelled = Status { code: status::CANCEL, comment: None };
+        let rsp = retrieve_rsp(field::C_MOVE_RSP, id, STUDY_ROOT_MOVE, &cancelled, &counts(Some(2), 2), false);
+        channel.send(context_id, &rsp, None).await.unwrap();
+        released(&mut channel).await;
+        (id, responded_to)
+    });
+    let retrieval = start_move(&runtime, port, Duration::from_secs(10));
+    let first = progress(&retrieval);
+    assert_eq!((first.status, first.sub_operations), (status::PENDING, counts(Some(3), 1)));
+    assert_eq!(retrieval.next_progress(Duration::from_millis(50)), None, "the peer is silent");
+    retrieval.cancel();
+    assert_eq!(progress(&retrieval).sub_operations, counts(Some(2), 2));
+    let End::Outcome(outcome) = ended(&retrieval) else { panic!("no final response") };
+    assert_eq!((outcome.status.code, outcome.sub_operations), (status::CANCEL, counts(Some(2), 2)));
+    let (id, responded_to) = runtime.block_on(provider).unwrap();
+    assert_eq!(responded_to, Some(id));
+    assert_eq!((retrieval.next_progress(Duration::ZERO), retrieval.stored()), (None, 0));
+}
+
+/// A peer silent longer than the idle timeout is aborted, and the end says why.
+#[test]
+fn retrieval_of_a_silent_peer_ends_at_the_idle_timeout() {
+    let runtime = runtime();
+    let (listener, port) = runtime.block_on(listener());
+    let provider = runtime.spawn(async move {
+        let (mut channel, _, _) = move_scp_once_pending(listener).await;
+        channel.receive_command().await.err().unwrap()
+    });
+    let retrieval = start_move(&runtime, port, Duration::from_millis(300));
+    assert_eq!(progress(&retrieval).sub_operations, counts(Some(3), 1));
+    let End::Failed(words) = ended(&retrieval) else { panic!("a silent peer cannot end well") };
+    assert!(words.contains("sent nothing for 0.3 s (idle timeout)"), "{words}");
+    let peer_saw = runtime.block_on(provider).unwrap();
+    assert!(matches!(peer_saw, ChannelError::Aborted(Abort { source: 0, .. })), "{peer_saw:?}");
+}
+
+/// A peer that ignores the C-CANCEL: the user's A-ABORT ends it at once.
+#[test]
+fn retrieval_aborted_while_the_peer_ignores_the_cancel() {
+    let runtime = runtime();
+    let (listener, port) = runtime.block_on(listener());
+    let provider = runtime.spawn(async move {
+        let (mut channel, _, _) = move_scp_once_pending(listener).await;
+        let (_, cancel) = channel.receive_command().await.unwrap();
+        assert_eq!(cancel.command_field(), Some(field::C_CANCEL_RQ));
+        channel.receive_command().await.err().unwrap()
+    });
+    let retrieval = start_move(&runtime, port, Duration::from_secs(10));
+    progress(&retrieval);
+    retrieval.cancel();
+    // The cancel is out once the provider has it; then the abort.
+    std::thread::sleep(Duration::from_millis(100));
+    retrieval.abort();
+    let End::Failed(words) = ended(&retrieval) else { panic!("aborted: no final response") };
+    assert!(words.contains("aborted at our request"), "{words}");
+    let peer_saw = runtime.block_on(provider).unwrap();
+    assert!(matches!(peer_saw, ChannelError::Aborted(Abort { source: 0, .. })), "{peer_saw:?}");
+}
+
+/// C-GET through `Retrieval`: pending responses as the instances are stored, counted.
+#[test]
+fn retrieval_by_get_counts_the_instances_stored() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, _events) = store_service(root.path());
+    let instances: Vec<_> = ["1.2.826.1", "1.2.826.2"].iter().map(|uid| (uid.to_string(), dataset(uid))).collect();
+    let runtime = runtime();
+    let (listener, port) = runtime.block_on(listener());
+    let provider = runtime.spawn(get_scp(listener, instances));
+    let contexts =
+        get_contexts(STUDY_ROOT_GET, EXPLICIT_VR_LITTLE_ENDIAN, &[CT], &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
+    let request = Request {
+        model: STUDY_ROOT_GET.into(),
+        identifier: identifier("SERIES", "1.2.3.4"),
+        method: Method::Get { service, association_id: 9 },
+        idle_timeout: Duration::from_secs(10),
+    };
+    let options = ClientOptions::new("OXIDIP", "PACS", contexts);
+    let retrieval = Retrieval::start(runtime.handle(), "127.0.0.1", port, options, request).unwrap();
+    let remaining: Vec<_> = [progress(&retrieval), progress(&retrieval)].map(|p| p.sub_operations.remaining).into();
+    assert_eq!(remaining, [Some(1), Some(0)]);
+    let End::Outcome(outcome) = ended(&retrieval) else { panic!("no final response") };
+    assert_eq!(outcome.sub_operations.completed, Some(2));
+    assert_eq!(retrieval.stored(), 2);
+    assert_eq!(runtime.block_on(provider).unwrap(), [status::SUCCESS, status::SUCCESS]);
+    assert_eq!(files_under(&root.path().join("PACS")).len(), 2);
+}
+
+/// A C-GET whose storage contexts were all refused in the SCP role could bring nothing
+/// back: an error in words at once, the association released, no request sent.
+#[test]
+fn retrieval_by_get_without_a_storage_context_is_refused_in_words() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, _events) = store_service(root.path());
+    let runtime = runtime();
+    let (listener, port) = runtime.block_on(listener());
+    let provider = runtime.spawn(async move {
+        let mut channel = accept_one(listener, "PACS", |a: &str| (a == STUDY_ROOT_GET).then_some(Roles::SCP)).await;
+        released(&mut channel).await;
+    });
+    let contexts =
+        get_contexts(STUDY_ROOT_GET, EXPLICIT_VR_LITTLE_ENDIAN, &[CT], &[EXPLICIT_VR_LITTLE_ENDIAN]).unwrap();
+    let request = Request {
+        model: STUDY_ROOT_GET.into(),
+        identifier: identifier("SERIES", "1.2.3.4"),
+        method: Method::Get { service, association_id: 9 },
+        idle_timeout: Duration::from_secs(10),
+    };
+    let options = ClientOptions::new("OXIDIP", "PACS", contexts);
+    let Err(error) = Retrieval::start(runtime.handle(), "127.0.0.1", port, options, request) else {
+        panic!("a C-GET that can bring nothing back must not start");
+    };
+    let words = error.to_string();
+    assert!(words.contains("accepted none of the 1 storage SOP classes proposed with us as SCP"), "{words}");
+    runtime.block_on(provider).unwrap();
 }

@@ -162,6 +162,22 @@ impl<S: ByteStream> Channel<S> {
         &self.association
     }
 
+    /// Bounds each wait for a PDU from now on (None: as long as the peer takes).
+    pub fn set_read_timeout(&mut self, read_timeout: Option<Duration>) {
+        self.read_timeout = read_timeout;
+    }
+
+    /// Waits until something of the peer's is there to receive (a PDV left of the last
+    /// P-DATA-TF, or bytes on the connection), or the connection ended, receiving nothing.
+    /// Cancel-safe (`Connection::readable`), and not bounded by the read timeout: the caller
+    /// bounds it as it needs.
+    pub async fn readable(&mut self) -> Result<(), ChannelError> {
+        if self.pdvs.as_ref().is_some_and(|pdvs| !pdvs.is_exhausted()) {
+            return Ok(());
+        }
+        self.conn.readable().await.map_err(ChannelError::Read)
+    }
+
     /// The byte stream underneath (for its socket's address, say).
     pub fn stream(&self) -> &S {
         self.conn.get_ref()

@@ -285,6 +285,13 @@ pub struct Pdvs {
     offset: usize,
 }
 
+impl Pdvs {
+    /// No PDV left (what `next` would say, without taking one).
+    pub fn is_exhausted(&self) -> bool {
+        self.items.get(self.offset..).and_then(pdv_header).is_none()
+    }
+}
+
 impl Iterator for Pdvs {
     type Item = Pdv;
 

@@ -84,15 +84,34 @@ impl<S: ByteStream> Connection<S> {
                     Err(ReadError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a PDU")))
                 };
             }
-            // Once per write, not per read: writing is what puts Linux in its delayed-ACK
-            // mode, and the first read after it takes that mode off until the next write.
-            // Not when that read completed the peer's request (a TCP_NODELAY sender's whole
-            // C-STORE in one read): it holds nothing back and waits for our answer, which
-            // carries the acknowledgement; that spares the fast path its one extra syscall.
-            if std::mem::take(&mut self.acknowledge_next_read) && !codec::ends_a_data_set(&self.read_buf) {
-                self.stream.acknowledge_promptly();
-            }
+            self.after_read();
         }
+    }
+
+    /// Once per write, not per read: writing is what puts Linux in its delayed-ACK mode, and
+    /// the first read after it takes that mode off until the next write. Not when that read
+    /// completed the peer's request (a TCP_NODELAY sender's whole C-STORE in one read): it
+    /// holds nothing back and waits for our answer, which carries the acknowledgement; that
+    /// spares the fast path its one extra syscall.
+    fn after_read(&mut self) {
+        if std::mem::take(&mut self.acknowledge_next_read) && !codec::ends_a_data_set(&self.read_buf) {
+            self.stream.acknowledge_promptly();
+        }
+    }
+
+    /// Waits until the peer has sent something (bytes are buffered), or the stream ended
+    /// (then `read_pdu` says how), without taking a PDU out. Cancel-safe: all it does is one
+    /// read into the buffer (tokio's `read_buf` is), so a requestor can wait for the peer
+    /// and for its own user at once, and write (a C-CANCEL-RQ) when the user comes first.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        if !self.read_buf.is_empty() {
+            return Ok(());
+        }
+        self.read_buf.reserve(16 * 1024);
+        if self.stream.read_buf(&mut self.read_buf).await? > 0 {
+            self.after_read();
+        }
+        Ok(())
     }
 
     /// Bytes still missing from the PDU at the front of the buffer, once its header is known.

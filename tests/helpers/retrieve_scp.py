@@ -132,6 +132,9 @@ class RetrieveScp:
         self.moves = 0
         self.gets = 0
         self.cancels = 0
+        #: Set once a C-CANCEL-RQ came (pynetdicom matches it to the request by its Message
+        #: ID Being Responded To, PS3.7 9.3.2.3).
+        self.cancelled = threading.Event()
         self.stall_from: int | None = None
         self.stalled = threading.Event()
         #: SOPInstanceUID -> C-STORE sub-operations started for it (failing ones included).
@@ -306,6 +309,7 @@ class RetrieveScp:
                 counted = True
                 with self._lock:
                     self.cancels += 1
+                self.cancelled.set()
                 if honour_cancel:
                     return True
             self._stop.wait(_STALL_POLL)
@@ -323,6 +327,7 @@ class RetrieveScp:
             if event.is_cancelled:
                 with self._lock:
                     self.cancels += 1
+                self.cancelled.set()
                 yield 0xFE00, None
                 return
             if step is None:
