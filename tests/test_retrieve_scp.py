@@ -1,6 +1,6 @@
 """The misbehaving Q/R SCP of ``tests.helpers.retrieve_scp`` does what it says, checked with
 requestors that are not ``oxidip pull``: oxidip's C-FIND and C-GET (``_core.find``,
-``Receiver.retrieve``), dcmtk ``movescu`` to ``storescp``, and pynetdicom's C-MOVE."""
+``Receiver.get``), dcmtk ``movescu`` to ``storescp``, and pynetdicom's C-MOVE."""
 
 from pathlib import Path
 
@@ -11,8 +11,10 @@ from pydicom.dataset import Dataset
 from oxidip import _core
 from tests.conftest import StartReceiver
 from tests.helpers.dicom import EXPLICIT_LE, SECONDARY_CAPTURE, encode_dataset, read_raw_dataset
+from tests.helpers.e2e import Series
 from tests.helpers.forwarding import Storescp
 from tests.helpers.pull import all_series, make_archive
+from tests.helpers.retrieval import drain, series_identifier
 from tests.helpers.retrieve_scp import Misbehaviour, RetrieveScp
 from tests.helpers.senders import scu
 from tests.helpers.tools import run_dcmtk
@@ -144,13 +146,13 @@ def test_move_to_an_unknown_destination_is_a801() -> None:
 def _get(
     rx_start: StartReceiver,
     scp: RetrieveScp,
-    series_uid: str,
-    study_uid: str,
-    timeout: float = TIMEOUT,
-) -> _core.RetrieveResult:
+    series: Series,
+    idle_timeout: float = TIMEOUT,
+) -> _core.Retrieval:
+    """A C-GET of ``series`` into a new receiver, watched to its end."""
     rx = rx_start(AET="OXIDIP")
-    identifier = _identifier("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)
-    return rx.rx._core.retrieve(
+    identifier = series_identifier(series.study_instance_uid, series.series_instance_uid)
+    retrieval = rx.rx._core.get(
         scp.host,
         scp.port,
         scp.aet,
@@ -159,8 +161,11 @@ def _get(
         EXPLICIT_LE,
         [SECONDARY_CAPTURE],
         [EXPLICIT_LE],
-        timeout,
+        TIMEOUT,
+        idle_timeout,
     )
+    drain(retrieval)
+    return retrieval
 
 
 def test_get_with_failing_sub_operations_ends_b000_with_the_list(
@@ -168,46 +173,37 @@ def test_get_with_failing_sub_operations_ends_b000_with_the_list(
 ) -> None:
     archive = make_archive(1, 1, (4,))
     [series] = all_series(archive)
-    lost = frozenset(series.sop_instance_uids[:2])
-    rule = Misbehaviour("fail", failing=lost)
+    lost = series.sop_instance_uids[:2]
+    rule = Misbehaviour("fail", failing=frozenset(lost))
     with RetrieveScp(series.datasets, misbehaviour={series.series_instance_uid: rule}) as scp:
-        result = _get(start_receiver, scp, series.series_instance_uid, series.study_instance_uid)
+        result = _get(start_receiver, scp, series).result
+        assert result is not None
         assert (result.status, result.completed, result.failed) == (0xB000, 2, 2)
+        failed = read_raw_dataset(result.identifier or b"", EXPLICIT_LE).FailedSOPInstanceUIDList
+        assert sorted(failed) == sorted(lost)
         assert scp.retrieves[series.series_instance_uid] == 1
         # Only the first retrieve misbehaves.
-        again = _get(start_receiver, scp, series.series_instance_uid, series.study_instance_uid)
+        again = _get(start_receiver, scp, series).result
+        assert again is not None
         assert (again.status, again.completed, again.failed) == (0, 4, 0)
 
 
-def test_a_stalled_get_goes_silent(start_receiver: StartReceiver) -> None:
+def test_a_stalled_get_goes_silent_until_the_requestor_gives_up(
+    start_receiver: StartReceiver,
+) -> None:
     archive = make_archive(1, 1, (3,))
     [series] = all_series(archive)
-    rule = Misbehaviour("stall", after=1)
+    rule = Misbehaviour("stall", after=1, honour_cancel=False)
     with RetrieveScp(series.datasets, misbehaviour={series.series_instance_uid: rule}) as scp:
-        with pytest.raises(OSError):
-            _get(
-                start_receiver,
-                scp,
-                series.series_instance_uid,
-                series.study_instance_uid,
-                timeout=1.0,
-            )
+        retrieval = _get(start_receiver, scp, series, idle_timeout=1.0)
+        assert retrieval.result is None and retrieval.error, "aborted by the idle timeout"
         assert scp.stalled.is_set() and scp.sent_in_series(series.series_instance_uid) == 1
+    assert retrieval.instances_received == 1
 
 
 def test_a_get_model_refused_is_not_even_asked(start_receiver: StartReceiver) -> None:
     archive = make_archive(1, 1, (2,))
     [series] = all_series(archive)
     with RetrieveScp(series.datasets, get="refuse-model") as scp, pytest.raises(OSError):
-        _get(start_receiver, scp, series.series_instance_uid, series.study_instance_uid)
+        _get(start_receiver, scp, series)
     assert scp.gets == 0 and not scp.sent
-
-
-def test_a_get_without_the_scp_role_fails_every_sub_operation(
-    start_receiver: StartReceiver,
-) -> None:
-    archive = make_archive(1, 1, (2,))
-    [series] = all_series(archive)
-    with RetrieveScp(series.datasets, get="no-roles") as scp:
-        result = _get(start_receiver, scp, series.series_instance_uid, series.study_instance_uid)
-    assert (result.status, result.completed, result.failed) == (0xA702, 0, 2)
