@@ -52,7 +52,6 @@ def found(study: str, series: str, expected: int | None = 3) -> FoundSeries:
         series_instance_uid=series,
         modality="OT",
         expected=expected,
-        sop_classes=("1.2.840.10008.5.1.4.1.1.7",),
     )
 
 
@@ -92,7 +91,6 @@ def test_claims_lease_each_series_once_and_the_pull_finishes(db: Registry) -> No
         (PullSeriesState.PENDING, 3),
         (PullSeriesState.PENDING, None),
     ]
-    assert rows[0].sop_classes == ("1.2.840.10008.5.1.4.1.1.7",)
     now = time.time()
     first = registry.claim_pull_series(pull.id, "proc-a", 30, now)
     second = registry.claim_pull_series(pull.id, "proc-a", 30, now)
@@ -198,7 +196,7 @@ def row_of(expected: int | None) -> object:
     from oxidip.registry import PullSeriesRow
 
     return PullSeriesRow(
-        1, "1.2", "1.1", "P", "CT", "", expected, (), PullSeriesState.RUNNING, 1, None, "",
+        1, "1.2", "1.1", "P", "CT", "", expected, PullSeriesState.RUNNING, 1, None, "",
         None, None, None, None, "p", None,
     )  # fmt: skip
 

@@ -469,17 +469,16 @@ def _starter(
     syntaxes = list(UNCOMPRESSED if config.scp_uncompressed_only else UNCOMPRESSED + COMPRESSED)
 
     def get(row: PullSeriesRow) -> Retrieval:
-        classes = list(row.sop_classes)
-        if not classes:
-            try:
-                classes = finder.sop_classes_of(
-                    row.study_instance_uid, row.series_instance_uid, row.patient_id
-                )
-            except FindError as error:
-                log.info(
-                    "SOP classes of the series not found: proposing the common ones",
-                    extra={"series_instance_uid": row.series_instance_uid, "why": str(error)},
-                )
+        classes: list[str] = []
+        try:
+            classes = finder.sop_classes_of(
+                row.study_instance_uid, row.series_instance_uid, row.patient_id
+            )
+        except FindError as error:
+            log.info(
+                "SOP classes of the series not found: proposing the common ones",
+                extra={"series_instance_uid": row.series_instance_uid, "why": str(error)},
+            )
         classes = (classes or list(COMMON_STORAGE))[:MAX_STORAGE_CONTEXTS]
         return receiver.core.get(
             pacs.host,

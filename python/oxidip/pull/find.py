@@ -7,8 +7,8 @@ Patient Root (``patient_root``): PATIENT level first (skipped when the query nam
 PatientID without wildcards), then STUDY per patient, then SERIES per study. Each C-FIND is
 one ``_core.find`` (its own association); identifiers are built and parsed with pydicom
 (cold path: a few per study). For C-GET the series' SOP classes are needed (its storage
-contexts): SOPClassesInSeries when the PACS gives it, else an IMAGE-level C-FIND of the
-series' SOPClassUIDs (``sop_classes_of``).
+contexts): DICOM has no series-level attribute for them (SOPClassesInStudy is the study's),
+so an IMAGE-level C-FIND of the series' SOPClassUIDs asks (``sop_classes_of``).
 """
 
 import logging
@@ -89,7 +89,6 @@ _RETURN_KEYS = {
         "SeriesDescription",
         "SeriesNumber",
         "NumberOfSeriesRelatedInstances",
-        "SOPClassesInSeries",
     ),
 }
 
@@ -264,7 +263,6 @@ def _with_returns(level: str, keys: dict[str, str]) -> dict[str, str]:
 
 def _found(match: "Dataset", study_uid: str, study: dict[str, str]) -> FoundSeries:
     count = text_of(match, "NumberOfSeriesRelatedInstances")
-    classes = text_of(match, "SOPClassesInSeries")
     return FoundSeries(
         study_instance_uid=text_of(match, "StudyInstanceUID") or study_uid,
         series_instance_uid=text_of(match, "SeriesInstanceUID"),
@@ -277,5 +275,4 @@ def _found(match: "Dataset", study_uid: str, study: dict[str, str]) -> FoundSeri
         modality=text_of(match, "Modality"),
         series_number=text_of(match, "SeriesNumber"),
         expected=parse_count(count),
-        sop_classes=tuple(c for c in classes.split("\\") if c),
     )

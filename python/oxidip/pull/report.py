@@ -77,7 +77,7 @@ def table(results: Sequence[SeriesResult]) -> str:
     )
 
 
-#: ``--find-only`` columns (FoundSeries fields, SOP classes joined with a backslash).
+#: ``--find-only`` columns (FoundSeries fields).
 FIND_COLUMNS = tuple(FoundSeries.__struct_fields__)
 
 
@@ -87,7 +87,6 @@ def find_csv(found: Sequence[FoundSeries]) -> str:
     writer.writerow(FIND_COLUMNS)
     for series in found:
         row = msgspec.structs.asdict(series)
-        row["sop_classes"] = "\\".join(series.sop_classes)
         row["expected"] = "" if series.expected is None else series.expected
         writer.writerow([row[column] for column in FIND_COLUMNS])
     return out.getvalue()

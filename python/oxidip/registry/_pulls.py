@@ -96,8 +96,6 @@ class FoundSeries(msgspec.Struct, frozen=True):
     series_number: str = ""
     #: NumberOfSeriesRelatedInstances; None when the PACS left it out or it is no count.
     expected: int | None = None
-    #: SOPClassesInSeries when the PACS gave it (C-GET proposes these).
-    sop_classes: tuple[str, ...] = ()
 
 
 class PullRow(msgspec.Struct, frozen=True):
@@ -118,7 +116,6 @@ class PullSeriesRow(msgspec.Struct, frozen=True):
     modality: str
     series_description: str
     expected: int | None
-    sop_classes: tuple[str, ...]
     state: PullSeriesState
     attempts: int
     next_attempt_at: float | None
@@ -167,7 +164,6 @@ def schema_v4(dialect: Dialect) -> tuple[str, ...]:
             modality text NOT NULL,
             series_description text NOT NULL,
             expected integer,
-            sop_classes text NOT NULL,
             state text NOT NULL CHECK (state IN ({series_states})),
             attempts integer NOT NULL,
             next_attempt_at {ts},
@@ -188,7 +184,7 @@ def schema_v4(dialect: Dialect) -> tuple[str, ...]:
 
 _PULL_COLUMNS = "id, queries, pacs, method, state, {created}, {updated}"
 _SERIES_COLUMNS = """pull_id, series_instance_uid, study_instance_uid, patient_id, modality,
-    series_description, expected, sop_classes, state, attempts, {next}, last_error, completed,
+    series_description, expected, state, attempts, {next}, last_error, completed,
     failed, warning, received, lease_owner, {until}"""
 
 
@@ -269,12 +265,12 @@ class PullMethods(ABC):
         d = self._dialect
         upsert = d.sql(
             f"""INSERT INTO pull_series (pull_id, series_instance_uid, study_instance_uid,
-                pacs, patient_id, modality, series_description, expected, sop_classes, state,
+                pacs, patient_id, modality, series_description, expected, state,
                 attempts, next_attempt_at, last_error, updated_at)
             VALUES (:pull, :uid, :study, :pacs, :patient, :modality, :description,
-                :expected, :sop_classes, 'pending', 0, NULL, '', {d.ts(":now")})
+                :expected, 'pending', 0, NULL, '', {d.ts(":now")})
             ON CONFLICT (pull_id, series_instance_uid) DO UPDATE SET
-                expected = excluded.expected, sop_classes = excluded.sop_classes,
+                expected = excluded.expected,
                 modality = excluded.modality, series_description = excluded.series_description,
                 state = CASE WHEN pull_series.state IN ('complete', 'running')
                     THEN pull_series.state ELSE 'pending' END,
@@ -302,7 +298,6 @@ class PullMethods(ABC):
                         "modality": s.modality,
                         "description": s.series_description,
                         "expected": s.expected,
-                        "sop_classes": "\\".join(s.sop_classes),
                         "now": now,
                     }
                     for s in found
@@ -480,6 +475,5 @@ def _pull_row(values: Sequence[Any]) -> PullRow:
 
 def _series_row(values: Sequence[Any]) -> PullSeriesRow:
     fields = list(values)
-    fields[7] = tuple(c for c in fields[7].split("\\") if c)
-    fields[8] = PullSeriesState(fields[8])
+    fields[7] = PullSeriesState(fields[7])
     return PullSeriesRow(*fields)
