@@ -79,6 +79,13 @@ _LEVEL_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _connected(event: evt.Event) -> bool:
+    """Whether the requestor is still there. ``assoc.is_established`` cannot say: the
+    association's reactor runs this handler, so an A-ABORT waits for it; the DUL's state
+    machine leaves Sta6 (data transfer) as soon as the peer aborts or closes (PS3.8 9.2)."""
+    return bool(event.assoc.dul.state_machine.current_state == "Sta6")
+
+
 @dataclass(frozen=True)
 class Misbehaviour:
     """What a series' retrieves do wrong, for the first ``times`` of them."""
@@ -304,7 +311,7 @@ class RetrieveScp:
     def _stall(self, event: evt.Event, honour_cancel: bool) -> bool:
         """Silent until cancelled (True: answer Cancel) or the association or SCP ends."""
         counted = False
-        while not self._stop.is_set() and event.assoc.is_established:
+        while not self._stop.is_set() and _connected(event):
             if event.is_cancelled and not counted:
                 counted = True
                 with self._lock:
