@@ -1,5 +1,5 @@
-//! The Python extension `oxidip._core`: a thin typed layer over `server::Server` and
-//! `forward::Forwarder`. Python calls it a few times a second (start, stop, one call per
+//! The Python extension `oxidip._core`: a thin typed layer over `server::Server`,
+//! `forward::Forwarder` and `client::retrieval::Retrieval`. Python calls it a few times a second (start, stop, one call per
 //! batch of events, of jobs or of outcomes); nothing here runs per PDU or per instance. Data crosses as msgpack, decoded on the Python side by msgspec structs
 //! (`oxidip._boundary`).
 

@@ -46,7 +46,12 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]
 
 
 def get(
-    rx: RunningReceiver, host: str, port: int, called_aet: str, identifier: Dataset
+    rx: RunningReceiver,
+    host: str,
+    port: int,
+    called_aet: str,
+    identifier: Dataset,
+    idle_timeout: float = TIMEOUT,
 ) -> _core.Retrieval:
     """A C-GET of secondary capture instances, explicit VR little endian only (stored as
     sent), into ``rx``."""
@@ -60,7 +65,7 @@ def get(
         [SECONDARY_CAPTURE],
         [EXPLICIT_LE],
         TIMEOUT,
-        TIMEOUT,
+        idle_timeout,
     )
 
 
@@ -191,6 +196,33 @@ def test_get_cancelled_while_the_peer_waits_ends_with_cancel(
     assert [e.attributes.SOPInstanceUID for e in rx.wait_stored(1, since=since)] == [
         instances[0].SOPInstanceUID
     ]
+
+
+@pytest.mark.parametrize("ending", ["abort", "idle"])
+def test_get_of_a_peer_that_stops_answering_ends_in_words(
+    start_receiver: StartReceiver, ending: str
+) -> None:
+    """The SCP sends one instance, then nothing: our A-ABORT, or the idle timeout, ends the
+    operation without a final response, and ``error`` says which."""
+    series_uid = generate_uid()
+    instances = [make_dataset(series_uid=series_uid, instance_number=n) for n in (1, 2)]
+    rx = start_receiver(AET=OUR_AET)
+    idle = 0.5 if ending == "idle" else TIMEOUT
+    with GetScp(instances, mode="wait-for-cancel") as scp:
+        identifier = series_identifier(generate_uid(), series_uid)
+        retrieval = get(rx, scp.host, scp.port, scp.aet, identifier, idle_timeout=idle)
+        assert retrieval.next_progress(TIMEOUT) is not None, retrieval.error
+        if ending == "abort":
+            retrieval.abort()
+        drain(retrieval, deadline=TIMEOUT)
+    assert retrieval.result is None
+    expected = {
+        "abort": "aborted at our request (A-ABORT) before the final response",
+        "idle": "the peer sent nothing for 0.5 s (idle timeout): association aborted",
+    }
+    assert retrieval.error == expected[ending]
+    assert retrieval.instances_received == 1
+    assert not scp.cancelled.is_set()
 
 
 def test_get_refused_the_scp_role_of_storage_is_an_error_in_words(

@@ -139,13 +139,14 @@ impl Retrieval {
     /// The next pending response, waiting up to `timeout`; None when none came meanwhile or
     /// the retrieve has ended (`end`) and all were taken.
     pub fn next_progress(&self, timeout: Duration) -> Option<Pending> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past what a clock can hold (Python's 1e300) waits as long as it takes.
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.shared.state();
         loop {
             if let Some(pending) = state.progress.pop_front() {
                 return Some(pending);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
             if state.end.is_some() || left.is_zero() {
                 return None;
             }

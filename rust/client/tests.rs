@@ -634,6 +634,7 @@ fn retrieval_of_a_silent_peer_ends_at_the_idle_timeout() {
     assert_eq!(progress(&retrieval).sub_operations, counts(Some(3), 1));
     let End::Failed(words) = ended(&retrieval) else { panic!("a silent peer cannot end well") };
     assert!(words.contains("sent nothing for 0.3 s (idle timeout)"), "{words}");
+    assert_eq!(retrieval.next_progress(Duration::MAX), None, "ended: no wait, however long allowed");
     let peer_saw = runtime.block_on(provider).unwrap();
     assert!(matches!(peer_saw, ChannelError::Aborted(Abort { source: 0, .. })), "{peer_saw:?}");
 }
@@ -643,17 +644,18 @@ fn retrieval_of_a_silent_peer_ends_at_the_idle_timeout() {
 fn retrieval_aborted_while_the_peer_ignores_the_cancel() {
     let runtime = runtime();
     let (listener, port) = runtime.block_on(listener());
+    let (cancel_seen, cancel_came) = std::sync::mpsc::channel();
     let provider = runtime.spawn(async move {
         let (mut channel, _, _) = move_scp_once_pending(listener).await;
         let (_, cancel) = channel.receive_command().await.unwrap();
         assert_eq!(cancel.command_field(), Some(field::C_CANCEL_RQ));
+        cancel_seen.send(()).unwrap();
         channel.receive_command().await.err().unwrap()
     });
     let retrieval = start_move(&runtime, port, Duration::from_secs(10));
     progress(&retrieval);
     retrieval.cancel();
-    // The cancel is out once the provider has it; then the abort.
-    std::thread::sleep(Duration::from_millis(100));
+    cancel_came.recv_timeout(Duration::from_secs(5)).expect("the C-CANCEL-RQ went out");
     retrieval.abort();
     let End::Failed(words) = ended(&retrieval) else { panic!("aborted: no final response") };
     assert!(words.contains("aborted at our request"), "{words}");
@@ -716,4 +718,24 @@ fn retrieval_by_get_without_a_storage_context_is_refused_in_words() {
     let words = error.to_string();
     assert!(words.contains("accepted none of the 1 storage SOP classes proposed with us as SCP"), "{words}");
     runtime.block_on(provider).unwrap();
+}
+
+/// Nobody watches a retrieval dropped before its end: the peer is asked to stop.
+#[test]
+fn retrieval_dropped_before_its_end_is_cancelled() {
+    let runtime = runtime();
+    let (listener, port) = runtime.block_on(listener());
+    let provider = runtime.spawn(async move {
+        let (mut channel, context_id, id) = move_scp_once_pending(listener).await;
+        let (_, cancel) = channel.receive_command().await.unwrap();
+        let cancelled = Status { code: status::CANCEL, comment: None };
+        let rsp = retrieve_rsp(field::C_MOVE_RSP, id, STUDY_ROOT_MOVE, &cancelled, &counts(Some(3), 1), false);
+        channel.send(context_id, &rsp, None).await.unwrap();
+        released(&mut channel).await;
+        cancel.command_field()
+    });
+    let retrieval = start_move(&runtime, port, Duration::from_secs(10));
+    progress(&retrieval);
+    drop(retrieval);
+    assert_eq!(runtime.block_on(provider).unwrap(), Some(field::C_CANCEL_RQ));
 }
