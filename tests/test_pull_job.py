@@ -156,6 +156,7 @@ def test_a_rerun_skips_complete_series_and_starts_the_others_again(db: Registry)
     rows = registry.restart_pull(pull.id, "get", [*series, found(study, uid())], now + 1)
     states = {r.series_instance_uid: (r.state, r.attempts) for r in rows}
     assert states[done] == (PullSeriesState.COMPLETE, 1)
+    assert (registry.get_pull(pull.id) or pull).state is PullState.RUNNING
     assert states[failed] == (PullSeriesState.PENDING, 0)
     assert states[stuck] == (PullSeriesState.RUNNING, 1), "its lease runs out first"
     again = registry.get_pull(pull.id)
@@ -222,3 +223,14 @@ def test_completeness_words() -> None:
         "stalled; 1 of 3 instances registered",
     )
     assert decide(row_of(3), stall, 3, retries_left=False)[0] is PullSeriesState.COMPLETE  # type: ignore[arg-type]
+
+
+def test_a_pull_with_everything_complete_is_finished_at_once(db: Registry) -> None:
+    study, series = uid(), uid()
+    pull = db.create_pull(QUERIES, "ORTHANC", "move", time.time())
+    db.restart_pull(pull.id, "move", [found(study, series)], time.time())
+    assert db.claim_pull_series(pull.id, "p", 10, time.time()) is not None
+    end(db, pull.id, series, "p", PullSeriesState.COMPLETE)
+    db.restart_pull(pull.id, "move", [found(study, series)], time.time())
+    again = db.get_pull(pull.id)
+    assert again is not None and again.state is PullState.FINISHED

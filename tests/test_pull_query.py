@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from oxidip import cli
-from oxidip.nodes import NodeDirectory
+from oxidip.nodes import NodeDirectory, RemoteNode
 from oxidip.pull.command import UsageError, resolve_pacs
 from oxidip.pull.find import decode_identifier, encode_identifier, text_of
 from oxidip.pull.progress import LogDisplay, TerminalDisplay, bar, series_line
@@ -23,7 +23,7 @@ from oxidip.pull.query import (
     queries_of_canonical,
     query_from_keys,
 )
-from oxidip.pull.retrieve import Counts, Verdict, status_words
+from oxidip.pull.retrieve import Counts, Verdict, start_failed, status_words
 from oxidip.registry import PullSeriesRow, PullSeriesState
 
 
@@ -172,9 +172,18 @@ def test_failure_words_of_final_statuses() -> None:
         Verdict.TRANSIENT,
         "the PACS is out of resources (0xA702) (busy): retried later",
     )
-    verdict, words = status_words(0xAA00, "", method="get", destination="X", failed=[])
-    assert verdict is Verdict.PERMANENT and words.startswith(
-        "the PACS refused C-GET: try --method move"
+    verdict, words = status_words(0xC000, "", method="get", destination="X", failed=[])
+    assert (verdict, words) == (Verdict.PERMANENT, "the PACS could not process the C-GET (0xC000)")
+    pacs = RemoteNode("PACS", "127.0.0.1", 4242)
+    refused = start_failed(OSError("1.2 (the peer refused the information model)"), "get", pacs)
+    assert refused.verdict is Verdict.PERMANENT
+    assert refused.words.startswith("the PACS refused C-GET: try --method move")
+    none = start_failed(OSError("the peer accepted none of the 3 storage"), "get", pacs)
+    assert none.words.startswith("the PACS refused C-GET: try --method move")
+    lost = start_failed(OSError("connection refused"), "move", pacs)
+    assert (lost.verdict, lost.words) == (
+        Verdict.TRANSIENT,
+        "C-MOVE from PACS at 127.0.0.1:4242: connection refused",
     )
     assert status_words(0, "", method="move", destination="X", failed=[]) == (Verdict.DONE, "")
 

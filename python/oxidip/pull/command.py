@@ -352,6 +352,8 @@ def _pull(
     except FindError as error:
         print(f"oxidip pull: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    if args.method == "move" and not args.serve:
+        _check_receiver(config)
     rows = registry.restart_pull(pull.id, args.method, found, time.time())
     log.info(
         "pull started",
@@ -398,6 +400,22 @@ def _pull(
         ).run()
         display.close()
     return _report(args, config, registry, pull)
+
+
+def _check_receiver(config: Config) -> None:
+    """Warns when no receiver answers a C-ECHO where this configuration's ``oxidip serve``
+    listens: a C-MOVE's instances would have nowhere to go (the receiver may also run on
+    another host, known to the PACS: a warning, not an error)."""
+    host = config.listener_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    try:
+        _core.echo(host, config.listener_port, config.scp_aet, config.scp_aet, 2.0)
+    except OSError as error:
+        if "rejected" not in str(error):  # a rejection: something listens
+            log.warning(
+                "no receiver answers here: start oxidip serve, or use --serve",
+                extra={"host": host, "port": config.listener_port, "error": str(error)},
+            )
 
 
 def _report(args: argparse.Namespace, config: Config, registry: Registry, pull: PullRow) -> int:

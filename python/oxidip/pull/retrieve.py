@@ -24,6 +24,7 @@ __all__ = [
     "Retrieval",
     "Verdict",
     "failed_uids",
+    "start_failed",
     "status_words",
     "watch",
 ]
@@ -124,9 +125,15 @@ def status_words(
             Verdict.PERMANENT,
             f"the identifier does not match the SOP class (0x{status:04X}){said}",
         )
-    if status == 0xAA00 or 0xC000 <= status <= 0xCFFF:
-        what = "the PACS refused C-GET: try --method move; " if method == "get" else ""
-        return Verdict.PERMANENT, f"{what}unable to process (0x{status:04X}){said}"
+    if 0xC000 <= status <= 0xCFFF:
+        # Orthanc, for one, answers a C-MOVE whose destination it cannot reach so.
+        reach = (
+            f": can the PACS reach {destination} (oxidip's receiver)?" if method == "move" else ""
+        )
+        return (
+            Verdict.PERMANENT,
+            f"the PACS could not process the C-{method.upper()} (0x{status:04X}){said}{reach}",
+        )
     return Verdict.PERMANENT, f"the {method.upper()} failed with status 0x{status:04X}{said}"
 
 
@@ -221,13 +228,9 @@ def _outcome(
     result = retrieval.result
     if result is None:
         error = retrieval.error or "ended without a final response"
-        words = f"{method.upper()} from {pacs}: {error}"
+        words = f"C-{method.upper()} from {pacs}: {error}"
         if why_cancelled:
             words = f"{why_cancelled} ({error})"
-        elif method == "get" and _refused(error):
-            return Attempt(
-                Verdict.PERMANENT, f"the PACS refused C-GET: try --method move ({error})", counts
-            )
         return Attempt(Verdict.TRANSIENT, words, counts)
     final = Counts(
         counts.remaining if result.status in (0xFF00, 0xFF01) else 0,
@@ -249,8 +252,15 @@ def _outcome(
     return Attempt(verdict, words, final)
 
 
-def _refused(error: str) -> bool:
-    """Whether a C-GET's error says the PACS would not do C-GET at all (model or storage
-    contexts not accepted, association rejected for it)."""
-    lowered = error.lower()
-    return any(word in lowered for word in ("refused", "rejected", "not accepted", "no storage"))
+def start_failed(error: OSError, method: str, pacs: RemoteNode) -> Attempt:
+    """A retrieval that could not start (no association that can carry it): a C-GET the
+    PACS will not do (its model refused, or none of the storage contexts accepted with us as
+    SCP) is permanent; anything else (refused connection, rejection, timeout) may pass."""
+    words = str(error)
+    if method == "get" and any(
+        refusal in words for refusal in ("refused the information model", "accepted none")
+    ):
+        return Attempt(Verdict.PERMANENT, f"the PACS refused C-GET: try --method move ({words})")
+    if "refused the information model" in words:
+        return Attempt(Verdict.PERMANENT, f"the PACS refused C-{method.upper()}: {words}")
+    return Attempt(Verdict.TRANSIENT, f"C-{method.upper()} from {pacs}: {words}")

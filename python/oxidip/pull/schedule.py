@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from oxidip.nodes import RemoteNode
 from oxidip.pull.progress import Display
-from oxidip.pull.retrieve import Attempt, Counts, Retrieval, Verdict, watch
+from oxidip.pull.retrieve import Attempt, Counts, Retrieval, Verdict, start_failed, watch
 from oxidip.registry import (
     PullRow,
     PullSeriesRow,
@@ -177,9 +177,7 @@ class Scheduler:
         try:
             retrieval = self._start(row)
         except OSError as error:
-            verdict = Verdict.TRANSIENT
-            words = f"{self._method.upper()} from {self._pacs}: {error}"
-            attempt = Attempt(verdict, words)
+            attempt = start_failed(error, self._method, self._pacs)
         else:
             attempt = watch(
                 retrieval,

@@ -261,7 +261,8 @@ class PullMethods(ABC):
         """Starts a pull (again) with what the C-FIND found: new series pending; series
         found before take the new expected count and, unless complete or running under a
         live lease, are pending again from their first attempt. Series no longer found are
-        left as they are. The pull is running. Returns its series."""
+        left as they are. The pull is running, or finished when nothing is left to retrieve.
+        Returns its series."""
         d = self._dialect
         upsert = d.sql(
             f"""INSERT INTO pull_series (pull_id, series_instance_uid, study_instance_uid,
@@ -280,8 +281,11 @@ class PullMethods(ABC):
                 updated_at = excluded.updated_at"""
         )
         touch = d.sql(
-            f"""UPDATE pulls SET state = 'running', method = :method,
-                updated_at = {d.ts(":now")} WHERE id = :pull"""
+            f"""UPDATE pulls SET method = :method, updated_at = {d.ts(":now")},
+                state = CASE WHEN EXISTS (SELECT 1 FROM pull_series
+                    WHERE pull_id = :pull AND state IN ('pending', 'running'))
+                    THEN 'running' ELSE 'finished' END
+            WHERE id = :pull"""
         )
 
         def work(tx: Tx) -> list[PullSeriesRow]:
