@@ -204,12 +204,15 @@ def test_get_of_a_peer_that_stops_answering_ends_in_words(
 ) -> None:
     """The SCP sends one instance, then nothing: our A-ABORT, or the idle timeout, ends the
     operation without a final response, and ``error`` says which."""
-    series_uid = generate_uid()
-    instances = [make_dataset(series_uid=series_uid, instance_number=n) for n in (1, 2)]
+    study_uid, series_uid = generate_uid(), generate_uid()
+    instances = [
+        make_dataset(study_uid=study_uid, series_uid=series_uid, instance_number=n) for n in (1, 2)
+    ]
     rx = start_receiver(AET=OUR_AET)
     idle = 0.5 if ending == "idle" else TIMEOUT
-    with GetScp(instances, mode="wait-for-cancel") as scp:
-        identifier = series_identifier(generate_uid(), series_uid)
+    waits = {series_uid: Misbehaviour("stall", after=1)}
+    with RetrieveScp(instances, misbehaviour=waits) as scp:
+        identifier = series_identifier(study_uid, series_uid)
         retrieval = get(rx, scp.host, scp.port, scp.aet, identifier, idle_timeout=idle)
         assert retrieval.next_progress(TIMEOUT) is not None, retrieval.error
         if ending == "abort":
