@@ -14,7 +14,7 @@ from oxidip.pull.find import EXPLICIT_VR_LITTLE_ENDIAN, STUDY_ROOT, encode_ident
 from oxidip.pull.retrieve import Counts, Verdict, watch
 from tests.conftest import StartReceiver
 from tests.helpers.dicom import EXPLICIT_LE, SECONDARY_CAPTURE, make_dataset
-from tests.helpers.retrieve_scp import GetScp
+from tests.helpers.retrieve_scp import Misbehaviour, RetrieveScp
 
 
 @pytest.mark.parametrize("stopping", [False, True])
@@ -29,7 +29,8 @@ def test_a_stalled_get_is_cancelled(start_receiver: StartReceiver, stopping: boo
     )
     seen: list[tuple[Counts, int]] = []
     stop = threading.Event()
-    with GetScp(instances, mode="wait-for-cancel", patience=30) as scp:
+    waits = {series: Misbehaviour("stall", after=1)}
+    with RetrieveScp(instances, misbehaviour=waits) as scp:
         retrieval = rx.rx.core.get(
             scp.host,
             scp.port,

@@ -25,7 +25,7 @@ from tests.helpers.dicom import (
 from tests.helpers.orthanc import OrthancServer
 from tests.helpers.receiver import RunningReceiver
 from tests.helpers.retrieval import drain, finished, load_series, series_identifier
-from tests.helpers.retrieve_scp import GetScp
+from tests.helpers.retrieve_scp import Misbehaviour, RetrieveScp
 
 OUR_AET = "OXIDIP"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
@@ -175,14 +175,16 @@ def test_get_cancelled_while_the_peer_waits_ends_with_cancel(
 ) -> None:
     """The SCP sends one instance, then nothing until our C-CANCEL-RQ: it comes at once,
     names the C-GET, and the operation ends with Cancel (FE00), the instance stored."""
-    series_uid = generate_uid()
-    instances = [make_dataset(series_uid=series_uid, instance_number=n) for n in (1, 2, 3)]
+    study_uid, series_uid = generate_uid(), generate_uid()
+    instances = [
+        make_dataset(study_uid=study_uid, series_uid=series_uid, instance_number=n)
+        for n in (1, 2, 3)
+    ]
     rx = start_receiver(AET=OUR_AET)
     since = rx.mark()
-    with GetScp(instances, mode="wait-for-cancel") as scp:
-        retrieval = get(
-            rx, scp.host, scp.port, scp.aet, series_identifier(generate_uid(), series_uid)
-        )
+    waits = {series_uid: Misbehaviour("stall", after=1)}
+    with RetrieveScp(instances, misbehaviour=waits) as scp:
+        retrieval = get(rx, scp.host, scp.port, scp.aet, series_identifier(study_uid, series_uid))
         first = retrieval.next_progress(TIMEOUT)
         assert first is not None, retrieval.error
         assert (first.status, first.remaining, first.completed) == (PENDING, 2, 1)
@@ -202,12 +204,15 @@ def test_get_of_a_peer_that_stops_answering_ends_in_words(
 ) -> None:
     """The SCP sends one instance, then nothing: our A-ABORT, or the idle timeout, ends the
     operation without a final response, and ``error`` says which."""
-    series_uid = generate_uid()
-    instances = [make_dataset(series_uid=series_uid, instance_number=n) for n in (1, 2)]
+    study_uid, series_uid = generate_uid(), generate_uid()
+    instances = [
+        make_dataset(study_uid=study_uid, series_uid=series_uid, instance_number=n) for n in (1, 2)
+    ]
     rx = start_receiver(AET=OUR_AET)
     idle = 0.5 if ending == "idle" else TIMEOUT
-    with GetScp(instances, mode="wait-for-cancel") as scp:
-        identifier = series_identifier(generate_uid(), series_uid)
+    waits = {series_uid: Misbehaviour("stall", after=1)}
+    with RetrieveScp(instances, misbehaviour=waits) as scp:
+        identifier = series_identifier(study_uid, series_uid)
         retrieval = get(rx, scp.host, scp.port, scp.aet, identifier, idle_timeout=idle)
         assert retrieval.next_progress(TIMEOUT) is not None, retrieval.error
         if ending == "abort":
@@ -227,7 +232,7 @@ def test_get_refused_the_scp_role_of_storage_is_an_error_in_words(
     start_receiver: StartReceiver,
 ) -> None:
     rx = start_receiver(AET=OUR_AET)
-    with GetScp([make_dataset()], mode="no-storage-role") as scp:
+    with RetrieveScp([make_dataset()], get="no-roles") as scp:
         with pytest.raises(OSError, match="accepted none of the 1 storage SOP classes"):
             get(rx, scp.host, scp.port, scp.aet, series_identifier(generate_uid(), generate_uid()))
         assert scp.gets == 0, "nothing asked that could not be answered"

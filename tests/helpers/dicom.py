@@ -209,7 +209,11 @@ class Part10:
 def read_part10(path: Path | str) -> Part10:
     """Splits a Part 10 file by hand (no pydicom): preamble, meta elements (explicit VR LE,
     bounded by the group length), dataset bytes. Asserts the structure."""
-    data = Path(path).read_bytes()
+    return parse_part10(Path(path).read_bytes(), path)
+
+
+def parse_part10(data: bytes, path: Path | str = "(bytes)") -> Part10:
+    """``read_part10`` of a file's bytes (``path`` names them in assertion messages)."""
     assert len(data) >= 132 + 12, f"{path}: {len(data)} bytes, too short for Part 10"
     assert data[128:132] == b"DICM", f"{path}: no DICM prefix at offset 128"
     group, elem, vr = struct.unpack_from("<HH2s", data, 132)

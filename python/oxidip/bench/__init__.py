@@ -1,11 +1,12 @@
 """``oxidip bench``: the load generator (``send``), the side-by-side comparison of
-receivers (``compare``) and of senders forwarding stored files (``forward``). The compared receivers, their process measurements and the report
+receivers (``compare``), of senders forwarding stored files (``forward``) and of
+retrieves from a PACS (``pull``). The compared receivers, their process measurements and the report
 live here too, so that an installed oxidip can benchmark itself against its peers."""
 
 import argparse
 from typing import TypeAlias
 
-from oxidip.bench import compare, forward, send
+from oxidip.bench import compare, forward, pull, send
 
 __all__ = ["add_parser"]
 
@@ -23,3 +24,4 @@ def add_parser(subparsers: Subparsers) -> None:
     send.add_parser(commands)
     compare.add_parser(commands)
     forward.add_parser(commands)
+    pull.add_parser(commands)
