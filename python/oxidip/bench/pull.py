@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import TextIO, TypeAlias
 
 import msgspec
-import pydicom
-from pydicom.dataset import Dataset
 
 from oxidip._boundary import LoadOptions
 from oxidip.bench import pull_report
@@ -188,6 +186,10 @@ def load(orthanc: OrthancServer, workload: Workload) -> Loaded:
 
 def _query_files(series: list[SeriesRef], directory: Path) -> list[str]:
     """One SERIES-level Study Root identifier per series (PS3.4 C.6.2.1), for dcmtk."""
+    # Imported here: `oxidip` loads pydicom only when it must (tests/test_completeness.py).
+    import pydicom
+    from pydicom.dataset import Dataset
+
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for n, ref in enumerate(series):
