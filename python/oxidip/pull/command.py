@@ -25,6 +25,7 @@ from oxidip import _core, logs, serve
 from oxidip.config import EXIT_CONFIG, Config, ConfigError, report_config_error
 from oxidip.logs import one_line
 from oxidip.nodes import NodeDirectory, RemoteNode
+from oxidip.pipeline import Pipeline
 from oxidip.pull.find import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     PATIENT_ROOT,
@@ -45,7 +46,7 @@ from oxidip.pull.query import (
 )
 from oxidip.pull.report import find_csv, find_json, result_of, table
 from oxidip.pull.retrieve import Retrieval
-from oxidip.pull.schedule import Limits, Scheduler
+from oxidip.pull.schedule import Limits, Polled, Registrations, Scheduler
 from oxidip.receiver import Receiver, new_process_id
 from oxidip.registry import PullRow, PullSeriesRow, PullSeriesState, Registry, RetryPolicy
 
@@ -381,10 +382,11 @@ def _pull(
     )
     idle = stall + 2 * grace  # the core's own bound: the watchdog cancels first
     with contextlib.ExitStack() as stack:
-        receiver = None
+        serving = None
         if args.serve or args.method == "get":
-            receiver = stack.enter_context(_in_process_serve(config, full=args.serve))
+            serving = stack.enter_context(_in_process_serve(config, full=args.serve))
         stop = stack.enter_context(serve.stop_requested_by_signals())
+        receiver = serving.receiver if serving is not None else None
         starter = _starter(args, config, pacs, model, finder, receiver, idle)
         Scheduler(
             registry=registry,
@@ -397,6 +399,7 @@ def _pull(
             limits=limits,
             display=display,
             stop=stop,
+            registrations=serving if serving is not None else Polled(),
         ).run()
         display.close()
     return _report(args, config, registry, pull)
@@ -514,8 +517,28 @@ def _starter(
     return get
 
 
+class Serving(Registrations):
+    """The in-process receiver and its pipeline: a pull waits on their registrations."""
+
+    def __init__(self, receiver: Receiver, pipeline: Pipeline) -> None:
+        self.receiver = receiver
+        self.pipeline = pipeline
+
+    def jobs_done(self) -> int:
+        return self.pipeline.registrar.jobs_done
+
+    def wait_done(self, seen: int, timeout: float) -> None:
+        self.pipeline.registrar.wait_done(seen, timeout)
+
+    def quiet(self) -> bool:
+        """No association open (a C-MOVE's sub-operations all delivered), and every stored
+        instance registered (the journal's backlog: acknowledged once committed)."""
+        metrics = self.receiver.metrics()
+        return metrics.associations_open == 0 and metrics.journal_backlog == 0
+
+
 @contextlib.contextmanager
-def _in_process_serve(config: Config, *, full: bool) -> Iterator[Receiver]:
+def _in_process_serve(config: Config, *, full: bool) -> Iterator[Serving]:
     """``oxidip serve`` in this process (a thread) for the duration: the receiver and its
     pipeline (registration, hooks, notifications, forwarding) as configured. ``full``
     False (a C-GET without ``--serve``): it listens on a port of its own choosing and
@@ -538,7 +561,10 @@ def _in_process_serve(config: Config, *, full: bool) -> Iterator[Receiver]:
     if not started.wait(60) or status:  # ended already: it could not start (logged)
         raise UsageError("the in-process receiver cannot start (see above)")
     try:
-        yield receiver
+        yield Serving(receiver, pipeline)
     finally:
         stop.set()
+        # Stopped from here, at once: the serve loop would see ``stop`` only when its wait
+        # for events ends (up to its poll, 0.5 s); the receiver's end ends that wait.
+        receiver.stop()
         thread.join(config.shutdown_timeout + 30)
