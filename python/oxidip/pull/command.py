@@ -26,6 +26,7 @@ from oxidip.config import EXIT_CONFIG, Config, ConfigError, report_config_error
 from oxidip.logs import one_line
 from oxidip.nodes import NodeDirectory, RemoteNode
 from oxidip.pipeline import Pipeline
+from oxidip.pull.classes import SopClassesAhead
 from oxidip.pull.find import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     PATIENT_ROOT,
@@ -387,7 +388,11 @@ def _pull(
             serving = stack.enter_context(_in_process_serve(config, full=args.serve))
         stop = stack.enter_context(serve.stop_requested_by_signals())
         receiver = serving.receiver if serving is not None else None
-        starter = _starter(args, config, pacs, model, finder, receiver, idle)
+        ahead = None
+        if args.method == "get":
+            ahead = SopClassesAhead(finder, rows, int(args.concurrency))
+            stack.callback(ahead.close)
+        starter = _starter(args, config, pacs, model, ahead, receiver, idle)
         Scheduler(
             registry=registry,
             pull=pull,
@@ -463,7 +468,7 @@ def _starter(
     config: Config,
     pacs: RemoteNode,
     model: InformationModel,
-    finder: Finder,
+    ahead: SopClassesAhead | None,
     receiver: Receiver | None,
     idle: float,
 ) -> Callable[[PullSeriesRow], Retrieval]:
@@ -486,15 +491,13 @@ def _starter(
             )
 
         return move
-    assert receiver is not None
+    assert receiver is not None and ahead is not None
     syntaxes = list(UNCOMPRESSED if config.scp_uncompressed_only else UNCOMPRESSED + COMPRESSED)
 
     def get(row: PullSeriesRow) -> Retrieval:
         classes: list[str] = []
         try:
-            classes = finder.sop_classes_of(
-                row.study_instance_uid, row.series_instance_uid, row.patient_id
-            )
+            classes = ahead.classes(row)
         except FindError as error:
             log.info(
                 "SOP classes of the series not found: proposing the common ones",

@@ -99,10 +99,13 @@ class FindError(Exception):
 
 def encode_identifier(keys: dict[str, str]) -> bytes:
     """An identifier (keyword -> value, "" asks for the attribute back) in Explicit VR
-    Little Endian. Values go as given: wildcards and ranges are not pydicom's to judge."""
+    Little Endian. Values go as given: wildcards and ranges are not pydicom's to judge.
+    (pydicom's own writer and reader, not pynetdicom's wrappers: importing pynetdicom would
+    cost every pull ~60 ms of start-up.)"""
     from pydicom.datadict import dictionary_VR, tag_for_keyword
     from pydicom.dataset import Dataset
-    from pynetdicom.dsutils import encode
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
 
     ds = Dataset()
     for keyword, value in keys.items():
@@ -110,19 +113,25 @@ def encode_identifier(keys: dict[str, str]) -> bytes:
         if tag is None:
             raise ValueError(f"{keyword!r} is not a DICOM keyword")
         ds.add_new(tag, dictionary_VR(tag), value or None)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = False
+    fp.is_little_endian = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a wildcard is no valid UI, a range no valid DA
-        raw = encode(ds, False, True)
-    if raw is None:
-        raise ValueError(f"pydicom could not encode the identifier {keys!r}")
-    return raw
+        try:
+            write_dataset(fp, ds)
+        except Exception as error:  # pydicom raises what its encoders raise
+            raise ValueError(
+                f"pydicom could not encode the identifier {keys!r}: {error}"
+            ) from error
+    return fp.getvalue()
 
 
 def decode_identifier(data: bytes) -> "Dataset":
     """A match as sent (Explicit VR Little Endian), its elements left raw."""
-    from pynetdicom.dsutils import decode
+    from pydicom.filereader import read_dataset
 
-    return decode(BytesIO(data), False, True)
+    return read_dataset(BytesIO(data), False, True)
 
 
 def text_of(ds: "Dataset", keyword: str) -> str:
