@@ -22,6 +22,7 @@ import msgspec
 import psycopg
 
 from oxidip import _core, logs, serve
+from oxidip.completeness import ExpectedCount
 from oxidip.config import EXIT_CONFIG, Config, ConfigError, report_config_error
 from oxidip.logs import one_line
 from oxidip.nodes import NodeDirectory, RemoteNode
@@ -49,7 +50,14 @@ from oxidip.pull.report import find_csv, find_json, result_of, table
 from oxidip.pull.retrieve import Retrieval
 from oxidip.pull.schedule import Limits, Polled, Registrations, Scheduler
 from oxidip.receiver import Receiver, new_process_id
-from oxidip.registry import PullRow, PullSeriesRow, PullSeriesState, Registry, RetryPolicy
+from oxidip.registry import (
+    ExpectedStatus,
+    PullRow,
+    PullSeriesRow,
+    PullSeriesState,
+    Registry,
+    RetryPolicy,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -388,6 +396,9 @@ def _pull(
             serving = stack.enter_context(_in_process_serve(config, full=args.serve))
         stop = stack.enter_context(serve.stop_requested_by_signals())
         receiver = serving.receiver if serving is not None else None
+        if serving is not None:
+            # Its pipeline need not ask the PACS for the counts this pull's C-FIND found.
+            serving.pipeline.lookup.already_known(_expected_counts(rows, pacs))
         ahead = None
         if args.method == "get":
             ahead = SopClassesAhead(finder, rows, int(args.concurrency))
@@ -408,6 +419,22 @@ def _pull(
         ).run()
         display.close()
     return _report(args, config, registry, pull)
+
+
+def _expected_counts(rows: Sequence[PullSeriesRow], pacs: RemoteNode) -> list[ExpectedCount]:
+    """The series' NumberOfSeriesRelatedInstances as the pull's C-FIND found them, as
+    answers of the receiver's expected-count lookup (series sent by the PACS's AE title)."""
+    found = f"NumberOfSeriesRelatedInstances from oxidip pull's C-FIND of {pacs}"
+    return [
+        ExpectedCount(
+            row.series_instance_uid,
+            row.expected,
+            ExpectedStatus.UNKNOWN if row.expected is None else ExpectedStatus.KNOWN,
+            f"no {found}" if row.expected is None else f"{row.expected}: {found}",
+            pacs.aet,
+        )
+        for row in rows
+    ]
 
 
 def _check_receiver(config: Config) -> None:
