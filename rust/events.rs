@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::dicom::attributes::Attributes;
 
@@ -127,17 +127,32 @@ pub struct ServerWarning {
 pub struct EventSink {
     tx: mpsc::Sender<Event>,
     queued: Arc<AtomicUsize>,
+    /// Ends the taker's linger: a burst of instances is over (see `flush`).
+    flush: Arc<Notify>,
 }
 
 impl EventSink {
     /// Waits for room in the queue. An error only means nobody takes events any more (the
     /// receiver was dropped), which must not disturb the network side. Counted before the
-    /// send so the backlog includes tasks waiting for room, and never goes below zero.
+    /// send so the backlog includes tasks waiting for room, and never goes below zero. A
+    /// closed association ends its burst: the batch lingering goes to Python at once.
     pub async fn send(&self, event: Event) {
+        let ends_burst = matches!(event, Event::AssociationClosed(_));
         self.queued.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(event).await.is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
+        if ends_burst {
+            self.flush();
+        }
+    }
+
+    /// No more events of a burst are coming (an association ended, a C-GET's final response
+    /// came): a taker lingering for more stops lingering, so that the burst's last instances
+    /// are registered now, not up to a linger later (a pull waits on them to end a series).
+    /// One wake-up per burst, never one per instance; nothing is kept for a later linger.
+    pub fn flush(&self) {
+        self.flush.notify_waiters();
     }
 
     /// Queues an event if there is room, else drops it: for reports from a task that must
@@ -156,12 +171,14 @@ impl EventSink {
 pub struct EventStream {
     rx: mpsc::Receiver<Event>,
     queued: Arc<AtomicUsize>,
+    flush: Arc<Notify>,
 }
 
 pub fn channel(capacity: usize) -> (EventSink, EventStream) {
     let (tx, rx) = mpsc::channel(capacity);
     let queued = Arc::new(AtomicUsize::new(0));
-    (EventSink { tx, queued: queued.clone() }, EventStream { rx, queued })
+    let flush = Arc::new(Notify::new());
+    (EventSink { tx, queued: queued.clone(), flush: flush.clone() }, EventStream { rx, queued, flush })
 }
 
 impl EventStream {
@@ -185,10 +202,23 @@ impl EventStream {
             Ok(None) => return None,
             Ok(Some(event)) => vec![event],
         };
+        // Listening for a flush before looking at the queue: one sent after the look still
+        // ends the linger.
+        let flushed = self.flush.clone();
+        let flushed = flushed.notified();
+        tokio::pin!(flushed);
+        flushed.as_mut().enable();
         self.drain_into(&mut batch, max);
-        if batch.len() < max && !linger.is_zero() {
-            // A plain sleep, not a wait on the channel, so that senders do not wake us.
-            runtime.block_on(async { tokio::time::sleep(linger).await });
+        let burst_over = batch.iter().any(|e| matches!(e, Event::AssociationClosed(_)));
+        if batch.len() < max && !linger.is_zero() && !burst_over {
+            // A sleep, not a wait on the channel, so that senders do not wake us: only the end
+            // of a burst does (`EventSink::flush`).
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(linger) => {}
+                    _ = flushed => {}
+                }
+            });
             self.drain_into(&mut batch, max);
         }
         self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
@@ -232,14 +262,31 @@ mod tests {
         })
     }
 
+    /// An event that ends no burst.
+    fn warning(id: u64) -> Event {
+        Event::ServerWarning(ServerWarning { message: id.to_string(), detail: String::new() })
+    }
+
     fn ids(batch: &[Event]) -> Vec<u64> {
         batch
             .iter()
             .map(|e| match e {
                 Event::AssociationClosed(c) => c.association_id,
+                Event::ServerWarning(w) => w.message.parse().unwrap(),
                 other => panic!("{other:?}"),
             })
             .collect()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    }
+
+    /// Waits (in the runtime) until the stream has taken every event sent.
+    async fn taken(sink: &EventSink) {
+        while sink.tx.capacity() < sink.tx.max_capacity() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Python calls from its own thread, outside the runtime: lingering must work there.
@@ -268,17 +315,63 @@ mod tests {
     /// An event sent while the batch lingers joins it.
     #[test]
     fn linger_collects_events_sent_meanwhile() {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let runtime = runtime();
         let (sink, mut stream) = channel(16);
         runtime.spawn(async move {
-            sink.send(closed(1)).await;
+            sink.send(warning(1)).await;
             // Once the first event has been taken (the batch is lingering, or done), the next.
-            while sink.tx.capacity() < sink.tx.max_capacity() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            sink.send(closed(2)).await;
+            taken(&sink).await;
+            sink.send(warning(2)).await;
         });
         let batch = stream.next_batch(runtime.handle(), 10, Duration::from_secs(5), Duration::from_millis(500));
         assert_eq!(ids(&batch.unwrap()), [1, 2]);
+    }
+
+    /// An association closing while the batch lingers ends the linger: the batch, the close
+    /// included, goes at once (a pull waits on those instances' registration).
+    #[test]
+    fn a_closed_association_ends_the_linger() {
+        let runtime = runtime();
+        let (sink, mut stream) = channel(16);
+        runtime.spawn(async move {
+            sink.send(warning(1)).await;
+            taken(&sink).await;
+            sink.send(closed(2)).await;
+            std::future::pending::<()>().await; // the sink stays: only the flush ends the linger
+        });
+        let started = std::time::Instant::now();
+        let batch = stream.next_batch(runtime.handle(), 10, Duration::from_secs(5), Duration::from_secs(30));
+        assert_eq!(ids(&batch.unwrap()), [1, 2]);
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+
+    /// A close already queued: no linger at all. A flush (a C-GET's end) ends one too, and
+    /// leaves nothing behind that would cut the next linger short.
+    #[test]
+    fn a_queued_close_or_a_flush_ends_the_linger_and_only_that_one() {
+        let runtime = runtime();
+        let (sink, mut stream) = channel(16);
+        let handle = runtime.handle();
+        let long = Duration::from_secs(30);
+        runtime.block_on(sink.send(closed(1)));
+        let started = std::time::Instant::now();
+        assert_eq!(ids(&stream.next_batch(handle, 10, long, long).unwrap()), [1]);
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        let flusher = sink.clone();
+        runtime.spawn(async move {
+            flusher.send(warning(2)).await;
+            taken(&flusher).await;
+            flusher.flush();
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(ids(&stream.next_batch(handle, 10, long, long).unwrap()), [2]);
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        runtime.block_on(sink.send(warning(3)));
+        let linger = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        assert_eq!(ids(&stream.next_batch(handle, 10, long, linger).unwrap()), [3]);
+        assert!(started.elapsed() >= linger, "{:?}", started.elapsed());
     }
 }

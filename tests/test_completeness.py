@@ -76,6 +76,23 @@ def test_known_count_and_the_query_sent() -> None:
     assert STUDY_ROOT_FIND == "1.2.840.10008.5.1.4.1.2.2.1"
 
 
+def test_a_count_already_known_is_answered_without_asking() -> None:
+    """``oxidip pull`` gives its in-process receiver the counts its own C-FIND found: the
+    PACS is not asked the same again (it is asked for any other series)."""
+    with QueryScp({SERIES: 7}, aet="THEPACS") as scp:
+        lookup = ExpectedCountLookup({SENDER: scp.address}, OUR_AET, timeout=2.0, retries=0)
+        try:
+            known = ExpectedCount(SERIES, 5, "known", "5: from oxidip pull's C-FIND", SENDER)
+            lookup.already_known([known])
+            lookup.request(SENDER, STUDY, SERIES)
+            assert one_result(lookup) == known
+            assert scp.queries == []
+            lookup.request("OTHER", STUDY, SERIES)  # another sender's series: not that one
+            assert one_result(lookup).status == "unknown"
+        finally:
+            lookup.close()
+
+
 def ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:

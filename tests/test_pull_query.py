@@ -101,7 +101,7 @@ def test_identifiers_keep_wildcards_and_ranges() -> None:
     assert text_of(ds, "StudyDate") == "20240101-20240131"
     assert text_of(ds, "PatientID") == "A*"
     assert text_of(ds, "StudyInstanceUID") == ""
-    assert "StudyInstanceUID" in ds
+    assert ds[0x0020000D] == b""  # StudyInstanceUID: sent empty (universal matching)
 
 
 def test_pacs_resolution() -> None:

@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
@@ -173,12 +173,20 @@ class ExpectedCountLookup:
         self._closed = threading.Event()
         # Associations being negotiated or used: close() drops their connections.
         self._live: set[Association] = set()
+        #: Answers given beforehand (``already_known``), by (calling AE, series UID).
+        self._known: dict[tuple[str, str], ExpectedCount] = {}
 
     # --- caller side ---------------------------------------------------------------------
 
     def request(self, calling_aet: str, study_instance_uid: str, series_instance_uid: str) -> None:
         """Queues a lookup of the series sent by ``calling_aet``; never blocks. The result
-        arrives through ``poll``/``wait``, immediately when there is nothing to ask."""
+        arrives through ``poll``/``wait``, immediately when there is nothing to ask (or the
+        answer is ``already_known``)."""
+        with self._lock:
+            known = self._known.get((calling_aet, series_instance_uid))
+        if known is not None:
+            self._results.put(known)
+            return
         pacs = self.nodes.get(calling_aet)
         if pacs is None:
             self._results.put(
@@ -207,6 +215,13 @@ class ExpectedCountLookup:
         self._results.put(
             ExpectedCount(series_instance_uid, None, ExpectedStatus.ERROR, refused, calling_aet)
         )
+
+    def already_known(self, answers: Iterable[ExpectedCount]) -> None:
+        """Counts found by a C-FIND made already (``oxidip pull``'s walk down to the series,
+        its in-process receiver's pipeline): a request for one of those series is answered
+        with it at once instead of asking the PACS the same again."""
+        with self._lock:
+            self._known.update({(a.calling_aet, a.series_instance_uid): a for a in answers})
 
     def poll(self) -> list[ExpectedCount]:
         """The results that arrived since the last call; never blocks."""

@@ -89,7 +89,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import msgspec
-import nats.aio.client
 
 from oxidip.workers import WorkQueue
 
@@ -447,6 +446,10 @@ class NatsNotifier:
         self._wake: asyncio.Event | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._release_task: asyncio.Task[None] | None = None
+        # Imported here, not with the module: a process without NATS (most, and every
+        # ``oxidip pull``) does not pay the ~30 ms of importing nats-py at start.
+        import nats.aio.client
+
         self._nc = nats.aio.client.Client()
         self._thread = threading.Thread(target=self._run_loop, name="oxidip-nats", daemon=True)
         self._thread.start()

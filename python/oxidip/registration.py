@@ -141,6 +141,10 @@ class Registrar(Generic[R]):
         self._failed_attempts = 0
         self._full_logged = False
         self._late_logged = False
+        #: Jobs done (succeeded or finally failed, what follows them included), for waiters
+        #: on the registry catching up (``wait_done``: ``oxidip pull`` ending a series).
+        self._jobs_done = 0
+        self._job_done = threading.Condition(self._lock)
 
     # --- the event loop's side ---------------------------------------------------------------
 
@@ -293,8 +297,29 @@ class Registrar(Generic[R]):
         self._reachable()
         self._done(run.items, result, None)
 
+    @property
+    def jobs_done(self) -> int:
+        """Jobs done so far: read it before reading the registry, then ``wait_done`` it."""
+        with self._lock:
+            return self._jobs_done
+
+    def wait_done(self, seen: int, timeout: float) -> int:
+        """Waits up to ``timeout`` seconds for a job done after ``seen`` (``jobs_done``);
+        returns ``jobs_done``."""
+        with self._job_done:
+            self._job_done.wait_for(lambda: self._jobs_done != seen, timeout)
+            return self._jobs_done
+
     def _done(self, jobs: list[_Job], result: Any, error: Exception | None) -> None:
-        """What follows a job."""
+        """What follows a job, then its waiters are woken."""
+        try:
+            self._follow(jobs, result, error)
+        finally:
+            with self._job_done:
+                self._jobs_done += len(jobs)
+                self._job_done.notify_all()
+
+    def _follow(self, jobs: list[_Job], result: Any, error: Exception | None) -> None:
         first = jobs[0]
         try:
             if isinstance(first, _Call):

@@ -210,7 +210,8 @@ def consume(
     events only while ``ready(timeout)`` says the handlers have room (it may wait up to
     ``timeout`` seconds for it): otherwise the receiver's bounded event queue fills and TCP
     pushes back on the senders. Once ``stop_requested`` is set (checked at least every
-    ``poll`` seconds), stops the receiver gracefully, calls ``on_stop(shutdown_timeout)``,
+    ``poll`` seconds, or when the receiver ends: whoever sets it may stop the receiver
+    itself so as not to wait for the poll), stops the receiver gracefully, calls ``on_stop(shutdown_timeout)``,
     and drains every event, ready or not (the receiver cannot end before). A handler that
     raises is logged and does not stop the loop. ``linger``: see ``Receiver.next_batch``.
     Returns whether the receiver stopped because it was asked to (False: by itself)."""
@@ -225,6 +226,8 @@ def consume(
             _call(tick)
             continue
         batch = receiver.next_batch(max_events, poll, linger)
+        if batch is None and not stopping and stop_requested.is_set():
+            continue  # whoever asked stopped the receiver too (at once): stop as asked
         if batch is None:
             return stopping
         for handler in handlers if batch else ():

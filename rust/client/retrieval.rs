@@ -234,12 +234,15 @@ async fn run(mut client: Client, request: Request, guard: EndGuard) {
             Err(e) => Err(Stop::Failed(e)),
         },
         Method::Get { service, association_id } => {
+            let events = service.events.clone();
             let mut store = StoreProvider::new(service, client.store_origin(association_id));
             let stopped = match client.get(&model, &identifier, &mut store).await {
                 Ok(retrieve) => drive(retrieve, shared, control, idle_timeout).await,
                 Err(e) => Err(Stop::Failed(e)),
             };
             store.discard_temp_files();
+            // Its instances' events are all queued: no need to linger for more of them.
+            events.flush();
             stopped
         }
     };

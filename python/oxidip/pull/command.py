@@ -22,9 +22,12 @@ import msgspec
 import psycopg
 
 from oxidip import _core, logs, serve
+from oxidip.completeness import ExpectedCount
 from oxidip.config import EXIT_CONFIG, Config, ConfigError, report_config_error
 from oxidip.logs import one_line
 from oxidip.nodes import NodeDirectory, RemoteNode
+from oxidip.pipeline import Pipeline
+from oxidip.pull.classes import SopClassesAhead
 from oxidip.pull.find import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     PATIENT_ROOT,
@@ -45,9 +48,16 @@ from oxidip.pull.query import (
 )
 from oxidip.pull.report import find_csv, find_json, result_of, table
 from oxidip.pull.retrieve import Retrieval
-from oxidip.pull.schedule import Limits, Scheduler
+from oxidip.pull.schedule import Limits, Polled, Registrations, Scheduler
 from oxidip.receiver import Receiver, new_process_id
-from oxidip.registry import PullRow, PullSeriesRow, PullSeriesState, Registry, RetryPolicy
+from oxidip.registry import (
+    ExpectedStatus,
+    PullRow,
+    PullSeriesRow,
+    PullSeriesState,
+    Registry,
+    RetryPolicy,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -381,11 +391,19 @@ def _pull(
     )
     idle = stall + 2 * grace  # the core's own bound: the watchdog cancels first
     with contextlib.ExitStack() as stack:
-        receiver = None
+        serving = None
         if args.serve or args.method == "get":
-            receiver = stack.enter_context(_in_process_serve(config, full=args.serve))
+            serving = stack.enter_context(_in_process_serve(config, full=args.serve))
         stop = stack.enter_context(serve.stop_requested_by_signals())
-        starter = _starter(args, config, pacs, model, finder, receiver, idle)
+        receiver = serving.receiver if serving is not None else None
+        if serving is not None:
+            # Its pipeline need not ask the PACS for the counts this pull's C-FIND found.
+            serving.pipeline.lookup.already_known(_expected_counts(rows, pacs))
+        ahead = None
+        if args.method == "get":
+            ahead = SopClassesAhead(finder, rows, int(args.concurrency))
+            stack.callback(ahead.close)
+        starter = _starter(args, config, pacs, model, ahead, receiver, idle)
         Scheduler(
             registry=registry,
             pull=pull,
@@ -397,9 +415,26 @@ def _pull(
             limits=limits,
             display=display,
             stop=stop,
+            registrations=serving if serving is not None else Polled(),
         ).run()
         display.close()
     return _report(args, config, registry, pull)
+
+
+def _expected_counts(rows: Sequence[PullSeriesRow], pacs: RemoteNode) -> list[ExpectedCount]:
+    """The series' NumberOfSeriesRelatedInstances as the pull's C-FIND found them, as
+    answers of the receiver's expected-count lookup (series sent by the PACS's AE title)."""
+    found = f"NumberOfSeriesRelatedInstances from oxidip pull's C-FIND of {pacs}"
+    return [
+        ExpectedCount(
+            row.series_instance_uid,
+            row.expected,
+            ExpectedStatus.UNKNOWN if row.expected is None else ExpectedStatus.KNOWN,
+            f"no {found}" if row.expected is None else f"{row.expected}: {found}",
+            pacs.aet,
+        )
+        for row in rows
+    ]
 
 
 def _check_receiver(config: Config) -> None:
@@ -460,7 +495,7 @@ def _starter(
     config: Config,
     pacs: RemoteNode,
     model: InformationModel,
-    finder: Finder,
+    ahead: SopClassesAhead | None,
     receiver: Receiver | None,
     idle: float,
 ) -> Callable[[PullSeriesRow], Retrieval]:
@@ -483,15 +518,13 @@ def _starter(
             )
 
         return move
-    assert receiver is not None
+    assert receiver is not None and ahead is not None
     syntaxes = list(UNCOMPRESSED if config.scp_uncompressed_only else UNCOMPRESSED + COMPRESSED)
 
     def get(row: PullSeriesRow) -> Retrieval:
         classes: list[str] = []
         try:
-            classes = finder.sop_classes_of(
-                row.study_instance_uid, row.series_instance_uid, row.patient_id
-            )
+            classes = ahead.classes(row)
         except FindError as error:
             log.info(
                 "SOP classes of the series not found: proposing the common ones",
@@ -514,8 +547,28 @@ def _starter(
     return get
 
 
+class Serving(Registrations):
+    """The in-process receiver and its pipeline: a pull waits on their registrations."""
+
+    def __init__(self, receiver: Receiver, pipeline: Pipeline) -> None:
+        self.receiver = receiver
+        self.pipeline = pipeline
+
+    def jobs_done(self) -> int:
+        return self.pipeline.registrar.jobs_done
+
+    def wait_done(self, seen: int, timeout: float) -> None:
+        self.pipeline.registrar.wait_done(seen, timeout)
+
+    def quiet(self) -> bool:
+        """No association open (a C-MOVE's sub-operations all delivered), and every stored
+        instance registered (the journal's backlog: acknowledged once committed)."""
+        metrics = self.receiver.metrics()
+        return metrics.associations_open == 0 and metrics.journal_backlog == 0
+
+
 @contextlib.contextmanager
-def _in_process_serve(config: Config, *, full: bool) -> Iterator[Receiver]:
+def _in_process_serve(config: Config, *, full: bool) -> Iterator[Serving]:
     """``oxidip serve`` in this process (a thread) for the duration: the receiver and its
     pipeline (registration, hooks, notifications, forwarding) as configured. ``full``
     False (a C-GET without ``--serve``): it listens on a port of its own choosing and
@@ -538,7 +591,10 @@ def _in_process_serve(config: Config, *, full: bool) -> Iterator[Receiver]:
     if not started.wait(60) or status:  # ended already: it could not start (logged)
         raise UsageError("the in-process receiver cannot start (see above)")
     try:
-        yield receiver
+        yield Serving(receiver, pipeline)
     finally:
         stop.set()
+        # Stopped from here, at once: the serve loop would see ``stop`` only when its wait
+        # for events ends (up to its poll, 0.5 s); the receiver's end ends that wait.
+        receiver.stop()
         thread.join(config.shutdown_timeout + 30)

@@ -5,26 +5,22 @@ Study Root (the default): a STUDY-level query with the query's patient and study
 a SERIES-level query per study found (its StudyInstanceUID and the query's series keys).
 Patient Root (``patient_root``): PATIENT level first (skipped when the query names one
 PatientID without wildcards), then STUDY per patient, then SERIES per study. Each C-FIND is
-one ``_core.find`` (its own association); identifiers are built and parsed with pydicom
+one ``_core.find`` (its own association); identifiers are written and read by ``oxidip.pull.identifier``
 (cold path: a few per study). For C-GET the series' SOP classes are needed (its storage
 contexts): DICOM has no series-level attribute for them (SOPClassesInStudy is the study's),
 so an IMAGE-level C-FIND of the series' SOPClassUIDs asks (``sop_classes_of``).
 """
 
 import logging
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from io import BytesIO
-from typing import TYPE_CHECKING
 
 from oxidip import _core
 from oxidip.nodes import RemoteNode
+from oxidip.pull import identifier
+from oxidip.pull.identifier import Identifier
 from oxidip.pull.query import PATIENT_KEYS, STUDY_KEYS, Query
 from oxidip.registry import FoundSeries
-
-if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
 
 __all__ = [
     "EXPLICIT_VR_LITTLE_ENDIAN",
@@ -99,48 +95,16 @@ class FindError(Exception):
 
 def encode_identifier(keys: dict[str, str]) -> bytes:
     """An identifier (keyword -> value, "" asks for the attribute back) in Explicit VR
-    Little Endian. Values go as given: wildcards and ranges are not pydicom's to judge."""
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-    from pydicom.dataset import Dataset
-    from pynetdicom.dsutils import encode
-
-    ds = Dataset()
-    for keyword, value in keys.items():
-        tag = tag_for_keyword(keyword)
-        if tag is None:
-            raise ValueError(f"{keyword!r} is not a DICOM keyword")
-        ds.add_new(tag, dictionary_VR(tag), value or None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a wildcard is no valid UI, a range no valid DA
-        raw = encode(ds, False, True)
-    if raw is None:
-        raise ValueError(f"pydicom could not encode the identifier {keys!r}")
-    return raw
+    Little Endian (``oxidip.pull.identifier``)."""
+    return identifier.encode(keys)
 
 
-def decode_identifier(data: bytes) -> "Dataset":
-    """A match as sent (Explicit VR Little Endian), its elements left raw."""
-    from pynetdicom.dsutils import decode
-
-    return decode(BytesIO(data), False, True)
+def decode_identifier(data: bytes) -> Identifier:
+    """A match as sent (Explicit VR Little Endian), its values left raw."""
+    return identifier.decode(data)
 
 
-def text_of(ds: "Dataset", keyword: str) -> str:
-    """An attribute's text as sent ("" when absent or empty), multiple values joined with
-    a backslash, never converted by pydicom (a garbage value is reported, not raised)."""
-    from pydicom.datadict import tag_for_keyword
-
-    tag = tag_for_keyword(keyword)
-    if tag is None or tag not in ds:
-        return ""
-    value = ds.get_item(tag, keep_deferred=True).value
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace").strip(" \x00")
-    if isinstance(value, list | tuple):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+text_of = identifier.text_of
 
 
 def parse_count(text: str) -> int | None:
@@ -172,7 +136,7 @@ class Finder:
         self.timeout = timeout
         self._on_find = on_find
 
-    def find(self, level: str, keys: dict[str, str]) -> list["Dataset"]:
+    def find(self, level: str, keys: dict[str, str]) -> list[Identifier]:
         """One C-FIND at ``level``; its matches. FindError when it fails."""
         identifier = {"QueryRetrieveLevel": level, **keys}
         try:
@@ -261,7 +225,7 @@ def _with_returns(level: str, keys: dict[str, str]) -> dict[str, str]:
     return {**dict.fromkeys(_RETURN_KEYS[level], ""), **keys}
 
 
-def _found(match: "Dataset", study_uid: str, study: dict[str, str]) -> FoundSeries:
+def _found(match: Identifier, study_uid: str, study: dict[str, str]) -> FoundSeries:
     count = text_of(match, "NumberOfSeriesRelatedInstances")
     return FoundSeries(
         study_instance_uid=text_of(match, "StudyInstanceUID") or study_uid,

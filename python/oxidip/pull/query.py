@@ -93,12 +93,12 @@ class Query(msgspec.Struct, frozen=True):
 
 
 def _check_keyword(keyword: str, where: str) -> None:
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from oxidip.pull.identifier import entry
 
-    tag = tag_for_keyword(keyword)
-    if tag is None:
+    found = entry(keyword)
+    if found is None:
         raise QueryError(f"{where}: {keyword!r} is not a DICOM keyword (e.g. PatientID)")
-    if dictionary_VR(tag) == "SQ":
+    if found[1] == "SQ":
         raise QueryError(f"{where}: {keyword} is a sequence; only plain attributes can be matched")
 
 

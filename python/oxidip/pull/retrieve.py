@@ -89,6 +89,8 @@ class Attempt:
     #: What happened, in words ("" when all went well).
     words: str
     counts: Counts = field(default_factory=Counts)
+    #: The final response came (``counts`` are then its own where it gave them).
+    final: bool = False
 
 
 def status_words(
@@ -239,7 +241,7 @@ def _outcome(
         result.warning if result.warning is not None else counts.warning,
     )
     if why_cancelled:
-        return Attempt(Verdict.TRANSIENT, why_cancelled, final)
+        return Attempt(Verdict.TRANSIENT, why_cancelled, final, final=True)
     verdict, words = status_words(
         result.status,
         result.comment,
@@ -249,7 +251,7 @@ def _outcome(
     )
     if verdict is Verdict.TRANSIENT and result.status == 0xB000 and not (final.failed or 0):
         verdict, words = Verdict.DONE, ""  # warnings only: every instance was sent
-    return Attempt(verdict, words, final)
+    return Attempt(verdict, words, final, final=True)
 
 
 def start_failed(error: OSError, method: str, pacs: RemoteNode) -> Attempt:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from oxidip.nodes import RemoteNode
 from oxidip.pull.progress import Display
@@ -25,7 +26,7 @@ from oxidip.registry import (
     RetryPolicy,
 )
 
-__all__ = ["LEASE", "Limits", "Scheduler", "decide"]
+__all__ = ["LEASE", "Limits", "Polled", "Registrations", "Scheduler", "awaited", "decide"]
 
 log = logging.getLogger("oxidip.pull")
 
@@ -33,6 +34,41 @@ log = logging.getLogger("oxidip.pull")
 LEASE = 15.0
 #: Seconds between two claims when nothing can be claimed (backoff, another pull's lease).
 _IDLE = 0.2
+#: Seconds between two reads of a series' registered count while waiting for it to catch up
+#: with a retrieval: the first, doubled after each read up to the last (the registrations of
+#: a retrieval that just ended land within milliseconds).
+_FIRST_READ = 0.001
+_LAST_READ = 0.1
+#: Seconds a count must stay the same to be taken as final, when neither the count awaited
+#: nor the receiver's being quiet can be known.
+_STEADY = 1.0
+
+
+class Registrations(Protocol):
+    """The receiver whose registrations a pull waits for, as far as this process sees it."""
+
+    def jobs_done(self) -> int:
+        """A number that grows whenever the registry may have registered more."""
+
+    def wait_done(self, seen: int, timeout: float) -> None:
+        """Returns once ``jobs_done`` is past ``seen``, or after ``timeout`` seconds."""
+
+    def quiet(self) -> bool:
+        """Whether nothing more can be registered unless a PACS sends again (no association
+        open, every instance stored registered); False when unknown."""
+
+
+class Polled:
+    """A receiver in another process (``oxidip serve``): nothing to wait on but the clock."""
+
+    def jobs_done(self) -> int:
+        return 0
+
+    def wait_done(self, seen: int, timeout: float) -> None:
+        time.sleep(timeout)
+
+    def quiet(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -50,6 +86,18 @@ class Limits:
     retry: RetryPolicy
     #: Longest wait for registrations to catch up once a retrieval ended.
     settle: float
+
+
+def awaited(expected: int | None, attempt: Attempt) -> int | None:
+    """The registered count an attempt's end awaits: the expected count when the PACS said
+    it sent everything, else what the final response says was sent (completed and warning
+    sub-operations, PS3.4 C.4.2.1.5); None when there was no final response (aborted, lost,
+    never started) or no count: then nothing says how many are on their way."""
+    counts = attempt.counts
+    sent = None if counts.completed is None else counts.completed + (counts.warning or 0)
+    if attempt.verdict is Verdict.DONE:
+        return expected if expected is not None else sent
+    return sent if attempt.final else None
 
 
 def decide(
@@ -98,6 +146,7 @@ class Scheduler:
         limits: Limits,
         display: Display,
         stop: threading.Event,
+        registrations: Registrations,
     ) -> None:
         self._registry = registry
         self._pull = pull
@@ -109,6 +158,7 @@ class Scheduler:
         self._limits = limits
         self._display = display
         self._stop = stop
+        self._registrations = registrations
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._rng = random.Random()
@@ -196,7 +246,7 @@ class Scheduler:
             received = self._registered(uid)
             self._end(row, PullSeriesState.PENDING, attempt.words, attempt.counts, received)
             return
-        received = self._settle(uid, row.expected, attempt.counts)
+        received = self._settle(uid, awaited(row.expected, attempt))
         retries_left = row.attempts <= self._limits.retries
         state, words = decide(row, attempt, received, retries_left=retries_left)
         next_at = None
@@ -208,30 +258,30 @@ class Scheduler:
             )
         self._end(row, state, words, attempt.counts, received, next_at)
 
-    def _settle(self, uid: str, expected: int | None, counts: Counts) -> int:
-        """The registered count once registrations caught up with the retrieval: waits (up
-        to ``settle`` seconds) for the expected count (or the sub-operations completed), or
-        for the count to stop growing for a second when neither is known."""
-        target = expected if expected is not None else counts.completed
-        deadline = time.monotonic() + self._limits.settle
-        count = self._registered(uid)
-        steady_since = time.monotonic()
-        while time.monotonic() < deadline:
+    def _settle(self, uid: str, target: int | None) -> int:
+        """The registered count once registrations caught up with the retrieval: ``target``
+        reached; else (None: unknown) the receiver quiet, or the count the same for
+        ``_STEADY`` seconds when that cannot be known. Woken by each registration (an
+        in-process receiver), reading at growing intervals otherwise; at most ``settle``
+        seconds."""
+        registrations = self._registrations
+        start = time.monotonic()
+        deadline = start + self._limits.settle
+        pause = _FIRST_READ
+        steady: tuple[int, float] | None = None
+        while True:
+            seen = registrations.jobs_done()
+            quiet = target is None and registrations.quiet()  # before the count: it then holds
+            count = self._registered(uid)
+            now = time.monotonic()
+            if steady is None or steady[0] != count:
+                steady = (count, now)
             if target is not None and count >= target:
-                break
-            if target is None and time.monotonic() - steady_since >= 1.0:
-                break
-            if (
-                target is not None
-                and not counts.completed
-                and time.monotonic() - steady_since >= 1.0
-            ):
-                break  # nothing was sent: nothing to wait for
-            time.sleep(0.1)
-            now_count = self._registered(uid)
-            if now_count != count:
-                count, steady_since = now_count, time.monotonic()
-        return count
+                return count
+            if quiet or (target is None and now - steady[1] >= _STEADY) or now >= deadline:
+                return count
+            registrations.wait_done(seen, min(pause, deadline - now))
+            pause = min(pause * 2, _LAST_READ)
 
     def _end(
         self,
