@@ -36,10 +36,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TextIO, TypeAlias
+from typing import TextIO
 
 from oxidip._boundary import LoadOptions
 from oxidip.bench import report
+from oxidip.bench.arguments import Subparsers, add_comparison, add_run_arguments
 from oxidip.bench.databases import DEFAULT_POSTGRES, Postgres, wait_registered
 from oxidip.bench.model import (
     FULL,
@@ -65,7 +66,6 @@ from oxidip.bench.tools import HOST, INSTALL_HINT
 
 __all__ = ["add_parser", "main"]
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Seconds the generator waits for the peer at each step, and for the registry to catch up.
 TIMEOUT = 600.0
@@ -73,21 +73,23 @@ TIMEOUT = 600.0
 
 def add_parser(commands: Subparsers) -> None:
     """Registers ``compare`` under ``oxidip bench`` (sets ``func``)."""
-    compare = commands.add_parser(
+    parser = add_comparison(
+        commands,
         "compare",
-        help="run oxidip and its peers side by side on the same workloads; report and chart",
-        description=(__doc__ or "").split("\n\n")[0],
+        "run oxidip and its peers side by side on the same workloads; report and chart",
+        __doc__,
+        lambda args: run(args, sys.argv[1:]),
     )
-    add_arguments(compare)
-    compare.set_defaults(func=lambda args: run(args, sys.argv[1:]))
+    add_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    keys = ", ".join(w.key for w in FULL)
-    parser.add_argument(
-        "--workloads",
-        default=",".join(w.key for w in FULL),
-        help=f"comma-separated workloads among {keys} (default: all)",
+    add_run_arguments(
+        parser,
+        FULL,
+        "directory under which each run gets a fresh storage directory (default:"
+        " /dev/shm, a tmpfs, so that the receivers and not this machine's disk are measured;"
+        " give a disk directory to include the disk)",
     )
     parser.add_argument(
         "--receivers",
@@ -100,18 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also run oxidip as installed for this Python interpreter (e.g. an earlier"
         " commit's build in a venv of its own) as the receiver 'oxidip baseline', alternating"
         " with the others; the report compares oxidip with it",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions (default: 3)")
-    parser.add_argument(
-        "--quick", action="store_true", help="small versions of every workload (smoke test)"
-    )
-    parser.add_argument(
-        "--storage",
-        type=Path,
-        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
-        help="directory under which each run gets a fresh storage directory (default:"
-        " /dev/shm, a tmpfs, so that the receivers and not this machine's disk are measured;"
-        " give a disk directory to include the disk)",
     )
     parser.add_argument(
         "--run-timeout",
@@ -139,17 +129,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " CPUs, e.g. 0 (comma-separated numbers). On one CPU, a one-association run measures"
         " what sender and receiver spend, without the cost of waking each other across CPUs"
         " (in a VM, an interrupt to a halted virtual CPU)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("bench/results"),
-        help="where the report goes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--no-chart",
-        action="store_true",
-        help="write the report and its data without the chart (which needs matplotlib)",
     )
     parser.add_argument(
         "--postgres",

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO, TypeAlias
+from typing import TextIO
 
 import msgspec
 
@@ -47,6 +47,7 @@ from oxidip._boundary import (
     StoredDataSet,
 )
 from oxidip.bench import forward_report
+from oxidip.bench.arguments import Subparsers, add_comparison, add_run_arguments
 from oxidip.bench.databases import wait_registered
 from oxidip.bench.forward_worker import ForwardRun
 from oxidip.bench.model import CT_SLICE, MIB, Context, Failure, Measurement, Workload
@@ -65,7 +66,6 @@ from oxidip.bench.tools import HOST, INSTALL_HINT, dcmtk_env, need, tool
 
 __all__ = ["FULL", "QUICK", "SENDERS", "ForwardResults", "add_parser", "main"]
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Seconds any wait of a run may take.
 TIMEOUT = 600.0
@@ -116,44 +116,23 @@ class StoredSet(msgspec.Struct):
 
 def add_parser(commands: Subparsers) -> None:
     """Registers ``forward`` under ``oxidip bench`` (sets ``func``)."""
-    parser = commands.add_parser(
+    parser = add_comparison(
+        commands,
         "forward",
-        help="forward the same stored files with oxidip's engine, dcmsend and storescu;"
+        "forward the same stored files with oxidip's engine, dcmsend and storescu;"
         " report and chart",
-        description=(__doc__ or "").split("\n\n")[0],
+        __doc__,
+        lambda args: run(args, sys.argv[1:]),
     )
     add_arguments(parser)
-    parser.set_defaults(func=lambda args: run(args, sys.argv[1:]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    keys = ", ".join(w.key for w in FULL)
-    parser.add_argument(
-        "--workloads",
-        default=",".join(w.key for w in FULL),
-        help=f"comma-separated workloads among {keys} (default: all)",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions (default: 3)")
-    parser.add_argument(
-        "--quick", action="store_true", help="small versions of every workload (smoke test)"
-    )
-    parser.add_argument(
-        "--storage",
-        type=Path,
-        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
-        help="directory under which the stored files and storescp's output go (default:"
+    add_run_arguments(
+        parser,
+        FULL,
+        "directory under which the stored files and storescp's output go (default:"
         " /dev/shm, a tmpfs: the senders are measured, not this machine's disk)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("bench/results"),
-        help="where the report goes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--no-chart",
-        action="store_true",
-        help="write the report and its data without the chart (which needs matplotlib)",
     )
 
 

@@ -29,12 +29,13 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO, TypeAlias
+from typing import TextIO
 
 import msgspec
 
 from oxidip._boundary import LoadOptions
 from oxidip.bench import pull_report
+from oxidip.bench.arguments import Subparsers, add_comparison, add_run_arguments
 from oxidip.bench.forward import run_measured
 from oxidip.bench.model import CT_SLICE, Context, Failure, Measurement, Workload
 from oxidip.bench.orthanc import OrthancServer
@@ -45,7 +46,6 @@ from oxidip.bench.tools import HOST, INSTALL_HINT, dcmtk_env, free_port, need, t
 
 __all__ = ["FULL", "METHODS", "QUICK", "PullResults", "add_parser", "main"]
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Seconds any run may take.
 TIMEOUT = 900.0
@@ -94,49 +94,28 @@ class PullResults(msgspec.Struct):
 
 def add_parser(commands: Subparsers) -> None:
     """Registers ``pull`` under ``oxidip bench`` (sets ``func``)."""
-    parser = commands.add_parser(
+    parser = add_comparison(
+        commands,
         "pull",
-        help="retrieve the same series from Orthanc with oxidip pull, movescu and getscu;"
+        "retrieve the same series from Orthanc with oxidip pull, movescu and getscu;"
         " report and chart",
-        description=(__doc__ or "").split("\n\n")[0],
+        __doc__,
+        lambda args: run(args, sys.argv[1:]),
     )
     add_arguments(parser)
-    parser.set_defaults(func=lambda args: run(args, sys.argv[1:]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    keys = ", ".join(w.key for w in FULL)
-    parser.add_argument(
-        "--workloads",
-        default=",".join(w.key for w in FULL),
-        help=f"comma-separated workloads among {keys} (default: all)",
+    add_run_arguments(
+        parser,
+        FULL,
+        "directory under which Orthanc's storage and the received files go (default:"
+        " /dev/shm, a tmpfs: the retrieves are measured, not this machine's disk)",
     )
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
         help=f"comma-separated methods among {', '.join(METHODS)} (default: all)",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions (default: 3)")
-    parser.add_argument(
-        "--quick", action="store_true", help="small versions of every workload (smoke test)"
-    )
-    parser.add_argument(
-        "--storage",
-        type=Path,
-        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
-        help="directory under which Orthanc's storage and the received files go (default:"
-        " /dev/shm, a tmpfs: the retrieves are measured, not this machine's disk)",
-    )
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("bench/results"),
-        help="where the report goes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--no-chart",
-        action="store_true",
-        help="write the report and its data without the chart (which needs matplotlib)",
     )
 
 
