@@ -6,14 +6,21 @@ as JSON, and a chart (PNG, matplotlib), in the shape of ``oxidip bench forward``
 import os
 import platform
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from oxidip.bench.model import MIB, Measurement, Target, Workload
-from oxidip.bench.report import chart_unavailable
+from oxidip.bench.report import (
+    chart_unavailable,
+    fmt_value,
+    median_of,
+    rate_of,
+    ratio_of,
+    runs_of,
+)
 from oxidip.bench.tools import cpu_model, versions
 
 if TYPE_CHECKING:
@@ -30,32 +37,10 @@ ORTHANC_PUSH = "Orthanc push"
 REFERENCE = {OXIDIP_MOVE: MOVESCU, OXIDIP_GET: GETSCU}
 
 
-def _runs(ms: Sequence[Measurement], workload: str, who: str) -> list[Measurement]:
-    return [m for m in ms if m.workload == workload and m.receiver == who]
-
-
-def _rate(workload: Workload) -> Callable[[Measurement], float]:
-    """MB/s for large instances, instances/s otherwise."""
-    if workload.by_bytes:
-        return lambda m: m.mb_per_second
-    return lambda m: m.per_second
-
-
-def _median_rate(ms: Sequence[Measurement], workload: Workload, who: str) -> float | None:
-    runs = _runs(ms, workload.key, who)
-    rate = _rate(workload)
-    return statistics.median(rate(m) for m in runs) if runs else None
-
-
-def _ratio(ms: Sequence[Measurement], workload: Workload, who: str, baseline: str) -> float | None:
-    ours, theirs = _median_rate(ms, workload, who), _median_rate(ms, workload, baseline)
-    return None if ours is None or theirs is None else ours / theirs
-
-
 def overhead(ms: Sequence[Measurement], workload: Workload, who: str) -> float | None:
     """How much longer ``who`` takes than Orthanc pushing the same series (median times):
     0.25 is 25 % more."""
-    ours, push = _runs(ms, workload.key, who), _runs(ms, workload.key, ORTHANC_PUSH)
+    ours, push = runs_of(ms, workload.key, who), runs_of(ms, workload.key, ORTHANC_PUSH)
     if not ours or not push:
         return None
     return (
@@ -69,18 +54,14 @@ def check_targets(ms: Sequence[Measurement], workloads: Sequence[Workload]) -> l
     for workload in workloads:
         unit = "x MB/s" if workload.by_bytes else "x"
         for ours, theirs in REFERENCE.items():
-            measured = _ratio(ms, workload, ours, theirs)
+            measured = ratio_of(ms, workload, ours, theirs)
             what = f"{ours} / {theirs}"
             targets.append(Target(workload.key, what, measured, 1.0, "at least", unit))
     return targets
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else format(value, spec) + suffix
-
-
 def _table(ms: Sequence[Measurement], workload: Workload, who: Sequence[str]) -> list[str]:
-    rate = _rate(workload)
+    rate = rate_of(workload)
     unit = "MB/s" if workload.by_bytes else "inst/s"
     per = "ms/GB" if workload.by_bytes else "us/inst"
     lines = [
@@ -96,7 +77,7 @@ def _table(ms: Sequence[Measurement], workload: Workload, who: Sequence[str]) ->
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in who:
-        runs = _runs(ms, workload.key, name)
+        runs = runs_of(ms, workload.key, name)
         if not runs:
             continue
         rates = [rate(m) for m in runs]
@@ -105,12 +86,12 @@ def _table(ms: Sequence[Measurement], workload: Workload, who: Sequence[str]) ->
         else:
             cpu = statistics.median(m.cpu_seconds * 1e6 / m.instances for m in runs)
         reference = REFERENCE.get(name)
-        versus = _ratio(ms, workload, name, reference) if reference else None
+        versus = ratio_of(ms, workload, name, reference) if reference else None
         over = overhead(ms, workload, name) if name != ORTHANC_PUSH else None
         measured_client = name != ORTHANC_PUSH
         lines.append(
             f"| {name} | {statistics.median(rates):,.1f} | {min(rates):,.1f}-{max(rates):,.1f}"
-            f" | {_fmt(versus, '.2f', 'x')} | {_fmt(None if over is None else over * 100, '+.0f', ' %')}"
+            f" | {fmt_value(versus, '.2f', 'x')} | {fmt_value(None if over is None else over * 100, '+.0f', ' %')}"
             f" | {statistics.median(m.seconds for m in runs):.3f}"
             f" | {f'{cpu:,.0f}' if measured_client else 'n/a'}"
             f" | {f'{max(m.peak_rss for m in runs) / MIB:,.1f}' if measured_client else 'n/a'} |"
@@ -158,7 +139,7 @@ def markdown(results: "PullResults") -> str:
         met = {True: "yes", False: "**no**", None: "n/a"}[t.met]
         lines.append(
             f"| {t.workload} | {t.what} | {t.direction} {t.required:g} {t.unit}"
-            f" | {_fmt(t.measured, '.2f', ' ' + t.unit)} | {met} |"
+            f" | {fmt_value(t.measured, '.2f', ' ' + t.unit)} | {met} |"
         )
     lines += ["", "## Results", ""]
     for w in results.workloads:
@@ -189,11 +170,12 @@ def chart(path: Path, results: "PullResults") -> None:
     for i, name in enumerate(who):
         xs, ratios, low, high = [], [], [], []
         for j, w in enumerate(workloads):
-            runs = _runs(ms, w.key, name)
-            base = _median_rate(ms, w, ORTHANC_PUSH)
-            if not runs or base is None:
+            runs, pushes = runs_of(ms, w.key, name), runs_of(ms, w.key, ORTHANC_PUSH)
+            if not runs or not pushes:
                 continue
-            values = [_rate(w)(m) / base for m in runs]
+            rate = rate_of(w)
+            base = median_of(pushes, rate)
+            values = [rate(m) / base for m in runs]
             median = statistics.median(values)
             xs.append(j + (i - (len(who) - 1) / 2) * width)
             ratios.append(median)
