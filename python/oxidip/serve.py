@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
-import psycopg
-
 from oxidip import __version__, logs
 from oxidip._boundary import (
     AckMode,
@@ -50,7 +48,13 @@ from oxidip.notify import NotifierError, open_notifier, sanitize_subject_part
 from oxidip.pipeline import Pipeline
 from oxidip.receiver import Receiver
 from oxidip.reconcile import Registration, adopt_journals
-from oxidip.registry import ExpectedStatus, Registry, SeriesRow, open_registry
+from oxidip.registry import (
+    ExpectedStatus,
+    Registry,
+    SeriesRow,
+    open_registry,
+    postgres_errors,
+)
 from oxidip.routing import Router, build_router
 
 __all__ = [
@@ -410,7 +414,7 @@ def prepare(config: Config) -> tuple[Receiver, Pipeline] | int:
         return report_config_error([f"OXIDIP_FILES_ROOT={config.files_root!r}: {error}"])
     try:
         pipeline = build_pipeline(config, receiver, hooks, router)
-    except psycopg.Error as error:
+    except postgres_errors() as error:
         hooks.close(0)
         log.error(
             "cannot start",
