@@ -13,12 +13,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from oxidip.nats_notifier import NatsNotifier
 from oxidip.notify import (
     FORMAT_VERSION,
     Complete,
     Error,
     Finalized,
-    NatsNotifier,
     NullNotifier,
     Progress,
     decode_message,

@@ -1,5 +1,5 @@
 """``python -m oxidip``: same as the ``oxidip`` command."""
 
-from oxidip.cli import main
+from oxidip.cli import command
 
-raise SystemExit(main())
+command()

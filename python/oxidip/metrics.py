@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from oxidip._boundary import Histogram
-from oxidip.notify import NatsNotifier
+from oxidip.nats_notifier import NatsNotifier
 from oxidip.receiver import Receiver
 from oxidip.workers import WorkQueue
 

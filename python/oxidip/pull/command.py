@@ -11,7 +11,6 @@ or configuration (the message names the flag or the variable).
 import argparse
 import contextlib
 import logging
-import sqlite3
 import sys
 import threading
 import time
@@ -19,7 +18,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
-import psycopg
 
 from oxidip import _core, logs, serve
 from oxidip.completeness import ExpectedCount
@@ -57,6 +55,7 @@ from oxidip.registry import (
     PullSeriesState,
     Registry,
     RetryPolicy,
+    database_errors,
 )
 
 __all__ = ["add_parser", "run"]
@@ -299,14 +298,14 @@ def run(args: argparse.Namespace) -> int:
         registry = serve.open_migrated_registry(config, None)
     except ValueError as error:
         return report_config_error([f"OXIDIP_DB_CONNECTION: {error}"])
-    except (psycopg.Error, sqlite3.Error, OSError) as error:
+    except database_errors() + (OSError,) as error:
         print(f"oxidip pull: cannot open the registry: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
     try:
         return _pull(args, config, registry, directory, pacs, model, queries)
     except UsageError as error:
         return _usage(str(error))
-    except (psycopg.Error, sqlite3.Error) as error:
+    except database_errors() as error:
         print(f"oxidip pull: registry failed: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
     finally:

@@ -120,10 +120,10 @@ Concurrency
 import contextlib
 import os
 import sqlite3
+import sys
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlsplit
-
-import psycopg
 
 from oxidip.registry._model import (
     DUPLICATES,
@@ -175,7 +175,9 @@ __all__ = [
     "SeriesRow",
     "SeriesState",
     "Transition",
+    "database_errors",
     "open_registry",
+    "postgres_errors",
     "sqlite_path",
     "unreachable",
 ]
@@ -199,19 +201,40 @@ _TRANSIENT_SQLITE = (
 )
 
 
+def _psycopg() -> ModuleType | None:
+    """psycopg if this process imported it (a PostgreSQL registry, ``_postgres``): it is
+    imported only then (~80 ms of every start otherwise), and without it no psycopg error can
+    have been raised."""
+    return sys.modules.get("psycopg")
+
+
+def postgres_errors() -> tuple[type[Exception], ...]:
+    """``(psycopg.Error,)`` once psycopg is imported, else ``()`` (catching nothing): for
+    ``except postgres_errors() as error:`` without importing psycopg."""
+    psycopg = _psycopg()
+    return () if psycopg is None else (psycopg.Error,)
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The errors a registry call raises when its database fails: ``sqlite3.Error`` and
+    ``postgres_errors()``."""
+    return (sqlite3.Error, *postgres_errors())
+
+
 def unreachable(error: BaseException) -> bool:
     """True when ``error`` says the database cannot be reached or used for now (connection
     refused or lost, pool timeout, server shutting down, disk full, SQLite busy...), so that
     the same call is worth retrying later; False for errors the call itself causes. A hook's
     ``OSError`` (``ConnectionError``, ``TimeoutError``) counts as its backend being
     unreachable."""
-    if isinstance(error, psycopg.OperationalError):
+    psycopg = _psycopg()
+    if psycopg is not None and isinstance(error, psycopg.OperationalError):
         # No SQLSTATE: the client's own failure (connecting, a broken connection, the pool).
         code = error.sqlstate
         return (
             code is None or code[:2] in _TRANSIENT_SQLSTATE_CLASSES or code in _TRANSIENT_SQLSTATES
         )
-    if isinstance(error, psycopg.InterfaceError):
+    if psycopg is not None and isinstance(error, psycopg.InterfaceError):
         return True  # a connection closed under a call
     if isinstance(error, sqlite3.OperationalError):
         name = getattr(error, "sqlite_errorname", None) or ""
