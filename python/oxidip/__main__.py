@@ -1,5 +1,5 @@
 """``python -m oxidip``: same as the ``oxidip`` command."""
 
-from oxidip.cli import command
+from oxidip.cli import main
 
-command()
+raise SystemExit(main())

@@ -10,19 +10,16 @@ pixel handlers); ``oxidip --help`` imports them all.
 """
 
 import argparse
-import atexit
 import importlib
-import os
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Sequence
-from typing import NoReturn, TypeAlias
+from typing import TypeAlias
 
 from oxidip import __version__
 from oxidip.config import VARIABLES
 
-__all__ = ["SUBCOMMANDS", "build_parser", "command", "main"]
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -99,26 +96,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(named if named in SUBCOMMANDS else None).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
-
-
-def command() -> NoReturn:
-    """The ``oxidip`` command (and ``python -m oxidip``): ``main``, then the process's end.
-    Once nothing is left that Python's exit would wait for (no thread but this one that is
-    not a daemon), the exit handlers run and the standard streams are flushed as at any
-    exit, then the process ends without the interpreter's teardown: freeing every object of
-    every module one by one takes ~17 ms after oxidip's imports, memory the OS takes back at
-    once (a whole ``oxidip pull`` is a few hundred ms). Otherwise it exits as usual."""
-    status = main()
-    if any(
-        t.is_alive() and not t.daemon
-        for t in threading.enumerate()
-        if t is not threading.current_thread()
-    ):
-        sys.exit(status)
-    atexit._run_exitfuncs()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe or stream: Python's exit reports it
-        sys.exit(status)
-    os._exit(status)
