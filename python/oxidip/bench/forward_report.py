@@ -3,14 +3,13 @@ workload (medians, min-max, ratios to dcmsend, the sender's CPU and peak memory)
 targets checked against those medians, the raw runs as JSON, and a chart (PNG, matplotlib),
 in the shape of ``oxidip bench compare``'s (``oxidip.bench.report``)."""
 
+import functools
 import os
 import platform
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import msgspec
 
 from oxidip.bench.model import MIB, Measurement, Target, Workload
 from oxidip.bench.report import (
@@ -20,6 +19,7 @@ from oxidip.bench.report import (
     rate_of,
     ratio_of,
     runs_of,
+    write_files,
 )
 from oxidip.bench.tools import cpu_model, versions
 
@@ -203,10 +203,5 @@ def chart(path: Path, results: "ForwardResults") -> None:
 def write(directory: Path, results: "ForwardResults", *, with_chart: bool = True) -> Path:
     """Writes ``forward-<date>-<hhmm>.md``, ``.json`` and, ``with_chart``, ``.png`` into
     ``directory``; returns the markdown's path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"forward-{results.when.strftime('%Y-%m-%d-%H%M')}"
-    stem.with_suffix(".md").write_text(markdown(results))
-    stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
-    if with_chart:
-        chart(stem.with_suffix(".png"), results)
-    return stem.with_suffix(".md")
+    draw = functools.partial(chart, results=results) if with_chart else None
+    return write_files(directory, "forward", results, results.when, markdown(results), draw)[0]

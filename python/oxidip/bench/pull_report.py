@@ -3,14 +3,13 @@
 client's CPU and peak memory), issue 12's targets checked against those medians, the raw runs
 as JSON, and a chart (PNG, matplotlib), in the shape of ``oxidip bench forward``'s."""
 
+import functools
 import os
 import platform
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import msgspec
 
 from oxidip.bench.model import MIB, Measurement, Target, Workload
 from oxidip.bench.report import (
@@ -20,6 +19,7 @@ from oxidip.bench.report import (
     rate_of,
     ratio_of,
     runs_of,
+    write_files,
 )
 from oxidip.bench.tools import cpu_model, versions
 
@@ -196,10 +196,5 @@ def chart(path: Path, results: "PullResults") -> None:
 def write(directory: Path, results: "PullResults", *, with_chart: bool = True) -> Path:
     """Writes ``pull-<date>-<hhmm>.md``, ``.json`` and, ``with_chart``, ``.png`` into
     ``directory``; returns the markdown's path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"pull-{results.when.strftime('%Y-%m-%d-%H%M')}"
-    stem.with_suffix(".md").write_text(markdown(results))
-    stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
-    if with_chart:
-        chart(stem.with_suffix(".png"), results)
-    return stem.with_suffix(".md")
+    draw = functools.partial(chart, results=results) if with_chart else None
+    return write_files(directory, "pull", results, results.when, markdown(results), draw)[0]

@@ -2,6 +2,8 @@
 storescp, CPU, memory, latency), the issue's targets checked against those medians, the raw
 runs as JSON, and a chart (PNG, matplotlib)."""
 
+import datetime
+import functools
 import os
 import platform
 import shutil
@@ -319,18 +321,34 @@ def chart_unavailable() -> str | None:
     return None
 
 
+def write_files(
+    directory: Path,
+    name: str,
+    results: msgspec.Struct,
+    when: datetime.datetime,
+    text: str,
+    draw: Callable[[Path], None] | None,
+) -> list[Path]:
+    """Writes a comparison's ``<name>-<date>-<hhmm>.md`` (``text``), ``.json`` (``results``)
+    and, with ``draw``, ``.png`` (``draw(path)``) into ``directory``; returns their paths,
+    the markdown first. Date and time in the name: several runs a day each keep their
+    report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / f"{name}-{when.strftime('%Y-%m-%d-%H%M')}"
+    stem.with_suffix(".md").write_text(text)
+    stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
+    paths = [stem.with_suffix(".md"), stem.with_suffix(".json")]
+    if draw is not None:
+        draw(stem.with_suffix(".png"))
+        paths.append(stem.with_suffix(".png"))
+    return paths
+
+
 def write(directory: Path, results: Results, *, with_chart: bool = True) -> Path:
     """Writes ``compare-<date>-<hhmm>.md``, ``.json`` (the results) and, ``with_chart``,
     ``.png`` into ``directory``, and copies named ``latest``; returns the markdown's path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    # Date and time: several runs a day each keep their report.
-    stem = directory / f"compare-{results.when.strftime('%Y-%m-%d-%H%M')}"
-    stem.with_suffix(".md").write_text(markdown(results))
-    stem.with_suffix(".json").write_bytes(msgspec.json.format(msgspec.json.encode(results)))
-    suffixes = [".md", ".json"]
-    if with_chart:
-        chart(stem.with_suffix(".png"), results)
-        suffixes.append(".png")
-    for suffix in suffixes:
-        shutil.copyfile(stem.with_suffix(suffix), (directory / "latest").with_suffix(suffix))
-    return stem.with_suffix(".md")
+    draw = functools.partial(chart, results=results) if with_chart else None
+    paths = write_files(directory, "compare", results, results.when, markdown(results), draw)
+    for path in paths:
+        shutil.copyfile(path, (directory / "latest").with_suffix(path.suffix))
+    return paths[0]
