@@ -34,6 +34,11 @@ use crate::ul::codec;
 use crate::ul::pdu::Pdu;
 use std::path::Path;
 
+/// Bytes reserved per event for a batch's encoding: an instance event with its attributes
+/// and their names (msgpack maps) is about this long, so that a batch is encoded without
+/// growing its buffer.
+const ENCODED_EVENT_SIZE: usize = 1024;
+
 #[pyclass(module = "oxidip._core")]
 struct Receiver {
     config: ServerConfig,
@@ -97,16 +102,19 @@ impl Receiver {
             Some(server) => server.runtime().handle().clone(),
             None => return Err(PyRuntimeError::new_err("receiver not started")),
         };
-        let batch = py.allow_threads(|| {
+        // Encoded, and the events dropped, without the GIL too: at tens of thousands of
+        // instances a second that is a fifth of the event thread's time, which the
+        // registration thread would otherwise wait out for the GIL.
+        let encoded = py.allow_threads(|| {
             let mut events = lock(&self.events);
-            events.as_mut().and_then(|stream| stream.next_batch(&handle, max_events, timeout, linger))
+            let batch = events.as_mut().and_then(|stream| stream.next_batch(&handle, max_events, timeout, linger))?;
+            let mut bytes = Vec::with_capacity(batch.len() * ENCODED_EVENT_SIZE);
+            Some(rmp_serde::encode::write_named(&mut bytes, &batch).map(|()| bytes))
         });
-        match batch {
+        match encoded {
             None => Ok(None),
-            Some(batch) => {
-                let bytes = rmp_serde::to_vec_named(&batch).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-                Ok(Some(PyBytes::new(py, &bytes)))
-            }
+            Some(Ok(bytes)) => Ok(Some(PyBytes::new(py, &bytes))),
+            Some(Err(e)) => Err(PyRuntimeError::new_err(e.to_string())),
         }
     }
 

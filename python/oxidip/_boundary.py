@@ -143,9 +143,13 @@ class CoreConfig(msgspec.Struct, frozen=True):
     node: str = ""
 
 
-class Attributes(msgspec.Struct):
+class Attributes(msgspec.Struct, gc=False):
     """The attributes extracted from every stored instance (``rust/dicom/attributes.rs``),
-    as decoded text with padding trimmed; ``None`` when absent from the dataset."""
+    as decoded text with padding trimmed; ``None`` when absent from the dataset.
+
+    The events of this module that hold nothing but text, numbers and other such structs are
+    ``gc=False``: they cannot be part of a reference cycle, and tens of thousands of them a
+    second would otherwise set off the cyclic collector over and over."""
 
     SpecificCharacterSet: str | None = None
     SOPClassUID: str | None = None
@@ -169,7 +173,7 @@ class Attributes(msgspec.Struct):
     NumberOfSeriesRelatedInstances: str | None = None
 
 
-class InstanceStored(msgspec.Struct, tag_field="kind", tag="instance"):
+class InstanceStored(msgspec.Struct, gc=False, tag_field="kind", tag="instance"):
     """An instance is on disk at its final path and was answered 0000."""
 
     association_id: int
@@ -195,7 +199,7 @@ class InstanceStored(msgspec.Struct, tag_field="kind", tag="instance"):
     journal_seq: int | None = None
 
 
-class InstanceFailed(msgspec.Struct, tag_field="kind", tag="failure"):
+class InstanceFailed(msgspec.Struct, gc=False, tag_field="kind", tag="failure"):
     """A C-STORE answered with a non-success status."""
 
     association_id: int
@@ -209,7 +213,7 @@ class InstanceFailed(msgspec.Struct, tag_field="kind", tag="failure"):
     comment: str
 
 
-class AssociationClosed(msgspec.Struct, tag_field="kind", tag="association"):
+class AssociationClosed(msgspec.Struct, gc=False, tag_field="kind", tag="association"):
     """An association (or a connection that never became one) has ended."""
 
     association_id: int

@@ -339,8 +339,9 @@ def check_expected(expected: int | None, status: ExpectedStatus | str) -> Expect
     return checked
 
 
-class InstanceRow(msgspec.Struct, array_like=True):
-    """One instance to register, flattened; the column order of the backends' inserts."""
+class InstanceRow(msgspec.Struct, array_like=True, gc=False):
+    """One instance to register, flattened; the column order of the backends' inserts (text
+    and numbers only: untracked by the cyclic collector, like ``oxidip._boundary``'s events)."""
 
     sop_instance_uid: str
     series_instance_uid: str
