@@ -25,7 +25,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
 
 import msgspec
@@ -62,8 +61,7 @@ class ExpectedCount(msgspec.Struct, frozen=True):
     calling_aet: str = ""
 
 
-@dataclass(frozen=True)
-class _Job:
+class _Job(msgspec.Struct, frozen=True):
     pacs: RemoteNode
     study_instance_uid: str
     series_instance_uid: str

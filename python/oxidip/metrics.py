@@ -17,10 +17,10 @@ Metric names (all prefixed ``oxidip_``): the tables ``_RECEIVER``, ``_PIPELINE``
 """
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -44,8 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["MetricsPage", "OxidipCollector", "metrics_page", "metrics_registry"]
 
 
-@dataclass(frozen=True)
-class _Family:
+class _Family(msgspec.Struct, frozen=True):
     """One metric: its kind, name (counters without ``_total``, which the client adds), help,
     the label of a labelled one (its value is then a dict label value -> count), and where
     its value comes from."""

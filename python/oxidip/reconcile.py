@@ -19,7 +19,6 @@ then closed, so their series get a final state as after any association.
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -65,17 +64,16 @@ def instance_from_file(path: Path | str) -> InstanceStored:
     )
 
 
-@dataclass
-class Registration:
+class Registration(msgspec.Struct):
     """What registering files read back did."""
 
     #: Files registered, and files that could not be read (logged).
     registered: int = 0
     unreadable: int = 0
     #: State changes of series, in order.
-    transitions: list[Transition] = field(default_factory=list)
+    transitions: list[Transition] = msgspec.field(default_factory=list)
     #: Series instances were registered into, after the change.
-    touched: list[SeriesRow] = field(default_factory=list)
+    touched: list[SeriesRow] = msgspec.field(default_factory=list)
     #: Journal segments replayed.
     journals: int = 0
 

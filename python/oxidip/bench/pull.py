@@ -20,6 +20,7 @@ instance at the end.
 """
 
 import argparse
+import compileall
 import datetime
 import functools
 import os
@@ -33,6 +34,7 @@ from typing import TextIO
 
 import msgspec
 
+import oxidip
 from oxidip._boundary import LoadOptions
 from oxidip.bench import pull_report
 from oxidip.bench.arguments import Subparsers, add_comparison, add_run_arguments
@@ -332,6 +334,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    compile_bytecode()
     workdir = Path(tempfile.mkdtemp(prefix="oxidip-pull-", dir=args.storage))
     log_path = workdir / "processes.log"
     print(f"files under {workdir}; process output in {log_path}", file=sys.stderr)
@@ -373,6 +376,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if results.failures else 0
+
+
+def compile_bytecode() -> None:
+    """Compiles oxidip's modules as ``pip install`` does, so that no run pays for it: an
+    editable install (``maturin develop``) run with ``PYTHONDONTWRITEBYTECODE`` (as on some
+    machines and images) would compile every module ``oxidip pull`` imports at each start,
+    ~20 ms of a run that lasts half a second."""
+    compileall.compile_dir(Path(oxidip.__file__).parent, quiet=1)
 
 
 def _attempt(

@@ -15,7 +15,8 @@ in any process, releases it).
 """
 
 import random
-from dataclasses import dataclass
+
+import msgspec
 
 from oxidip._boundary import JobEndKind
 from oxidip.registry import RetryPolicy
@@ -23,8 +24,7 @@ from oxidip.registry import RetryPolicy
 __all__ = ["CircuitBreaker"]
 
 
-@dataclass
-class _Open:
+class _Open(msgspec.Struct):
     reason: str
     #: Probes made so far (the next one waits ``delay(probes + 1)``).
     probes: int

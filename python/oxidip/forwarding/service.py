@@ -44,7 +44,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import msgspec
 
@@ -117,22 +116,19 @@ class ForwardingMetrics:
         self.held = 0
 
 
-@dataclass
-class _Running:
+class _Running(msgspec.Struct):
     """A job submitted to the engine and not recorded as ended yet."""
 
     job: ClaimedJob
     started: float  # monotonic
 
 
-@dataclass(frozen=True)
-class _Probe:
+class _Probe(msgspec.Struct, frozen=True):
     destination: Destination
     calling_aet: str
 
 
-@dataclass(frozen=True)
-class _ProbeResult:
+class _ProbeResult(msgspec.Struct, frozen=True):
     destination: str
     error: str  # "" when the C-ECHO passed
 

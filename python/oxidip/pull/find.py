@@ -13,7 +13,8 @@ so an IMAGE-level C-FIND of the series' SOPClassUIDs asks (``sop_classes_of``).
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from oxidip import _core
 from oxidip.nodes import RemoteNode
@@ -39,8 +40,7 @@ log = logging.getLogger("oxidip.pull")
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
-@dataclass(frozen=True)
-class InformationModel:
+class InformationModel(msgspec.Struct, frozen=True):
     """A Query/Retrieve information model (PS3.4 C.6): its SOP classes and levels."""
 
     name: str

@@ -12,8 +12,9 @@ import enum
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
+
+import msgspec
 
 from oxidip import _core
 from oxidip.nodes import RemoteNode
@@ -63,8 +64,7 @@ class Verdict(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass
-class Counts:
+class Counts(msgspec.Struct):
     """The latest sub-operation counts (None: the PACS did not say)."""
 
     remaining: int | None = None
@@ -83,12 +83,11 @@ class Counts:
         return None if done is None or self.remaining is None else done + self.remaining
 
 
-@dataclass
-class Attempt:
+class Attempt(msgspec.Struct):
     verdict: Verdict
     #: What happened, in words ("" when all went well).
     words: str
-    counts: Counts = field(default_factory=Counts)
+    counts: Counts = msgspec.field(default_factory=Counts)
     #: The final response came (``counts`` are then its own where it gave them).
     final: bool = False
 

@@ -5,6 +5,12 @@ between two retrievals of a thread, each series claimed from the registry under 
 mid-way gives its series up when the lease expires), each attempt watched
 (``oxidip.pull.retrieve.watch``), transient failures retried with backoff up to
 ``retries`` times, then the series' end state decided from what the registry registered.
+
+A retrieval's end and its series' end are two steps: once the PACS's final response came, the
+series waits for its last registrations on a thread of its own (``_settle``: milliseconds
+with an in-process receiver, up to a poll interval with ``oxidip serve`` elsewhere) while its
+retrieval thread starts the next series: the PACS is done with it, and the pull would
+otherwise add that wait to every series.
 """
 
 import logging
@@ -12,8 +18,9 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from oxidip.nodes import RemoteNode
 from oxidip.pull.progress import Display
@@ -71,8 +78,7 @@ class Polled:
         return False
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     concurrency: int
     #: Seconds between two retrievals of one thread.
     pause: float
@@ -163,6 +169,11 @@ class Scheduler:
         self._lock = threading.Lock()
         self._rng = random.Random()
         self._finished = threading.Event()
+        #: Series waiting for their registrations (``_settle``), by thread.
+        self._settling: list[threading.Thread] = []
+        #: Set when a series ends: a retrieval thread waiting for a claimable series looks
+        #: again at once (the pull may be over).
+        self._series_ended = threading.Event()
 
     def run(self) -> None:
         workers = [
@@ -175,6 +186,10 @@ class Scheduler:
             worker.start()
         for worker in workers:
             worker.join()
+        with self._lock:
+            settling = list(self._settling)
+        for thread in settling:  # none left once the workers ended, but when stopped
+            thread.join()
         self._finished.set()
         renewer.join()
 
@@ -201,16 +216,24 @@ class Scheduler:
             if row is None:
                 if not self._remaining():
                     return
-                self._stop.wait(_IDLE)
+                # A series settling elsewhere ends soon: its end wakes this wait.
+                self._series_ended.wait(_IDLE)
+                self._series_ended.clear()
                 continue
             with self._lock:
                 self._held.add(row.series_instance_uid)
             try:
                 self._retrieve(row)
-            finally:
-                with self._lock:
-                    self._held.discard(row.series_instance_uid)
+            except BaseException:
+                self._release(row.series_instance_uid)
+                raise
             self._stop.wait(self._limits.pause)
+
+    def _release(self, uid: str) -> None:
+        """The series ended (or its thread failed): its lease is no longer renewed."""
+        with self._lock:
+            self._held.discard(uid)
+        self._series_ended.set()
 
     def _registered(self, uid: str) -> int:
         found = self._registry.received([uid], self._pacs.aet).get(uid)
@@ -246,6 +269,31 @@ class Scheduler:
             received = self._registered(uid)
             self._end(row, PullSeriesState.PENDING, attempt.words, attempt.counts, received)
             return
+        settling = threading.Thread(
+            target=self._conclude,
+            args=(row, attempt),
+            name=f"oxidip-pull-settle-{uid[-12:]}",
+            daemon=True,
+        )
+        with self._lock:
+            self._settling = [t for t in self._settling if t.is_alive()]
+            self._settling.append(settling)
+        settling.start()
+
+    def _conclude(self, row: PullSeriesRow, attempt: Attempt) -> None:
+        """Once registrations caught up with an attempt: the series' state, and a retry's
+        time when it gets another attempt. A failure (the registry's) is logged and the series
+        let go: its lease lapses and a later claim retrieves it again."""
+        try:
+            self._decide(row, attempt)
+        except Exception:
+            log.exception(
+                "series not ended", extra={"series_instance_uid": row.series_instance_uid}
+            )
+            self._release(row.series_instance_uid)
+
+    def _decide(self, row: PullSeriesRow, attempt: Attempt) -> None:
+        uid = row.series_instance_uid
         received = self._settle(uid, awaited(row.expected, attempt))
         retries_left = row.attempts <= self._limits.retries
         state, words = decide(row, attempt, received, retries_left=retries_left)
@@ -280,6 +328,8 @@ class Scheduler:
                 return count
             if quiet or (target is None and now - steady[1] >= _STEADY) or now >= deadline:
                 return count
+            if self._stop.is_set():  # stopping: what is registered now decides
+                return count
             registrations.wait_done(seen, min(pause, deadline - now))
             pause = min(pause * 2, _LAST_READ)
 
@@ -304,3 +354,4 @@ class Scheduler:
             now=time.time(),
         )
         self._display.ended(row.series_instance_uid, state.value, received, words)
+        self._release(row.series_instance_uid)

@@ -31,7 +31,6 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -186,8 +185,7 @@ class Tx(Protocol):
 _PARAMETER = re.compile(r"(?<![:\w]):(\w+)")
 
 
-@dataclass(frozen=True)
-class Dialect:
+class Dialect(msgspec.Struct, frozen=True):
     """What differs between the backends in the queue's SQL."""
 
     #: The column type of instants.
@@ -295,8 +293,7 @@ def schema_v3(dialect: Dialect) -> tuple[str, ...]:
 # --- the statements ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Statements:
+class _Statements(msgspec.Struct, frozen=True):
     facts: str
     held_names: str
     held: str
@@ -447,7 +444,7 @@ def _statements(d: Dialect) -> _Statements:
             ORDER BY j.id""",
     )
     return _Statements(
-        **{name: d.sql(getattr(statements, name)) for name in _Statements.__dataclass_fields__}
+        **{name: d.sql(getattr(statements, name)) for name in _Statements.__struct_fields__}
     )
 
 
@@ -491,8 +488,7 @@ def pick_items(rows: Iterable[Sequence[Any]]) -> list[ForwardItem]:
     return items
 
 
-@dataclass(frozen=True)
-class _Ending:
+class _Ending(msgspec.Struct, frozen=True):
     state: JobState
     attempts: int
     next_attempt_at: float | None
