@@ -67,6 +67,10 @@ log = logging.getLogger("oxidip.pipeline")
 
 #: How often idle series are looked for, at most (seconds).
 IDLE_CHECK_INTERVAL = 1.0
+#: Seconds the event thread waits at most for the registrar to catch up before it takes more
+#: events (``Registrar.wait_caught_up``): a registration slower than that (a slow database)
+#: does not hold events up for longer.
+CATCH_UP_WAIT = 0.1
 #: Seconds ``close`` gives the last registrations, hook calls and NATS messages even when the
 #: shutdown timeout is spent (associations used it all): without them the last batch would
 #: wait in the journal for the next start, and the last series states never be told. Not
@@ -175,7 +179,10 @@ class Pipeline:
             )
 
     def wait_for_room(self, timeout: float) -> bool:
-        """Whether to take more events (see ``Registrar.wait_for_room``)."""
+        """Whether to take more events (see ``Registrar.wait_for_room``), once the registrar
+        caught up with what it has (group commit: ``Registrar.wait_caught_up``, at most
+        ``CATCH_UP_WAIT`` seconds)."""
+        self.registrar.wait_caught_up(min(timeout, CATCH_UP_WAIT))
         return self.registrar.wait_for_room(timeout)
 
     def begin_stop(self, timeout: float) -> None:

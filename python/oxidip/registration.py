@@ -191,6 +191,16 @@ class Registrar(Generic[R]):
             )
         return self.jobs.wait_for_room(timeout)
 
+    def wait_caught_up(self, timeout: float) -> None:
+        """Waits up to ``timeout`` seconds for every queued job to be done, unless the
+        database is unreachable. The caller takes its next events after it: those that
+        arrived meanwhile come as one batch, registered in one transaction, as when
+        registration ran on the event thread itself; handed over as they come, they made
+        transactions of ~110 instances where that made ~770 (small-16, SQLite), and each
+        transaction rewrites the index pages it touches."""
+        if not self.outage:
+            self.jobs.drain(timeout)
+
     def answer_overdue(self) -> None:
         """Answers (as not registered: A700) the senders that waited ``answer_within`` seconds
         for their instances' registration, and all that wait when the process stops during an
