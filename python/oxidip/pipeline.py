@@ -7,8 +7,9 @@ on a thread of its own and retries them while the database is unreachable, so th
 events (and logging associations) never waits for the database; the steps below that depend
 on a call's result run there once it has succeeded:
 
-1. Stored instances are registered in one transaction (group commit), then acknowledged to
-   the receiver, which drops their journal entries (and, with ``OXIDIP_ACK=registered``,
+1. Stored instances are registered in one transaction (group commit: the events that came
+   while the registrar was busy are taken as one batch, ``wait_for_room``), then
+   acknowledged to the receiver, which drops their journal entries (and, with ``OXIDIP_ACK=registered``,
    only now answers their senders). A registration that fails for another reason than an
    unreachable database is acknowledged as failed: the journal keeps the entries and the
    next start registers them again.
