@@ -5,16 +5,14 @@ whose file is gone."""
 import argparse
 import os
 import socket
-import sqlite3
 import sys
 from typing import TypeAlias
-
-import psycopg
 
 from oxidip import logs
 from oxidip.config import Config, ConfigError, report_config_error
 from oxidip.logs import one_line
 from oxidip.reconcile import reconcile
+from oxidip.registry import database_errors
 from oxidip.serve import EXIT_FAILURE, EXIT_OK, open_migrated_registry
 
 __all__ = ["add_parser", "run"]
@@ -50,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
         # The rules' jobs are queued for series it completes (not those of a route() hook,
         # which runs in oxidip serve).
         registry = open_migrated_registry(config, config.forward.routes)
-    except (psycopg.Error, sqlite3.Error, OSError) as error:
+    except database_errors() + (OSError,) as error:
         where = "OXIDIP_DB_CONNECTION" if config.db_connection else "the SQLite registry"
         print(f"oxidip reconcile: cannot open {where}: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
     try:
         report = reconcile(files_root, registry, process_id)
-    except (psycopg.Error, sqlite3.Error, OSError) as error:
+    except database_errors() + (OSError,) as error:
         print(f"oxidip reconcile: stopped: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILURE
     finally:

@@ -7,14 +7,12 @@ The registry is the one ``oxidip serve`` uses with the same environment: SQLite 
 """
 
 import argparse
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 import msgspec
-import psycopg
 
 from oxidip.config import EXIT_CONFIG, Config, ConfigError, report_config_error
 from oxidip.registry import (
@@ -22,6 +20,7 @@ from oxidip.registry import (
     Registry,
     SeriesRow,
     SeriesState,
+    database_errors,
     open_registry,
     sqlite_path,
 )
@@ -162,12 +161,12 @@ def run_on_registry(command: str, work: Callable[[Registry], int]) -> int:
         registry = open_registry(connection, config.files_root, pool_size=1)
     except ValueError as error:
         return _fail(command, str(error), EXIT_CONFIG)
-    except (psycopg.Error, sqlite3.Error, OSError) as error:
+    except database_errors() + (OSError,) as error:
         return _fail(command, f"cannot open the registry: {error}", EXIT_FAILURE)
     try:
         registry.migrate()
         return work(registry)
-    except (psycopg.Error, sqlite3.Error, OSError, RuntimeError) as error:
+    except database_errors() + (OSError, RuntimeError) as error:
         return _fail(command, f"cannot read the registry: {error}", EXIT_FAILURE)
     finally:
         registry.close()
