@@ -10,7 +10,9 @@ Orthanc's push, the client's CPU time and peak resident memory. Writes ``pull-<d
 
 Workloads (``--quick`` shrinks each, for smoke tests): ``small``: 1,200 Secondary Capture
 instances of ~2 KB in 3 studies of 4 series; ``ct``: 240 CT instances 512x512 16-bit in 3
-studies of 2 series. Loaded into Orthanc by the load generator before the first run.
+studies of 2 series; ``ct-1200``: the same with 1,200 (the issue's "1,000+ instances" at CT
+size, ~630 MB: a run long enough that oxidip's fixed start-up no longer decides it). Loaded
+into Orthanc by the load generator before the first run.
 
 oxidip's time is its process's, start to exit: interpreter start, the C-FIND walk from the
 study-level queries down to the series, the retrieves, and the registry's completeness check
@@ -61,10 +63,12 @@ STUDIES = 3
 FULL: tuple[Workload, ...] = (
     Workload("small", "sc", 2048, 1_200, 4),
     Workload("ct", "ct", CT_SLICE, 240, 2, by_bytes=True),
+    Workload("ct-1200", "ct", CT_SLICE, 1_200, 2, by_bytes=True),
 )
 QUICK: tuple[Workload, ...] = (
     Workload("small", "sc", 2048, 24, 2),
     Workload("ct", "ct", CT_SLICE, 6, 1, by_bytes=True),
+    Workload("ct-1200", "ct", CT_SLICE, 12, 2, by_bytes=True),
 )
 
 
